@@ -1,0 +1,220 @@
+"""Saga definitions: plain data, validated when declared.
+
+Nothing here performs I/O. A local step's action receives a `StepContext` whose
+`session` is whatever the store adapter passes (a SQLAlchemy session in practice);
+the core never looks inside it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+from saga.core.errors import DefinitionError, UnknownSaga
+from saga.core.retry import RetryPolicy
+
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+
+
+class StepKind(StrEnum):
+    LOCAL = "local"
+    # Chain steps are executed through the ledger port (prepare / persist / submit /
+    # verify); see the issue "Chain steps exactly once". Declared here so the state
+    # machine and the store already carry the kind.
+    CHAIN = "chain"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step's action or compensation is given."""
+
+    saga_id: str
+    saga_name: str
+    step: str
+    attempt: int
+    input: BaseModel
+    data: Mapping[str, Any]
+    session: Any
+
+
+StepFn = Callable[[StepContext], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class ChainCall:
+    """The ledger side of a chain step: chaincode, function and argument builder."""
+
+    chaincode: str
+    function: str
+    args: Callable[[StepContext], list[str]]
+    undo_function: str | None = None
+    undo_args: Callable[[StepContext], list[str]] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    action: StepFn | None = None
+    compensation: StepFn | None = None
+    kind: StepKind = StepKind.LOCAL
+    pivot: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    compensation_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=5))
+    timeout: float = 30.0
+    chain: ChainCall | None = None
+
+    @property
+    def compensable(self) -> bool:
+        if self.kind is StepKind.CHAIN:
+            return self.chain is not None and self.chain.undo_function is not None
+        return self.compensation is not None
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    name: str
+    version: int
+    input_model: type[BaseModel]
+    steps: tuple[Step, ...]
+    errors: tuple[type[BaseException], ...] = ()
+    pivot_index: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pivot_index", _validate(self))
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def index(self, name: str) -> int:
+        for i, step in enumerate(self.steps):
+            if step.name == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.name, self.version)
+
+
+def _fail(saga: SagaDefinition, message: str) -> DefinitionError:
+    return DefinitionError(f"saga {saga.name!r} version {saga.version}: {message}")
+
+
+def _validate(saga: SagaDefinition) -> int:
+    """Check the definition; return the index of its pivot step (len(steps) if none)."""
+    if not _NAME.match(saga.name):
+        raise _fail(saga, "name must be lower-case letters, digits, '_', '.', '-' (max 63)")
+    if saga.version < 1:
+        raise _fail(saga, "version must be a positive integer")
+    if not (isinstance(saga.input_model, type) and issubclass(saga.input_model, BaseModel)):
+        raise _fail(saga, "input_model must be a pydantic BaseModel subclass")
+    if not saga.steps:
+        raise _fail(saga, "a saga needs at least one step")
+    seen: set[str] = set()
+    for step in saga.steps:
+        if not _NAME.match(step.name):
+            raise _fail(saga, f"step name {step.name!r} is not a valid name")
+        if step.name in seen:
+            raise _fail(saga, f"duplicate step name {step.name!r}")
+        seen.add(step.name)
+        if step.timeout <= 0:
+            raise _fail(saga, f"step {step.name!r}: timeout must be positive")
+        if step.kind is StepKind.LOCAL and step.action is None:
+            raise _fail(saga, f"local step {step.name!r} has no action")
+        if step.kind is StepKind.CHAIN and step.chain is None:
+            raise _fail(saga, f"chain step {step.name!r} needs a ChainCall")
+        known = _known_error_names(saga.errors)
+        for policy in (step.retry, step.compensation_retry):
+            for name in policy.non_retryable:
+                if name not in known:
+                    raise _fail(
+                        saga,
+                        f"step {step.name!r}: unknown error type {name!r} in its retry "
+                        "policy; declare it in the saga's errors=(...) or use a builtin "
+                        "exception name",
+                    )
+
+    pivots = [i for i, s in enumerate(saga.steps) if s.pivot]
+    if len(pivots) > 1:
+        names = ", ".join(saga.steps[i].name for i in pivots)
+        raise _fail(saga, f"more than one pivot step ({names})")
+    if pivots:
+        pivot = pivots[0]
+    else:
+        # Without an explicit pivot the first step that cannot be undone is the pivot.
+        pivot = next((i for i, s in enumerate(saga.steps) if not s.compensable), len(saga.steps))
+    for i, step in enumerate(saga.steps):
+        if i < pivot and not step.compensable:
+            raise _fail(
+                saga,
+                f"step {step.name!r} comes before the pivot "
+                f"{saga.steps[pivot].name!r} but has no compensation",
+            )
+        if i >= pivot and step.compensable:
+            where = "is the pivot" if i == pivot else "comes after the pivot"
+            raise _fail(
+                saga,
+                f"step {step.name!r} {where} but declares a compensation; steps from the "
+                "pivot on are retried forward, never compensated",
+            )
+    return pivot
+
+
+def _known_error_names(errors: Iterable[type[BaseException]]) -> set[str]:
+    names: set[str] = set()
+    for cls in errors:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise DefinitionError(f"errors=(...) must hold exception classes, got {cls!r}")
+        names.add(cls.__qualname__)
+        names.add(f"{cls.__module__}.{cls.__qualname__}")
+    for name, obj in vars(builtins).items():
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            names.add(name)
+            names.add(f"builtins.{name}")
+    return names
+
+
+class Registry:
+    """The saga definitions an application knows, every version of each."""
+
+    def __init__(self, definitions: Iterable[SagaDefinition] = ()) -> None:
+        self._by_key: dict[tuple[str, int], SagaDefinition] = {}
+        for definition in definitions:
+            self.add(definition)
+
+    def add(self, definition: SagaDefinition) -> SagaDefinition:
+        if definition.key in self._by_key and self._by_key[definition.key] is not definition:
+            raise DefinitionError(
+                f"saga {definition.name!r} version {definition.version} is registered twice"
+            )
+        self._by_key[definition.key] = definition
+        return definition
+
+    def get(self, name: str, version: int | None = None) -> SagaDefinition:
+        if version is None:
+            versions = [v for (n, v) in self._by_key if n == name]
+            if not versions:
+                raise UnknownSaga(name)
+            version = max(versions)
+        try:
+            return self._by_key[(name, version)]
+        except KeyError:
+            raise UnknownSaga(name, version) from None
+
+    def names(self) -> list[str]:
+        return sorted({n for (n, _) in self._by_key})
+
+    def __iter__(self) -> Any:
+        return iter(sorted(self._by_key.values(), key=lambda d: d.key))
+
+    def __len__(self) -> int:
+        return len(self._by_key)

@@ -1,0 +1,82 @@
+"""Events fed to the state machine and commands it asks the edges to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class StepSucceeded:
+    step: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    step: str
+    attempt: int
+    error_types: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class CompensationSucceeded:
+    step: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CompensationFailed:
+    step: str
+    attempt: int
+    error_types: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class ResumeRequested:
+    """Operator: try the failed step or compensation again, with a fresh budget."""
+
+    actor: str
+    why: str
+
+
+@dataclass(frozen=True)
+class CompensateRequested:
+    """Operator: abandon a saga that has not passed its pivot and undo what it did."""
+
+    actor: str
+    why: str
+
+
+Event = (
+    Started
+    | StepSucceeded
+    | StepFailed
+    | CompensationSucceeded
+    | CompensationFailed
+    | ResumeRequested
+    | CompensateRequested
+)
+
+
+@dataclass(frozen=True)
+class RunStep:
+    step: str
+    attempt: int
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunCompensation:
+    step: str
+    attempt: int
+    delay: float = 0.0
+
+
+Command = RunStep | RunCompensation
