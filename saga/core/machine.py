@@ -220,3 +220,14 @@ def _compensate_requested(
     reason = f"compensation requested by {event.actor}: {event.why}"
     t = _compensate_from(replace(new, reason=reason), i - 1)
     return replace(t, note=reason)
+
+
+def awaits(state: SagaState, command: Command) -> str | None:
+    """Why the saga does not await `command` now, or None if it does.
+
+    Checked before a step's action runs, under the saga's row lock, so a stale or
+    duplicated message never runs an action a second time.
+    """
+    if isinstance(command, RunStep):
+        return _expecting_step(state, command.step, command.attempt)
+    return _expecting_compensation(state, command.step, command.attempt)

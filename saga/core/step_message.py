@@ -1,0 +1,80 @@
+"""The body of a step message, as written to the outbox and read by workers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from saga.core.messages import Command, RunCompensation, RunStep
+
+
+class Phase(StrEnum):
+    DO = "do"
+    UNDO = "undo"
+
+
+class MalformedMessage(ValueError):
+    """A message body that is not a step message; it goes to the dead-letter queue."""
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    message_id: str
+    saga_id: str
+    saga: str
+    version: int
+    step: str
+    attempt: int
+    phase: Phase
+
+    def to_body(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["phase"] = str(self.phase)
+        return body
+
+    @classmethod
+    def from_body(cls, body: object) -> StepMessage:
+        if not isinstance(body, dict):
+            raise MalformedMessage(f"step message must be a JSON object, got {type(body).__name__}")
+        expected = {
+            "message_id": str,
+            "saga_id": str,
+            "saga": str,
+            "version": int,
+            "step": str,
+            "attempt": int,
+            "phase": str,
+        }
+        missing = sorted(set(expected) - set(body))
+        if missing:
+            raise MalformedMessage(f"step message lacks field(s): {', '.join(missing)}")
+        extra = sorted(set(body) - set(expected))
+        if extra:
+            raise MalformedMessage(f"step message has unknown field(s): {', '.join(extra)}")
+        for key, typ in expected.items():
+            value = body[key]
+            if not isinstance(value, typ) or isinstance(value, bool):
+                raise MalformedMessage(
+                    f"step message field {key!r} must be {typ.__name__}, got {type(value).__name__}"
+                )
+        try:
+            phase = Phase(body["phase"])
+        except ValueError:
+            raise MalformedMessage(f"phase must be 'do' or 'undo', got {body['phase']!r}") from None
+        if body["attempt"] < 1 or body["version"] < 1:
+            raise MalformedMessage("attempt and version must be positive")
+        return cls(
+            message_id=body["message_id"],
+            saga_id=body["saga_id"],
+            saga=body["saga"],
+            version=body["version"],
+            step=body["step"],
+            attempt=body["attempt"],
+            phase=phase,
+        )
+
+    def command(self) -> Command:
+        if self.phase is Phase.DO:
+            return RunStep(self.step, self.attempt)
+        return RunCompensation(self.step, self.attempt)

@@ -1,0 +1,371 @@
+"""The application service: starts sagas and runs the step a message asks for.
+
+It speaks only to ports (unit of work, registry) and the pure core; Celery tasks
+and the HTTP API call it, and tests drive it with in-memory fakes or real stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from saga.core.definitions import Registry, SagaDefinition, StepContext, StepKind
+from saga.core.errors import SagaError
+from saga.core.machine import awaits, transition
+from saga.core.messages import (
+    Command,
+    CompensateRequested,
+    CompensationFailed,
+    CompensationSucceeded,
+    Event,
+    ResumeRequested,
+    RunStep,
+    Started,
+    StepFailed,
+    StepSucceeded,
+)
+from saga.core.retry import error_names
+from saga.core.state import SagaState
+from saga.core.step_message import MalformedMessage, Phase, StepMessage
+from saga.ports import (
+    DuplicateIdempotencyKey,
+    HistoryEntry,
+    OutboxMessage,
+    SagaRecord,
+    StoreUnavailable,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
+
+log = logging.getLogger("saga.orchestrator")
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class InvalidInput(SagaError):
+    """The payload does not fit the saga's input schema."""
+
+    def __init__(self, saga: str, errors: list[dict[str, Any]]) -> None:
+        self.saga = saga
+        self.errors = errors
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '(payload)'}: {e.get('msg')}"
+            for e in errors
+        )
+        super().__init__(f"payload for saga {saga!r} is invalid: {fields}")
+
+
+class IdempotencyConflict(SagaError):
+    """The idempotency key is already used by a saga with a different payload."""
+
+    def __init__(self, key: str, saga_id: str) -> None:
+        self.key = key
+        self.saga_id = saga_id
+        super().__init__(
+            f"idempotency key {key!r} already started saga {saga_id} with a different "
+            "payload; use a new key for a new request"
+        )
+
+
+class InvalidIdempotencyKey(SagaError):
+    pass
+
+
+class SagaNotFound(SagaError):
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"no saga with id {saga_id!r}")
+
+
+class OperatorActionRefused(SagaError):
+    pass
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # the step (or compensation) ran and its result was recorded
+    DUPLICATE = "duplicate"  # the inbox had this message already
+    STALE = "stale"  # the saga no longer waits for this step/attempt
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    saga_id: str
+    created: bool
+
+
+def payload_hash(saga: str, payload: Mapping[str, Any]) -> str:
+    canonical = json.dumps({"saga": saga, "payload": payload}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        registry: Registry,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        transient_errors: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.registry = registry
+        self._uow = uow_factory
+        self._new_id = new_id
+        # Errors that say the database is gone, not that the step failed (the store
+        # adapter's driver errors). They must not count as a step failure: the
+        # transaction is lost anyway and the message is delivered again later.
+        self._transient: tuple[type[BaseException], ...] = (StoreUnavailable, *transient_errors)
+
+    # -- starting ---------------------------------------------------------------
+
+    def validate(self, saga: str, payload: object) -> tuple[SagaDefinition, BaseModel]:
+        definition = self.registry.get(saga)
+        try:
+            model = definition.input_model.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidInput(saga, [dict(e) for e in exc.errors(include_url=False)]) from None
+        return definition, model
+
+    def enqueue(
+        self, saga: str, payload: object, *, idempotency_key: str | None = None
+    ) -> Enqueued:
+        """Start a saga; with a key, a repeated request returns the first saga's id."""
+        if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
+        ):
+            raise InvalidIdempotencyKey(
+                f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
+            )
+        definition, model = self.validate(saga, payload)
+        data = model.model_dump(mode="json")
+        digest = payload_hash(definition.name, data)
+        if idempotency_key is not None:
+            existing = self._find_by_key(idempotency_key, digest)
+            if existing:
+                return Enqueued(existing, created=False)
+        saga_id = self._new_id()
+        state = SagaState.new(
+            saga_id, definition.name, definition.version, [s.name for s in definition.steps]
+        )
+        t = transition(definition, state, Started())
+        record = SagaRecord(
+            state=t.state,
+            input=data,
+            idempotency_key=idempotency_key,
+            payload_hash=digest,
+            created_at=_now(),
+            updated_at=_now(),
+        )
+        try:
+            with self._uow() as uow:
+                uow.sagas.add(record)
+                self._emit(uow, record.state, t.commands)
+                self._note(uow, saga_id, "started", {"saga": saga, "version": definition.version})
+                uow.commit()
+        except DuplicateIdempotencyKey:
+            # Another API instance won the race for this key; answer as it would.
+            assert idempotency_key is not None
+            existing = self._find_by_key(idempotency_key, digest)
+            if existing is None:
+                raise
+            return Enqueued(existing, created=False)
+        log.info("saga started", extra={"saga_id": saga_id, "saga": saga})
+        return Enqueued(saga_id, created=True)
+
+    def _find_by_key(self, key: str, digest: str) -> str | None:
+        with self._uow() as uow:
+            found = uow.sagas.by_idempotency_key(key)
+        if found is None:
+            return None
+        if found.payload_hash != digest:
+            raise IdempotencyConflict(key, found.saga_id)
+        return found.saga_id
+
+    # -- running steps ----------------------------------------------------------
+
+    def handle(self, message: StepMessage) -> Outcome:
+        """Run the step or compensation the message asks for, exactly once.
+
+        The action's business writes, the saga's new state, the inbox record and
+        the next messages commit in one transaction. Raises MalformedMessage or
+        UnknownSaga for messages that can never succeed (dead-letter them) and
+        StoreUnavailable for transient trouble (retry them).
+        """
+        with self._uow() as uow:
+            if uow.inbox.seen(message.message_id):
+                return Outcome.DUPLICATE
+            record = uow.sagas.get(message.saga_id, for_update=True)
+            if record is None:
+                raise MalformedMessage(f"no saga with id {message.saga_id!r}")
+            state = record.state
+            if (state.name, state.version) != (message.saga, message.version):
+                raise MalformedMessage(
+                    f"message names saga {message.saga!r} v{message.version} but saga "
+                    f"{state.saga_id} runs {state.name!r} v{state.version}"
+                )
+            definition = self.registry.get(state.name, state.version)
+            try:
+                step = definition.step(message.step)
+            except KeyError:
+                raise MalformedMessage(
+                    f"saga {state.name!r} v{state.version} has no step {message.step!r}"
+                ) from None
+            command = message.command()
+            why = awaits(state, command)
+            if why is not None:
+                uow.inbox.record(message.message_id, state.saga_id)
+                uow.commit()
+                log.info(
+                    "stale step message ignored",
+                    extra={"saga_id": state.saga_id, "step": message.step, "why": why},
+                )
+                return Outcome.STALE
+            if step.kind is StepKind.CHAIN:
+                raise MalformedMessage(
+                    f"step {step.name!r} is a chain step; chain steps need the ledger adapter, "
+                    "which this version does not have"
+                )
+            fn = step.action if message.phase is Phase.DO else step.compensation
+            assert fn is not None  # the definition guarantees it for awaited commands
+            ctx = StepContext(
+                saga_id=state.saga_id,
+                saga_name=state.name,
+                step=step.name,
+                attempt=message.attempt,
+                input=definition.input_model.model_validate(record.input),
+                data=dict(record.data),
+                session=uow.session,
+            )
+            event: Event
+            output: Mapping[str, Any] | None = None
+            try:
+                with uow.savepoint():
+                    output = fn(ctx)
+            except Exception as exc:
+                if isinstance(exc, self._transient):
+                    raise
+                event = self._failure_event(message, exc)
+            else:
+                event = (
+                    StepSucceeded(step.name, message.attempt)
+                    if message.phase is Phase.DO
+                    else CompensationSucceeded(step.name, message.attempt)
+                )
+            t = transition(definition, state, event)
+            if output and message.phase is Phase.DO:
+                record.data[step.name] = dict(output)
+            record = replace(record, state=t.state, updated_at=_now())
+            uow.sagas.save(record)
+            self._emit(uow, t.state, t.commands)
+            uow.inbox.record(message.message_id, state.saga_id)
+            self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
+            if t.state.status != state.status:
+                self._note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
+            uow.commit()
+            return Outcome.APPLIED
+
+    @staticmethod
+    def _failure_event(message: StepMessage, exc: Exception) -> Event:
+        names = error_names(exc)
+        text = str(exc) or type(exc).__name__
+        if message.phase is Phase.DO:
+            return StepFailed(message.step, message.attempt, names, text)
+        return CompensationFailed(message.step, message.attempt, names, text)
+
+    # -- operators --------------------------------------------------------------
+
+    def resume(self, saga_id: str, *, actor: str, why: str) -> SagaState:
+        return self._operator(saga_id, ResumeRequested(actor, why), actor)
+
+    def compensate(self, saga_id: str, *, actor: str, why: str) -> SagaState:
+        return self._operator(saga_id, CompensateRequested(actor, why), actor)
+
+    def _operator(self, saga_id: str, event: Event, actor: str) -> SagaState:
+        with self._uow() as uow:
+            record = uow.sagas.get(saga_id, for_update=True)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            definition = self.registry.get(record.state.name, record.state.version)
+            t = transition(definition, record.state, event)
+            if not t.accepted:
+                raise OperatorActionRefused(t.note)
+            uow.sagas.save(replace(record, state=t.state, updated_at=_now()))
+            self._emit(uow, t.state, t.commands)
+            self._note(uow, saga_id, _event_kind(event), _event_detail(event), actor=actor)
+            uow.commit()
+            return t.state
+
+    # -- reading ----------------------------------------------------------------
+
+    def get(self, saga_id: str) -> tuple[SagaRecord, list[HistoryEntry]]:
+        with self._uow() as uow:
+            record = uow.sagas.get(saga_id)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            return record, uow.history.for_saga(saga_id)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _emit(self, uow: UnitOfWork, state: SagaState, commands: tuple[Command, ...]) -> None:
+        for command in commands:
+            message = StepMessage(
+                message_id=self._new_id(),
+                saga_id=state.saga_id,
+                saga=state.name,
+                version=state.version,
+                step=command.step,
+                attempt=command.attempt,
+                phase=Phase.DO if isinstance(command, RunStep) else Phase.UNDO,
+            )
+            uow.outbox.add(
+                OutboxMessage(
+                    message_id=message.message_id,
+                    saga_id=state.saga_id,
+                    body=message.to_body(),
+                    delay=command.delay,
+                )
+            )
+
+    @staticmethod
+    def _note(
+        uow: UnitOfWork,
+        saga_id: str,
+        kind: str,
+        detail: dict[str, Any],
+        actor: str | None = None,
+    ) -> None:
+        uow.history.add(HistoryEntry(_now(), saga_id, kind, detail, actor))
+
+
+def _event_kind(event: Event) -> str:
+    return {
+        Started: "started",
+        StepSucceeded: "step succeeded",
+        StepFailed: "step failed",
+        CompensationSucceeded: "compensation succeeded",
+        CompensationFailed: "compensation failed",
+        ResumeRequested: "resume requested",
+        CompensateRequested: "compensation requested",
+    }[type(event)]
+
+
+def _event_detail(event: Event) -> dict[str, Any]:
+    detail: dict[str, Any] = {}
+    for key in ("step", "attempt", "message", "why"):
+        if hasattr(event, key):
+            detail[key] = getattr(event, key)
+    if isinstance(event, StepFailed | CompensationFailed) and event.error_types:
+        detail["error"] = event.error_types[0]
+    return detail

@@ -1,0 +1,159 @@
+"""Ports: what the application layer needs from the outside world.
+
+Adapters implement these (SQLAlchemy on PostgreSQL or SQLite, RabbitMQ through
+aio-pika or kombu, ...). The fakes in tests/fakes.py implement them in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from saga.core.state import SagaState
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or lost the connection; the work may be retried."""
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Another saga already holds this idempotency key (raised at commit or add)."""
+
+
+@dataclass
+class SagaRecord:
+    """A saga as stored: the machine's state plus its input and accumulated data."""
+
+    state: SagaState
+    input: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    payload_hash: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def saga_id(self) -> str:
+        return self.state.saga_id
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message to publish once the transaction that wrote it has committed."""
+
+    message_id: str
+    saga_id: str
+    body: dict[str, Any]
+    # Seconds to wait before publishing (retry backoff); kept in the store, so a
+    # delayed retry survives any restart.
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    """An outbox row the relay has claimed."""
+
+    id: int
+    message_id: str
+    saga_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: datetime
+    saga_id: str
+    kind: str
+    detail: dict[str, Any]
+    actor: str | None = None
+
+
+class SagaRepository(Protocol):
+    def add(self, record: SagaRecord) -> None: ...
+
+    def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None: ...
+
+    def by_idempotency_key(self, key: str) -> SagaRecord | None: ...
+
+    def save(self, record: SagaRecord) -> None: ...
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        older_than: datetime | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]: ...
+
+    def count_by_status(self) -> dict[tuple[str, str], int]: ...
+
+
+class Outbox(Protocol):
+    def add(self, message: OutboxMessage) -> None: ...
+
+
+class Inbox(Protocol):
+    def seen(self, message_id: str) -> bool: ...
+
+    def record(self, message_id: str, saga_id: str) -> None: ...
+
+
+class History(Protocol):
+    def add(self, entry: HistoryEntry) -> None: ...
+
+    def for_saga(self, saga_id: str) -> list[HistoryEntry]: ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction; rolls back on exit unless commit() was called."""
+
+    sagas: SagaRepository
+    outbox: Outbox
+    inbox: Inbox
+    history: History
+    # The transaction's session, handed to local steps for their business writes.
+    session: Any
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested transaction: rolled back alone if the block raises."""
+        ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> UnitOfWork: ...
+
+
+class OutboxReader(Protocol):
+    """The relay's view of the outbox."""
+
+    def claim(self, limit: int) -> AbstractContextManager[Sequence[PendingMessage]]:
+        """Lock up to `limit` publishable rows, oldest first, for this caller only.
+
+        Rows stay locked until the context exits; `mark_published` inside it marks
+        them in the same transaction.
+        """
+        ...
+
+    def mark_published(self, ids: Sequence[int]) -> None: ...
+
+    def oldest_unpublished_age(self) -> float | None: ...
+
+
+class Publisher(Protocol):
+    """Publishes message bodies durably; returns only once the broker confirmed all."""
+
+    def publish_batch(self, messages: Sequence[PendingMessage]) -> None: ...
+
+    def close(self) -> None: ...
