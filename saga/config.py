@@ -1,0 +1,110 @@
+"""Settings, read from environment variables that all start with SAGA_.
+
+Defaults run out of the box with no servers: an SQLite store and a broker kept in
+an SQLite file through kombu's SQLAlchemy transport. Point SAGA_DATABASE_URL at
+PostgreSQL and SAGA_BROKER_URL at RabbitMQ for production. Every field is listed
+with its variable in the README's configuration table (`saga config` prints the
+values in effect).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+PREFIX = "SAGA_"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where sagas, outbox and inbox live (SQLAlchemy URL; postgresql:// uses psycopg 3).
+    database_url: str = "sqlite:///saga.sqlite3"
+    # The broker the relay publishes to and workers consume from.
+    broker_url: str = "sqla+sqlite:///saga-broker.sqlite3"
+    # Python modules whose `definition` (or `register(registry)`) declare the sagas.
+    definitions: str = "saga.examples.order_payment"
+    # Queue of step messages, and where poison messages go with their reason.
+    step_queue: str = "saga.steps"
+    dead_letter_queue: str = "saga.dead-letter"
+    # Relay: rows claimed per batch, and the pause when the outbox is empty.
+    relay_batch_size: int = 500
+    relay_poll_interval: float = 0.2
+    # Workers: processes per worker command; messages prefetched per process.
+    worker_concurrency: int = 2
+    worker_prefetch: int = 1
+    # HTTP API.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_token: str = ""
+    max_payload_bytes: int = 64 * 1024
+    max_payload_depth: int = 16
+    # Database connection pool per process.
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    # Logs: "json" or "console"; level name.
+    log_format: str = "json"
+    log_level: str = "INFO"
+    # Port for the Prometheus endpoint of relay and workers (0 = off).
+    metrics_port: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = PREFIX + f.name.upper()
+            if var not in env:
+                continue
+            raw = env[var]
+            try:
+                if f.type in ("int", int):
+                    values[f.name] = int(raw)
+                elif f.type in ("float", float):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a valid {f.type}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.log_format not in ("json", "console"):
+            raise ConfigError("SAGA_LOG_FORMAT must be 'json' or 'console'")
+        if self.relay_batch_size < 1:
+            raise ConfigError("SAGA_RELAY_BATCH_SIZE must be at least 1")
+        if self.worker_concurrency < 1 or self.worker_prefetch < 1:
+            raise ConfigError("SAGA_WORKER_CONCURRENCY and SAGA_WORKER_PREFETCH must be >= 1")
+        if self.max_payload_bytes < 1 or self.max_payload_depth < 1:
+            raise ConfigError("payload limits must be positive")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver spelled out for SQLAlchemy."""
+        url = self.database_url
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain) :]
+        return url
+
+    def redacted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "api_token" and value:
+                value = "***"
+            elif isinstance(value, str) and "://" in value and "@" in value:
+                scheme, rest = value.split("://", 1)
+                creds, host = rest.rsplit("@", 1)
+                user = creds.split(":", 1)[0]
+                value = f"{scheme}://{user}:***@{host}"
+            out[PREFIX + f.name.upper()] = value
+        return out
