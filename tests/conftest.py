@@ -1,0 +1,7 @@
+"""Shared fixtures. Real services are reached through the plugins below; when one is
+down the fixtures fail the test with the command that starts it (never skip)."""
+
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.rabbitmq",
+]
