@@ -1,0 +1,172 @@
+"""Where a Gateway peer is and how to reach it: endpoint, TLS, connection profiles.
+
+A connection profile is the JSON (or YAML) "common connection profile" that
+Fabric's test network writes as ``connection-org1.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import grpc.aio
+import yaml
+
+# Without keepalive a long CommitStatus wait over a dead NAT or load balancer
+# hangs until its deadline; with it the call fails fast and is retried.
+_KEEPALIVE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayEndpoint:
+    """A peer's Gateway service. ``tls_root_certs`` None means plaintext."""
+
+    address: str
+    tls_root_certs: bytes | None = field(default=None, repr=False)
+    server_name_override: str | None = None
+    client_cert: bytes | None = field(default=None, repr=False)
+    client_key: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("mutual TLS needs both a client certificate and its key")
+        if self.client_cert is not None and self.tls_root_certs is None:
+            raise ValueError("mutual TLS needs TLS: give the server's CA certificates")
+
+    def with_client_tls(self, cert_pem: bytes, key_pem: bytes) -> GatewayEndpoint:
+        return GatewayEndpoint(
+            self.address, self.tls_root_certs, self.server_name_override, cert_pem, key_pem
+        )
+
+    def _options(self, extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        options = list(_KEEPALIVE_OPTIONS)
+        if self.server_name_override:
+            options.append(("grpc.ssl_target_name_override", self.server_name_override))
+            options.append(("grpc.default_authority", self.server_name_override))
+        options.extend(extra)
+        return options
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.tls_root_certs,
+            private_key=self.client_key,
+            certificate_chain=self.client_cert,
+        )
+
+    def open_channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A blocking-API channel; create one per process and reuse it for every call."""
+        if self.tls_root_certs is None:
+            return grpc.insecure_channel(self.address, options=self._options(options))
+        return grpc.secure_channel(self.address, self._credentials(), self._options(options))
+
+    def open_aio_channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """An asyncio channel; open it inside the event loop that will use it."""
+        if self.tls_root_certs is None:
+            return grpc.aio.insecure_channel(self.address, options=self._options(options))
+        return grpc.aio.secure_channel(self.address, self._credentials(), self._options(options))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionProfile:
+    """The parts of a common connection profile a Gateway client needs."""
+
+    name: str
+    organization: str
+    msp_id: str
+    peers: Mapping[str, GatewayEndpoint]
+    org_peers: tuple[str, ...]
+
+    def endpoint(self, peer: str | None = None) -> GatewayEndpoint:
+        """The named peer, or else the client organization's first peer."""
+        if peer is None:
+            candidates = [p for p in self.org_peers if p in self.peers] or list(self.peers)
+            if not candidates:
+                raise ValueError(f"connection profile {self.name!r} lists no peers")
+            peer = candidates[0]
+        try:
+            return self.peers[peer]
+        except KeyError:
+            raise ValueError(f"connection profile {self.name!r} has no peer {peer!r}") from None
+
+
+def _read_pem(entry: Mapping[str, Any] | None, base_dir: Path, what: str) -> bytes | None:
+    if not entry:
+        return None
+    if entry.get("pem"):
+        return str(entry["pem"]).encode()
+    if entry.get("path"):
+        path = Path(str(entry["path"]))
+        return (path if path.is_absolute() else base_dir / path).read_bytes()
+    raise ValueError(f"{what} has neither 'pem' nor 'path'")
+
+
+def _endpoint(name: str, peer: Mapping[str, Any], base_dir: Path) -> GatewayEndpoint:
+    url = str(peer.get("url", ""))
+    parts = urlsplit(url if "://" in url else f"grpcs://{url}")
+    if not parts.hostname or not parts.port:
+        raise ValueError(f"peer {name!r}: url {url!r} needs a host and a port")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    grpc_options = peer.get("grpcOptions") or {}
+    override = grpc_options.get("ssl-target-name-override") or grpc_options.get("hostnameOverride")
+    if parts.scheme == "grpc":
+        return GatewayEndpoint(address=f"{host}:{parts.port}")
+    if parts.scheme != "grpcs":
+        raise ValueError(f"peer {name!r}: url scheme must be grpc or grpcs, not {parts.scheme!r}")
+    roots = _read_pem(peer.get("tlsCACerts"), base_dir, f"peer {name!r} tlsCACerts")
+    if roots is None:
+        raise ValueError(f"peer {name!r} uses grpcs but gives no tlsCACerts")
+    return GatewayEndpoint(
+        address=f"{host}:{parts.port}",
+        tls_root_certs=roots,
+        server_name_override=str(override) if override else None,
+    )
+
+
+def parse_connection_profile(
+    profile: Mapping[str, Any], base_dir: str | Path = ".", organization: str | None = None
+) -> ConnectionProfile:
+    """Read a profile already loaded as a mapping; relative paths resolve from ``base_dir``."""
+    base = Path(base_dir)
+    orgs = profile.get("organizations") or {}
+    org = organization or (profile.get("client") or {}).get("organization")
+    if org is None:
+        if len(orgs) != 1:
+            raise ValueError("the profile names no client organization; pass organization=")
+        org = next(iter(orgs))
+    if org not in orgs:
+        raise ValueError(f"organization {org!r} is not in the connection profile")
+    org_entry = orgs[org] or {}
+    msp_id = org_entry.get("mspid")
+    if not msp_id:
+        raise ValueError(f"organization {org!r} has no mspid")
+    peers = {
+        name: _endpoint(name, entry or {}, base)
+        for name, entry in (profile.get("peers") or {}).items()
+    }
+    return ConnectionProfile(
+        name=str(profile.get("name", "")),
+        organization=str(org),
+        msp_id=str(msp_id),
+        peers=peers,
+        org_peers=tuple(str(p) for p in org_entry.get("peers") or ()),
+    )
+
+
+def load_connection_profile(path: str | Path, organization: str | None = None) -> ConnectionProfile:
+    """Load ``connection-org1.json`` (or a .yaml profile) from disk."""
+    file = Path(path)
+    text = file.read_text()
+    data = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} is not a connection profile")
+    return parse_connection_profile(data, file.parent, organization)

@@ -1,0 +1,212 @@
+"""Blocking Fabric Gateway client; implements the ledger port.
+
+Lifecycle, each object carrying the txid:
+``new_proposal`` -> Proposal -> ``endorse`` -> PreparedTransaction (store its
+bytes) -> ``submit`` -> Submitted -> ``commit_status`` -> CommitResult.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+
+from saga.fabric import messages
+from saga.fabric.connection import GatewayEndpoint
+from saga.fabric.errors import (
+    CommitError,
+    CommitStatusError,
+    EndorseError,
+    EvaluateError,
+    SubmitError,
+)
+from saga.fabric.identity import SigningIdentity
+from saga.fabric.proposal import Arg, Proposal, build_proposal
+from saga.fabric.protos import gateway_pb2_grpc
+from saga.fabric.transaction import PreparedTransaction, as_prepared
+from saga.ledger_port import CommitResult, PreparedTx, Submitted
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Per-call deadlines in seconds.
+
+    Fabric's CommitStatus has no server-side timeout: it waits until the
+    transaction commits, for ever if it never will, so the client always bounds it.
+    """
+
+    endorse: float = 30.0
+    submit: float = 30.0
+    commit_status: float = 60.0
+    evaluate: float = 30.0
+
+
+class GatewayClient:
+    """One gRPC channel to one Gateway peer, reused for every call; thread-safe."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        identity: SigningIdentity,
+        *,
+        deadlines: Deadlines | None = None,
+        owns_channel: bool = False,
+    ) -> None:
+        self._channel = channel
+        self._stub = gateway_pb2_grpc.GatewayStub(channel)
+        self.identity = identity
+        self.deadlines = deadlines or Deadlines()
+        self._owns_channel = owns_channel
+
+    @classmethod
+    def connect(
+        cls,
+        endpoint: GatewayEndpoint,
+        identity: SigningIdentity,
+        *,
+        deadlines: Deadlines | None = None,
+    ) -> GatewayClient:
+        return cls(endpoint.open_channel(), identity, deadlines=deadlines, owns_channel=True)
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- lifecycle steps ---------------------------------------------------
+
+    def new_proposal(
+        self,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[Arg] = (),
+        *,
+        endorsing_orgs: Sequence[str] | None = None,
+        transient: Mapping[str, bytes] | None = None,
+    ) -> Proposal:
+        return build_proposal(
+            self.identity,
+            channel,
+            chaincode,
+            function,
+            args,
+            transient=transient,
+            endorsing_orgs=endorsing_orgs,
+        )
+
+    def endorse(self, proposal: Proposal, *, timeout: float | None = None) -> PreparedTransaction:
+        try:
+            response = self._stub.Endorse(
+                messages.endorse_request(proposal),
+                timeout=self.deadlines.endorse if timeout is None else timeout,
+            )
+        except grpc.RpcError as exc:
+            raise EndorseError.from_rpc_error(exc, proposal.txid) from exc
+        return PreparedTransaction.sign(response.prepared_transaction, self.identity)
+
+    def submit(self, prepared: PreparedTx | bytes, *, timeout: float | None = None) -> Submitted:
+        """Send the signed envelope to be ordered. Sending the same bytes again is safe:
+        the ledger keeps only the first commit of a txid valid."""
+        tx = as_prepared(prepared)
+        try:
+            self._stub.Submit(
+                messages.submit_request(tx.txid, tx.channel, tx.envelope),
+                timeout=self.deadlines.submit if timeout is None else timeout,
+            )
+        except grpc.RpcError as exc:
+            raise SubmitError.from_rpc_error(exc, tx.txid) from exc
+        return Submitted(txid=tx.txid, channel=tx.channel)
+
+    def commit_status(
+        self, channel: str, txid: str, *, timeout: float | None = None
+    ) -> CommitResult:
+        """Wait for the txid's commit. Raises CommitStatusError (a StatusUnknown)."""
+        try:
+            response = self._stub.CommitStatus(
+                messages.signed_commit_status_request(self.identity, channel, txid),
+                timeout=self.deadlines.commit_status if timeout is None else timeout,
+            )
+        except grpc.RpcError as exc:
+            raise CommitStatusError.from_rpc_error(exc, txid) from exc
+        return messages.commit_result(txid, response)
+
+    def evaluate_proposal(self, proposal: Proposal, *, timeout: float | None = None) -> bytes:
+        try:
+            response = self._stub.Evaluate(
+                messages.evaluate_request(proposal),
+                timeout=self.deadlines.evaluate if timeout is None else timeout,
+            )
+        except grpc.RpcError as exc:
+            raise EvaluateError.from_rpc_error(exc, proposal.txid) from exc
+        return messages.evaluate_payload(proposal, response)
+
+    # -- the ledger port ---------------------------------------------------
+
+    def prepare(
+        self,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[Arg] = (),
+        *,
+        endorsing_orgs: Sequence[str] | None = None,
+        transient: Mapping[str, bytes] | None = None,
+    ) -> PreparedTransaction:
+        proposal = self.new_proposal(
+            channel, chaincode, function, args, endorsing_orgs=endorsing_orgs, transient=transient
+        )
+        return self.endorse(proposal)
+
+    def evaluate(
+        self,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[Arg] = (),
+        *,
+        target_orgs: Sequence[str] | None = None,
+        transient: Mapping[str, bytes] | None = None,
+    ) -> bytes:
+        proposal = self.new_proposal(
+            channel, chaincode, function, args, endorsing_orgs=target_orgs, transient=transient
+        )
+        return self.evaluate_proposal(proposal)
+
+    # -- convenience -------------------------------------------------------
+
+    def submit_transaction(
+        self,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[Arg] = (),
+        *,
+        endorsing_orgs: Sequence[str] | None = None,
+        transient: Mapping[str, bytes] | None = None,
+    ) -> bytes:
+        """Endorse, submit, wait; the chaincode's result, or CommitError if not VALID.
+
+        For tools and tests: a chain step must store the prepared bytes between
+        ``prepare`` and ``submit`` instead.
+        """
+        prepared = self.prepare(
+            channel, chaincode, function, args, endorsing_orgs=endorsing_orgs, transient=transient
+        )
+        self.submit(prepared)
+        result = self.commit_status(channel, prepared.txid)
+        if not result.valid:
+            raise CommitError(result)
+        return prepared.result()
