@@ -1,0 +1,310 @@
+"""In-memory fakes of the ports in saga/ports.py.
+
+They keep state (they are not mocks): a `FakeDatabase` holds what is committed;
+each `FakeUnitOfWork` works on a private copy of it and publishes that copy only
+on `commit()`, so anything not committed is gone when the block exits, exactly
+like a database transaction. `savepoint()` snapshots the working copy and puts
+it back if the block raises.
+
+Business steps in tests write through `uow.session` (a `FakeSession`) into named
+tables of the same working copy, so their writes commit or roll back together
+with the saga's state, the inbox record and the outbox rows.
+
+Faults: `FakeDatabase.fail_commits` makes the next N commits raise
+`StoreUnavailable` (nothing of the transaction is kept), `fail_begin` does the
+same when a unit of work is opened.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from saga.ports import (
+    DuplicateIdempotencyKey,
+    HistoryEntry,
+    OutboxMessage,
+    PendingMessage,
+    SagaRecord,
+    StoreUnavailable,
+)
+
+
+@dataclass
+class OutboxRow:
+    id: int
+    message: OutboxMessage
+    published: bool = False
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class Tables:
+    """Everything a transaction can see and change (copied per transaction)."""
+
+    sagas: dict[str, SagaRecord] = field(default_factory=dict)
+    outbox: list[OutboxRow] = field(default_factory=list)
+    inbox: dict[str, str] = field(default_factory=dict)
+    history: list[HistoryEntry] = field(default_factory=list)
+    business: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    next_outbox_id: int = 1
+
+
+class FakeDatabase:
+    """The committed state, shared by every unit of work made from it."""
+
+    def __init__(self) -> None:
+        self.tables = Tables()
+        self.commits = 0
+        self.rollbacks = 0
+        self.fail_commits = 0
+        self.fail_begin = 0
+
+    # Reading committed state, for assertions.
+    def business_rows(self, table: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.tables.business.get(table, []))
+
+    def saga(self, saga_id: str) -> SagaRecord | None:
+        record = self.tables.sagas.get(saga_id)
+        return copy.deepcopy(record)
+
+    def outbox_messages(self) -> list[OutboxMessage]:
+        return [row.message for row in self.tables.outbox]
+
+    def snapshot(self) -> Tables:
+        return copy.deepcopy(self.tables)
+
+    def uow(self) -> FakeUnitOfWork:
+        """Usable as the orchestrator's UnitOfWorkFactory: `Orchestrator(reg, db.uow)`."""
+        return FakeUnitOfWork(self)
+
+
+class FakeSession:
+    """Where business steps in tests write their rows (a table is a list of dicts)."""
+
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    def insert(self, table: str, **row: Any) -> None:
+        self._uow._work().business.setdefault(table, []).append(dict(row))
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self._uow._work().business.get(table, []))
+
+
+class FakeSagaRepository:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    def add(self, record: SagaRecord) -> None:
+        work = self._uow._work()
+        if record.saga_id in work.sagas:
+            raise ValueError(f"saga {record.saga_id} exists already")
+        key = record.idempotency_key
+        if key is not None and any(r.idempotency_key == key for r in work.sagas.values()):
+            raise DuplicateIdempotencyKey(key)
+        work.sagas[record.saga_id] = copy.deepcopy(record)
+
+    def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None:
+        record = self._uow._work().sagas.get(saga_id)
+        return copy.deepcopy(record)
+
+    def by_idempotency_key(self, key: str) -> SagaRecord | None:
+        for record in self._uow._work().sagas.values():
+            if record.idempotency_key == key:
+                return copy.deepcopy(record)
+        return None
+
+    def save(self, record: SagaRecord) -> None:
+        work = self._uow._work()
+        if record.saga_id not in work.sagas:
+            raise KeyError(record.saga_id)
+        work.sagas[record.saga_id] = copy.deepcopy(record)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        older_than: datetime | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        found = [
+            copy.deepcopy(r)
+            for r in self._uow._work().sagas.values()
+            if (status is None or r.state.status == status)
+            and (name is None or r.state.name == name)
+            and (older_than is None or (r.updated_at is not None and r.updated_at < older_than))
+        ]
+        return found[:limit]
+
+    def count_by_status(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for r in self._uow._work().sagas.values():
+            key = (r.state.name, str(r.state.status))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+class FakeOutbox:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    def add(self, message: OutboxMessage) -> None:
+        work = self._uow._work()
+        work.outbox.append(OutboxRow(work.next_outbox_id, copy.deepcopy(message)))
+        work.next_outbox_id += 1
+
+
+class FakeInbox:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    def seen(self, message_id: str) -> bool:
+        return message_id in self._uow._work().inbox
+
+    def record(self, message_id: str, saga_id: str) -> None:
+        inbox = self._uow._work().inbox
+        if message_id in inbox:
+            # A real inbox has a primary key on message_id.
+            raise ValueError(f"message {message_id} recorded twice")
+        inbox[message_id] = saga_id
+
+
+class FakeHistory:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    def add(self, entry: HistoryEntry) -> None:
+        self._uow._work().history.append(copy.deepcopy(entry))
+
+    def for_saga(self, saga_id: str) -> list[HistoryEntry]:
+        return [copy.deepcopy(e) for e in self._uow._work().history if e.saga_id == saga_id]
+
+
+class FakeUnitOfWork:
+    """One transaction over a FakeDatabase; rolls back on exit unless committed."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self.db = db
+        self._tables: Tables | None = None
+        self.committed = False
+        self.sagas = FakeSagaRepository(self)
+        self.outbox = FakeOutbox(self)
+        self.inbox = FakeInbox(self)
+        self.history = FakeHistory(self)
+        self.session = FakeSession(self)
+
+    def _work(self) -> Tables:
+        if self._tables is None:
+            raise RuntimeError("unit of work used outside its `with` block")
+        return self._tables
+
+    def __enter__(self) -> FakeUnitOfWork:
+        if self.db.fail_begin > 0:
+            self.db.fail_begin -= 1
+            raise StoreUnavailable("fake database: cannot connect (injected)")
+        self._tables = copy.deepcopy(self.db.tables)
+        self.committed = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tables is not None:
+            self.rollback()
+
+    def commit(self) -> None:
+        work = self._work()
+        if self.db.fail_commits > 0:
+            self.db.fail_commits -= 1
+            self.rollback()
+            raise StoreUnavailable("fake database: connection lost at commit (injected)")
+        # Unique index on the idempotency key, checked against what others committed.
+        committed = self.db.tables.sagas
+        for saga_id, record in work.sagas.items():
+            key = record.idempotency_key
+            if key is None or saga_id in committed:
+                continue
+            if any(r.idempotency_key == key for r in committed.values()):
+                self.rollback()
+                raise DuplicateIdempotencyKey(key)
+        self.db.tables = work
+        self.db.commits += 1
+        self.committed = True
+        self._tables = None
+
+    def rollback(self) -> None:
+        if self._tables is not None:
+            self.db.rollbacks += 1
+        self._tables = None
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        saved = copy.deepcopy(self._work())
+        try:
+            yield
+        except BaseException:
+            self._tables = saved
+            raise
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        return self._savepoint()
+
+
+class FakeOutboxReader:
+    """The relay's view of a FakeDatabase's committed outbox."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self.db = db
+        self._claimed: set[int] = set()
+
+    @contextmanager
+    def _claim(self, limit: int) -> Iterator[Sequence[PendingMessage]]:
+        rows = [r for r in self.db.tables.outbox if not r.published and r.id not in self._claimed][
+            :limit
+        ]
+        ids = {r.id for r in rows}
+        self._claimed |= ids
+        try:
+            yield [
+                PendingMessage(r.id, r.message.message_id, r.message.saga_id, r.message.body)
+                for r in rows
+            ]
+        finally:
+            self._claimed -= ids
+
+    def claim(self, limit: int) -> AbstractContextManager[Sequence[PendingMessage]]:
+        return self._claim(limit)
+
+    def mark_published(self, ids: Sequence[int]) -> None:
+        wanted = set(ids)
+        for row in self.db.tables.outbox:
+            if row.id in wanted:
+                row.published = True
+
+    def oldest_unpublished_age(self) -> float | None:
+        pending = [r.created_at for r in self.db.tables.outbox if not r.published]
+        if not pending:
+            return None
+        return (datetime.now(UTC) - min(pending)).total_seconds()
+
+
+class FakePublisher:
+    """Records what was published; `fail_batches` makes the next N batches raise."""
+
+    def __init__(self) -> None:
+        self.published: list[PendingMessage] = []
+        self.fail_batches = 0
+        self.closed = False
+
+    def publish_batch(self, messages: Sequence[PendingMessage]) -> None:
+        if self.fail_batches > 0:
+            self.fail_batches -= 1
+            raise ConnectionError("fake broker: publish not confirmed (injected)")
+        self.published.extend(messages)
+
+    def close(self) -> None:
+        self.closed = True
