@@ -119,6 +119,10 @@ def _validate(saga: SagaDefinition) -> int:
         raise _fail(saga, "input_model must be a pydantic BaseModel subclass")
     if not saga.steps:
         raise _fail(saga, "a saga needs at least one step")
+    try:
+        known = _known_error_names(saga.errors)
+    except DefinitionError as exc:
+        raise _fail(saga, str(exc)) from None
     seen: set[str] = set()
     for step in saga.steps:
         if not _NAME.match(step.name):
@@ -132,7 +136,6 @@ def _validate(saga: SagaDefinition) -> int:
             raise _fail(saga, f"local step {step.name!r} has no action")
         if step.kind is StepKind.CHAIN and step.chain is None:
             raise _fail(saga, f"chain step {step.name!r} needs a ChainCall")
-        known = _known_error_names(saga.errors)
         for policy in (step.retry, step.compensation_retry):
             for name in policy.non_retryable:
                 if name not in known:
