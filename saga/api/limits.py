@@ -35,12 +35,20 @@ class PayloadLimits:
 class BodyRejected(Exception):
     """A request body refused before it reached the saga's schema."""
 
-    def __init__(self, status: int, code: str, message: str, fields: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: tuple[str, ...] = (),
+        details: tuple[dict[str, Any], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields
+        self.details = details
 
 
 def too_large(size: int, limits: PayloadLimits) -> BodyRejected:
