@@ -1,0 +1,3 @@
+from saga_devnet.cli import main
+
+main()

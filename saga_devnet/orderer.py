@@ -1,0 +1,111 @@
+"""Ordering and commit: cut blocks by BatchTimeout / MaxMessageCount, validate, write, notify.
+
+Like a Raft orderer there is no txid dedupe here: every submitted envelope is ordered,
+and the committer's validation marks repeats DUPLICATE_TXID. Ordering and the single
+peer ledger are one pipeline because all the devnet's peers share one ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from saga_devnet import blocks
+from saga_devnet.commit_notifier import CommitNotifier
+from saga_devnet.faults import Faults
+from saga_devnet.ledger_store import LedgerStore
+from saga_devnet.msp import Signer
+from saga_devnet.rwlock import RWLock
+from saga_devnet.txparse import parse_envelope
+from saga_devnet.validator import Validator
+
+log = logging.getLogger(__name__)
+
+
+class Orderer:
+    def __init__(
+        self,
+        *,
+        channel: str,
+        store: LedgerStore,
+        validator: Validator,
+        signer: Signer,
+        notifier: CommitNotifier,
+        lock: RWLock,
+        faults: Faults,
+        batch_timeout: float,
+        max_message_count: int,
+    ) -> None:
+        self._channel = channel
+        self._store = store
+        self._validator = validator
+        self._signer = signer
+        self._notifier = notifier
+        self._lock = lock
+        self._faults = faults
+        self._batch_timeout = batch_timeout
+        self._max = max_message_count
+        self._wake = asyncio.Event()
+
+    def ensure_genesis(self) -> None:
+        if self._store.height == 0:
+            env = blocks.genesis_envelope(self._channel, self._signer)
+            block = blocks.make_block(0, b"", [env], b"\x00", self._signer)
+            offset, length = self._store.append_block(block, 0)
+            self._store.index_block(block, offset, length, 0)
+        self._notifier.height = self._store.height
+
+    def submit(self, envelope: bytes) -> None:
+        """Queue durably; returns once the envelope will be ordered even after a crash."""
+        self._store.add_pending(envelope)
+        self._wake.set()
+
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+
+    async def run(self) -> None:
+        while True:
+            if self._store.pending_count() == 0:
+                await self._wait(3600)
+                continue
+            # The batch timer starts with the batch's first envelope, as Fabric's blockcutter.
+            deadline = time.monotonic() + self._batch_timeout
+            while self._store.pending_count() < self._max and time.monotonic() < deadline:
+                await self._wait(deadline - time.monotonic())
+            while self._faults.stall_commits:
+                await asyncio.sleep(0.05)
+            if self._faults.commit_delay > 0:
+                await asyncio.sleep(self._faults.commit_delay)
+            await self._cut()
+
+    async def _cut(self) -> None:
+        batch = self._store.pending(self._max)
+        if not batch:
+            return
+        last_seq = batch[-1][0]
+        envelopes = [env for _seq, env in batch]
+        async with self._lock.exclusive():
+            number = self._store.height
+            codes = self._validator.validate(number, envelopes)
+            block = blocks.make_block(
+                number, self._store.last_hash(), envelopes, codes, self._signer
+            )
+            self._faults.maybe_crash("before_block_write")
+            offset, length = self._store.append_block(block, last_seq)
+            self._faults.maybe_crash("after_block_write")
+            first: dict[str, int] = {}
+            for txnum, raw in enumerate(envelopes):
+                try:
+                    txid = parse_envelope(raw).txid
+                except ValueError:
+                    continue
+                if txid and txid not in first and self._store.tx_status(txid) is None:
+                    first[txid] = codes[txnum]
+            self._store.index_block(block, offset, length, last_seq)
+        self._faults.maybe_crash("after_commit")
+        log.info("block %d committed: %d txs, codes %s", number, len(envelopes), list(codes))
+        await self._notifier.block_committed(number, first)

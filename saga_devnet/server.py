@@ -1,0 +1,153 @@
+"""Composition root: material, ledger, endorsers, orderer and one Gateway server per org."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from saga_devnet import cryptogen, profiles
+from saga_devnet.admin_api import AdminApi
+from saga_devnet.chaincodes import Chaincode, make_chaincode
+from saga_devnet.commit_notifier import CommitNotifier
+from saga_devnet.config import ChaincodeConfig, DevnetConfig, OrgConfig
+from saga_devnet.endorser import Endorser
+from saga_devnet.faults import Faults
+from saga_devnet.gateway_service import GatewayService
+from saga_devnet.ledger_store import LedgerStore
+from saga_devnet.msp import MembershipRegistry, load_signer
+from saga_devnet.orderer import Orderer
+from saga_devnet.policy import Rule, parse_policy
+from saga_devnet.protos import gateway_pb2_grpc
+from saga_devnet.rwlock import RWLock
+from saga_devnet.validator import Validator
+
+log = logging.getLogger("saga_devnet")
+
+
+def prepare(directory: Path, cfg: DevnetConfig) -> None:
+    """Crypto material and connection profiles; idempotent."""
+    cryptogen.generate(directory, cfg)
+    profiles.write_profiles(directory, cfg)
+
+
+def _server_credentials(
+    directory: Path, cfg: DevnetConfig, org: OrgConfig
+) -> grpc.ServerCredentials:
+    tls = cryptogen.org_root(directory, org) / "peers" / org.peer_host / "tls"
+    pair = [((tls / "server.key").read_bytes(), (tls / "server.crt").read_bytes())]
+    if not cfg.mutual_tls:
+        return grpc.ssl_server_credentials(pair)
+    # Clients of any org may connect, as on a channel peer: trust every org's TLS CA.
+    roots = b"".join(
+        (cryptogen.org_root(directory, o) / "tlsca" / f"tlsca.{o.domain}-cert.pem").read_bytes()
+        for o in cfg.orgs
+    )
+    return grpc.ssl_server_credentials(pair, root_certificates=roots, require_client_auth=True)
+
+
+class Devnet:
+    def __init__(self, directory: Path, cfg: DevnetConfig, faults: Faults) -> None:
+        self.directory = directory
+        self.cfg = cfg
+        self.faults = faults
+        prepare(directory, cfg)
+        self.registry = MembershipRegistry.load(directory, cfg)
+        self.store = LedgerStore(directory / "ledger" / cfg.channel)
+        self.lock = RWLock()
+        self.notifier = CommitNotifier()
+        msp_ids = [o.msp_id for o in cfg.orgs]
+        self.policies: dict[str, Rule] = {
+            name: parse_policy(cc.policy, msp_ids) for name, cc in cfg.chaincodes.items()
+        }
+        self.chaincodes: dict[str, tuple[Chaincode, ChaincodeConfig]] = {
+            name: (make_chaincode(directory, name, cc), cc) for name, cc in cfg.chaincodes.items()
+        }
+        orderer_root = cryptogen.org_root(directory, cfg.orderer, orderer=True)
+        orderer_signer = load_signer(
+            orderer_root / "orderers" / f"orderer.{cfg.orderer.domain}" / "msp",
+            cfg.orderer.msp_id,
+        )
+        self.validator = Validator(
+            cfg.channel, self.registry, self.policies.get, self.store, faults
+        )
+        self.orderer = Orderer(
+            channel=cfg.channel,
+            store=self.store,
+            validator=self.validator,
+            signer=orderer_signer,
+            notifier=self.notifier,
+            lock=self.lock,
+            faults=faults,
+            batch_timeout=cfg.batch_timeout,
+            max_message_count=cfg.max_message_count,
+        )
+        self.endorsers: dict[str, Endorser] = {}
+        for org in cfg.orgs:
+            peer_msp = cryptogen.org_root(directory, org) / "peers" / org.peer_host / "msp"
+            self.endorsers[org.msp_id] = Endorser(
+                org=org,
+                address=f"{org.peer_host}:{org.port}",
+                signer=load_signer(peer_msp, org.msp_id),
+                channel=cfg.channel,
+                registry=self.registry,
+                store=self.store,
+                chaincodes=self.chaincodes.get,
+                lock=self.lock,
+                faults=faults,
+            )
+        self._servers: list[grpc.aio.Server] = []
+
+    def health(self) -> dict[str, Any]:
+        return {"height": self.store.height, "pending": self.store.pending_count()}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.orderer.ensure_genesis()
+        for org in self.cfg.orgs:
+            server = grpc.aio.server()
+            service = GatewayService(
+                local=self.endorsers[org.msp_id],
+                endorsers=self.endorsers,
+                channel=self.cfg.channel,
+                policy_of=self.policies,
+                registry=self.registry,
+                store=self.store,
+                orderer=self.orderer,
+                notifier=self.notifier,
+                faults=self.faults,
+            )
+            gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+            address = f"{self.cfg.host}:{org.port}"
+            server.add_secure_port(address, _server_credentials(self.directory, self.cfg, org))
+            await server.start()
+            self._servers.append(server)
+            log.info("gateway for %s listening on %s", org.msp_id, address)
+        admin = await AdminApi(self.faults, self.health).serve("127.0.0.1", self.cfg.admin_port)
+        log.info("admin API on http://127.0.0.1:%d", self.cfg.admin_port)
+        orderer_task = asyncio.create_task(self.orderer.run(), name="orderer")
+        # Tests wait for this line on stdout before connecting.
+        print(f"devnet ready: height={self.store.height} dir={self.directory}", flush=True)
+        await stop.wait()
+        log.info("stopping")
+        orderer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await orderer_task
+        admin.close()
+        await asyncio.gather(*(s.stop(grace=1.0) for s in self._servers))
+        for chaincode, _cfg in self.chaincodes.values():
+            with contextlib.suppress(Exception):
+                await chaincode.close()
+        self.store.close()
+
+
+async def serve(directory: Path, cfg: DevnetConfig, faults: Faults) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await Devnet(directory, cfg, faults).run(stop)
