@@ -26,7 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from saga.api.limits import BodyRejected, PayloadLimits, parse_body, too_large
-from saga.api.schemas import Enqueued, EnqueueRequest, ErrorBody, Health, SagaView
+from saga.api.schemas import (
+    Enqueued,
+    EnqueueRequest,
+    ErrorBody,
+    Health,
+    SagaView,
+    field_errors,
+)
 from saga.config import Settings
 from saga.core.errors import UnknownSaga
 from saga.orchestrator import (
@@ -111,27 +118,6 @@ def _error(
     return JSONResponse(
         body.model_dump(exclude_none=True), status_code=status, headers=dict(headers or {})
     )
-
-
-def _path(loc: Sequence[Any], prefix: str = "") -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out = f"{out}.{part}" if out else str(part)
-    return out or "(body)"
-
-
-def _field_errors(errors: Sequence[Mapping[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
-    return [
-        {
-            "field": _path(e.get("loc", ()), prefix),
-            "message": e.get("msg", ""),
-            "type": e.get("type"),
-        }
-        for e in errors
-    ]
 
 
 def _unique(items: Sequence[str]) -> list[str]:
@@ -254,7 +240,7 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = _field_errors(exc.errors())
+        details = field_errors(exc.errors())
         return _error(
             422,
             "invalid_request",
@@ -322,7 +308,7 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
         try:
             req = EnqueueRequest.model_validate(value)
         except ValidationError as exc:
-            details = _field_errors(exc.errors(include_url=False))
+            details = field_errors(exc.errors(include_url=False))
             raise BodyRejected(
                 422,
                 "invalid_request",
@@ -338,7 +324,7 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
         except UnknownSaga as exc:
             return _error(404, "unknown_saga", str(exc), fields=["saga"])
         except InvalidInput as exc:
-            details = _field_errors(exc.errors, prefix="payload")
+            details = field_errors(exc.errors, prefix="payload")
             return _error(
                 422,
                 "invalid_payload",

@@ -6,6 +6,7 @@ responses into the same types without loading the web framework.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -130,3 +131,26 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: str
     store: str
+
+
+def field_path(loc: Sequence[Any], prefix: str = "") -> str:
+    """`("items", 0, "sku")` -> `payload.items[0].sku` (with prefix "payload")."""
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = f"{out}.{part}" if out else str(part)
+    return out or "(body)"
+
+
+def field_errors(errors: Sequence[Mapping[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
+    """Pydantic errors as the API reports them: field path, message, error type."""
+    return [
+        {
+            "field": field_path(e.get("loc", ()), prefix),
+            "message": e.get("msg", ""),
+            "type": e.get("type"),
+        }
+        for e in errors
+    ]
