@@ -1,0 +1,202 @@
+"""Sagas and their steps, stored as one row per saga plus one row per step."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
+from saga.ports import SagaRecord
+from saga.store.clock import utcnow
+from saga.store.errors import duplicate_key, is_duplicate_idempotency_key
+from saga.store.tables import saga_steps, sagas
+
+
+class SqlSagaRepository:
+    """SagaRepository over a unit of work's session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        # Step rows as last read or written in this transaction: save() then
+        # updates only the steps that changed, usually one per transition.
+        self._known: dict[str, tuple[StepState, ...]] = {}
+
+    def add(self, record: SagaRecord) -> None:
+        state = record.state
+        now = utcnow()
+        values = _saga_values(record, now)
+        values["id"] = state.saga_id
+        values["created_at"] = record.created_at or now
+        if record.idempotency_key is None:
+            self._insert(values, state, now)
+            return
+        # In a savepoint so that, on PostgreSQL as on SQLite, the transaction
+        # stays usable after the violation (a caller may look up the winner).
+        try:
+            with self._session.begin_nested():
+                self._insert(values, state, now)
+        except IntegrityError as exc:
+            if is_duplicate_idempotency_key(exc):
+                raise duplicate_key(exc) from exc
+            raise
+
+    def _insert(self, values: dict[str, Any], state: SagaState, now: datetime) -> None:
+        self._session.execute(insert(sagas).values(**values))
+        self._session.execute(
+            insert(saga_steps),
+            [_step_values(state.saga_id, i, step, now) for i, step in enumerate(state.steps)],
+        )
+        self._known[state.saga_id] = state.steps
+
+    def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None:
+        query = select(sagas).where(sagas.c.id == saga_id)
+        if for_update:
+            # PostgreSQL: a row lock until the transaction ends. SQLite ignores the
+            # clause, and needs none: the engine's BEGIN IMMEDIATE already holds
+            # the database's write lock (see saga.store.engine).
+            query = query.with_for_update()
+        row = self._session.execute(query).first()
+        if row is None:
+            return None
+        # Read after the lock, so the steps are as the lock holder left them.
+        return self._records([row])[0]
+
+    def by_idempotency_key(self, key: str) -> SagaRecord | None:
+        row = self._session.execute(select(sagas).where(sagas.c.idempotency_key == key)).first()
+        return None if row is None else self._records([row])[0]
+
+    def save(self, record: SagaRecord) -> None:
+        state = record.state
+        now = utcnow()
+        result = self._session.execute(
+            update(sagas).where(sagas.c.id == state.saga_id).values(**_saga_values(record, now))
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise KeyError(f"no saga {state.saga_id!r} to save; add() it first")
+        before = self._known.get(state.saga_id)
+        for i, step in enumerate(state.steps):
+            if before is not None and i < len(before) and before[i] == step:
+                continue
+            values = _step_values(state.saga_id, i, step, now)
+            del values["saga_id"], values["idx"]
+            self._session.execute(
+                update(saga_steps)
+                .where(saga_steps.c.saga_id == state.saga_id, saga_steps.c.idx == i)
+                .values(**values)
+            )
+        self._known[state.saga_id] = state.steps
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        older_than: datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SagaRecord]:
+        """Newest first; with `older_than` (a sweep for stuck sagas) oldest first."""
+        query = select(sagas)
+        if status is not None:
+            query = query.where(sagas.c.status == status)
+        if name is not None:
+            query = query.where(sagas.c.name == name)
+        if older_than is not None:
+            query = query.where(sagas.c.updated_at < older_than).order_by(
+                sagas.c.updated_at, sagas.c.id
+            )
+        else:
+            query = query.order_by(sagas.c.updated_at.desc(), sagas.c.id)
+        rows = self._session.execute(query.limit(limit)).all()
+        return self._records(rows)
+
+    def count_by_status(self) -> dict[tuple[str, str], int]:
+        """Sagas per (name, status)."""
+        rows = self._session.execute(
+            select(sagas.c.name, sagas.c.status, func.count()).group_by(
+                sagas.c.name, sagas.c.status
+            )
+        )
+        return {(name, status): count for name, status, count in rows}
+
+    def _records(self, rows: Sequence[Row[Any]]) -> builtins.list[SagaRecord]:
+        if not rows:
+            return []
+        ids = [row.id for row in rows]
+        steps: dict[str, builtins.list[StepState]] = {saga_id: [] for saga_id in ids}
+        for step in self._session.execute(
+            select(saga_steps)
+            .where(saga_steps.c.saga_id.in_(ids))
+            .order_by(saga_steps.c.saga_id, saga_steps.c.idx)
+        ):
+            steps[step.saga_id].append(
+                StepState(
+                    name=step.name,
+                    status=StepStatus(step.status),
+                    attempts=step.attempts,
+                    failures=step.failures,
+                    compensation_attempts=step.compensation_attempts,
+                    compensation_failures=step.compensation_failures,
+                    last_error=step.last_error,
+                )
+            )
+        records = [_record(row, steps[row.id]) for row in rows]
+        for record in records:
+            self._known[record.saga_id] = record.state.steps
+        return records
+
+
+def _record(row: Row[Any], steps: Iterable[StepState]) -> SagaRecord:
+    return SagaRecord(
+        state=SagaState(
+            saga_id=row.id,
+            name=row.name,
+            version=row.version,
+            status=SagaStatus(row.status),
+            current=row.current,
+            steps=tuple(steps),
+            reason=row.reason,
+        ),
+        input=row.input,
+        data=row.data,
+        idempotency_key=row.idempotency_key,
+        payload_hash=row.payload_hash,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _saga_values(record: SagaRecord, now: datetime) -> dict[str, Any]:
+    state = record.state
+    return {
+        "name": state.name,
+        "version": state.version,
+        "status": str(state.status),
+        "current": state.current,
+        "input": record.input,
+        "data": record.data,
+        "reason": state.reason,
+        "idempotency_key": record.idempotency_key,
+        "payload_hash": record.payload_hash,
+        "updated_at": record.updated_at or now,
+    }
+
+
+def _step_values(saga_id: str, idx: int, step: StepState, now: datetime) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "idx": idx,
+        "name": step.name,
+        "status": str(step.status),
+        "attempts": step.attempts,
+        "failures": step.failures,
+        "compensation_attempts": step.compensation_attempts,
+        "compensation_failures": step.compensation_failures,
+        "last_error": step.last_error,
+        "updated_at": now,
+    }
