@@ -168,7 +168,9 @@ class RawGateway:
             transaction_id=txid, channel_id=self.channel, identity=self.creator
         ).SerializeToString()
         resp = self.stub.CommitStatus(
-            gateway_pb2.SignedCommitStatusRequest(request=req, signature=crypto.sign(self.key, req)),
+            gateway_pb2.SignedCommitStatusRequest(
+                request=req, signature=crypto.sign(self.key, req)
+            ),
             timeout=timeout,
         )
         return int(resp.result), int(resp.block_number)
@@ -202,7 +204,7 @@ def error_details(err: grpc.RpcError) -> list[Any]:
     from saga_devnet.protos import status_pb2
 
     out = []
-    for key, value in (err.trailing_metadata() or ()):  # type: ignore[attr-defined]
+    for key, value in err.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             st = status_pb2.Status.FromString(value)
             for d in st.details:

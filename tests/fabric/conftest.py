@@ -16,6 +16,7 @@ batch_timeout, max_message_count, mutual_tls, chaincodes, orgs) plus `faults`, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,7 +132,8 @@ class Devnet:
     def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else b""
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.admin_port}{path}", data=data if method == "POST" else None,
+            f"http://127.0.0.1:{self.admin_port}{path}",
+            data=data if method == "POST" else None,
             method=method,
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
@@ -148,10 +150,8 @@ class Devnet:
 
     def crash(self) -> None:
         """os._exit(137) inside the devnet, then reap it."""
-        try:
+        with contextlib.suppress(OSError):
             self._admin("POST", "/crash", {})
-        except OSError:
-            pass
         self.wait_exit()
 
     # -- material ---------------------------------------------------------------------------

@@ -102,7 +102,9 @@ def test_endorsing_a_committed_txid_is_aborted_with_detail(devnet):
     with pytest.raises(grpc.RpcError) as exc:
         gw.endorse(p)
     assert exc.value.code() == grpc.StatusCode.ABORTED
-    assert exc.value.details() == "failed to endorse transaction, see attached details for more info"
+    assert (
+        exc.value.details() == "failed to endorse transaction, see attached details for more info"
+    )
     (detail,) = error_details(exc.value)
     assert detail.msp_id == "Org1MSP"
     assert detail.address == f"peer0.org1.example.com:{devnet.org(1)['port']}"
