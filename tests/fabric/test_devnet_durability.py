@@ -6,7 +6,6 @@ import contextlib
 import uuid
 
 import grpc
-
 import pytest
 
 from saga_devnet.protos import ledger_pb2, transaction_pb2
