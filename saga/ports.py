@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from saga.core.state import SagaState
 
@@ -111,16 +111,27 @@ class History(Protocol):
 class UnitOfWork(Protocol):
     """One database transaction; rolls back on exit unless commit() was called."""
 
-    sagas: SagaRepository
-    outbox: Outbox
-    inbox: Inbox
-    history: History
-    # The transaction's session, handed to local steps for their business writes.
-    session: Any
+    # Read-only in the protocol so adapters may hold their own concrete types.
+    @property
+    def sagas(self) -> SagaRepository: ...
 
-    def __enter__(self) -> UnitOfWork: ...
+    @property
+    def outbox(self) -> Outbox: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def session(self) -> Any:
+        """The transaction's session, handed to local steps for their business writes."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object, /) -> None: ...
 
     def commit(self) -> None: ...
 

@@ -1,0 +1,3 @@
+from saga.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""The composition root: builds every adapter from Settings, lazily.
+
+Nothing is connected at import; each part is created the first time it is asked
+for and reused after that, once per process (a forked worker process builds its
+own through `orchestrator_factory`).
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from saga.config import Settings
+from saga.core.definitions import Registry
+from saga.logs import configure
+from saga.orchestrator import Orchestrator
+from saga.registry_loader import load_registry
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
+
+    from saga.ports import OutboxReader, Publisher, UnitOfWorkFactory
+
+
+class Container:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def configure_logging(self) -> None:
+        configure(self.settings.log_level, self.settings.log_format)
+
+    @cached_property
+    def registry(self) -> Registry:
+        return load_registry(self.settings.definitions)
+
+    @cached_property
+    def engine(self) -> Engine:
+        from saga.store import create_engine
+
+        return create_engine(self.settings)
+
+    @cached_property
+    def uow_factory(self) -> UnitOfWorkFactory:
+        from saga.store import SqlUnitOfWorkFactory
+
+        return SqlUnitOfWorkFactory(self.engine)
+
+    @property
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        from saga.store import TRANSIENT_ERRORS
+
+        return tuple(TRANSIENT_ERRORS)
+
+    def orchestrator(self) -> Orchestrator:
+        return self._orchestrator
+
+    @cached_property
+    def _orchestrator(self) -> Orchestrator:
+        return Orchestrator(self.registry, self.uow_factory, transient_errors=self.transient_errors)
+
+    def migrate(self) -> None:
+        from saga.store import upgrade
+
+        upgrade(self.settings.database_url)
+
+    def outbox_reader(self) -> OutboxReader:
+        from saga.store import SqlOutboxReader
+
+        return SqlOutboxReader(self.engine)
+
+    def publisher(self) -> Publisher:
+        from saga.broker.publishers import create_publisher
+
+        return create_publisher(self.settings)
+
+    def run_relay(self, stop: threading.Event) -> None:
+        from saga.relay import run_relay
+
+        run_relay(self.settings, self.outbox_reader(), self.publisher(), stop)
+
+    def run_worker(self, pool: str | None = None, hostname: str | None = None) -> None:
+        from workers.app import run_worker
+
+        settings = self.settings
+        run_worker(
+            settings,
+            lambda: Container(settings).orchestrator(),
+            transient_errors=self.transient_errors,
+            pool=pool,
+            hostname=hostname,
+        )
+
+    def celery_app(self) -> Any:
+        from workers.app import create_celery_app
+
+        settings = self.settings
+        return create_celery_app(
+            settings,
+            lambda: Container(settings).orchestrator(),
+            transient_errors=self.transient_errors,
+        )
+
+    def http_app(self) -> FastAPI:
+        from saga.api.app import create_app
+
+        return create_app(self.orchestrator(), self.settings)

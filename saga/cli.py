@@ -1,0 +1,323 @@
+"""The `saga` command line. Every command has --help; settings come from SAGA_*
+environment variables, and the few options here override them for one run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from saga.config import ConfigError, Settings
+
+app = typer.Typer(
+    help="Saga orchestrator: enqueue sagas, run the relay and workers, inspect and repair.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console(stderr=True)
+out = Console()
+
+DbOpt = Annotated[
+    str | None, typer.Option("--db", help="Database URL (overrides SAGA_DATABASE_URL).")
+]
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", help="Broker URL (overrides SAGA_BROKER_URL).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _settings(db: str | None = None, broker: str | None = None, **more: Any) -> Settings:
+    try:
+        return Settings.from_env(database_url=db, broker_url=broker, **more)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _container(settings: Settings) -> Any:
+    from saga.bootstrap import Container
+
+    return Container(settings)
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+@app.command()
+def config() -> None:
+    """Print the settings in effect (secrets masked) and where each comes from."""
+    settings = _settings()
+    for key, value in settings.redacted().items():
+        out.print(f"{key}={value}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None, revision: str = "head") -> None:
+    """Create or migrate the schema to REVISION (default: the latest)."""
+    from saga.store.migrate import upgrade
+
+    settings = _settings(db)
+    upgrade(settings.sqlalchemy_url, revision)
+    console.print(f"schema at {revision} on {settings.redacted()['SAGA_DATABASE_URL']}")
+
+
+@app.command()
+def relay(db: DbOpt = None, broker: BrokerOpt = None) -> None:
+    """Publish committed outbox rows to the broker, with confirms (runs until stopped)."""
+    settings = _settings(db, broker)
+    container = _container(settings)
+    container.configure_logging()
+    container.run_relay(_stop_event())
+
+
+@app.command()
+def worker(
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+    concurrency: Annotated[
+        int | None, typer.Option("-c", "--concurrency", help="Worker processes.")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads.")] = "prefork",
+) -> None:
+    """Run a Celery worker that executes saga steps (scale by running more)."""
+    settings = _settings(db, broker, worker_concurrency=concurrency)
+    container = _container(settings)
+    container.configure_logging()
+    container.run_worker(pool=pool)
+
+
+@app.command()
+def api(
+    db: DbOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Serve the HTTP enqueue API (POST /sagas, GET /sagas/{id}, /docs)."""
+    import uvicorn
+
+    settings = _settings(db, api_host=host, api_port=port)
+    container = _container(settings)
+    container.configure_logging()
+    uvicorn.run(
+        container.http_app(), host=settings.api_host, port=settings.api_port, log_config=None
+    )
+
+
+@app.command()
+def enqueue(
+    saga: Annotated[str, typer.Argument(help="Saga name, e.g. order-payment.")],
+    payload: Annotated[str, typer.Argument(help="The saga's input as JSON.")],
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Start a saga directly against the store (services use the API or the client)."""
+    from saga.core.errors import SagaError
+
+    container = _container(_settings(db))
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]payload is not JSON:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        result = container.orchestrator().enqueue(saga, data, idempotency_key=key)
+    except SagaError as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.print(result.saga_id)
+
+
+@app.command("list")
+def list_sagas(
+    status: Annotated[str | None, typer.Option(help="Only sagas in this state.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only sagas of this name.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List sagas, newest first."""
+    container = _container(_settings(db))
+    with container.uow_factory() as uow:
+        records = uow.sagas.list(status=status, name=name, limit=limit)
+    rows = [
+        {
+            "id": r.saga_id,
+            "saga": f"{r.state.name} v{r.state.version}",
+            "status": str(r.state.status),
+            "step": r.state.steps[r.state.current].name,
+            "updated": r.updated_at.isoformat() if r.updated_at else None,
+            "reason": r.state.reason,
+        }
+        for r in records
+    ]
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("id", "saga", "status", "step", "updated", "reason")
+    for row in rows:
+        table.add_row(
+            *(str(row[k] or "") for k in ("id", "saga", "status", "step", "updated", "reason"))
+        )
+    out.print(table)
+
+
+@app.command()
+def show(
+    saga_id: Annotated[str, typer.Argument(help="Saga id.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one saga: its steps with attempts and errors, and its history."""
+    from saga.orchestrator import SagaNotFound
+
+    container = _container(_settings(db))
+    try:
+        record, history = container.orchestrator().get(saga_id)
+    except SagaNotFound as exc:
+        console.print(f"[red]{exc}[/] (list sagas with `saga list`)")
+        raise typer.Exit(1) from None
+    state = record.state
+    if as_json:
+        out.print_json(
+            data={
+                "id": state.saga_id,
+                "saga": state.name,
+                "version": state.version,
+                "status": str(state.status),
+                "reason": state.reason,
+                "input": record.input,
+                "data": record.data,
+                "steps": [
+                    {
+                        "name": s.name,
+                        "status": str(s.status),
+                        "attempts": s.attempts,
+                        "compensation_attempts": s.compensation_attempts,
+                        "last_error": s.last_error,
+                    }
+                    for s in state.steps
+                ],
+                "history": [
+                    {"at": h.at.isoformat(), "kind": h.kind, "detail": h.detail, "actor": h.actor}
+                    for h in history
+                ],
+            }
+        )
+        return
+    out.print(f"[bold]{state.saga_id}[/] {state.name} v{state.version}: [bold]{state.status}[/]")
+    if state.reason:
+        out.print(f"reason: {state.reason}")
+    steps = Table("step", "status", "attempts", "undo attempts", "last error")
+    for s in state.steps:
+        steps.add_row(
+            s.name, str(s.status), str(s.attempts), str(s.compensation_attempts), s.last_error or ""
+        )
+    out.print(steps)
+    hist = Table("at", "event", "detail", "actor")
+    for h in history:
+        hist.add_row(
+            h.at.isoformat(timespec="seconds"), h.kind, json.dumps(h.detail), h.actor or ""
+        )
+    out.print(hist)
+
+
+def _operator_action(kind: str, saga_id: str, why: str, actor: str | None, db: str | None) -> None:
+    import getpass
+
+    from saga.orchestrator import OperatorActionRefused, SagaNotFound
+
+    container = _container(_settings(db))
+    who = actor or getpass.getuser()
+    orchestrator = container.orchestrator()
+    action = orchestrator.resume if kind == "resume" else orchestrator.compensate
+    try:
+        state = action(saga_id, actor=who, why=why)
+    except (SagaNotFound, OperatorActionRefused) as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"{saga_id}: {state.status} (recorded: {kind} by {who}: {why})")
+
+
+WhyOpt = Annotated[str, typer.Option("--why", help="Why (recorded on the saga).")]
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who (default: login name).")]
+
+
+@app.command()
+def resume(saga_id: str, why: WhyOpt, actor: ActorOpt = None, db: DbOpt = None) -> None:
+    """Retry the failed step or compensation of a FAILED saga, with a fresh budget."""
+    _operator_action("resume", saga_id, why, actor, db)
+
+
+@app.command()
+def compensate(saga_id: str, why: WhyOpt, actor: ActorOpt = None, db: DbOpt = None) -> None:
+    """Abandon a saga that has not passed its pivot and undo its completed steps."""
+    _operator_action("compensate", saga_id, why, actor, db)
+
+
+@app.command()
+def demo(
+    sagas: Annotated[int, typer.Option("--sagas", "-n", help="How many sagas to run.")] = 200,
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+) -> None:
+    """Run the order-payment example end to end: relay and workers in this command.
+
+    With no options it needs no servers (SQLite store and broker files in the
+    current directory); with --db postgresql://... --broker amqp://... it runs on
+    the real services.
+    """
+    from saga.demo import run_demo
+
+    settings = _settings(db, broker, worker_concurrency=workers)
+    summary = run_demo(settings, sagas=sagas, timeout=timeout, console=console)
+    table = Table("sagas", "completed", "compensated", "failed", "unfinished", "seconds", "sagas/s")
+    table.add_row(
+        str(summary.total),
+        str(summary.completed),
+        str(summary.compensated),
+        str(summary.failed),
+        str(summary.unfinished),
+        f"{summary.seconds:.1f}",
+        f"{summary.rate:.1f}",
+    )
+    out.print(table)
+    if not summary.ok:
+        console.print(f"[red]demo did not finish as expected:[/] {summary.problem}")
+        raise typer.Exit(1)
+
+
+def _mount_devnet() -> None:
+    try:
+        from saga_devnet.cli import app as devnet_app
+    except ImportError:  # the devnet package is optional in a slim install
+        return
+    app.add_typer(devnet_app, name="devnet", help="Local Fabric-compatible network.")
+
+
+_mount_devnet()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
