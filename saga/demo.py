@@ -1,0 +1,179 @@
+"""`saga demo`: the order-payment example end to end, relay and workers included.
+
+It enqueues a mix of sagas (most complete; some are declined or rejected and
+compensate; some have a flaky notification that is retried forward), runs the
+relay in a thread and workers as child processes (`saga worker`, the same command
+operators run), and waits until every saga is terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from saga.bootstrap import Container
+from saga.config import PREFIX, Settings
+from saga.core.state import SagaStatus
+from saga.examples.order_payment import NAME
+
+# One in twenty of each failure kind; the rest are plain payments.
+_SCENARIOS = ("decline_payment", "reject_order", "flaky_notify")
+
+
+def scenario(i: int) -> str:
+    return _SCENARIOS[i % 20] if i % 20 < len(_SCENARIOS) else "none"
+
+
+@dataclass
+class DemoSummary:
+    total: int
+    completed: int
+    compensated: int
+    failed: int
+    unfinished: int
+    seconds: float
+    expected_completed: int
+    expected_compensated: int
+
+    @property
+    def rate(self) -> float:
+        return (self.total - self.unfinished) / self.seconds if self.seconds else 0.0
+
+    @property
+    def problem(self) -> str | None:
+        if self.unfinished:
+            return f"{self.unfinished} sagas did not finish in time"
+        if self.failed:
+            return f"{self.failed} sagas failed (see `saga list --status failed`)"
+        if (self.completed, self.compensated) != (
+            self.expected_completed,
+            self.expected_compensated,
+        ):
+            return (
+                f"expected {self.expected_completed} completed and "
+                f"{self.expected_compensated} compensated"
+            )
+        return None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in settings.redacted().items():
+        env[key] = str(value)
+    # redacted() masks secrets; the child needs the real ones.
+    env[PREFIX + "DATABASE_URL"] = settings.database_url
+    env[PREFIX + "BROKER_URL"] = settings.broker_url
+    env[PREFIX + "API_TOKEN"] = settings.api_token
+    return env
+
+
+def run_demo(settings: Settings, *, sagas: int, timeout: float, console: Console) -> DemoSummary:
+    container = Container(settings)
+    console.print("migrating the schema…")
+    container.migrate()
+    orchestrator = container.orchestrator()
+
+    stop = threading.Event()
+    relay = threading.Thread(target=container.run_relay, args=(stop,), name="relay", daemon=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "saga", "worker", "--pool", "prefork"],
+        env=_worker_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run = uuid.uuid4().hex[:8]
+    ids: list[str] = []
+    expected = Counter[str]()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    started = time.monotonic()
+    try:
+        relay.start()
+        with progress:
+            enq = progress.add_task("enqueue", total=sagas)
+            for i in range(sagas):
+                kind = scenario(i)
+                expected[
+                    "compensated" if kind in ("decline_payment", "reject_order") else "completed"
+                ] += 1
+                result = orchestrator.enqueue(
+                    NAME,
+                    {
+                        "order_id": f"demo-{run}-{i}",
+                        "customer_id": f"customer-{i % 17}",
+                        "amount_cents": 1000 + i,
+                        "currency": "EUR",
+                        "simulate": kind,
+                    },
+                    idempotency_key=f"demo-{run}-{i}",
+                )
+                ids.append(result.saga_id)
+                progress.advance(enq)
+            done = progress.add_task("finish", total=sagas)
+            statuses = _wait(
+                container, ids, timeout, started, lambda n: progress.update(done, completed=n)
+            )
+    finally:
+        stop.set()
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        relay.join(timeout=10)
+    seconds = time.monotonic() - started
+    counts = Counter(statuses.values())
+    return DemoSummary(
+        total=sagas,
+        completed=counts[SagaStatus.COMPLETED],
+        compensated=counts[SagaStatus.COMPENSATED],
+        failed=counts[SagaStatus.FAILED],
+        unfinished=sagas - sum(counts[s] for s in SagaStatus if s.terminal),
+        seconds=seconds,
+        expected_completed=expected["completed"],
+        expected_compensated=expected["compensated"],
+    )
+
+
+def _wait(
+    container: Container,
+    ids: list[str],
+    timeout: float,
+    started: float,
+    report: object,
+) -> dict[str, SagaStatus]:
+    statuses: dict[str, SagaStatus] = {}
+    open_ids = list(ids)
+    while open_ids and time.monotonic() - started < timeout:
+        still: list[str] = []
+        with container.uow_factory() as uow:
+            for saga_id in open_ids:
+                record = uow.sagas.get(saga_id)
+                assert record is not None
+                statuses[saga_id] = record.state.status
+                if not record.state.status.terminal:
+                    still.append(saga_id)
+        open_ids = still
+        if callable(report):
+            report(len(ids) - len(open_ids))
+        if open_ids:
+            time.sleep(0.25)
+    return statuses
