@@ -1,26 +1,37 @@
 """asyncio Gateway client (grpc.aio): one process waits on thousands of commits.
 
-A CommitStatus call is an open HTTP/2 stream, not a thread, so a commit watcher
-can keep one call per in-flight transaction on a single channel.
+A CommitStatus call is an open HTTP/2 stream, not a thread, so waiting costs
+a coroutine, not a worker. A Fabric peer admits only so many concurrent
+gateway requests (``peer.limits.concurrency.gatewayService``, 500 by default)
+and refuses the rest, so the client keeps at most ``max_in_flight`` calls on
+the wire and queues the other waits locally, inside their deadlines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 import grpc.aio
 
 from saga.fabric import messages
 from saga.fabric.connection import GatewayEndpoint
-from saga.fabric.errors import CommitStatusError, EvaluateError, SubmitError
+from saga.fabric.errors import CommitStatusError, EvaluateError, GatewayError, SubmitError
 from saga.fabric.gateway import Deadlines
 from saga.fabric.identity import SigningIdentity
 from saga.fabric.proposal import Arg, build_proposal
 from saga.fabric.protos import gateway_pb2_grpc
 from saga.fabric.transaction import as_prepared
 from saga.ledger_port import CommitResult, PreparedTx, Submitted
+
+T = TypeVar("T")
+
+# Below Fabric's default gatewayService limit of 500, leaving room for the
+# peer's other clients.
+DEFAULT_MAX_IN_FLIGHT = 400
 
 
 class AsyncGatewayClient:
@@ -36,12 +47,18 @@ class AsyncGatewayClient:
         identity: SigningIdentity,
         *,
         deadlines: Deadlines | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         owns_channel: bool = False,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._channel = channel
         self._stub = gateway_pb2_grpc.GatewayStub(channel)
         self.identity = identity
         self.deadlines = deadlines or Deadlines()
+        self.max_in_flight = max_in_flight
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight = 0
         self._owns_channel = owns_channel
 
     @classmethod
@@ -51,8 +68,46 @@ class AsyncGatewayClient:
         identity: SigningIdentity,
         *,
         deadlines: Deadlines | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> AsyncGatewayClient:
-        return cls(endpoint.open_aio_channel(), identity, deadlines=deadlines, owns_channel=True)
+        return cls(
+            endpoint.open_aio_channel(),
+            identity,
+            deadlines=deadlines,
+            max_in_flight=max_in_flight,
+            owns_channel=True,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Calls currently on the wire."""
+        return self._in_flight
+
+    async def _limited(
+        self,
+        call: Callable[[float], Awaitable[T]],
+        timeout: float,
+        error: type[GatewayError],
+        txid: str,
+    ) -> T:
+        """Run ``call(remaining_seconds)`` once a slot is free; the deadline covers the wait."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError:
+            raise error(
+                txid=txid,
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                status_message=f"no free call slot (max_in_flight={self.max_in_flight}) "
+                f"within {timeout:g}s",
+            ) from None
+        self._in_flight += 1
+        try:
+            return await call(max(0.0, timeout - (loop.time() - started)))
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
 
     async def close(self) -> None:
         if self._owns_channel:
@@ -74,26 +129,32 @@ class AsyncGatewayClient:
     ) -> CommitResult:
         """Wait for the txid's commit. Raises CommitStatusError (a StatusUnknown)."""
         request = messages.signed_commit_status_request(self.identity, channel, txid)
-        try:
-            response = await self._stub.CommitStatus(
-                request, timeout=self.deadlines.commit_status if timeout is None else timeout
-            )
-        except grpc.RpcError as exc:
-            raise CommitStatusError.from_rpc_error(exc, txid) from exc
-        return messages.commit_result(txid, response)
+
+        async def call(remaining: float) -> CommitResult:
+            try:
+                response = await self._stub.CommitStatus(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise CommitStatusError.from_rpc_error(exc, txid) from exc
+            return messages.commit_result(txid, response)
+
+        limit = self.deadlines.commit_status if timeout is None else timeout
+        return await self._limited(call, limit, CommitStatusError, txid)
 
     async def submit(
         self, prepared: PreparedTx | bytes, *, timeout: float | None = None
     ) -> Submitted:
         tx = as_prepared(prepared)
-        try:
-            await self._stub.Submit(
-                messages.submit_request(tx.txid, tx.channel, tx.envelope),
-                timeout=self.deadlines.submit if timeout is None else timeout,
-            )
-        except grpc.RpcError as exc:
-            raise SubmitError.from_rpc_error(exc, tx.txid) from exc
-        return Submitted(txid=tx.txid, channel=tx.channel)
+        request = messages.submit_request(tx.txid, tx.channel, tx.envelope)
+
+        async def call(remaining: float) -> Submitted:
+            try:
+                await self._stub.Submit(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise SubmitError.from_rpc_error(exc, tx.txid) from exc
+            return Submitted(txid=tx.txid, channel=tx.channel)
+
+        limit = self.deadlines.submit if timeout is None else timeout
+        return await self._limited(call, limit, SubmitError, tx.txid)
 
     async def evaluate(
         self,
@@ -115,11 +176,14 @@ class AsyncGatewayClient:
             transient=transient,
             endorsing_orgs=target_orgs,
         )
-        try:
-            response = await self._stub.Evaluate(
-                messages.evaluate_request(proposal),
-                timeout=self.deadlines.evaluate if timeout is None else timeout,
-            )
-        except grpc.RpcError as exc:
-            raise EvaluateError.from_rpc_error(exc, proposal.txid) from exc
-        return messages.evaluate_payload(proposal, response)
+        request = messages.evaluate_request(proposal)
+
+        async def call(remaining: float) -> bytes:
+            try:
+                response = await self._stub.Evaluate(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise EvaluateError.from_rpc_error(exc, proposal.txid) from exc
+            return messages.evaluate_payload(proposal, response)
+
+        limit = self.deadlines.evaluate if timeout is None else timeout
+        return await self._limited(call, limit, EvaluateError, proposal.txid)
