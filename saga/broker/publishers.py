@@ -190,7 +190,10 @@ class KombuPublisher:
     def _ensure(self) -> Producer:
         if self._producer is not None:
             return self._producer
-        connection = Connection(self._url, transport_options={"confirm_publish": True})
+        # confirm_publish makes py-amqp wait for each confirm; other transports
+        # reject unknown options (SQLAlchemy passes them to create_engine).
+        options = {"confirm_publish": True} if is_amqp_url(self._url) else {}
+        connection = Connection(self._url, transport_options=options)
         try:
             connection.ensure_connection(max_retries=1)
             self._topology.declare_kombu(connection)
