@@ -270,7 +270,9 @@ class ChaincodeClient:
                 raise
 
     async def _open(self) -> None:
-        options: list[tuple[str, str | int]] = []
+        # A private subchannel pool: grpc otherwise shares connection backoff across
+        # channels, and a redial right after the chaincode restarted would fail fast.
+        options: list[tuple[str, str | int]] = [("grpc.use_local_subchannel_pool", 1)]
         if self._server_name_override:
             options.append(("grpc.ssl_target_name_override", self._server_name_override))
         if self._tls_root_cert is None:
@@ -283,7 +285,8 @@ class ChaincodeClient:
             )
             self._channel = grpc.aio.secure_channel(self.address, creds, options=options)
         stub = chaincode_shim_pb2_grpc.ChaincodeStub(self._channel)
-        self._call = stub.Connect()
+        # wait_for_ready: like a peer's dial timeout, wait for the server to come up.
+        self._call = stub.Connect(wait_for_ready=True)
         first = await self._call.read()
         if first is grpc.aio.EOF or first is None:
             raise ChaincodeUnavailable(f"chaincode {self.name} closed the stream before REGISTER")

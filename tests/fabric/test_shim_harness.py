@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,11 +36,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> None:
+def wait_listening(
+    proc: subprocess.Popen[bytes], port: int, log: Path | None = None, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
+            err = log.read_text(errors="replace")[-4000:] if log else ""
             raise RuntimeError(f"chaincode exited with {proc.returncode}: {err}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -63,9 +66,13 @@ def chaincode_process(
     cmd = list(argv or [sys.executable, "-m", "chaincode"])
     cmd += ["--id", cc_id, "--address", address, *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINCODE_")}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE)
+    # A file, not a pipe: a chaincode blocked on a full stderr pipe stops answering.
+    with tempfile.NamedTemporaryFile(prefix="chaincode-", suffix=".log", delete=False) as f:
+        log = Path(f.name)
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=err)
     try:
-        wait_listening(proc, port)
+        wait_listening(proc, port, log)
         yield proc, address
     finally:
         if proc.poll() is None:
@@ -75,8 +82,7 @@ def chaincode_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        log.unlink(missing_ok=True)
 
 
 class MemoryState:
