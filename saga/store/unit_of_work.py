@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
@@ -30,7 +29,35 @@ from saga.store.repository import SqlSagaRepository
 
 
 class StepEndedTransaction(RuntimeError):
-    """Code given `uow.session` committed or rolled back the unit of work's transaction."""
+    """Code given `uow.session` tried to commit or roll back the unit of work's transaction."""
+
+
+class StepSession(Session):
+    """The session steps get: everything but ending the unit of work's transaction.
+
+    A step that committed would publish its writes without the record that it
+    ran; one that rolled back would silently drop the saga's lock and earlier
+    writes. Both raise instead (inside the orchestrator's savepoint, so the step
+    fails and its writes are undone). Savepoints the step opens itself
+    (`session.begin_nested()`) work as usual.
+    """
+
+    _may_end = False
+
+    def commit(self) -> None:
+        self._check("commit")
+        super().commit()
+
+    def rollback(self) -> None:
+        self._check("roll back")
+        super().rollback()
+
+    def _check(self, verb: str) -> None:
+        if not self._may_end:
+            raise StepEndedTransaction(
+                f"a step must not {verb} uow.session; the unit of work ends the transaction "
+                "so the step's writes commit together with the saga's state and its messages"
+            )
 
 
 class SqlUnitOfWork:
@@ -45,19 +72,17 @@ class SqlUnitOfWork:
     outbox: SqlOutbox
     inbox: SqlInbox
     history: SqlHistory
-    session: Session
+    session: StepSession
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._root: SessionTransaction | None = None
         self._open = False
-        self._committing = False
 
     def __enter__(self) -> SqlUnitOfWork:
         if self._open:
             raise RuntimeError("this unit of work is already open; make a new one")
-        self.session = Session(self._engine, expire_on_commit=False)
-        event.listen(self.session, "before_commit", self._guard_commit)
+        self.session = StepSession(self._engine, expire_on_commit=False)
         try:
             self._begin()
             # Connect now: an unreachable database fails the `with` itself, and on
@@ -98,7 +123,6 @@ class SqlUnitOfWork:
                 "the transaction was committed or rolled back through uow.session; "
                 "nothing of this unit of work is kept (only the unit of work may end it)"
             )
-        self._committing = True
         try:
             root.commit()
         except IntegrityError as exc:
@@ -109,17 +133,20 @@ class SqlUnitOfWork:
             # The commit may or may not have reached the database; the message is
             # delivered again and the inbox tells which.
             raise unavailable(exc) from exc
-        finally:
-            self._committing = False
         # The unit of work stays usable: a new transaction begins on next use.
         self._begin()
 
     def rollback(self) -> None:
+        self.session._may_end = True
         try:
             self.session.rollback()
         except TRANSIENT_ERRORS:
             # A lost connection took the transaction with it: nothing to undo.
             self.session.close()
+        finally:
+            self.session._may_end = False
+        if self._open:
+            self._begin()
 
     def savepoint(self) -> AbstractContextManager[None]:
         """A nested transaction (SAVEPOINT): rolled back alone if the block raises."""
@@ -138,13 +165,6 @@ class SqlUnitOfWork:
             raise
         # Flushes ORM objects the block added, so their errors belong to the block.
         nested.commit()
-
-    def _guard_commit(self, session: Session) -> None:
-        if not self._committing:
-            raise StepEndedTransaction(
-                "a step must not commit uow.session; the unit of work commits the step's "
-                "writes together with the saga's state and its outgoing messages"
-            )
 
 
 class SqlUnitOfWorkFactory:

@@ -1,0 +1,668 @@
+"""The store's contract: every test runs on PostgreSQL and on SQLite (`store_url`).
+
+Tests that need two transactions truly at once on PostgreSQL say so in their name
+(SQLite serialises writers, so there the same situation cannot arise).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.engine import Engine
+
+from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
+from saga.examples.order_payment_tables import metadata as example_metadata
+from saga.examples.order_payment_tables import order_payment_events
+from saga.ports import (
+    DuplicateIdempotencyKey,
+    HistoryEntry,
+    OutboxMessage,
+    SagaRecord,
+    StoreUnavailable,
+)
+from saga.store import (
+    ConcurrentDelivery,
+    SqlOutboxReader,
+    SqlUnitOfWorkFactory,
+    StepEndedTransaction,
+    create_engine,
+    purge,
+)
+from saga.store.tables import metadata as store_metadata
+from saga.store.tables import outbox
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def make_record(
+    saga_id: str | None = None,
+    *,
+    key: str | None = None,
+    name: str = "order-payment",
+    status: SagaStatus = SagaStatus.RUNNING,
+    updated_at: datetime | None = None,
+) -> SagaRecord:
+    saga_id = saga_id or new_id()
+    now = datetime.now(UTC)
+    return SagaRecord(
+        state=SagaState(
+            saga_id=saga_id,
+            name=name,
+            version=1,
+            status=status,
+            current=0,
+            steps=(StepState("reserve_funds"), StepState("record_payment")),
+        ),
+        input={"order_id": "o-1", "amount_cents": 100},
+        idempotency_key=key,
+        payload_hash="h" * 64 if key else None,
+        created_at=now,
+        updated_at=updated_at or now,
+    )
+
+
+def message(saga_id: str, delay: float = 0.0, n: int = 0) -> OutboxMessage:
+    return OutboxMessage(new_id(), saga_id, {"n": n, "saga_id": saga_id}, delay=delay)
+
+
+@pytest.fixture
+def uow(store_engine: Engine) -> SqlUnitOfWorkFactory:
+    return SqlUnitOfWorkFactory(store_engine)
+
+
+def add_saga(uow: SqlUnitOfWorkFactory, record: SagaRecord | None = None) -> SagaRecord:
+    record = record or make_record()
+    with uow() as u:
+        u.sagas.add(record)
+        u.commit()
+    return record
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+# -- schema -------------------------------------------------------------------
+
+
+def test_migrations_create_exactly_the_tables_the_code_describes(store_engine: Engine) -> None:
+    with store_engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        for metadata in (store_metadata, example_metadata):
+            diff = [
+                d
+                for d in compare_metadata(context, metadata)
+                # Each metadata only describes its own tables.
+                if not (d[0] == "remove_table" and d[1].name not in metadata.tables)
+                and not (d[0] == "remove_index" and d[1].table.name not in metadata.tables)
+            ]
+            assert diff == [], diff
+
+
+# -- sagas --------------------------------------------------------------------
+
+
+def test_saga_record_round_trips_with_every_step_field(uow: SqlUnitOfWorkFactory) -> None:
+    record = make_record(key="client-key-1")
+    state = record.state.with_step(
+        0,
+        status=StepStatus.COMPENSATION_FAILED,
+        attempts=3,
+        failures=2,
+        compensation_attempts=4,
+        compensation_failures=5,
+        last_error="boom: 'quoted' \u00e9",
+    )
+    state = replace(state, status=SagaStatus.FAILED, current=1, reason="needs an operator")
+    record = replace(record, state=state, data={"reserve_funds": {"reserved_cents": 100}})
+    add_saga(uow, record)
+
+    with uow() as u:
+        got = u.sagas.get(record.saga_id)
+    assert got is not None
+    assert got.state == record.state
+    assert got.input == record.input
+    assert got.data == record.data
+    assert got.idempotency_key == "client-key-1"
+    assert got.payload_hash == record.payload_hash
+    assert got.created_at == record.created_at
+    assert got.updated_at == record.updated_at
+    assert got.created_at is not None and got.created_at.tzinfo is not None
+
+
+def test_save_updates_state_and_changed_steps(uow: SqlUnitOfWorkFactory) -> None:
+    record = add_saga(uow)
+    with uow() as u:
+        got = u.sagas.get(record.saga_id, for_update=True)
+        assert got is not None
+        state = got.state.with_step(1, status=StepStatus.DONE, attempts=1)
+        state = replace(state, current=1)
+        u.sagas.save(replace(got, state=state, data={"x": [1, 2]}))
+        u.commit()
+    with uow() as u:
+        again = u.sagas.get(record.saga_id)
+    assert again is not None
+    assert again.state == state
+    assert again.data == {"x": [1, 2]}
+
+
+def test_save_of_an_unknown_saga_is_refused(uow: SqlUnitOfWorkFactory) -> None:
+    with uow() as u, pytest.raises(KeyError):
+        u.sagas.save(make_record())
+
+
+def test_missing_saga_is_none(uow: SqlUnitOfWorkFactory) -> None:
+    with uow() as u:
+        assert u.sagas.get(new_id()) is None
+        assert u.sagas.get(new_id(), for_update=True) is None
+        assert u.sagas.by_idempotency_key("nobody") is None
+
+
+def test_list_and_count_by_status(uow: SqlUnitOfWorkFactory) -> None:
+    old = datetime.now(UTC) - timedelta(hours=2)
+    a = add_saga(uow, make_record(status=SagaStatus.RUNNING, updated_at=old))
+    b = add_saga(uow, make_record(status=SagaStatus.RUNNING))
+    c = add_saga(uow, make_record(status=SagaStatus.COMPLETED))
+    d = add_saga(uow, make_record(name="other", status=SagaStatus.COMPLETED))
+    with uow() as u:
+        assert [r.saga_id for r in u.sagas.list(status="running")] == [b.saga_id, a.saga_id]
+        assert {r.saga_id for r in u.sagas.list(status="completed")} == {c.saga_id, d.saga_id}
+        assert [r.saga_id for r in u.sagas.list(name="other")] == [d.saga_id]
+        stuck = u.sagas.list(status="running", older_than=datetime.now(UTC) - timedelta(hours=1))
+        assert [r.saga_id for r in stuck] == [a.saga_id]
+        assert len(u.sagas.list(limit=3)) == 3
+        assert u.sagas.list(status="running")[0].state.steps == b.state.steps
+        assert u.sagas.count_by_status() == {
+            ("order-payment", "running"): 2,
+            ("order-payment", "completed"): 1,
+            ("other", "completed"): 1,
+        }
+
+
+# -- transactions -------------------------------------------------------------
+
+
+def test_nothing_is_kept_unless_committed(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
+    record = make_record()
+    with uow() as u:
+        u.sagas.add(record)
+        u.outbox.add(message(record.saga_id))
+        u.inbox.record(new_id(), record.saga_id)
+        u.history.add(HistoryEntry(datetime.now(UTC), record.saga_id, "started", {}))
+    with uow() as u:
+        assert u.sagas.get(record.saga_id) is None
+    assert count(store_engine, outbox) == 0
+
+
+def test_an_escaping_exception_rolls_back(uow: SqlUnitOfWorkFactory) -> None:
+    record = make_record()
+    with pytest.raises(ZeroDivisionError), uow() as u:
+        u.sagas.add(record)
+        _ = 1 / 0
+    with uow() as u:
+        assert u.sagas.get(record.saga_id) is None
+
+
+def test_explicit_rollback_discards(uow: SqlUnitOfWorkFactory) -> None:
+    record = make_record()
+    with uow() as u:
+        u.sagas.add(record)
+        u.rollback()
+        u.commit()
+    with uow() as u:
+        assert u.sagas.get(record.saga_id) is None
+
+
+def test_savepoint_rollback_keeps_the_outer_writes(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    record = make_record()
+    with uow() as u:
+        u.sagas.add(record)
+        with pytest.raises(RuntimeError), u.savepoint():
+            u.session.execute(
+                insert(order_payment_events).values(
+                    saga_id=record.saga_id, order_id="o", step="s", action="a", amount_cents=1
+                )
+            )
+            u.outbox.add(message(record.saga_id))
+            raise RuntimeError("step failed")
+        with u.savepoint():
+            u.session.execute(
+                insert(order_payment_events).values(
+                    saga_id=record.saga_id, order_id="o", step="s", action="kept", amount_cents=1
+                )
+            )
+        u.commit()
+    with uow() as u:
+        assert u.sagas.get(record.saga_id) is not None
+    with store_engine.connect() as c:
+        actions = c.execute(select(order_payment_events.c.action)).scalars().all()
+    assert actions == ["kept"]
+    assert count(store_engine, outbox) == 0
+
+
+def test_a_database_error_inside_a_savepoint_leaves_the_transaction_usable(
+    uow: SqlUnitOfWorkFactory,
+) -> None:
+    record = make_record()
+    with uow() as u:
+        u.sagas.add(record)
+        with pytest.raises(Exception, match=r"(?i)not.null|null value"), u.savepoint():
+            u.session.execute(insert(order_payment_events).values(saga_id=record.saga_id))
+        u.history.add(HistoryEntry(datetime.now(UTC), record.saga_id, "after", {}))
+        u.commit()
+    with uow() as u:
+        assert [e.kind for e in u.history.for_saga(record.saga_id)] == ["after"]
+
+
+def test_a_step_may_not_end_the_transaction(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    record = make_record()
+    with uow() as u:
+        u.sagas.add(record)
+        with pytest.raises(StepEndedTransaction), u.savepoint():
+            u.session.execute(
+                insert(order_payment_events).values(
+                    saga_id=record.saga_id, order_id="o", step="s", action="a", amount_cents=1
+                )
+            )
+            u.session.commit()
+        with pytest.raises(StepEndedTransaction):
+            u.session.rollback()
+        # A step's own savepoints are fine.
+        with u.session.begin_nested():
+            u.history.add(HistoryEntry(datetime.now(UTC), record.saga_id, "kept", {}))
+        u.commit()
+    with uow() as u:
+        assert u.sagas.get(record.saga_id) is not None
+        assert [e.kind for e in u.history.for_saga(record.saga_id)] == ["kept"]
+    assert count(store_engine, order_payment_events) == 0
+
+
+def test_the_unit_of_work_is_usable_after_commit(uow: SqlUnitOfWorkFactory) -> None:
+    first, second = make_record(), make_record()
+    with uow() as u:
+        u.sagas.add(first)
+        u.commit()
+        u.sagas.add(second)
+    with uow() as u:
+        assert u.sagas.get(first.saga_id) is not None
+        assert u.sagas.get(second.saga_id) is None
+
+
+def test_for_update_serialises_read_modify_write(store_engine: Engine) -> None:
+    factory = SqlUnitOfWorkFactory(store_engine)
+    record = add_saga(factory, replace(make_record(), data={"n": 0}))
+    rounds, errors = 15, []
+
+    def bump() -> None:
+        try:
+            for _ in range(rounds):
+                with factory() as u:
+                    got = u.sagas.get(record.saga_id, for_update=True)
+                    assert got is not None
+                    time.sleep(0.001)  # widen the race a lost update would need
+                    u.sagas.save(replace(got, data={"n": got.data["n"] + 1}))
+                    u.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with factory() as u:
+        got = u.sagas.get(record.saga_id)
+    assert got is not None and got.data == {"n": 2 * rounds}
+
+
+# -- idempotency keys ---------------------------------------------------------
+
+
+def test_a_second_saga_with_the_same_key_is_refused(uow: SqlUnitOfWorkFactory) -> None:
+    first = add_saga(uow, make_record(key="k-1"))
+    with uow() as u:
+        with pytest.raises(DuplicateIdempotencyKey):
+            u.sagas.add(make_record(key="k-1"))
+        # The transaction is still usable: the caller can look up the winner.
+        winner = u.sagas.by_idempotency_key("k-1")
+        assert winner is not None and winner.saga_id == first.saga_id
+        other = make_record(key="k-2")
+        u.sagas.add(other)
+        u.commit()
+    with uow() as u:
+        assert u.sagas.get(other.saga_id) is not None
+
+
+def test_sagas_without_a_key_do_not_collide(uow: SqlUnitOfWorkFactory) -> None:
+    add_saga(uow)
+    add_saga(uow)
+    with uow() as u:
+        assert sum(u.sagas.count_by_status().values()) == 2
+
+
+def test_postgresql_two_concurrent_transactions_with_one_key(pg_url: str) -> None:
+    engine = create_engine(pg_url)
+    factory = SqlUnitOfWorkFactory(engine)
+    first, second = make_record(key="race"), make_record(key="race")
+    outcome: list[BaseException | str] = []
+    try:
+        with factory() as a:
+            a.sagas.add(first)
+
+            def contender() -> None:
+                try:
+                    with factory() as b:
+                        b.sagas.add(second)  # waits for `a` to end
+                        b.commit()
+                    outcome.append("committed")
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=contender)
+            thread.start()
+            time.sleep(0.3)
+            assert outcome == [], "the second insert should wait for the first transaction"
+            a.commit()
+            thread.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], DuplicateIdempotencyKey)
+        with factory() as u:
+            got = u.sagas.by_idempotency_key("race")
+            assert got is not None and got.saga_id == first.saga_id
+    finally:
+        engine.dispose()
+
+
+# -- inbox and history --------------------------------------------------------
+
+
+def test_inbox_remembers_committed_message_ids(uow: SqlUnitOfWorkFactory) -> None:
+    saga_id, seen_id, forgotten_id = new_id(), new_id(), new_id()
+    with uow() as u:
+        assert not u.inbox.seen(seen_id)
+        u.inbox.record(seen_id, saga_id)
+        assert u.inbox.seen(seen_id)
+        u.commit()
+    with uow() as u:
+        u.inbox.record(forgotten_id, saga_id)
+    with uow() as u:
+        assert u.inbox.seen(seen_id)
+        assert not u.inbox.seen(forgotten_id)
+
+
+def test_recording_a_message_twice_fails_the_transaction_as_retryable(
+    uow: SqlUnitOfWorkFactory,
+) -> None:
+    message_id, saga_id = new_id(), new_id()
+    with uow() as u:
+        u.inbox.record(message_id, saga_id)
+        u.commit()
+    with pytest.raises(ConcurrentDelivery) as caught, uow() as u:
+        u.inbox.record(message_id, saga_id)
+        u.commit()
+    assert isinstance(caught.value, StoreUnavailable)
+
+
+def test_history_in_order(uow: SqlUnitOfWorkFactory) -> None:
+    saga_id = new_id()
+    t0 = datetime.now(UTC)
+    with uow() as u:
+        u.history.add(HistoryEntry(t0, saga_id, "started", {"saga": "x"}))
+        u.history.add(HistoryEntry(t0, new_id(), "other saga", {}))
+        u.history.add(
+            HistoryEntry(t0 + timedelta(seconds=1), saga_id, "resume", {"why": "x"}, actor="op")
+        )
+        u.commit()
+    with uow() as u:
+        entries = u.history.for_saga(saga_id)
+    assert entries == [
+        HistoryEntry(t0, saga_id, "started", {"saga": "x"}),
+        HistoryEntry(t0 + timedelta(seconds=1), saga_id, "resume", {"why": "x"}, actor="op"),
+    ]
+
+
+# -- outbox -------------------------------------------------------------------
+
+
+def write_messages(uow: SqlUnitOfWorkFactory, *messages: OutboxMessage) -> None:
+    with uow() as u:
+        for m in messages:
+            u.outbox.add(m)
+        u.commit()
+
+
+def test_outbox_add_claim_mark_published(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
+    saga_id = new_id()
+    sent = [message(saga_id, n=i) for i in range(5)]
+    write_messages(uow, *sent)
+    reader = SqlOutboxReader(store_engine)
+    with reader.claim(3) as batch:
+        assert [p.message_id for p in batch] == [m.message_id for m in sent[:3]]
+        assert [p.body for p in batch] == [m.body for m in sent[:3]]
+        assert all(p.saga_id == saga_id for p in batch)
+        reader.mark_published([p.id for p in batch])
+    with reader.claim(10) as batch:
+        assert [p.message_id for p in batch] == [m.message_id for m in sent[3:]]
+        # Not marked: these stay for the next claim.
+    with reader.claim(10) as batch:
+        assert len(batch) == 2
+        reader.mark_published([p.id for p in batch])
+    with reader.claim(10) as batch:
+        assert batch == []
+
+
+def test_a_failed_publish_leaves_the_rows_unpublished(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    write_messages(uow, message(new_id()))
+    reader = SqlOutboxReader(store_engine)
+    with pytest.raises(ConnectionError), reader.claim(10) as batch:
+        reader.mark_published([p.id for p in batch])
+        raise ConnectionError("broker did not confirm")
+    with reader.claim(10) as batch:
+        assert len(batch) == 1
+
+
+def test_mark_published_outside_a_claim(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
+    write_messages(uow, message(new_id()))
+    reader = SqlOutboxReader(store_engine)
+    with reader.claim(10) as batch:
+        ids = [p.id for p in batch]
+    reader.mark_published(ids)
+    with reader.claim(10) as batch:
+        assert batch == []
+
+
+def test_delayed_rows_wait_until_they_are_due(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    saga_id = new_id()
+    soon, later, now = message(saga_id, 0.6), message(saga_id, 3600), message(saga_id)
+    write_messages(uow, soon, later, now)
+    reader = SqlOutboxReader(store_engine)
+    with reader.claim(10) as batch:
+        assert [p.message_id for p in batch] == [now.message_id]
+        reader.mark_published([p.id for p in batch])
+    time.sleep(0.8)
+    with reader.claim(10) as batch:
+        assert [p.message_id for p in batch] == [soon.message_id]
+
+
+def test_a_lower_id_found_unpublished_behind_published_ones_is_still_claimed(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    first, second = message(new_id()), message(new_id())
+    write_messages(uow, first, second)
+    with store_engine.begin() as c:
+        c.execute(
+            update(outbox)
+            .where(outbox.c.message_id == second.message_id)
+            .values(published_at=func.current_timestamp())
+        )
+    with SqlOutboxReader(store_engine).claim(10) as batch:
+        assert [p.message_id for p in batch] == [first.message_id]
+
+
+def test_postgresql_a_row_committed_late_with_a_lower_id_is_claimed(pg_url: str) -> None:
+    engine = create_engine(pg_url)
+    factory = SqlUnitOfWorkFactory(engine)
+    reader = SqlOutboxReader(engine)
+    early, late = message(new_id()), message(new_id())
+    try:
+        with factory() as slow:
+            slow.outbox.add(late)  # takes the lower id, commits last
+            write_messages(factory, early)
+            with reader.claim(10) as batch:
+                assert [p.message_id for p in batch] == [early.message_id]
+                reader.mark_published([p.id for p in batch])
+                early_id = batch[0].id
+            slow.commit()
+        with reader.claim(10) as batch:
+            assert [p.message_id for p in batch] == [late.message_id]
+            assert batch[0].id < early_id
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_two_claimers_take_disjoint_rows(pg_url: str) -> None:
+    engine = create_engine(pg_url)
+    try:
+        sent = [message(new_id(), n=i) for i in range(10)]
+        write_messages(SqlUnitOfWorkFactory(engine), *sent)
+        one, two = SqlOutboxReader(engine), SqlOutboxReader(engine)
+        with one.claim(6) as a, two.claim(10) as b:
+            ids_a, ids_b = {p.id for p in a}, {p.id for p in b}
+            assert len(ids_a) == 6 and len(ids_b) == 4
+            assert ids_a.isdisjoint(ids_b)
+            one.mark_published(list(ids_a))
+            two.mark_published(list(ids_b))
+        with one.claim(10) as rest:
+            assert rest == []
+    finally:
+        engine.dispose()
+
+
+def test_claimers_in_threads_publish_every_row_once(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    total = 120
+    write_messages(uow, *[message(new_id(), n=i) for i in range(total)])
+    published: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def relay() -> None:
+        reader = SqlOutboxReader(store_engine)
+        try:
+            while True:
+                with reader.claim(7) as batch:
+                    if not batch:
+                        return
+                    with lock:
+                        published.extend(p.id for p in batch)
+                    reader.mark_published([p.id for p in batch])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=relay) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(published) == total == len(set(published))
+
+
+def test_oldest_unpublished_age(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
+    reader = SqlOutboxReader(store_engine)
+    assert reader.oldest_unpublished_age() is None
+    write_messages(uow, message(new_id(), delay=3600))
+    assert reader.oldest_unpublished_age() is None  # not due yet: not a stuck relay
+    write_messages(uow, message(new_id()))
+    time.sleep(0.2)
+    age = reader.oldest_unpublished_age()
+    assert age is not None and 0.1 <= age < 30
+    assert reader.pending_count() == 2
+
+
+def test_purge_removes_only_old_published_rows_and_old_inbox_ids(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    old_sent, new_sent, unsent = message(new_id()), message(new_id()), message(new_id())
+    write_messages(uow, old_sent, new_sent, unsent)
+    with uow() as u:
+        u.inbox.record("old-id", new_id())
+        u.inbox.record("new-id", new_id())
+        u.commit()
+    reader = SqlOutboxReader(store_engine)
+    with reader.claim(2) as batch:
+        reader.mark_published([p.id for p in batch])
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    with store_engine.begin() as c:
+        c.execute(
+            update(outbox)
+            .where(outbox.c.message_id == old_sent.message_id)
+            .values(published_at=long_ago)
+        )
+        c.execute(
+            text("UPDATE inbox SET processed_at = :t WHERE message_id = 'old-id'"),
+            {"t": long_ago.replace(tzinfo=None) if c.dialect.name == "sqlite" else long_ago},
+        )
+    gone = purge(store_engine, retention=timedelta(days=7), batch=1)
+    assert (gone.outbox, gone.inbox) == (1, 1)
+    with store_engine.connect() as c:
+        left = set(c.execute(select(outbox.c.message_id)).scalars())
+    assert left == {new_sent.message_id, unsent.message_id}
+    with uow() as u:
+        assert u.inbox.seen("new-id") and not u.inbox.seen("old-id")
+
+
+# -- a lost connection --------------------------------------------------------
+
+
+def test_postgresql_a_killed_connection_is_store_unavailable_and_the_next_one_works(
+    pg_url: str,
+) -> None:
+    engine = create_engine(pg_url, pool_size=1, max_overflow=0)
+    factory = SqlUnitOfWorkFactory(engine)
+    record = make_record()
+    try:
+        with pytest.raises(StoreUnavailable), factory() as u:
+            u.sagas.add(record)
+            pid = u.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with create_engine(pg_url).connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            u.commit()
+        # The pool's pre-ping replaces the dead connection.
+        with factory() as u:
+            assert u.sagas.get(record.saga_id) is None
+            u.sagas.add(record)
+            u.commit()
+        with factory() as u:
+            assert u.sagas.get(record.saga_id) is not None
+    finally:
+        engine.dispose()
+
+
+def test_an_unreachable_database_is_store_unavailable_at_the_door() -> None:
+    engine = create_engine("postgresql://postgres@127.0.0.1:1/nowhere")
+    with pytest.raises(StoreUnavailable), SqlUnitOfWorkFactory(engine)():
+        pass
+    with pytest.raises(StoreUnavailable), SqlOutboxReader(engine).claim(1):
+        pass
