@@ -120,4 +120,5 @@ def make_chaincode(directory: Path, name: str, cfg: ChaincodeConfig) -> Chaincod
         tls_root_cert=_read_pem(directory, cfg.root_cert) if cfg.tls_required else None,
         client_cert=_read_pem(directory, cfg.client_cert) if cfg.tls_required else None,
         client_key=_read_pem(directory, cfg.client_key) if cfg.tls_required else None,
+        package_id=cfg.package_id or None,
     )

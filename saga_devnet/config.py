@@ -40,6 +40,7 @@ class ChaincodeConfig:
     builtin: str = ""
     policy: str = "MAJORITY Endorsement"
     version: str = "1.0"
+    package_id: str = ""  # when set, the id the chaincode must register with
     tls_required: bool = False
     root_cert: str = ""  # PEM file paths, relative to DIR or absolute
     client_cert: str = ""

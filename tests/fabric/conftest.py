@@ -6,6 +6,7 @@
         devnet.set_faults(stall_commits=True)
 
     def test_y(devnet_factory):              # a fresh devnet per call, torn down after the test
+                                             # (module_devnet_factory: torn down after the module)
         net = devnet_factory(batch_timeout=0.3, chaincodes={"facts": {"address": "..."}})
         net.kill(); net.start()              # SIGKILL and restart on the same DIR and ports
 
@@ -191,8 +192,7 @@ def _shutdown(net: Devnet) -> None:
         net.kill()
 
 
-@pytest.fixture
-def devnet_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Devnet]]:
+def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Devnet]]:
     started: list[Devnet] = []
 
     def make(**overrides: Any) -> Devnet:
@@ -204,6 +204,20 @@ def devnet_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     yield make
     for net in started:
         _shutdown(net)
+
+
+@pytest.fixture
+def devnet_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Devnet]]:
+    """A fresh devnet per call, stopped when the test ends."""
+    yield from _factory(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_devnet_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Devnet]]:
+    """Same, stopped when the module ends: for a devnet configured once per module."""
+    yield from _factory(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,87 @@
+"""The devnet running the real sagafacts chaincode over the shim (chaincode-as-a-service)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from saga_devnet.protos import transaction_pb2
+from saga_devnet.rawclient import error_details
+
+REPO = Path(__file__).resolve().parents[2]
+CC_NAME = "sagafacts"
+CC_ID = "sagafacts_1.0:devnet"
+
+
+@pytest.fixture(scope="module")
+def chaincode_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("cc") / "chaincode.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chaincode", "--id", CC_ID, "--address", address],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield address
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def net(chaincode_address, module_devnet_factory):
+    return module_devnet_factory(
+        chaincodes={
+            CC_NAME: {
+                "address": chaincode_address,
+                "package_id": CC_ID,
+                "policy": "AND('Org1MSP.peer','Org2MSP.peer')",
+            }
+        }
+    )
+
+
+def test_record_payment_through_the_shim(net):
+    gw = net.client(1)
+    key = f"saga-{uuid.uuid4().hex[:8]}/pay/do"
+    txid, code, _ = gw.submit_transaction(CC_NAME, "RecordPayment", key, "order-1", "1250", "EUR")
+    assert code == transaction_pb2.VALID
+    record = json.loads(gw.evaluate(CC_NAME, "GetRecord", key).payload)
+    assert record["txid"] == txid and record["recorded_by"] == "Org1MSP"
+
+
+def test_same_key_twice_one_valid_one_mvcc_then_already_recorded(net):
+    gw = net.client(2)
+    key = f"saga-{uuid.uuid4().hex[:8]}/pay/do"
+    a = gw.proposal(CC_NAME, "RecordPayment", key, "order-2", "100", "EUR")
+    b = gw.proposal(CC_NAME, "RecordPayment", key, "order-2", "100", "EUR")
+    env_a, env_b = gw.endorse(a), gw.endorse(b)
+    gw.submit(a.txid, env_a)
+    gw.submit(b.txid, env_b)
+    codes = {gw.commit_status(a.txid)[0], gw.commit_status(b.txid)[0]}
+    assert codes == {transaction_pb2.VALID, transaction_pb2.MVCC_READ_CONFLICT}
+    with pytest.raises(grpc.RpcError) as exc:
+        gw.endorse(gw.proposal(CC_NAME, "RecordPayment", key, "order-2", "100", "EUR"))
+    assert exc.value.code() == grpc.StatusCode.ABORTED
+    message = error_details(exc.value)[0].message
+    assert message.startswith("chaincode response 409, ALREADY_RECORDED:")
