@@ -120,9 +120,12 @@ class Ledger(Protocol):
         *,
         endorsing_orgs: Sequence[str] | None = None,
         transient: Mapping[str, bytes] | None = None,
-    ) -> PreparedTx: ...
+        timeout: float | None = None,
+    ) -> PreparedTx:
+        """Build, sign and endorse; the txid is fixed. Raises EndorseFailed."""
+        ...
 
-    def submit(self, prepared: PreparedTx | bytes) -> Submitted:
+    def submit(self, prepared: PreparedTx | bytes, *, timeout: float | None = None) -> Submitted:
         """Hand the envelope to the orderer. Raises SubmitFailed (outcome unknown)."""
         ...
 
@@ -141,7 +144,10 @@ class Ledger(Protocol):
         *,
         target_orgs: Sequence[str] | None = None,
         transient: Mapping[str, bytes] | None = None,
-    ) -> bytes: ...
+        timeout: float | None = None,
+    ) -> bytes:
+        """Run a query on a peer; nothing is ordered. Raises EvaluateFailed."""
+        ...
 
 
 @runtime_checkable

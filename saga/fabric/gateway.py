@@ -164,11 +164,12 @@ class GatewayClient:
         *,
         endorsing_orgs: Sequence[str] | None = None,
         transient: Mapping[str, bytes] | None = None,
+        timeout: float | None = None,
     ) -> PreparedTransaction:
         proposal = self.new_proposal(
             channel, chaincode, function, args, endorsing_orgs=endorsing_orgs, transient=transient
         )
-        return self.endorse(proposal)
+        return self.endorse(proposal, timeout=timeout)
 
     def evaluate(
         self,
@@ -179,11 +180,12 @@ class GatewayClient:
         *,
         target_orgs: Sequence[str] | None = None,
         transient: Mapping[str, bytes] | None = None,
+        timeout: float | None = None,
     ) -> bytes:
         proposal = self.new_proposal(
             channel, chaincode, function, args, endorsing_orgs=target_orgs, transient=transient
         )
-        return self.evaluate_proposal(proposal)
+        return self.evaluate_proposal(proposal, timeout=timeout)
 
     # -- convenience -------------------------------------------------------
 
