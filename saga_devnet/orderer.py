@@ -80,7 +80,13 @@ class Orderer:
                 await asyncio.sleep(0.05)
             if self._faults.commit_delay > 0:
                 await asyncio.sleep(self._faults.commit_delay)
-            await self._cut()
+            try:
+                await self._cut()
+            except Exception:
+                # The batch is still pending on disk; retrying beats a devnet that silently
+                # stops committing while its Gateway keeps accepting submissions.
+                log.exception("block commit failed; retrying")
+                await asyncio.sleep(1.0)
 
     async def _cut(self) -> None:
         batch = self._store.pending(self._max)
