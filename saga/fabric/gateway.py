@@ -115,7 +115,17 @@ class GatewayClient:
             )
         except grpc.RpcError as exc:
             raise EndorseError.from_rpc_error(exc, proposal.txid) from exc
-        return PreparedTransaction.sign(response.prepared_transaction, self.identity)
+        prepared = PreparedTransaction.sign(response.prepared_transaction, self.identity)
+        # Never sign, store or submit a transaction other than the one proposed:
+        # its txid is what the saga recorded before endorsing.
+        if (prepared.txid, prepared.channel) != (proposal.txid, proposal.channel):
+            raise EndorseError(
+                txid=proposal.txid,
+                code=None,
+                status_message=f"the gateway prepared transaction {prepared.txid} "
+                f"on channel {prepared.channel!r} instead",
+            )
+        return prepared
 
     def submit(self, prepared: PreparedTx | bytes, *, timeout: float | None = None) -> Submitted:
         """Send the signed envelope to be ordered. Sending the same bytes again is safe:

@@ -213,6 +213,7 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     auto_commit: bool = True
     next_block: int = 5
     evaluate_status: int = 200
+    canned_envelope: Any = None  # set: Endorse answers with it, whatever was proposed
     commits: dict[str, tuple[int, int]] = field(default_factory=dict)
     submitted: list[bytes] = field(default_factory=list)
     calls: list[tuple[str, Any]] = field(default_factory=list)
@@ -254,6 +255,8 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     async def Endorse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._start("Endorse", request, context)
         header, _ = await self._check_proposal(request, context)
+        if self.canned_envelope is not None:
+            return gateway_pb2.EndorseResponse(prepared_transaction=self.canned_envelope)
         proposal = proposal_pb2.Proposal.FromString(request.proposed_transaction.proposal_bytes)
         action = proposal_pb2.ChaincodeAction(
             response=proposal_response_pb2.Response(status=200, payload=self.result)

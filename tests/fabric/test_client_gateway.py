@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from saga.fabric import (
     GatewayClient,
     GatewayEndpoint,
     PreparedTransaction,
+    Proposal,
     SigningIdentity,
     SubmitError,
     load_connection_profile,
@@ -342,3 +344,50 @@ def test_connects_from_a_connection_profile(
         assert loaded.msp_id == identity.msp_id
         with GatewayClient.connect(loaded.endpoint(), identity) as c:
             assert c.evaluate("mychannel", "sagas", "Get", ["p"]) == b"Get|p"
+
+
+def test_an_envelope_for_another_txid_is_refused_before_it_is_stored(
+    server: GatewayServer, client: GatewayClient, identity: SigningIdentity
+) -> None:
+    stranger = client.new_proposal("mychannel", "sagas", "Record", ["other"])
+    other_envelope = server.run(_endorse_on_server(server, stranger))
+    server.servicer.canned_envelope = other_envelope
+    proposal = client.new_proposal("mychannel", "sagas", "Record", ["mine"])
+    with pytest.raises(EndorseError, match="instead") as caught:
+        client.endorse(proposal)
+    assert caught.value.txid == proposal.txid
+
+
+async def _endorse_on_server(server: GatewayServer, proposal: Proposal) -> object:
+    request = gateway_pb2.EndorseRequest(
+        transaction_id=proposal.txid,
+        channel_id=proposal.channel,
+        proposed_transaction=proposal.signed_proposal(),
+    )
+
+    class _Context:
+        def peer(self) -> str:
+            return "test"
+
+        async def abort(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError(args)
+
+    response = await server.servicer.Endorse(request, _Context())
+    return response.prepared_transaction
+
+
+def test_errors_survive_pickling_with_their_fields() -> None:
+    endorse = EndorseError(
+        txid="t1",
+        code=grpc.StatusCode.ABORTED,
+        status_message="failed to endorse",
+        details=(ErrorDetail("peer0:7051", "Org1MSP", "already recorded"),),
+    )
+    commit = CommitError(CommitResult("t2", 11, "MVCC_READ_CONFLICT", 7))
+    for error in (endorse, commit, StatusUnknown("gone", txid="t3", retryable=True)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert (copy.txid, copy.retryable) == (error.txid, error.retryable)
+    assert pickle.loads(pickle.dumps(endorse)).details == endorse.details
+    assert pickle.loads(pickle.dumps(commit)).result == commit.result
