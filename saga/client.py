@@ -383,7 +383,7 @@ class LocalSagaClient:
                 fields=["payload"],
             )
         try:
-            data = check_value(dict(value), self._limits)
+            data = check_value(dict(value), self._limits, field_prefix="payload")
         except BodyRejected as exc:
             cls = PayloadTooLargeError if exc.status == 413 else InvalidPayloadError
             raise cls(

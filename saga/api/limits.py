@@ -197,10 +197,11 @@ def parse_body(raw: bytes, limits: PayloadLimits, *, envelope_levels: int = 0) -
     return value
 
 
-def check_value(value: Any, limits: PayloadLimits) -> bytes:
+def check_value(value: Any, limits: PayloadLimits, *, field_prefix: str = "") -> bytes:
     """The in-process counterpart of parse_body: refuse what the HTTP API refuses.
 
-    Returns the compact JSON encoding that was measured.
+    Returns the compact JSON encoding that was measured. `field_prefix` names the
+    value in error paths (`payload` gives `payload.order_id`).
     """
     if json_depth(value, stop_above=limits.max_depth) > limits.max_depth:
         raise BodyRejected(
@@ -209,7 +210,7 @@ def check_value(value: Any, limits: PayloadLimits) -> bytes:
             f"payload nests arrays/objects more than {limits.max_depth} levels deep "
             "(SAGA_MAX_PAYLOAD_DEPTH)",
         )
-    bad = _bad_text(value)
+    bad = _bad_text(value, field_prefix)
     if bad is not None:
         where, why = bad
         raise BodyRejected(
@@ -219,7 +220,10 @@ def check_value(value: Any, limits: PayloadLimits) -> bytes:
         raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise BodyRejected(
-            422, "invalid_payload", f"payload is not JSON-serialisable: {exc}", ("payload",)
+            422,
+            "invalid_payload",
+            f"payload is not JSON-serialisable: {exc}",
+            (field_prefix or "(body)",),
         ) from None
     data = raw.encode("utf-8")
     check_size(len(data), limits)
