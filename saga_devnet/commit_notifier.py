@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 
 class CommitNotifier:
@@ -37,6 +38,20 @@ class CommitNotifier:
                     fut.set_result((code, number))
         async with self._block_cond:
             self.height = number + 1
+            self._block_cond.notify_all()
+
+    async def catch_up(
+        self, height: int, status: Callable[[str], tuple[int, int, int] | None]
+    ) -> None:
+        """Resolve waiters for blocks indexed outside the normal path (recovery)."""
+        for txid in list(self._waiters):
+            found = status(txid)
+            if found is not None:
+                for fut in self._waiters.pop(txid, []):
+                    if not fut.done():
+                        fut.set_result((found[0], found[1]))
+        async with self._block_cond:
+            self.height = height
             self._block_cond.notify_all()
 
     async def wait_height(self, height: int) -> None:

@@ -44,7 +44,7 @@ class LedgerStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._file = open(self._path, "a+b")  # noqa: SIM115 - held open for the store's life
-        self._recover()
+        self.recover()
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -68,7 +68,8 @@ class LedgerStore:
             os.fsync(self._file.fileno())
         return out
 
-    def _recover(self) -> None:
+    def recover(self) -> None:
+        """Index every block the file holds and the index lacks; idempotent."""
         records = self._records()
         indexed = self.height
         for num in range(indexed, len(records)):

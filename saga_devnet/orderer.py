@@ -83,10 +83,12 @@ class Orderer:
             try:
                 await self._cut()
             except Exception:
-                # The batch is still pending on disk; retrying beats a devnet that silently
-                # stops committing while its Gateway keeps accepting submissions.
-                log.exception("block commit failed; retrying")
+                # The batch is still pending on disk, and a block already appended is indexed
+                # by recover(), so the retry never writes a block number twice.
+                log.exception("block commit failed; recovering and retrying")
                 await asyncio.sleep(1.0)
+                self._store.recover()
+                await self._notifier.catch_up(self._store.height, self._store.tx_status)
 
     async def _cut(self) -> None:
         batch = self._store.pending(self._max)
