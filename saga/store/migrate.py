@@ -1,7 +1,8 @@
 """Running the Alembic migrations in `db/` from code (`saga db upgrade` calls this).
 
-The migrations are found next to the package: `<repo>/db` in a source checkout
-or editable install, `saga/store/_migrations` when a wheel ships them there.
+The migrations live in `<repo>/db`. `saga/store/_migrations` is a symlink to it,
+so a wheel built with the package-data entry for `_migrations` ships them inside
+the package; `<repo>/db` itself is the fallback for a checkout without symlinks.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ class MigrationsNotFound(RuntimeError):
 
 def script_location() -> Path:
     here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "db", here / "_migrations"):
+    # Our own copy first: a `db` directory beside site-packages could be anyone's.
+    for candidate in (here / "_migrations", here.parents[1] / "db"):
         if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
             return candidate
     raise MigrationsNotFound(
-        f"no Alembic migrations next to {here}: expected {here.parents[1] / 'db'} (source "
-        f"checkout) or {here / '_migrations'} (installed package)"
+        f"no Alembic migrations next to {here}: expected {here / '_migrations'} (installed "
+        f"package, or the symlink in a checkout) or {here.parents[1] / 'db'} (checkout)"
     )
 
 
