@@ -28,13 +28,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from saga.ports import OutboxMessage, PendingMessage
+from saga.ports import OutboxMessage, OutboxReader, PendingMessage
 from saga.store.clock import now, now_plus, utcnow
 from saga.store.errors import TRANSIENT_ERRORS, is_transient, unavailable
 from saga.store.tables import outbox
@@ -171,3 +171,7 @@ def _quiet_rollback(connection: Connection) -> None:
     # says more than this one would.
     with suppress(*TRANSIENT_ERRORS):
         connection.rollback()
+
+
+if TYPE_CHECKING:
+    _port: OutboxReader = SqlOutboxReader(Engine.__new__(Engine))

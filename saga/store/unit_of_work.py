@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
-from saga.ports import StoreUnavailable
+from saga.ports import (
+    History,
+    Inbox,
+    Outbox,
+    SagaRepository,
+    StoreUnavailable,
+    UnitOfWorkFactory,
+)
 from saga.store.errors import (
     TRANSIENT_ERRORS,
     duplicate_key,
@@ -68,10 +76,12 @@ class SqlUnitOfWork:
     as the cause.
     """
 
-    sagas: SqlSagaRepository
-    outbox: SqlOutbox
-    inbox: SqlInbox
-    history: SqlHistory
+    # Typed as the ports: a protocol's attributes are invariant, so this is what
+    # lets the factory pass as a UnitOfWorkFactory without a cast.
+    sagas: SagaRepository
+    outbox: Outbox
+    inbox: Inbox
+    history: History
     session: StepSession
 
     def __init__(self, engine: Engine) -> None:
@@ -104,14 +114,19 @@ class SqlUnitOfWork:
         self.inbox = SqlInbox(self.session)
         self.history = SqlHistory(self.session)
 
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        exc = exc_info[1] if len(exc_info) > 1 else None
         try:
             self.rollback()
         finally:
             self.session.close()
             self._root = None
             self._open = False
-        if exc is not None and is_transient(exc) and not isinstance(exc, StoreUnavailable):
+        if (
+            isinstance(exc, BaseException)
+            and is_transient(exc)
+            and not isinstance(exc, StoreUnavailable)
+        ):
             raise unavailable(exc) from exc
 
     def commit(self) -> None:
@@ -178,3 +193,8 @@ class SqlUnitOfWorkFactory:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+if TYPE_CHECKING:
+    # mypy proves the adapter fits the port structurally.
+    _port: UnitOfWorkFactory = SqlUnitOfWorkFactory(Engine.__new__(Engine))
