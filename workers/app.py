@@ -225,7 +225,10 @@ def _retry_later(task: Task, exc: BaseException) -> Any:
     retries = int(task.request.retries or 0)
     delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(retries, 10)) * random.uniform(0.5, 1.0)
     log.warning(
-        "store unavailable; step message will be retried",
+        "store unavailable (%s); step message %s retried in %.1fs",
+        type(exc).__name__,
+        task.request.id,
+        delay,
         extra={
             "task_id": task.request.id,
             "retries": retries,

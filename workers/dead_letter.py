@@ -79,7 +79,10 @@ def publish_dead_letter(
             **options,
         )
     log.error(
-        "message dead-lettered",
+        "message dead-lettered to %s (%s): %s",
+        topology.dead_letter_queue,
+        error,
+        reason[:MAX_REASON],
         extra={
             "reason": reason[:MAX_REASON],
             "error": error,

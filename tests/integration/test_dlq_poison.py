@@ -48,7 +48,10 @@ def poison_cases(saga_id: str) -> dict[str, tuple[dict[str, Any], str]]:
     )
     mid = str(uuid.uuid4())
     cases["wrong-schema"] = (
-        {"body": v2_body({"message_id": mid, "case": "wrong-schema"}), "headers": task_headers(mid)},
+        {
+            "body": v2_body({"message_id": mid, "case": "wrong-schema"}),
+            "headers": task_headers(mid),
+        },
         "lacks field(s)",
     )
     args, _ = step("unknown-saga", saga="unknown-saga")
