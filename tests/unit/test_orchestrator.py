@@ -1,0 +1,485 @@
+"""The orchestrator service over the in-memory fakes."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
+from saga.core.errors import UnknownSaga
+from saga.core.retry import RetryPolicy
+from saga.core.state import SagaStatus, StepStatus
+from saga.core.step_message import MalformedMessage, Phase, StepMessage
+from saga.orchestrator import (
+    IdempotencyConflict,
+    InvalidIdempotencyKey,
+    InvalidInput,
+    OperatorActionRefused,
+    Orchestrator,
+    Outcome,
+    SagaNotFound,
+)
+from saga.ports import StoreUnavailable
+from tests.fakes import FakeDatabase, FakeSession, FakeUnitOfWork
+
+
+class Order(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order_id: str = Field(min_length=1)
+    amount: int = Field(gt=0)
+
+
+class Declined(Exception):
+    pass
+
+
+class DriverGone(Exception):
+    """Stands for a database driver's connection error."""
+
+
+class Script:
+    """What each step does on its next runs: None succeeds, an exception is raised."""
+
+    def __init__(self) -> None:
+        self.plan: dict[tuple[str, str], list[BaseException | None]] = defaultdict(list)
+        self.calls: list[tuple[str, str, int]] = []
+
+    def then(self, step: str, phase: str, *results: BaseException | None) -> Script:
+        self.plan[(step, phase)].extend(results)
+        return self
+
+    def fn(self, step: str, phase: str) -> Any:
+        def run(ctx: StepContext) -> dict[str, Any] | None:
+            assert isinstance(ctx.session, FakeSession)
+            self.calls.append((step, phase, ctx.attempt))
+            # write first, fail after: a failure must take the write back with it
+            ctx.session.insert("effects", saga=ctx.saga_id, step=step, phase=phase)
+            queue = self.plan[(step, phase)]
+            result = queue.pop(0) if queue else None
+            if result is not None:
+                raise result
+            if phase == "do":
+                return {"by": step, "seen": sorted(ctx.data)}
+            return None
+
+        return run
+
+
+FAST = RetryPolicy(max_attempts=3, initial_backoff=0.5, non_retryable=("Declined",))
+
+
+def shop(script: Script, version: int = 1) -> SagaDefinition:
+    steps = [
+        Step("reserve", script.fn("reserve", "do"), script.fn("reserve", "undo"), retry=FAST),
+        Step("charge", script.fn("charge", "do"), script.fn("charge", "undo"), retry=FAST),
+        Step("ship", script.fn("ship", "do"), pivot=True, retry=FAST),
+        Step("notify", script.fn("notify", "do"), retry=FAST),
+    ]
+    if version == 2:
+        steps.insert(2, Step("audit", script.fn("audit", "do"), script.fn("audit", "undo")))
+    return SagaDefinition(
+        name="shop", version=version, input_model=Order, steps=tuple(steps), errors=(Declined,)
+    )
+
+
+ORDER = {"order_id": "o-1", "amount": 5}
+
+
+class World:
+    def __init__(self, *versions: int) -> None:
+        self.script = Script()
+        self.db = FakeDatabase()
+        self.registry = Registry([shop(self.script, v) for v in versions or (1,)])
+        counter = itertools.count(1)
+        self.orch = Orchestrator(
+            self.registry,
+            self.db.uow,
+            new_id=lambda: f"id-{next(counter)}",
+            transient_errors=(DriverGone,),
+        )
+        self.delivered: set[str] = set()
+
+    def messages(self) -> list[StepMessage]:
+        return [StepMessage.from_body(m.body) for m in self.db.outbox_messages()]
+
+    def next_message(self) -> StepMessage | None:
+        for m in self.messages():
+            if m.message_id not in self.delivered:
+                return m
+        return None
+
+    def deliver_next(self) -> tuple[StepMessage, Outcome]:
+        m = self.next_message()
+        assert m is not None, "nothing to deliver"
+        outcome = self.orch.handle(m)
+        self.delivered.add(m.message_id)
+        return m, outcome
+
+    def drain(self, limit: int = 100) -> None:
+        for _ in range(limit):
+            if self.next_message() is None:
+                return
+            self.deliver_next()
+        raise AssertionError("does not drain")
+
+    def effects(self, saga_id: str) -> list[tuple[str, str]]:
+        return [
+            (r["step"], r["phase"])
+            for r in self.db.business_rows("effects")
+            if r["saga"] == saga_id
+        ]
+
+    def state(self, saga_id: str) -> Any:
+        record = self.db.saga(saga_id)
+        assert record is not None
+        return record.state
+
+
+@pytest.fixture
+def w() -> World:
+    return World()
+
+
+# -- enqueue ----------------------------------------------------------------------
+
+
+def test_enqueue_stores_saga_and_first_message(w: World) -> None:
+    e = w.orch.enqueue("shop", ORDER)
+    assert e.created
+    record = w.db.saga(e.saga_id)
+    assert record is not None
+    assert record.state.status is SagaStatus.RUNNING
+    assert record.input == ORDER
+    [m] = w.messages()
+    assert (m.saga_id, m.step, m.attempt, m.phase, m.version) == (
+        e.saga_id,
+        "reserve",
+        1,
+        Phase.DO,
+        1,
+    )
+    _, history = w.orch.get(e.saga_id)
+    assert [h.kind for h in history] == ["started"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"order_id": "o", "amount": -1}, "amount"),
+        ({"order_id": "", "amount": 1}, "order_id"),
+        ({"amount": 1}, "order_id"),
+        ({"order_id": "o", "amount": 1, "coupon": "x"}, "coupon"),
+        ({"order_id": "o", "amount": "lots"}, "amount"),
+    ],
+)
+def test_invalid_input_names_the_field_and_stores_nothing(
+    w: World, payload: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        w.orch.enqueue("shop", payload, idempotency_key="k")
+    assert f"{field}:" in str(info.value)
+    assert "'shop'" in str(info.value)
+    assert any(field in e["loc"] for e in info.value.errors)
+    assert w.db.commits == 0
+    assert w.db.tables.sagas == {} and w.db.tables.outbox == []
+
+
+def test_payload_that_is_not_an_object(w: World) -> None:
+    with pytest.raises(InvalidInput, match=r"\(payload\)"):
+        w.orch.enqueue("shop", ["not", "a", "dict"])
+    assert w.db.commits == 0
+
+
+def test_unknown_saga_stores_nothing(w: World) -> None:
+    with pytest.raises(UnknownSaga, match="'nope'"):
+        w.orch.enqueue("nope", ORDER, idempotency_key="k")
+    assert w.db.commits == 0 and w.db.tables.sagas == {}
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "tab\there", "nl\n"])
+def test_invalid_idempotency_key(w: World, key: str) -> None:
+    with pytest.raises(InvalidIdempotencyKey):
+        w.orch.enqueue("shop", ORDER, idempotency_key=key)
+    assert w.db.commits == 0
+
+
+def test_same_key_same_payload_same_saga(w: World) -> None:
+    first = w.orch.enqueue("shop", ORDER, idempotency_key="k1")
+    again = w.orch.enqueue("shop", {"amount": 5, "order_id": "o-1"}, idempotency_key="k1")
+    assert again.saga_id == first.saga_id
+    assert first.created and not again.created
+    assert len(w.db.tables.sagas) == 1
+    assert len(w.messages()) == 1
+
+
+def test_same_key_different_payload_conflicts_and_stores_nothing(w: World) -> None:
+    first = w.orch.enqueue("shop", ORDER, idempotency_key="k1")
+    before = w.db.snapshot()
+    with pytest.raises(IdempotencyConflict) as info:
+        w.orch.enqueue("shop", {**ORDER, "amount": 6}, idempotency_key="k1")
+    assert info.value.saga_id == first.saga_id
+    assert "'k1'" in str(info.value)
+    assert w.db.tables == before
+
+
+def test_no_key_means_a_new_saga_each_time(w: World) -> None:
+    a = w.orch.enqueue("shop", ORDER)
+    b = w.orch.enqueue("shop", ORDER)
+    assert a.saga_id != b.saga_id
+
+
+@pytest.mark.parametrize(("payload", "conflict"), [(ORDER, False), ({**ORDER, "amount": 9}, True)])
+def test_race_for_a_key_lost_at_commit(payload: dict[str, Any], conflict: bool) -> None:
+    """Another API instance commits the same key between our lookup and our commit."""
+    w = World()
+    other = Orchestrator(w.registry, w.db.uow, new_id=lambda: "other")
+    opened = 0
+
+    def racing_uow() -> FakeUnitOfWork:
+        nonlocal opened
+        opened += 1
+        if opened == 2:  # ours is about to insert: the other instance gets there first
+            other.enqueue("shop", ORDER, idempotency_key="k")
+        return w.db.uow()
+
+    orch = Orchestrator(w.registry, racing_uow, new_id=lambda: "mine")
+    if conflict:
+        with pytest.raises(IdempotencyConflict):
+            orch.enqueue("shop", payload, idempotency_key="k")
+    else:
+        e = orch.enqueue("shop", payload, idempotency_key="k")
+        assert e == type(e)("other", created=False)
+    assert list(w.db.tables.sagas) == ["other"]
+    assert len(w.messages()) == 1
+
+
+def test_new_sagas_take_latest_version_in_flight_keep_theirs() -> None:
+    w = World(1)
+    old = w.orch.enqueue("shop", ORDER).saga_id
+    w.deliver_next()  # reserve done under v1
+    w.registry.add(shop(w.script, 2))
+    new = w.orch.enqueue("shop", {**ORDER, "order_id": "o-2"}).saga_id
+    assert w.state(new).version == 2
+    w.drain()
+    assert w.state(old).version == 1
+    assert [s for s, _ in w.effects(old)] == ["reserve", "charge", "ship", "notify"]
+    assert [s for s, _ in w.effects(new)] == ["reserve", "charge", "audit", "ship", "notify"]
+
+
+# -- handle -----------------------------------------------------------------------
+
+
+def test_happy_path_each_step_once_and_outputs_kept(w: World) -> None:
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    w.drain()
+    record = w.db.saga(sid)
+    assert record is not None
+    assert record.state.status is SagaStatus.COMPLETED
+    assert w.effects(sid) == [(s, "do") for s in ("reserve", "charge", "ship", "notify")]
+    assert record.data["charge"] == {"by": "charge", "seen": ["reserve"]}
+    assert len(w.db.tables.inbox) == 4
+
+
+def test_duplicate_message_does_nothing(w: World) -> None:
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    m, outcome = w.deliver_next()
+    assert outcome is Outcome.APPLIED
+    before = w.db.snapshot()
+    assert w.orch.handle(m) is Outcome.DUPLICATE
+    assert w.db.tables == before
+    assert w.effects(sid) == [("reserve", "do")]
+
+
+def test_stale_attempt_is_recorded_and_does_nothing(w: World) -> None:
+    w.script.then("reserve", "do", RuntimeError("flaky"))
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    w.deliver_next()  # attempt 1 fails, attempt 2 is queued
+    stale = StepMessage("late-copy", sid, "shop", 1, "reserve", 1, Phase.DO)
+    assert w.orch.handle(stale) is Outcome.STALE
+    assert "late-copy" in w.db.tables.inbox
+    assert w.effects(sid) == []
+    assert w.script.calls == [("reserve", "do", 1)]
+    # a compensation nobody asked for is stale too
+    undo = StepMessage("undo-early", sid, "shop", 1, "reserve", 1, Phase.UNDO)
+    assert w.orch.handle(undo) is Outcome.STALE
+    w.drain()
+    assert w.state(sid).status is SagaStatus.COMPLETED
+    assert w.effects(sid).count(("reserve", "do")) == 1
+    assert w.orch.handle(StepMessage("after-end", sid, "shop", 1, "notify", 1, Phase.DO)) is (
+        Outcome.STALE
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"saga": "other"}, "names saga 'other'"),
+        ({"version": 2}, "v2"),
+        ({"step": "teleport"}, "no step 'teleport'"),
+        ({"saga_id": "missing"}, "no saga with id 'missing'"),
+    ],
+)
+def test_message_naming_wrong_saga_version_or_step(
+    w: World, change: dict[str, Any], match: str
+) -> None:
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    body = {**w.messages()[0].to_body(), "message_id": "bad", **change}
+    before = w.db.snapshot()
+    with pytest.raises(MalformedMessage, match=match):
+        w.orch.handle(StepMessage.from_body(body))
+    assert w.db.tables == before
+    assert w.effects(sid) == []
+
+
+def test_failing_action_rolled_back_but_failure_recorded(w: World) -> None:
+    w.script.then("reserve", "do", RuntimeError("warehouse busy"))
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    m, outcome = w.deliver_next()
+    assert outcome is Outcome.APPLIED
+    assert w.script.calls == [("reserve", "do", 1)]  # it ran, and wrote...
+    assert w.effects(sid) == []  # ...but its write was rolled back
+    record = w.db.saga(sid)
+    assert record is not None
+    step = record.state.steps[0]
+    assert (step.status, step.attempts, step.failures) == (StepStatus.PENDING, 2, 1)
+    assert step.last_error == "RuntimeError: warehouse busy"
+    assert "reserve" not in record.data
+    assert m.message_id in w.db.tables.inbox
+    retry = w.db.outbox_messages()[-1]
+    assert retry.delay == 0.5 and retry.body["attempt"] == 2
+    _, history = w.orch.get(sid)
+    assert history[-1].kind == "step failed"
+    assert history[-1].detail["message"] == "warehouse busy"
+
+
+def test_non_retryable_failure_compensates_with_writes_in_reverse(w: World) -> None:
+    w.script.then("ship", "do", Declined("no stock"))
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    w.drain()
+    state = w.state(sid)
+    assert state.status is SagaStatus.COMPENSATED
+    assert "no stock" in (state.reason or "")
+    assert w.effects(sid) == [
+        ("reserve", "do"),
+        ("charge", "do"),
+        ("charge", "undo"),
+        ("reserve", "undo"),
+    ]
+
+
+def test_compensation_failing_for_good_is_failed_then_resumed(w: World) -> None:
+    w.script.then("ship", "do", Declined("no stock"))
+    w.script.then("charge", "undo", *[RuntimeError("bank down")] * 5)
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    w.drain()
+    state = w.state(sid)
+    assert state.status is SagaStatus.FAILED
+    assert "bank down" in (state.reason or "")
+    assert w.effects(sid) == [("reserve", "do"), ("charge", "do")]
+    resumed = w.orch.resume(sid, actor="ops", why="bank is back")
+    assert resumed.status is SagaStatus.COMPENSATING
+    w.drain()
+    assert w.state(sid).status is SagaStatus.COMPENSATED
+    assert w.effects(sid)[2:] == [("charge", "undo"), ("reserve", "undo")]
+    _, history = w.orch.get(sid)
+    assert any(h.kind == "resume requested" and h.actor == "ops" for h in history)
+
+
+def test_operator_compensate_refused_after_pivot_and_unknown_saga(w: World) -> None:
+    w.script.then("notify", "do", *[Declined("x")])
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    w.drain()
+    assert w.state(sid).status is SagaStatus.FAILED
+    before = w.db.snapshot()
+    with pytest.raises(OperatorActionRefused, match="pivot"):
+        w.orch.compensate(sid, actor="ops", why="undo it")
+    assert w.db.tables == before
+    with pytest.raises(SagaNotFound):
+        w.orch.resume("nope", actor="ops", why="x")
+
+
+def test_operator_compensate_before_pivot(w: World) -> None:
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    w.deliver_next()  # reserve done; charge queued
+    pending_charge = w.next_message()
+    assert pending_charge is not None and pending_charge.step == "charge"
+    w.orch.compensate(sid, actor="ops", why="customer cancelled")
+    assert w.orch.handle(pending_charge) is Outcome.STALE
+    w.delivered.add(pending_charge.message_id)
+    w.drain()
+    assert w.state(sid).status is SagaStatus.COMPENSATED
+    assert w.effects(sid) == [("reserve", "do"), ("reserve", "undo")]
+
+
+@pytest.mark.parametrize("error", [StoreUnavailable("db gone"), DriverGone("socket closed")])
+def test_transient_store_error_in_action_is_raised_not_counted(w: World, error: Exception) -> None:
+    w.script.then("reserve", "do", error)
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    m = w.next_message()
+    assert m is not None
+    before = w.db.snapshot()
+    with pytest.raises(type(error)):
+        w.orch.handle(m)
+    assert w.db.tables == before  # no failure counted, no inbox record, no write
+    assert w.orch.handle(m) is Outcome.APPLIED  # the redelivery does the step
+    assert w.state(sid).steps[0].failures == 0
+    assert w.effects(sid) == [("reserve", "do")]
+
+
+def test_commit_lost_then_redelivered_takes_effect_once(w: World) -> None:
+    sid = w.orch.enqueue("shop", ORDER).saga_id
+    m = w.next_message()
+    assert m is not None
+    before = w.db.snapshot()
+    w.db.fail_commits = 1
+    with pytest.raises(StoreUnavailable):
+        w.orch.handle(m)
+    assert w.db.tables == before
+    assert w.orch.handle(m) is Outcome.APPLIED
+    assert w.orch.handle(m) is Outcome.DUPLICATE
+    assert w.effects(sid) == [("reserve", "do")]
+    assert w.script.calls == [("reserve", "do", 1)] * 2  # it ran twice, took effect once
+
+
+def test_store_down_at_begin_is_raised(w: World) -> None:
+    w.orch.enqueue("shop", ORDER)
+    m = w.next_message()
+    assert m is not None
+    w.db.fail_begin = 1
+    with pytest.raises(StoreUnavailable):
+        w.orch.handle(m)
+    assert w.script.calls == []
+
+
+def test_store_unavailable_on_enqueue_stores_nothing(w: World) -> None:
+    w.db.fail_commits = 1
+    with pytest.raises(StoreUnavailable):
+        w.orch.enqueue("shop", ORDER, idempotency_key="k")
+    assert w.db.tables.sagas == {} and w.db.tables.outbox == []
+    e = w.orch.enqueue("shop", ORDER, idempotency_key="k")
+    assert e.created
+
+
+# -- the fakes themselves ---------------------------------------------------------
+
+
+def test_fake_uow_rolls_back_unless_committed_and_savepoint_is_partial() -> None:
+    db = FakeDatabase()
+    with db.uow() as uow:
+        uow.session.insert("t", v=1)
+    assert db.business_rows("t") == [] and db.rollbacks == 1
+    with db.uow() as uow:
+        uow.session.insert("t", v=1)
+        with pytest.raises(ZeroDivisionError), uow.savepoint():
+            uow.session.insert("t", v=2)
+            _ = 1 / 0
+        with uow.savepoint():
+            uow.session.insert("t", v=3)
+        uow.commit()
+    assert db.business_rows("t") == [{"v": 1}, {"v": 3}]
+    with pytest.raises(RuntimeError, match="outside"):
+        uow.session.insert("t", v=4)
