@@ -159,11 +159,14 @@ class SqlOutboxReader:
 
     def pending_count(self) -> int:
         """Unpublished rows, due or not (for metrics)."""
-        with self._engine.connect() as connection:
-            count: Any = connection.execute(
-                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-            ).scalar_one()
-            return int(count)
+        try:
+            with self._engine.connect() as connection:
+                count: Any = connection.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+                ).scalar_one()
+        except TRANSIENT_ERRORS as exc:
+            raise unavailable(exc) from exc
+        return int(count)
 
 
 def _quiet_rollback(connection: Connection) -> None:
