@@ -65,7 +65,11 @@ class DevnetConfig:
         ]
     )
     chaincodes: dict[str, ChaincodeConfig] = field(
-        default_factory=lambda: {"devkv": ChaincodeConfig(builtin="kv")}
+        default_factory=lambda: {
+            # The product's chaincode, where `python -m chaincode` listens by default.
+            "sagafacts": ChaincodeConfig(address="127.0.0.1:9999"),
+            "devkv": ChaincodeConfig(builtin="kv"),
+        }
     )
 
     def org_by_msp(self, msp_id: str) -> OrgConfig | None:
