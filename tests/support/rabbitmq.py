@@ -81,7 +81,9 @@ def queue_depth(url: str, queue: str) -> int:
         return depth
 
 
-def drain(url: str, queue: str, *, expect: int | None = None, timeout: float = 10.0) -> list[Message]:
+def drain(
+    url: str, queue: str, *, expect: int | None = None, timeout: float = 10.0
+) -> list[Message]:
     """Get (and ack) messages until `expect` arrived, or the queue stays empty.
 
     Without `expect`, returns once the queue has been empty for half a second.
