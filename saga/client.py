@@ -33,6 +33,7 @@ from saga.api.schemas import Enqueued, SagaView, field_errors
 from saga.config import Settings
 from saga.core.errors import UnknownSaga
 from saga.orchestrator import (
+    MAX_IDEMPOTENCY_KEY,
     IdempotencyConflict,
     InvalidIdempotencyKey,
     InvalidInput,
@@ -177,6 +178,22 @@ def _check_key(idempotency_key: str) -> None:
             code="missing_idempotency_key",
             fields=["Idempotency-Key"],
         )
+    # Checked here as well as by the service: a control character would otherwise
+    # fail inside the HTTP library as a protocol error, which looks retryable.
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
+        raise BadRequestError(
+            f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+            code="invalid_idempotency_key",
+            fields=["Idempotency-Key"],
+        )
+    try:
+        idempotency_key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError(
+            "idempotency key is not valid Unicode text (lone surrogate)",
+            code="invalid_idempotency_key",
+            fields=["Idempotency-Key"],
+        ) from None
 
 
 # -- over HTTP --------------------------------------------------------------------
@@ -256,7 +273,11 @@ class SagaClient:
             "POST",
             "/sagas",
             content=body,
-            headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
+            headers={
+                "Content-Type": "application/json",
+                # Bytes: httpx refuses non-ASCII str header values; the API reads UTF-8.
+                "Idempotency-Key": idempotency_key.encode("utf-8"),
+            },
         )
         if response.status_code in (200, 201):
             return Enqueued.model_validate(response.json())

@@ -63,7 +63,7 @@ connection or a 5xx (even through a load balancer onto another instance of this
 service) returns the saga the first attempt started instead of a second one.
 
 **Starting a saga:** `POST /sagas` with the header `Idempotency-Key: <1-{MAX_IDEMPOTENCY_KEY}
-printable characters>` and the JSON body `{{"saga": "<name>", "payload": {{...}}}}`
+printable characters, UTF-8>` and the JSON body `{{"saga": "<name>", "payload": {{...}}}}`
 (`Content-Type: application/json`, UTF-8). The latest registered version of the
 saga is started.
 
@@ -303,6 +303,17 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
                 "this request and sends again, unchanged, on every retry",
                 ("Idempotency-Key",),
             )
+        try:
+            # HTTP hands header bytes over as latin-1; keys are sent as UTF-8 so that
+            # a non-ASCII key means the same here as in LocalSagaClient.
+            idempotency_key = idempotency_key.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise BodyRejected(
+                400,
+                "invalid_idempotency_key",
+                "the Idempotency-Key header is not valid UTF-8",
+                ("Idempotency-Key",),
+            ) from None
         raw = await _read_body(request, limits)
         value = parse_body(raw, limits, envelope_levels=1)
         try:

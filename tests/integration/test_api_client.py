@@ -171,6 +171,7 @@ CASES: list[tuple[str, str, Any, str, type[SagaClientError], list[str] | None]] 
     ),
     ("bad key", "order-payment", PAYMENT, "k" * 201, BadRequestError, ["Idempotency-Key"]),
     ("no key", "order-payment", PAYMENT, "", BadRequestError, ["Idempotency-Key"]),
+    ("newline in key", "order-payment", PAYMENT, "a\nb", BadRequestError, ["Idempotency-Key"]),
 ]
 
 
@@ -233,7 +234,10 @@ def test_a_saga_started_locally_is_found_over_http_with_the_same_key(
     pair: tuple[Instance, Instance], balancer: Balancer
 ) -> None:
     local = LocalSagaClient(pair[0].orchestrator, pair[0].settings)
-    saga_id = local.enqueue("order-payment", PAYMENT, idempotency_key="shared")
+    # Non-ASCII on purpose: the key must mean the same bytes on both paths.
+    key = "bestellung-ü-✓"
+    saga_id = local.enqueue("order-payment", PAYMENT, idempotency_key=key)
     with SagaClient(balancer.url, token=TOKEN) as http:
-        again = http.start("order-payment", PAYMENT, idempotency_key="shared")
+        again = http.start("order-payment", PAYMENT, idempotency_key=key)
     assert (again.saga_id, again.created) == (saga_id, False)
+    assert local.get(saga_id).idempotency_key == key

@@ -41,8 +41,8 @@ def http(api: Instance) -> Iterator[TestClient]:
         yield client
 
 
-def post(http: TestClient, body: Any, key: str | None = "key-1", **headers: str) -> Any:
-    hdrs = dict(JSON)
+def post(http: TestClient, body: Any, key: str | bytes | None = "key-1", **headers: str) -> Any:
+    hdrs: dict[str, str | bytes] = dict(JSON)
     if key is not None:
         hdrs["Idempotency-Key"] = key
     hdrs.update(headers)

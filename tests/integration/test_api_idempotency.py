@@ -120,3 +120,25 @@ def test_concurrent_requests_with_different_payloads_conflict_cleanly(pg_url: st
     finally:
         a.engine.dispose()
         b.engine.dispose()
+
+
+def test_key_is_read_as_utf8_over_real_http(pg_url: str) -> None:
+    # Real uvicorn: FastAPI's TestClient re-encodes header values, so it cannot
+    # send the bytes a real client sends.
+    api = instance(pg_url)
+    try:
+        with serving(api.app) as (server,), httpx.Client(base_url=server.url) as http:
+            key = "zamówienie-✓"
+            r = http.post(
+                "/sagas", content=BODY, headers={**HEADERS, "Idempotency-Key": key.encode()}
+            )
+            assert r.status_code == 201, r.text
+            assert http.get(r.headers["Location"]).json()["idempotency_key"] == key
+
+            r = http.post("/sagas", content=BODY, headers={**HEADERS, "Idempotency-Key": b"k\xff"})
+            assert r.status_code == 400
+            assert r.json()["error"] == "invalid_idempotency_key"
+            assert r.json()["fields"] == ["Idempotency-Key"]
+        assert counts(api.engine).sagas == 1
+    finally:
+        api.engine.dispose()

@@ -203,8 +203,9 @@ class Balancer:
                 if action == "503":
                     self._reply(503, {"Content-Type": "text/plain"}, b"no healthy upstream")
                     return
+                # Back to the bytes that came in (http.server decoded them as latin-1).
                 headers = {
-                    k: v
+                    k: v.encode("latin-1")
                     for k, v in self.headers.items()
                     if k.lower() not in ("host", "connection", "content-length")
                 }
