@@ -39,7 +39,7 @@ from saga.core.retry import error_names
 from saga.core.state import SagaState, SagaStatus, StepStatus
 from tests.unit.strategies import ERRORS, SagaSpec, is_fatal, outcomes, saga_specs
 
-MAX_EXAMPLES = 400
+MAX_EXAMPLES = 500
 MAX_TICKS = 600
 
 
