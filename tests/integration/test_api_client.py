@@ -241,3 +241,16 @@ def test_a_saga_started_locally_is_found_over_http_with_the_same_key(
         again = http.start("order-payment", PAYMENT, idempotency_key=key)
     assert (again.saga_id, again.created) == (saga_id, False)
     assert local.get(saga_id).idempotency_key == key
+
+
+def test_a_body_far_over_the_limit_is_413_not_a_reset(pair: tuple[Instance, Instance]) -> None:
+    # The server answers before reading the body; over real HTTP the client must
+    # still get the 413 (not a broken pipe it would retry as a network error).
+    with serving(pair[0].app) as (server,), SagaClient(server.url, token=TOKEN) as client:
+        with pytest.raises(PayloadTooLargeError) as err:
+            client.enqueue(
+                "order-payment", {**PAYMENT, "order_id": "x" * 2_000_000}, idempotency_key="k"
+            )
+        assert client.attempts == 1
+        assert "4096 bytes" in err.value.message
+    assert counts(pair[0].engine).sagas == 0
