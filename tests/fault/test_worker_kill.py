@@ -1,0 +1,148 @@
+"""Worker processes SIGKILLed at the two instants that matter (real PostgreSQL,
+RabbitMQ, `saga relay` and `saga worker` processes).
+
+after_commit    the step's transaction (business row, saga state, inbox record,
+                next messages) has committed; the task has not returned, so the
+                message is unacked. The broker redelivers it; the inbox must turn
+                it into a no-op: the business row stays single.
+in_transaction  the business row is written but not committed. Nothing of it
+                may survive the kill; the redelivery runs the step once.
+
+Both are injected through the test-only saga `fault-payment` (see fault_sagas):
+the step stops at the instant, writes a marker with its pid, and sleeps; the
+test SIGKILLs either the whole worker (process group: main process and pool
+children, like a lost machine) or only the pool child running the step (the
+main process must notice the lost child and requeue: reject_on_worker_lost).
+Other sagas are in flight at the same time and must not suffer either.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from saga.config import Settings
+from saga.examples.order_payment import NAME
+from saga.orchestrator import Orchestrator
+from tests.fault.checks import (
+    PAID,
+    check_sagas,
+    doubled_rows,
+    expected_for,
+    payment,
+    views,
+    wait_terminal,
+)
+from tests.fault.fault_sagas import FAULT_PAYMENT
+from tests.support.processes import Processes, SagaProcess, read_marker, wait_for
+from tests.support.rabbitmq import queue_depth
+
+SCENARIOS = ("none", "none", "decline_payment", "reject_order", "flaky_notify")
+
+
+def outcomes(worker: SagaProcess, saga_id: str, step: str) -> list[str]:
+    """The outcome of every delivery of (saga, step, do) this worker logged."""
+    return [
+        str(r.get("outcome"))
+        for r in worker.log_records()
+        if r.get("msg") == "step message handled"
+        and r.get("saga_id") == saga_id
+        and r.get("step") == step
+        and r.get("phase") == "do"
+    ]
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("target", ["group", "child"])
+@pytest.mark.parametrize("hook", ["after_commit", "in_transaction"])
+def test_worker_killed_around_the_step_commit(
+    hook: str,
+    target: str,
+    settings: Settings,
+    engine: Engine,
+    orch: Orchestrator,
+    procs: Processes,
+    tmp_path: Path,
+) -> None:
+    step = "record_payment"
+    marker = tmp_path / "marker.json"
+    victim_id = orch.enqueue(
+        FAULT_PAYMENT,
+        payment("victim", 0, hook=hook, hook_step=step, marker=str(marker)),
+    ).saga_id
+    others = {
+        orch.enqueue(NAME, payment("bystander", i, SCENARIOS[i % len(SCENARIOS)])).saga_id: (
+            expected_for(SCENARIOS[i % len(SCENARIOS)])
+        )
+        for i in range(15)
+    }
+    procs.relay(settings)
+    first = procs.worker(settings, concurrency=2)
+
+    info = wait_for(
+        lambda: read_marker(marker),
+        timeout=60,
+        what=f"the {hook} hook of {step} to be reached",
+        report=procs.report,
+    )
+    assert info["saga_id"] == victim_id
+    time.sleep(0.3)  # let the pool's sibling hold a bystander message too, sometimes
+
+    before = views(engine, [victim_id])[victim_id]
+    if hook == "after_commit":
+        # Committed: the business row, and the step recorded as done (the saga
+        # may already have moved on: its next message was committed too).
+        assert before.effects[:2] == ["reserve", "payment"], before.line()
+        assert before.steps[1].status == "done", before.line()
+    else:
+        # Inside the transaction: another connection sees nothing of the step.
+        assert before.effects == ["reserve"], before.line()
+        assert before.steps[1].status == "pending", before.line()
+
+    if target == "group":
+        first.kill()
+        assert not first.alive()
+        after = views(engine, [victim_id])[victim_id]
+        assert after.effects == before.effects, after.line()
+        # The unacked message went back to the queue with the worker's connection.
+        wait_for(
+            lambda: queue_depth(settings.broker_url, settings.step_queue) >= 1,
+            timeout=20,
+            what="the unacked step message to be back on the queue",
+            report=procs.report,
+        )
+        second = procs.worker(settings, concurrency=2)
+    else:
+        os.kill(int(info["pid"]), signal.SIGKILL)
+        second = first  # the main process survives and starts a new pool child
+
+    # After the commit the saga may finish before the redelivery comes round
+    # (its next message was committed with the step): wait for the redelivery.
+    redelivered = "duplicate" if hook == "after_commit" else "applied"
+    wait_for(
+        lambda: redelivered in outcomes(second, victim_id, step),
+        timeout=60,
+        what=f"the redelivered {step} message to be handled ({redelivered})",
+        report=procs.report,
+    )
+    wait_terminal(engine, [victim_id, *others], timeout=120, logs=procs.report)
+    check_sagas(engine, {victim_id: ("completed", PAID), **others})
+    assert doubled_rows(engine) == []
+
+    victim = views(engine, [victim_id])[victim_id]
+    # The redelivery is the same message (same attempt), not a retry.
+    assert victim.steps[1].attempts == 1, victim.line()
+    seen = outcomes(second, victim_id, step)
+    if hook == "after_commit":
+        # The redelivered message found the step done and did nothing.
+        assert "duplicate" in seen, (seen, procs.report())
+        assert "applied" not in seen, seen
+    else:
+        assert seen.count("applied") == 1, (seen, procs.report())
+    if target == "child":
+        assert first.alive(), procs.report()
