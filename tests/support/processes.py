@@ -20,6 +20,7 @@ deadline and fails with `report()`'s text, never hangs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,10 +97,8 @@ class SagaProcess:
         """SIGKILL the whole process group (main process and pool children)."""
         if self.popen is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait(timeout=30)
         self._note(f"SIGKILLed (exit {self.popen.returncode})")
         self._close_log()
@@ -109,20 +108,16 @@ class SagaProcess:
         if self.popen is None:
             return None
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._note(f"did not stop within {timeout:.0f}s of SIGTERM; SIGKILL")
                 self.kill()
         # Pool children left behind by a main process that died on its own.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self._close_log()
         return self.popen.returncode
 
@@ -211,10 +206,8 @@ class Processes:
     def stop_all(self, timeout: float = 30.0) -> None:
         for process in reversed(self.started):
             if process.popen is not None and process.popen.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.popen.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         for process in reversed(self.started):
             process.stop(timeout=timeout)
 
