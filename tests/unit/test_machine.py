@@ -248,7 +248,11 @@ def test_resume_failed_compensation() -> None:
     assert t.commands == (RunCompensation("b", 2),)
     assert r.state.status is SagaStatus.COMPENSATING
     r.feed(CompensationFailed("b", 1, OOPS, "late"), accepted=False)
-    r.feed(CompensationSucceeded("b", 2))
+    # the resumed compensation has a fresh budget: one retryable failure is retried
+    assert r.feed(CompensationFailed("b", 2, OOPS, "blip")).commands == (
+        RunCompensation("b", 3, 0.5),
+    )
+    r.feed(CompensationSucceeded("b", 3))
     r.feed(CompensationSucceeded("a", 1))
     assert r.state.status is SagaStatus.COMPENSATED
 

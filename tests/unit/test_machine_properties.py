@@ -94,6 +94,13 @@ class Model:
             return ()
         self.accepted += 1
         self.state = t.state
+        if isinstance(event, StepSucceeded | StepFailed | CompensationSucceeded):
+            phase = "do" if isinstance(event, StepSucceeded | StepFailed) else "undo"
+            latest = self.last_attempt.get((phase, event.step))
+            assert event.attempt == latest, f"accepted {event}; the latest attempt is {latest}"
+        if isinstance(event, CompensationFailed):
+            latest = self.last_attempt.get(("undo", event.step))
+            assert event.attempt == latest, f"accepted {event}; the latest attempt is {latest}"
         spec_of = {s.name: s for s in self.spec.steps}
         match event:
             case StepSucceeded(step=step):

@@ -49,6 +49,7 @@ class Transient(Exception):
 def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObject) -> None:
     seen_outcomes: set[str] = set()
     transient_left = [3]  # how often an action may hit a dropped connection
+    transient_raised = [False]
 
     def behaviour(phase: str) -> Any:
         def make(step: str) -> Any:
@@ -59,6 +60,7 @@ def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObje
                 if outcome == "ok" and transient_left[0] and data.draw(st.booleans()):
                     transient_left[0] -= 1
                     outcome = "transient"
+                    transient_raised[0] = True
                 if outcome == "transient":
                     raise Transient("connection reset")
                 if outcome != "ok":
@@ -142,6 +144,7 @@ def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObje
             db.fail_commits = 1
         before = db.snapshot()
         already_seen = message.message_id in before.inbox
+        transient_raised[0] = False
         try:
             outcome_ = orch.handle(message)
         except (StoreUnavailable, Transient):
@@ -152,6 +155,7 @@ def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObje
         finally:
             # an armed fault not hit (a duplicate commits nothing) does not linger
             db.fail_begin = db.fail_commits = 0
+        assert not transient_raised[0], "a dropped connection was taken for a step failure"
         seen_outcomes.add(str(outcome_))
         if already_seen:
             assert outcome_ is Outcome.DUPLICATE
