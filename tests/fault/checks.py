@@ -19,15 +19,32 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from saga.examples.order_payment import NAME
 from saga.examples.order_payment_tables import order_payment_events
+from saga.orchestrator import Orchestrator
 from saga.store.tables import outbox, saga_history, saga_steps, sagas
-from tests.support.processes import wait_for
+from tests.support.processes import SagaProcess, wait_for
 
 TERMINAL = ("completed", "compensated", "failed")
 
 PAID = ["reserve", "payment", "confirm", "notify"]
 DECLINED = ["reserve", "release"]
 REJECTED = ["reserve", "payment", "void", "release"]
+
+
+MIX = ("none", "none", "none", "decline_payment", "reject_order", "flaky_notify")
+
+
+def enqueue_mix(
+    orch: Orchestrator, tag: str, n: int, scenarios: Sequence[str] = MIX
+) -> dict[str, tuple[str, list[str]]]:
+    """Start n order-payment sagas cycling through `scenarios`; return what each must end as."""
+    expected: dict[str, tuple[str, list[str]]] = {}
+    for i in range(n):
+        simulate = scenarios[i % len(scenarios)]
+        saga_id = orch.enqueue(NAME, payment(tag, i, simulate)).saga_id
+        expected[saga_id] = expected_for(simulate)
+    return expected
 
 
 def expected_for(simulate: str) -> tuple[str, list[str]]:
@@ -112,6 +129,10 @@ def views(engine: Engine, ids: Iterable[str]) -> dict[str, SagaView]:
     return out
 
 
+def terminal_count(engine: Engine, ids: Sequence[str]) -> int:
+    return len(ids) - open_count(engine, ids)
+
+
 def open_count(engine: Engine, ids: Sequence[str]) -> int:
     with engine.connect() as c:
         return int(
@@ -155,8 +176,12 @@ def wait_terminal(
     *,
     timeout: float,
     logs: Callable[[], str] | None = None,
+    alive: Iterable[SagaProcess] = (),
 ) -> None:
-    """Wait until every saga in `ids` is terminal; fail listing the stuck ones."""
+    """Wait until every saga in `ids` is terminal; fail listing the stuck ones.
+
+    Fails at once if a process in `alive` (the relay, the workers) dies.
+    """
 
     def report() -> str:
         text = stuck_report(engine, ids)
@@ -174,6 +199,7 @@ def wait_terminal(
         what=f"{len(ids)} sagas to reach a terminal state",
         report=report,
         interval=0.25,
+        alive=alive,
     )
 
 

@@ -130,7 +130,9 @@ def test_worker_killed_around_the_step_commit(
         what=f"the redelivered {step} message to be handled ({redelivered})",
         report=procs.report,
     )
-    wait_terminal(engine, [victim_id, *others], timeout=120, logs=procs.report)
+    wait_terminal(
+        engine, [victim_id, *others], timeout=120, logs=procs.report, alive=procs.running()
+    )
     check_sagas(engine, {victim_id: ("completed", PAID), **others})
     assert doubled_rows(engine) == []
 

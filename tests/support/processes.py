@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -241,25 +241,36 @@ def wait_for(
     what: str,
     report: Callable[[], str] | None = None,
     interval: float = 0.1,
+    alive: Iterable[SagaProcess] = (),
 ) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds.
 
     Returns the truthy value. On timeout raises AssertionError naming `what`,
-    with `report()` appended (stuck sagas, process logs).
+    with `report()` appended (stuck sagas, process logs). If a process in
+    `alive` exits meanwhile, fails at once instead of waiting out the timeout.
     """
     deadline = Deadline(timeout)
+    watched = list(alive)
+
+    def fail(headline: str) -> AssertionError:
+        extra = ""
+        if report is not None:
+            try:
+                extra = "\n" + report()
+            except Exception as exc:  # the report must not hide the failure
+                extra = f"\n(report failed: {exc!r})"
+        return AssertionError(headline + extra)
+
     while True:
         value = condition()
         if value:
             return value
+        dead = [p for p in watched if not p.alive()]
+        if dead:
+            names = ", ".join(f"{p.name} (exit {p.returncode})" for p in dead)
+            raise fail(f"{names} died while waiting for {what}")
         if deadline.passed:
-            extra = ""
-            if report is not None:
-                try:
-                    extra = "\n" + report()
-                except Exception as exc:  # the report must not hide the timeout
-                    extra = f"\n(report failed: {exc!r})"
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
+            raise fail(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 

@@ -1,0 +1,126 @@
+"""RabbitMQ and PostgreSQL stopped and started again while 200 sagas run.
+
+The relay and the worker are NOT restarted by the test: they must survive the
+outage and reconnect by themselves (a dead one fails the test at once). The
+server is stopped for a few seconds mid-flow, started again, and every saga
+must reach its expected terminal state with each business action exactly once,
+no valid message dead-lettered, no step message applied twice.
+
+These tests stop servers every other test on the machine uses: the outage
+context managers (tests/fault/services.py) always start the server again and
+wait until it answers, and this module's fixture checks both once more at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from saga.config import Settings
+from saga.orchestrator import Orchestrator
+from tests.fault.checks import (
+    check_sagas,
+    doubled_rows,
+    enqueue_mix,
+    terminal_count,
+    wait_terminal,
+)
+from tests.fault.services import (
+    postgres_outage,
+    rabbitmq_answers,
+    rabbitmq_outage,
+    start_postgres,
+    start_rabbitmq,
+)
+from tests.support.processes import Processes, SagaProcess, wait_for
+from tests.support.rabbitmq import queue_depth
+
+SAGAS = 200
+OUTAGE_SECONDS = 4.0
+
+
+@pytest.fixture(autouse=True)
+def _servers_left_running() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        start_rabbitmq()
+        start_postgres()
+
+
+def applied_twice(workers: list[SagaProcess]) -> list[str]:
+    applied: Counter[str] = Counter()
+    for worker in workers:
+        for r in worker.log_records():
+            if r.get("msg") == "step message handled" and r.get("outcome") == "applied":
+                applied[str(r.get("task_id"))] += 1
+    return [task for task, n in applied.items() if n > 1]
+
+
+def _run_with_outage(
+    outage: str,
+    settings: Settings,
+    engine: Engine,
+    orch: Orchestrator,
+    procs: Processes,
+) -> None:
+    expected = enqueue_mix(orch, f"{outage}-restart", SAGAS)
+    ids = list(expected)
+    relay = procs.relay(settings)
+    worker = procs.worker(settings, concurrency=2)
+    survivors = [relay, worker]
+
+    def safe_terminal() -> int:
+        try:
+            return terminal_count(engine, ids)
+        except Exception:
+            return 0
+
+    # Hit the flow in the middle: some sagas finished, most still to go.
+    wait_for(
+        lambda: safe_terminal() >= SAGAS // 8,
+        timeout=90,
+        what=f"{SAGAS // 8} sagas to finish before the outage",
+        report=procs.report,
+        alive=survivors,
+    )
+    before = safe_terminal()
+    started = time.monotonic()
+    manager = rabbitmq_outage() if outage == "rabbitmq" else postgres_outage()
+    with manager:
+        time.sleep(OUTAGE_SECONDS)
+        assert all(p.alive() for p in survivors), procs.report()
+    back = time.monotonic() - started
+    at_restart = safe_terminal()
+
+    wait_terminal(engine, ids, timeout=240, logs=procs.report, alive=survivors)
+    total = time.monotonic() - started
+    check_sagas(engine, expected)
+    assert doubled_rows(engine) == []
+    assert applied_twice([worker]) == []
+    assert rabbitmq_answers()
+    assert queue_depth(settings.broker_url, settings.dead_letter_queue) == 0
+    assert all(p.alive() for p in survivors), procs.report()
+    print(
+        f"{outage} outage: {before}/{SAGAS} terminal when stopped, {at_restart} when back "
+        f"({back:.1f}s down incl. stop/start); all {SAGAS} terminal {total:.1f}s after the stop; "
+        f"outcomes {dict(Counter(s for s, _ in expected.values()))}"
+    )
+
+
+@pytest.mark.fault
+def test_rabbitmq_restarted_while_200_sagas_run(
+    settings: Settings, engine: Engine, orch: Orchestrator, procs: Processes
+) -> None:
+    _run_with_outage("rabbitmq", settings, engine, orch, procs)
+
+
+@pytest.mark.fault
+def test_postgres_restarted_while_200_sagas_run(
+    settings: Settings, engine: Engine, orch: Orchestrator, procs: Processes
+) -> None:
+    _run_with_outage("postgres", settings, engine, orch, procs)
