@@ -53,7 +53,7 @@ def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObje
 
     def behaviour(phase: str) -> Any:
         def make(step: str) -> Any:
-            def fn(ctx: StepContext) -> dict[str, Any] | None:
+            def fn(ctx: StepContext) -> dict[str, Any]:
                 assert isinstance(ctx.session, FakeSession)
                 ctx.session.insert("effects", step=step, phase=phase, attempt=ctx.attempt)
                 outcome = data.draw(outcomes, label=f"{phase} {step}#{ctx.attempt}")
@@ -65,7 +65,8 @@ def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObje
                     raise Transient("connection reset")
                 if outcome != "ok":
                     raise ERRORS[outcome](f"{outcome} in {phase} {step}")
-                return {"attempt": ctx.attempt} if phase == "do" else None
+                # a compensation's output must not replace the step's own output
+                return {"attempt": ctx.attempt} if phase == "do" else {"undone": True}
 
             return fn
 
@@ -211,3 +212,4 @@ def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObje
         assert status is SagaStatus.FAILED and final.state.reason
     # every step's output was kept exactly for the steps that took effect
     assert set(final.data) == set(do_rows)
+    assert all(set(v) == {"attempt"} for v in final.data.values()), final.data
