@@ -13,6 +13,7 @@ fault-payment
     in_transaction   inside the action, after its business write, before the
                      unit of work commits.
 
+    `hook_phase` picks the action (do) or the compensation (undo) of the step.
     The first process to get there creates the marker (O_EXCL, so only once per
     marker), writes its pid into it and sleeps; the test SIGKILLs it. A
     redelivery finds the marker taken and runs normally.
@@ -59,6 +60,7 @@ Hook = Literal["none", "after_commit", "in_transaction"]
 class FaultPayment(op.OrderPayment):
     hook: Hook = "none"
     hook_step: str = "record_payment"
+    hook_phase: Literal["do", "undo"] = "do"
     marker: str = ""
 
 
@@ -80,20 +82,27 @@ def _hang() -> None:
     time.sleep(HANG_SECONDS)
 
 
-def _hooked(ctx: StepContext, when: Hook) -> bool:
+def _hooked(ctx: StepContext, when: Hook, phase: str) -> bool:
     data = ctx.input
     assert isinstance(data, FaultPayment)
-    return data.hook == when and data.hook_step == ctx.step and bool(data.marker)
+    return (
+        data.hook == when
+        and data.hook_step == ctx.step
+        and data.hook_phase == phase
+        and bool(data.marker)
+    )
 
 
-def hooked(fn: Any) -> Any:
-    """Wrap an order-payment action with the kill hooks."""
+def hooked(fn: Any, phase: Literal["do", "undo"]) -> Any:
+    """Wrap an order-payment action (phase do) or compensation (undo) with the kill hooks."""
+    if fn is None:
+        return None
 
     def action(ctx: StepContext) -> Mapping[str, Any] | None:
         data = ctx.input
         assert isinstance(data, FaultPayment)
-        detail = {"saga_id": ctx.saga_id, "step": ctx.step, "attempt": ctx.attempt}
-        if _hooked(ctx, "after_commit"):
+        detail = {"saga_id": ctx.saga_id, "step": ctx.step, "phase": phase, "attempt": ctx.attempt}
+        if _hooked(ctx, "after_commit", phase):
             session: Session = ctx.session
 
             def after_commit(committed: Session) -> None:
@@ -107,7 +116,7 @@ def hooked(fn: Any) -> Any:
 
             event.listen(session, "after_commit", after_commit)
         result = fn(ctx)
-        if _hooked(ctx, "in_transaction"):
+        if _hooked(ctx, "in_transaction", phase):
             # The business row is written (flushed) but not committed.
             ctx.session.flush()
             if claim_marker(data.marker, {**detail, "hook": "in_transaction"}):
@@ -126,8 +135,8 @@ fault_payment = SagaDefinition(
     steps=tuple(
         Step(
             s.name,
-            hooked(s.action),
-            compensation=s.compensation,
+            hooked(s.action, "do"),
+            compensation=hooked(s.compensation, "undo"),
             pivot=s.pivot,
             retry=s.retry,
             compensation_retry=s.compensation_retry,

@@ -14,7 +14,6 @@ order (a failed compensation's own row rolled back with it), attempts.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -23,9 +22,16 @@ from sqlalchemy.engine import Engine
 from saga.config import Settings
 from saga.examples.order_payment import NAME
 from saga.orchestrator import Orchestrator
-from tests.fault.checks import check_sagas, doubled_rows, expected_for, payment, wait_terminal
+from tests.fault.checks import (
+    check_sagas,
+    doubled_rows,
+    expected_for,
+    payment,
+    terminal_count,
+    wait_terminal,
+)
 from tests.fault.fault_sagas import FAULT_UNDO
-from tests.support.processes import Processes
+from tests.support.processes import Processes, wait_for
 
 ABC = ["a", "b", "c"]
 UNDONE = [*ABC, "undo_c", "undo_b", "undo_a"]
@@ -108,10 +114,19 @@ def test_compensation_reverse_order_failure_and_forward_retry_with_a_worker_kill
             reasons[saga_id] = why
             step_checks[saga_id] = steps
 
+    ids = list(expected)
     procs.relay(settings)
     first = procs.worker(settings, concurrency=2)
-    time.sleep(2.0)  # some sagas are mid-compensation now
+    # Kill the worker mid-flow: some sagas finished, others mid-compensation.
+    wait_for(
+        lambda: terminal_count(engine, ids) >= len(ids) // 4,
+        timeout=90,
+        what="a quarter of the sagas to finish",
+        report=procs.report,
+        alive=procs.running(),
+    )
     first.kill()
+    at_kill = terminal_count(engine, ids)
     procs.worker(settings, concurrency=2)
 
     wait_terminal(engine, list(expected), timeout=150, logs=procs.report, alive=procs.running())
@@ -131,3 +146,4 @@ def test_compensation_reverse_order_failure_and_forward_retry_with_a_worker_kill
     assert not problems, "\n".join(problems)
     # Every failed saga names why, for the operator.
     assert all(v.reason for v in got.values() if v.status == "failed")
+    print(f"worker SIGKILLed with {at_kill}/{len(ids)} sagas terminal")

@@ -30,7 +30,6 @@ from saga.config import Settings
 from saga.examples.order_payment import NAME
 from saga.orchestrator import Orchestrator
 from tests.fault.checks import (
-    PAID,
     check_sagas,
     doubled_rows,
     expected_for,
@@ -45,24 +44,35 @@ from tests.support.rabbitmq import queue_depth
 SCENARIOS = ("none", "none", "decline_payment", "reject_order", "flaky_notify")
 
 
-def outcomes(worker: SagaProcess, saga_id: str, step: str) -> list[str]:
-    """The outcome of every delivery of (saga, step, do) this worker logged."""
+def outcomes(worker: SagaProcess, saga_id: str, step: str, phase: str) -> list[str]:
+    """The outcome of every delivery of (saga, step, phase) this worker logged."""
     return [
         str(r.get("outcome"))
         for r in worker.log_records()
         if r.get("msg") == "step message handled"
         and r.get("saga_id") == saga_id
         and r.get("step") == step
-        and r.get("phase") == "do"
+        and r.get("phase") == phase
     ]
 
 
 @pytest.mark.fault
-@pytest.mark.parametrize("target", ["group", "child"])
-@pytest.mark.parametrize("hook", ["after_commit", "in_transaction"])
+@pytest.mark.parametrize(
+    ("hook", "target", "phase"),
+    [
+        ("after_commit", "group", "do"),
+        ("after_commit", "child", "do"),
+        ("in_transaction", "group", "do"),
+        ("in_transaction", "child", "do"),
+        # The same instants in a compensation (void_payment of a rejected order).
+        ("after_commit", "group", "undo"),
+        ("in_transaction", "group", "undo"),
+    ],
+)
 def test_worker_killed_around_the_step_commit(
     hook: str,
     target: str,
+    phase: str,
     settings: Settings,
     engine: Engine,
     orch: Orchestrator,
@@ -71,9 +81,13 @@ def test_worker_killed_around_the_step_commit(
 ) -> None:
     step = "record_payment"
     marker = tmp_path / "marker.json"
+    simulate = "reject_order" if phase == "undo" else "none"
+    victim_status, victim_effects = expected_for(simulate)
     victim_id = orch.enqueue(
         FAULT_PAYMENT,
-        payment("victim", 0, hook=hook, hook_step=step, marker=str(marker)),
+        payment(
+            "victim", 0, simulate, hook=hook, hook_step=step, hook_phase=phase, marker=str(marker)
+        ),
     ).saga_id
     others = {
         orch.enqueue(NAME, payment("bystander", i, SCENARIOS[i % len(SCENARIOS)])).saga_id: (
@@ -94,15 +108,19 @@ def test_worker_killed_around_the_step_commit(
     time.sleep(0.3)  # let the pool's sibling hold a bystander message too, sometimes
 
     before = views(engine, [victim_id])[victim_id]
+    committed, open_status, done_status = {
+        "do": (["reserve", "payment"], "pending", "done"),
+        "undo": (["reserve", "payment", "void"], "done", "compensated"),
+    }[phase]
     if hook == "after_commit":
         # Committed: the business row, and the step recorded as done (the saga
         # may already have moved on: its next message was committed too).
-        assert before.effects[:2] == ["reserve", "payment"], before.line()
-        assert before.steps[1].status == "done", before.line()
+        assert before.effects[: len(committed)] == committed, before.line()
+        assert before.steps[1].status == done_status, before.line()
     else:
         # Inside the transaction: another connection sees nothing of the step.
-        assert before.effects == ["reserve"], before.line()
-        assert before.steps[1].status == "pending", before.line()
+        assert before.effects == committed[:-1], before.line()
+        assert before.steps[1].status == open_status, before.line()
 
     if target == "group":
         first.kill()
@@ -125,7 +143,7 @@ def test_worker_killed_around_the_step_commit(
     # (its next message was committed with the step): wait for the redelivery.
     redelivered = "duplicate" if hook == "after_commit" else "applied"
     wait_for(
-        lambda: redelivered in outcomes(second, victim_id, step),
+        lambda: redelivered in outcomes(second, victim_id, step, phase),
         timeout=60,
         what=f"the redelivered {step} message to be handled ({redelivered})",
         report=procs.report,
@@ -133,13 +151,14 @@ def test_worker_killed_around_the_step_commit(
     wait_terminal(
         engine, [victim_id, *others], timeout=120, logs=procs.report, alive=procs.running()
     )
-    check_sagas(engine, {victim_id: ("completed", PAID), **others})
+    check_sagas(engine, {victim_id: (victim_status, victim_effects), **others})
     assert doubled_rows(engine) == []
 
     victim = views(engine, [victim_id])[victim_id]
     # The redelivery is the same message (same attempt), not a retry.
     assert victim.steps[1].attempts == 1, victim.line()
-    seen = outcomes(second, victim_id, step)
+    assert victim.steps[1].compensation_attempts == (1 if phase == "undo" else 0), victim.line()
+    seen = outcomes(second, victim_id, step, phase)
     if hook == "after_commit":
         # The redelivered message found the step done and did nothing.
         assert "duplicate" in seen, (seen, procs.report())
