@@ -252,7 +252,9 @@ class Orchestrator:
             output: Mapping[str, Any] | None = None
             try:
                 with uow.savepoint():
-                    output = fn(ctx)
+                    result = fn(ctx)
+                    if message.phase is Phase.DO:
+                        output = _step_output(step.name, result)
             except Exception as exc:
                 if isinstance(exc, self._transient):
                     raise
@@ -347,6 +349,27 @@ class Orchestrator:
         actor: str | None = None,
     ) -> None:
         uow.history.add(HistoryEntry(_now(), saga_id, kind, detail, actor))
+
+
+def _step_output(step: str, output: object) -> dict[str, Any] | None:
+    """What a step returned, as the JSON object kept in the saga's data.
+
+    Raised inside the step's savepoint, so a bad return value is a failure of the
+    step (its writes rolled back, its retry policy applied), not an error that
+    escapes handle() and leaves the saga waiting on a dead-lettered message.
+    """
+    if output is None:
+        return None
+    if not isinstance(output, Mapping):
+        raise TypeError(
+            f"step {step!r} returned {type(output).__name__}; a step returns a mapping or None"
+        )
+    data = dict(output)
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"step {step!r} returned data that is not JSON: {exc}") from None
+    return data
 
 
 def _event_kind(event: Event) -> str:
