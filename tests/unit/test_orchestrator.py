@@ -483,3 +483,34 @@ def test_fake_uow_rolls_back_unless_committed_and_savepoint_is_partial() -> None
     assert db.business_rows("t") == [{"v": 1}, {"v": 3}]
     with pytest.raises(RuntimeError, match="outside"):
         uow.session.insert("t", v=4)
+
+
+@pytest.mark.parametrize("output", [["not", "a", "mapping"], "text", {"when": object()}])
+def test_step_returning_an_unusable_output_is_a_step_failure(output: object) -> None:
+    """A bad return value fails the step (and rolls back its writes); it must not
+    escape handle(), where a worker could only dead-letter the message and the
+    saga would wait for ever."""
+
+    def bad(ctx: StepContext) -> Any:
+        assert isinstance(ctx.session, FakeSession)
+        ctx.session.insert("effects", saga=ctx.saga_id, step="only", phase="do")
+        return output
+
+    definition = SagaDefinition(
+        name="bad-output",
+        version=1,
+        input_model=Order,
+        steps=(Step("only", bad, retry=RetryPolicy(max_attempts=1)),),
+    )
+    db = FakeDatabase()
+    orch = Orchestrator(Registry([definition]), db.uow)
+    sid = orch.enqueue("bad-output", ORDER).saga_id
+    [m] = [StepMessage.from_body(x.body) for x in db.outbox_messages()]
+    assert orch.handle(m) is Outcome.APPLIED
+    record = db.saga(sid)
+    assert record is not None
+    assert record.state.status is SagaStatus.COMPENSATED
+    assert "TypeError" in (record.state.reason or "")
+    assert "'only'" in (record.state.reason or "")
+    assert db.business_rows("effects") == []
+    assert record.data == {}
