@@ -24,7 +24,13 @@ from saga.orchestrator import (
     SagaNotFound,
 )
 from saga.ports import StoreUnavailable
-from tests.fakes import FakeDatabase, FakeSession, FakeUnitOfWork
+from tests.fakes import (
+    FakeDatabase,
+    FakeOutboxReader,
+    FakePublisher,
+    FakeSession,
+    FakeUnitOfWork,
+)
 
 
 class Order(BaseModel):
@@ -514,3 +520,27 @@ def test_step_returning_an_unusable_output_is_a_step_failure(output: object) -> 
     assert "'only'" in (record.state.reason or "")
     assert db.business_rows("effects") == []
     assert record.data == {}
+
+
+def test_fake_outbox_reader_and_publisher_follow_the_relay_contract() -> None:
+    w = World()
+    w.orch.enqueue("shop", ORDER)
+    w.orch.enqueue("shop", {**ORDER, "order_id": "o-2"})
+    reader, publisher = FakeOutboxReader(w.db), FakePublisher()
+    assert reader.oldest_unpublished_age() is not None
+    with reader.claim(10) as rows, reader.claim(10) as others:
+        assert [r.message_id for r in rows] == ["id-2", "id-4"]
+        assert others == []  # claimed rows are not handed to a second relay
+        publisher.fail_batches = 1
+        with pytest.raises(ConnectionError):
+            publisher.publish_batch(rows)
+    assert publisher.published == []
+    with reader.claim(1) as rows:
+        publisher.publish_batch(rows)
+        reader.mark_published([r.id for r in rows])
+    with reader.claim(10) as rows:
+        assert [r.message_id for r in rows] == ["id-4"]
+        publisher.publish_batch(rows)
+        reader.mark_published([r.id for r in rows])
+    assert [m.message_id for m in publisher.published] == ["id-2", "id-4"]
+    assert reader.oldest_unpublished_age() is None
