@@ -16,9 +16,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import replace
 
 import pytest
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from saga.config import Settings
 from saga.orchestrator import Orchestrator
@@ -38,6 +40,7 @@ from tests.fault.services import (
 )
 from tests.support.processes import Processes, SagaProcess, wait_for
 from tests.support.rabbitmq import queue_depth
+from tests.support.tcp_proxy import TcpProxy
 
 SAGAS = 200
 OUTAGE_SECONDS = 4.0
@@ -61,6 +64,28 @@ def applied_twice(workers: list[SagaProcess]) -> list[str]:
     return [task for task, n in applied.items() if n > 1]
 
 
+@contextmanager
+def _proxied(settings: Settings, service: str) -> Iterator[tuple[Settings, TcpProxy]]:
+    """Settings whose broker (or database) URL goes through a TCP proxy of its own."""
+    field = "broker_url" if service == "rabbitmq" else "database_url"
+    url = make_url(getattr(settings, field).replace("amqp://", "amqp+x://", 1))
+    with TcpProxy(
+        url.host or "127.0.0.1", url.port or (5672 if service == "rabbitmq" else 5432)
+    ) as proxy:
+        proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
+        proxied = proxied.replace("amqp+x://", "amqp://", 1)
+        yield replace(settings, **{field: proxied}), proxy
+
+
+@contextmanager
+def _proxy_outage(proxy: TcpProxy) -> Iterator[None]:
+    proxy.stop()
+    try:
+        yield
+    finally:
+        proxy.start()
+
+
 def _run_with_outage(
     outage: str,
     settings: Settings,
@@ -68,10 +93,30 @@ def _run_with_outage(
     orch: Orchestrator,
     procs: Processes,
 ) -> None:
+    service, _, how = outage.partition("-")
+    with ExitStack() as stack:
+        if how == "proxy":
+            process_settings, proxy = stack.enter_context(_proxied(settings, service))
+            manager: AbstractContextManager[None] = _proxy_outage(proxy)
+        else:
+            process_settings = settings
+            manager = rabbitmq_outage() if service == "rabbitmq" else postgres_outage()
+        _flow(outage, manager, settings, process_settings, engine, orch, procs)
+
+
+def _flow(
+    outage: str,
+    manager: AbstractContextManager[None],
+    settings: Settings,
+    process_settings: Settings,
+    engine: Engine,
+    orch: Orchestrator,
+    procs: Processes,
+) -> None:
     expected = enqueue_mix(orch, f"{outage}-restart", SAGAS)
     ids = list(expected)
-    relay = procs.relay(settings)
-    worker = procs.worker(settings, concurrency=2)
+    relay = procs.relay(process_settings)
+    worker = procs.worker(process_settings, concurrency=2)
     survivors = [relay, worker]
 
     def safe_terminal() -> int:
@@ -90,7 +135,6 @@ def _run_with_outage(
     )
     before = safe_terminal()
     started = time.monotonic()
-    manager = rabbitmq_outage() if outage == "rabbitmq" else postgres_outage()
     with manager:
         time.sleep(OUTAGE_SECONDS)
         assert all(p.alive() for p in survivors), procs.report()
@@ -124,3 +168,12 @@ def test_postgres_restarted_while_200_sagas_run(
     settings: Settings, engine: Engine, orch: Orchestrator, procs: Processes
 ) -> None:
     _run_with_outage("postgres", settings, engine, orch, procs)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("service", ["rabbitmq", "postgres"])
+def test_connections_cut_by_a_proxy_while_200_sagas_run(
+    service: str, settings: Settings, engine: Engine, orch: Orchestrator, procs: Processes
+) -> None:
+    """The same flow with the relay's and worker's connections cut (the server stays up)."""
+    _run_with_outage(f"{service}-proxy", settings, engine, orch, procs)
