@@ -2,7 +2,7 @@
 
 Nothing is connected at import; each part is created the first time it is asked
 for and reused after that, once per process (a forked worker process builds its
-own through `orchestrator_factory`).
+own orchestrator after the fork, through the factory `run_worker` is given).
 """
 
 from __future__ import annotations

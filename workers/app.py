@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from celery import Celery, Task, signals
 from celery.exceptions import Retry
 
+from saga.broker import embedded
 from saga.broker.celery_message import STEP_TASK
 from saga.broker.publishers import is_amqp_url
 from saga.broker.topology import Topology
@@ -157,6 +158,7 @@ def create_celery_app(
     StoreUnavailable and SQLAlchemy's connection errors); a step that raises one
     is retried, never dead-lettered.
     """
+    embedded.register()
     topology = Topology.from_settings(settings)
     app = SagaCelery(main, set_as_current=False)
     app.config_from_object(celery_config(settings, topology))

@@ -31,7 +31,8 @@ from saga.ports import PendingMessage, Publisher
 if TYPE_CHECKING:
     import aio_pika.abc
 
-    from saga.config import Settings
+from saga.broker import embedded
+from saga.config import Settings
 
 log = logging.getLogger("saga.broker")
 
@@ -240,6 +241,7 @@ class KombuPublisher:
 
 def create_publisher(settings: Settings, *, origin: str | None = None) -> Publisher:
     """The publisher for the configured broker URL; connects lazily."""
+    embedded.register()
     topology = Topology.from_settings(settings)
     if is_amqp_url(settings.broker_url):
         return AmqpPublisher(settings.broker_url, topology, origin=origin)
