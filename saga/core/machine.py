@@ -114,6 +114,13 @@ def _step_failed(definition: SagaDefinition, state: SagaState, event: StepFailed
         new = new.with_step(i, attempts=attempt)
         return Transition(new, (RunStep(cur.name, attempt, step_def.retry.backoff(failures)),))
 
+    if event.in_doubt:
+        new = new.with_step(i, status=StepStatus.FAILED)
+        reason = (
+            f"step {cur.name!r} gave up with its ledger outcome unknown ({error}); "
+            "nothing was compensated: verify the transaction, then resume"
+        )
+        return Transition(replace(new, status=SagaStatus.FAILED, reason=reason))
     if i > definition.pivot_index:
         # Past the pivot the saga must go forward; an operator decides what next.
         new = new.with_step(i, status=StepStatus.FAILED)

@@ -22,6 +22,9 @@ class StepFailed:
     attempt: int
     error_types: tuple[str, ...]
     message: str
+    # A chain step whose ledger transaction may still commit. Giving up on it must
+    # not compensate (the effect may yet appear); an operator decides instead.
+    in_doubt: bool = False
 
 
 @dataclass(frozen=True)
