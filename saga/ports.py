@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, Self
 
+from saga.core.chain import AttemptState
 from saga.core.state import SagaState
 
 
@@ -71,6 +72,54 @@ class HistoryEntry:
     actor: str | None = None
 
 
+@dataclass(frozen=True)
+class LedgerAttemptRecord:
+    """One ledger transaction of a chain step (purpose "do") or its compensation ("undo").
+
+    Written in state PREPARED, with the signed envelope, in a transaction that
+    commits before the envelope is submitted; every txid of a step is kept.
+    """
+
+    saga_id: str
+    step: str
+    purpose: str
+    txid: str
+    channel: str
+    envelope: bytes
+    state: AttemptState
+    code: int | None = None
+    block: int | None = None
+    created_at: datetime | None = None
+    submitted_at: datetime | None = None
+    committed_at: datetime | None = None
+    # The worker host that prepared it, for operators reading `saga show`.
+    worker: str | None = None
+
+
+class LedgerAttempts(Protocol):
+    def for_step(self, saga_id: str, step: str, purpose: str) -> list[LedgerAttemptRecord]:
+        """Every attempt of one step and purpose, oldest first."""
+        ...
+
+    def for_saga(self, saga_id: str) -> list[LedgerAttemptRecord]: ...
+
+    def add(self, record: LedgerAttemptRecord) -> None: ...
+
+    def mark_submitted(self, txid: str) -> None:
+        """PREPARED -> SUBMITTED; a committed attempt stays committed."""
+        ...
+
+    def mark_committed(self, txid: str, code: int, block: int | None) -> bool:
+        """Record the final code; False if it was already recorded (first answer wins)."""
+        ...
+
+    def unsettled(
+        self, *, limit: int, older_than: datetime | None = None
+    ) -> list[LedgerAttemptRecord]:
+        """Attempts not yet COMMITTED, oldest first (the watcher's and sweeper's work)."""
+        ...
+
+
 class SagaRepository(Protocol):
     def add(self, record: SagaRecord) -> None: ...
 
@@ -123,6 +172,9 @@ class UnitOfWork(Protocol):
 
     @property
     def history(self) -> History: ...
+
+    @property
+    def ledger_attempts(self) -> LedgerAttempts: ...
 
     @property
     def session(self) -> Any:
