@@ -20,13 +20,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from saga.core.chain import AttemptState
 from saga.ports import (
     DuplicateIdempotencyKey,
     HistoryEntry,
+    LedgerAttemptRecord,
     OutboxMessage,
     PendingMessage,
     SagaRecord,
@@ -51,6 +53,7 @@ class Tables:
     inbox: dict[str, str] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
     business: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    ledger_attempts: list[LedgerAttemptRecord] = field(default_factory=list)
     next_outbox_id: int = 1
 
 
@@ -71,6 +74,9 @@ class FakeDatabase:
     def saga(self, saga_id: str) -> SagaRecord | None:
         record = self.tables.sagas.get(saga_id)
         return copy.deepcopy(record)
+
+    def attempts(self) -> list[LedgerAttemptRecord]:
+        return list(self.tables.ledger_attempts)
 
     def outbox_messages(self) -> list[OutboxMessage]:
         return [row.message for row in self.tables.outbox]
@@ -186,17 +192,86 @@ class FakeHistory:
         return [copy.deepcopy(e) for e in self._uow._work().history if e.saga_id == saga_id]
 
 
+class DuplicateTxid(Exception):
+    """The fake's unique index on ledger_attempts.txid."""
+
+
+class FakeLedgerAttempts:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    def for_step(self, saga_id: str, step: str, purpose: str) -> list[LedgerAttemptRecord]:
+        return [
+            r
+            for r in self._uow._work().ledger_attempts
+            if (r.saga_id, r.step, r.purpose) == (saga_id, step, purpose)
+        ]
+
+    def for_saga(self, saga_id: str) -> list[LedgerAttemptRecord]:
+        return [r for r in self._uow._work().ledger_attempts if r.saga_id == saga_id]
+
+    def add(self, record: LedgerAttemptRecord) -> None:
+        rows = self._uow._work().ledger_attempts
+        if any(r.txid == record.txid for r in rows):
+            raise DuplicateTxid(record.txid)
+        if record.created_at is None:
+            record = replace(record, created_at=datetime.now(UTC))
+        rows.append(record)
+
+    def _update(self, txid: str, **changes: Any) -> bool:
+        rows = self._uow._work().ledger_attempts
+        for i, r in enumerate(rows):
+            if r.txid == txid:
+                rows[i] = replace(r, **changes)
+                return True
+        return False
+
+    def mark_submitted(self, txid: str) -> None:
+        for r in self.for_txid(txid):
+            if r.state is AttemptState.PREPARED:
+                self._update(txid, state=AttemptState.SUBMITTED, submitted_at=datetime.now(UTC))
+
+    def mark_committed(self, txid: str, code: int, block: int | None) -> bool:
+        for r in self.for_txid(txid):
+            if r.state is not AttemptState.COMMITTED:
+                return self._update(
+                    txid,
+                    state=AttemptState.COMMITTED,
+                    code=code,
+                    block=block,
+                    committed_at=datetime.now(UTC),
+                )
+        return False
+
+    def for_txid(self, txid: str) -> list[LedgerAttemptRecord]:
+        return [r for r in self._uow._work().ledger_attempts if r.txid == txid]
+
+    def unsettled(
+        self, *, limit: int, older_than: datetime | None = None
+    ) -> list[LedgerAttemptRecord]:
+        found = [
+            r
+            for r in self._uow._work().ledger_attempts
+            if r.state is not AttemptState.COMMITTED
+            and (older_than is None or (r.created_at is not None and r.created_at < older_than))
+        ]
+        found.sort(key=lambda r: r.created_at or datetime.min.replace(tzinfo=UTC))
+        return found[:limit]
+
+
 class FakeUnitOfWork:
     """One transaction over a FakeDatabase; rolls back on exit unless committed."""
 
     def __init__(self, db: FakeDatabase) -> None:
         self.db = db
         self._tables: Tables | None = None
+        self._base_attempts: list[LedgerAttemptRecord] = []
         self.committed = False
         self.sagas = FakeSagaRepository(self)
         self.outbox = FakeOutbox(self)
         self.inbox = FakeInbox(self)
         self.history = FakeHistory(self)
+        self.ledger_attempts = FakeLedgerAttempts(self)
         self.session = FakeSession(self)
 
     def _work(self) -> Tables:
@@ -209,6 +284,7 @@ class FakeUnitOfWork:
             self.db.fail_begin -= 1
             raise StoreUnavailable("fake database: cannot connect (injected)")
         self._tables = copy.deepcopy(self.db.tables)
+        self._base_attempts = list(self._tables.ledger_attempts)
         self.committed = False
         return self
 
@@ -231,6 +307,13 @@ class FakeUnitOfWork:
             if any(r.idempotency_key == key for r in committed.values()):
                 self.rollback()
                 raise DuplicateIdempotencyKey(key)
+        # Unique index on the txid: a concurrent transaction may have inserted it.
+        known = {r.txid for r in self.db.tables.ledger_attempts}
+        seen_at_begin = {r.txid for r in self._base_attempts}
+        for txid in (r.txid for r in work.ledger_attempts):
+            if txid in known and txid not in seen_at_begin:
+                self.rollback()
+                raise DuplicateTxid(txid)
         self.db.tables = work
         self.db.commits += 1
         self.committed = True

@@ -10,6 +10,7 @@ Orchestrator(registry, uow_factory, transient_errors=TRANSIENT_ERRORS)
 from saga.store.engine import create_engine, sqlalchemy_url
 from saga.store.errors import TRANSIENT_ERRORS, is_transient
 from saga.store.inbox import ConcurrentDelivery
+from saga.store.ledger_attempts import SqlLedgerAttempts
 from saga.store.migrate import current_revision, head_revision, upgrade
 from saga.store.outbox import SqlOutbox, SqlOutboxReader
 from saga.store.repository import SqlSagaRepository
@@ -21,6 +22,7 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "ConcurrentDelivery",
     "Purged",
+    "SqlLedgerAttempts",
     "SqlOutbox",
     "SqlOutboxReader",
     "SqlSagaRepository",

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -144,4 +145,32 @@ saga_history = Table(
     Column("actor", String(200)),
 )
 
-ALL_TABLES = (sagas, saga_steps, outbox, inbox, saga_history)
+ledger_attempts = Table(
+    "ledger_attempts",
+    metadata,
+    Column("id", BigId, Identity(), primary_key=True),
+    Column("saga_id", String(36), nullable=False),
+    Column("step", String(63), nullable=False),
+    Column("purpose", String(8), nullable=False),
+    Column("txid", String(64), nullable=False),
+    Column("channel", String(250), nullable=False),
+    # The signed envelope, resubmitted byte for byte after an unknown outcome.
+    Column("envelope", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("code", Integer),
+    Column("block", BigInteger),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("submitted_at", UtcDateTime),
+    Column("committed_at", UtcDateTime),
+    Column("worker", String(255)),
+    UniqueConstraint("txid", name="uq_ledger_attempts_txid"),
+    Index("ix_ledger_attempts_saga_step", "saga_id", "step", "purpose"),
+)
+Index(
+    "ix_ledger_attempts_unsettled",
+    ledger_attempts.c.created_at,
+    postgresql_where=ledger_attempts.c.state != "committed",
+    sqlite_where=ledger_attempts.c.state != "committed",
+)
+
+ALL_TABLES = (sagas, saga_steps, outbox, inbox, saga_history, ledger_attempts)

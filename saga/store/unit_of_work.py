@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from saga.ports import (
     History,
     Inbox,
+    LedgerAttempts,
     Outbox,
     SagaRepository,
     StoreUnavailable,
@@ -32,6 +33,7 @@ from saga.store.errors import (
 )
 from saga.store.history import SqlHistory
 from saga.store.inbox import SqlInbox
+from saga.store.ledger_attempts import SqlLedgerAttempts
 from saga.store.outbox import SqlOutbox
 from saga.store.repository import SqlSagaRepository
 
@@ -82,6 +84,7 @@ class SqlUnitOfWork:
     outbox: Outbox
     inbox: Inbox
     history: History
+    ledger_attempts: LedgerAttempts
     session: StepSession
 
     def __init__(self, engine: Engine) -> None:
@@ -113,6 +116,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutbox(self.session)
         self.inbox = SqlInbox(self.session)
         self.history = SqlHistory(self.session)
+        self.ledger_attempts = SqlLedgerAttempts(self.session)
 
     def __exit__(self, *exc_info: object) -> None:
         exc = exc_info[1] if len(exc_info) > 1 else None
