@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh machine, then run lint, types and
+# every test. PostgreSQL and RabbitMQ must be running (see .ci/run, which starts them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: docker-compose validates compose/ without a container engine.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get install -y -q docker-compose >/dev/null \
+    || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q docker-compose >/dev/null; }
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[dev]'
+exec .venv/bin/python -m scripts.check "$@"
