@@ -32,6 +32,7 @@ from saga.orchestrator import Orchestrator
 from tests.fault.checks import (
     check_sagas,
     doubled_rows,
+    enqueue_mix,
     expected_for,
     payment,
     views,
@@ -147,6 +148,7 @@ def test_worker_killed_around_the_step_commit(
         timeout=60,
         what=f"the redelivered {step} message to be handled ({redelivered})",
         report=procs.report,
+        alive=[second],
     )
     wait_terminal(
         engine, [victim_id, *others], timeout=120, logs=procs.report, alive=procs.running()
@@ -167,3 +169,43 @@ def test_worker_killed_around_the_step_commit(
         assert seen.count("applied") == 1, (seen, procs.report())
     if target == "child":
         assert first.alive(), procs.report()
+
+
+@pytest.mark.fault
+def test_two_workers_on_one_host_and_a_worker_restarted_at_once_after_sigkill(
+    settings: Settings, engine: Engine, orch: Orchestrator, procs: Processes
+) -> None:
+    """Scale by running more `saga worker`s on one host; restart one at once after a kill.
+
+    Every Celery worker has a remote-control queue named after its node name,
+    exclusive to its connection. Two workers with the same node name on one host
+    (or a worker restarted while its killed predecessor's queue still exists)
+    collide on that queue, and the newcomer dies with RESOURCE_LOCKED.
+    """
+    expected = enqueue_mix(orch, "scale", 40)
+    procs.relay(settings)
+    a = procs.worker(settings, concurrency=1)
+    b = procs.worker(settings, concurrency=1)
+
+    def ready(p: SagaProcess) -> bool:
+        return any(r.get("msg", "").endswith(" ready.") for r in p.log_records())
+
+    wait_for(
+        lambda: ready(a) and ready(b),
+        timeout=60,
+        what="both workers ready",
+        report=procs.report,
+        alive=[a, b],
+    )
+    a.kill()
+    c = procs.worker(settings, concurrency=1)  # a supervisor restarts it at once
+    wait_for(
+        lambda: ready(c),
+        timeout=60,
+        what="the restarted worker ready",
+        report=procs.report,
+        alive=[b, c],
+    )
+    wait_terminal(engine, list(expected), timeout=120, logs=procs.report, alive=[b, c])
+    check_sagas(engine, expected)
+    assert doubled_rows(engine) == []

@@ -65,6 +65,7 @@ class SagaProcess:
     popen: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     _log: Any = field(default=None, repr=False)
+    _done: bool = field(default=False, repr=False)
 
     def start(self) -> SagaProcess:
         self._log = self.log_path.open("ab")
@@ -95,18 +96,23 @@ class SagaProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group (main process and pool children)."""
-        if self.popen is None:
+        if self.popen is None or self._done:
+            return
+        if self.popen.poll() is not None:  # already dead: clean up its group once
+            self._finish()
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(timeout=30)
         self._note(f"SIGKILLed (exit {self.popen.returncode})")
-        self._close_log()
+        self._finish()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (warm shutdown), then SIGKILL the group if it does not exit in time."""
         if self.popen is None:
             return None
+        if self._done:
+            return self.popen.returncode
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
@@ -115,10 +121,7 @@ class SagaProcess:
             except subprocess.TimeoutExpired:
                 self._note(f"did not stop within {timeout:.0f}s of SIGTERM; SIGKILL")
                 self.kill()
-        # Pool children left behind by a main process that died on its own.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self._close_log()
+        self._finish()
         return self.popen.returncode
 
     def log_text(self) -> str:
@@ -143,6 +146,17 @@ class SagaProcess:
         if self._log is not None and not self._log.closed:
             self._log.write(f"--- {self.name}: {text}\n".encode())
             self._log.flush()
+
+    def _finish(self) -> None:
+        """Once, right after the group leader exited: SIGKILL pool children it left
+        behind, close the log. Never again later: once the group is empty its id
+        may be reused by an unrelated process group."""
+        assert self.popen is not None
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self._close_log()
 
     def _close_log(self) -> None:
         if self._log is not None and not self._log.closed:
