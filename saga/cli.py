@@ -4,6 +4,7 @@ environment variables, and the few options here override them for one run."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -95,12 +96,32 @@ def worker(
         int | None, typer.Option("-c", "--concurrency", help="Worker processes.")
     ] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads.")] = "prefork",
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "-n",
+            "--hostname",
+            help="Celery node name (default: saga-<pid>@<host>, unique per process).",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker that executes saga steps (scale by running more)."""
     settings = _settings(db, broker, worker_concurrency=concurrency)
     container = _container(settings)
     container.configure_logging()
-    container.run_worker(pool=pool)
+    container.run_worker(pool=pool, hostname=hostname or default_node_name())
+
+
+def default_node_name() -> str:
+    """A node name no other worker process on this host has.
+
+    Celery's default, celery@<host>, is the same for every worker on a host, and
+    each node's remote-control queue (<node>.celery.pidbox) is exclusive to its
+    connection: a second worker on the host, or one restarted while its killed
+    predecessor's queue still exists, dies at start with RESOURCE_LOCKED (and
+    exit code 0). The pid tells live processes on one host apart.
+    """
+    return f"saga-{os.getpid()}@%h"
 
 
 @app.command()
