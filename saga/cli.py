@@ -342,3 +342,211 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+# -- ledger: commit watcher and audit -------------------------------------------------------
+
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        envvar="SAGA_FABRIC_PROFILE",
+        help="Connection profile of the client org (connection-org1.json).",
+    ),
+]
+MspDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--msp-dir",
+        envvar="SAGA_FABRIC_MSP_DIR",
+        help="The client identity's MSP folder (signcerts/, keystore/); default: the "
+        "profile's users/User1@*/msp.",
+    ),
+]
+PeerOpt = Annotated[
+    str | None,
+    typer.Option("--peer", envvar="SAGA_FABRIC_PEER", help="Peer name in the profile."),
+]
+
+
+def _fabric_access(profile: str | None, msp_dir: str | None, peer: str | None) -> Any:
+    """(endpoint, identity) from a connection profile and an MSP folder."""
+    from pathlib import Path
+
+    from saga.fabric import SigningIdentity, load_connection_profile
+
+    if profile is None:
+        console.print("[red]configuration error:[/] give --profile (or SAGA_FABRIC_PROFILE)")
+        raise typer.Exit(2)
+    try:
+        loaded = load_connection_profile(profile)
+        endpoint = loaded.endpoint(peer)
+        if msp_dir is None:
+            users = sorted(Path(profile).resolve().parent.glob("users/User1@*/msp"))
+            if not users:
+                raise FileNotFoundError("no users/User1@*/msp beside the profile; give --msp-dir")
+            msp_dir = str(users[0])
+        identity = SigningIdentity.from_msp_dir(loaded.msp_id, msp_dir)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    return endpoint, identity
+
+
+@app.command()
+def watcher(
+    db: DbOpt = None,
+    profile: ProfileOpt = None,
+    msp_dir: MspDirOpt = None,
+    peer: PeerOpt = None,
+    max_in_flight: Annotated[
+        int, typer.Option(help="Concurrent CommitStatus calls (peer default limit: 500).")
+    ] = 400,
+    wait_timeout: Annotated[
+        float, typer.Option(help="Seconds one commit wait may take before the step is re-driven.")
+    ] = 30.0,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between store polls.")] = 0.5,
+    redrive_interval: Annotated[
+        float, typer.Option(help="At most one deadline re-drive per transaction this often.")
+    ] = 60.0,
+) -> None:
+    """Follow submitted chain transactions and turn each commit into a step message.
+
+    Runs until SIGTERM or Ctrl-C, then prints its counters as JSON.
+    """
+    from saga.fabric import AsyncGatewayClient
+    from saga.watcher import WatcherConfig, run_watcher
+
+    settings = _settings(db)
+    endpoint, identity = _fabric_access(profile, msp_dir, peer)
+    try:
+        config = WatcherConfig(
+            max_in_flight=max_in_flight,
+            wait_timeout=wait_timeout,
+            poll_interval=poll_interval,
+            redrive_interval=redrive_interval,
+            db_threads=max(1, min(4, settings.db_pool_size)),
+        )
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    container = _container(settings)
+    container.configure_logging()
+    stats = run_watcher(
+        container.uow_factory,
+        lambda: AsyncGatewayClient.connect(endpoint, identity, max_in_flight=max_in_flight),
+        _stop_event(),
+        config,
+    )
+    out.print_json(data=stats.as_dict())
+
+
+def _parse_since(value: str | None) -> Any:
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    if value is None:
+        return None
+    relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if relative:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[relative.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: float(relative.group(1))})
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        console.print(f"[red]--since {value!r}:[/] give an ISO time or an age like 30m, 6h, 2d")
+        raise typer.Exit(2) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@app.command()
+def audit(
+    saga_id: Annotated[str | None, typer.Option("--saga", help="Only this saga.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only sagas created (and ledger records written) since: ISO or 6h."),
+    ] = None,
+    db: DbOpt = None,
+    profile: ProfileOpt = None,
+    msp_dir: MspDirOpt = None,
+    peer: PeerOpt = None,
+    channel: Annotated[
+        str, typer.Option(envvar="SAGA_FABRIC_CHANNEL", help="Channel to scan.")
+    ] = "mychannel",
+    chaincode: Annotated[
+        str,
+        typer.Option(envvar="SAGA_FABRIC_CHAINCODE", help="Chaincode namespace of the records."),
+    ] = "sagafacts",
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the database with the ledger; exit 1 if any count is not zero.
+
+    Counts chain steps done without a VALID transaction, VALID transactions for
+    steps not done, VALID transactions for keys the database does not know, keys
+    with more than one VALID transaction, and sagas not terminal.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from saga.audit import audit as run_audit
+    from saga.audit import scan_ledger
+    from saga.fabric import GatewayClient, GatewayError
+
+    when = _parse_since(since)
+    settings = _settings(db)
+    endpoint, identity = _fabric_access(profile, msp_dir, peer)
+    container = _container(settings)
+    try:
+        with (
+            GatewayClient.connect(endpoint, identity) as client,
+            Progress(
+                TextColumn("scanning blocks"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=console,
+                transient=True,
+                disable=as_json,
+            ) as bar,
+        ):
+            task = bar.add_task("blocks", total=None)
+            scan = scan_ledger(
+                client,
+                channel,
+                chaincode,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except GatewayError as exc:
+        console.print(f"[red]reading the ledger failed:[/] {exc}")
+        raise typer.Exit(2) from None
+    report = run_audit(container.uow_factory, container.registry, scan, saga_id=saga_id, since=when)
+    if as_json:
+        out.print_json(data=report.as_dict())
+    else:
+        summary = Table("checked", "count", title="saga audit")
+        summary.add_row("sagas", str(report.sagas))
+        summary.add_row("chain steps", str(report.chain_steps))
+        summary.add_row("blocks", str(report.blocks))
+        summary.add_row("ledger transactions", str(report.ledger_transactions))
+        out.print(summary)
+        counts = Table("discrepancy", "count")
+        for kind, count in report.counts().items():
+            shown = "not checked" if count is None else str(count)
+            style = "red" if count else "green"
+            counts.add_row(kind.replace("_", " "), f"[{style}]{shown}[/]")
+        out.print(counts)
+        items = [d for found in report.found.values() if found for d in found]
+        if items:
+            detail = Table("kind", "saga", "step", "key", "txids", "detail")
+            for d in items[:50]:
+                detail.add_row(
+                    d.kind,
+                    d.saga_id or "",
+                    f"{d.step}/{d.purpose}" if d.step else "",
+                    d.key or "",
+                    " ".join(t[:12] for t in d.txids),
+                    d.detail,
+                )
+            out.print(detail)
+            if len(items) > 50:
+                out.print(f"... and {len(items) - 50} more (use --json for all)")
+    if not report.clean:
+        raise typer.Exit(1)
