@@ -18,7 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from saga.core.definitions import Registry, SagaDefinition, StepContext, StepKind
+from saga.chain.executor import ChainSettings, ChainStepExecutor
+from saga.core.chain import VALID, AttemptState
+from saga.core.definitions import Purpose, Registry, SagaDefinition, StepContext, StepKind
 from saga.core.errors import SagaError
 from saga.core.machine import awaits, transition
 from saga.core.messages import (
@@ -34,8 +36,9 @@ from saga.core.messages import (
     StepSucceeded,
 )
 from saga.core.retry import error_names
-from saga.core.state import SagaState
+from saga.core.state import SagaState, StepStatus
 from saga.core.step_message import MalformedMessage, Phase, StepMessage
+from saga.ledger_port import Ledger
 from saga.ports import (
     DuplicateIdempotencyKey,
     HistoryEntry,
@@ -94,6 +97,9 @@ class Outcome(StrEnum):
     APPLIED = "applied"  # the step (or compensation) ran and its result was recorded
     DUPLICATE = "duplicate"  # the inbox had this message already
     STALE = "stale"  # the saga no longer waits for this step/attempt
+    # A chain step's transaction was (re)submitted; the step stays pending until a
+    # later message (commit watcher, re-check, retry) finds its outcome.
+    SUBMITTED = "submitted"
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,12 @@ class Orchestrator:
         *,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         transient_errors: tuple[type[BaseException], ...] = (),
+        ledger: Callable[[], Ledger] | None = None,
+        chain_settings: ChainSettings | None = None,
     ) -> None:
+        """`ledger` is called when a chain step first needs it (the composition root
+        connects lazily, after a worker forks); None: chain steps are refused with
+        the settings to set."""
         self.registry = registry
         self._uow = uow_factory
         self._new_id = new_id
@@ -127,6 +138,7 @@ class Orchestrator:
         # adapter's driver errors). They must not count as a step failure: the
         # transaction is lost anyway and the message is delivered again later.
         self._transient: tuple[type[BaseException], ...] = (StoreUnavailable, *transient_errors)
+        self.chain = ChainStepExecutor(uow_factory, ledger, self, chain_settings)
 
     # -- starting ---------------------------------------------------------------
 
@@ -232,51 +244,90 @@ class Orchestrator:
                     extra={"saga_id": state.saga_id, "step": message.step, "why": why},
                 )
                 return Outcome.STALE
-            if step.kind is StepKind.CHAIN:
-                raise MalformedMessage(
-                    f"step {step.name!r} is a chain step; chain steps need the ledger adapter, "
-                    "which this version does not have"
-                )
-            fn = step.action if message.phase is Phase.DO else step.compensation
-            assert fn is not None  # the definition guarantees it for awaited commands
-            ctx = StepContext(
-                saga_id=state.saga_id,
-                saga_name=state.name,
-                step=step.name,
-                attempt=message.attempt,
-                input=definition.input_model.model_validate(record.input),
-                data=dict(record.data),
-                session=uow.session,
+            if step.kind is not StepKind.CHAIN:
+                return self._run_local(uow, message, record, definition)
+        # Outside any transaction: a chain step's ledger calls must not hold the
+        # saga's row lock (the executor takes it again for each write).
+        return Outcome(self.chain.run(message, definition, step))
+
+    def _run_local(
+        self, uow: UnitOfWork, message: StepMessage, record: SagaRecord, definition: SagaDefinition
+    ) -> Outcome:
+        state = record.state
+        step = definition.step(message.step)
+        fn = step.action if message.phase is Phase.DO else step.compensation
+        assert fn is not None  # the definition guarantees it for awaited commands
+        ctx = StepContext(
+            saga_id=state.saga_id,
+            saga_name=state.name,
+            step=step.name,
+            attempt=message.attempt,
+            input=definition.input_model.model_validate(record.input),
+            data=dict(record.data),
+            session=uow.session,
+        )
+        event: Event
+        output: Mapping[str, Any] | None = None
+        try:
+            with uow.savepoint():
+                result = fn(ctx)
+                if message.phase is Phase.DO:
+                    output = _step_output(step.name, result)
+        except Exception as exc:
+            if isinstance(exc, self._transient):
+                raise
+            event = self._failure_event(message, exc)
+        else:
+            event = (
+                StepSucceeded(step.name, message.attempt)
+                if message.phase is Phase.DO
+                else CompensationSucceeded(step.name, message.attempt)
             )
-            event: Event
-            output: Mapping[str, Any] | None = None
-            try:
-                with uow.savepoint():
-                    result = fn(ctx)
-                    if message.phase is Phase.DO:
-                        output = _step_output(step.name, result)
-            except Exception as exc:
-                if isinstance(exc, self._transient):
-                    raise
-                event = self._failure_event(message, exc)
-            else:
-                event = (
-                    StepSucceeded(step.name, message.attempt)
-                    if message.phase is Phase.DO
-                    else CompensationSucceeded(step.name, message.attempt)
-                )
-            t = transition(definition, state, event)
-            if output and message.phase is Phase.DO:
-                record.data[step.name] = dict(output)
-            record = replace(record, state=t.state, updated_at=_now())
-            uow.sagas.save(record)
-            self._emit(uow, t.state, t.commands)
-            uow.inbox.record(message.message_id, state.saga_id)
-            self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
-            if t.state.status != state.status:
-                self._note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
-            uow.commit()
-            return Outcome.APPLIED
+        self.apply_event(uow, record, definition, message, event, output)
+        uow.commit()
+        return Outcome.APPLIED
+
+    def apply_event(
+        self,
+        uow: UnitOfWork,
+        record: SagaRecord,
+        definition: SagaDefinition,
+        message: StepMessage,
+        event: Event,
+        output: Mapping[str, Any] | None,
+    ) -> None:
+        """The end of every handled step message, in the caller's transaction."""
+        state = record.state
+        t = transition(definition, state, event)
+        if output and message.phase is Phase.DO:
+            record.data[message.step] = dict(output)
+        record = replace(record, state=t.state, updated_at=_now())
+        uow.sagas.save(record)
+        self._emit(uow, t.state, t.commands)
+        uow.inbox.record(message.message_id, state.saga_id)
+        self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
+        if t.state.status != state.status:
+            self._note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
+
+    def recheck(self, uow: UnitOfWork, message: StepMessage, delay: float) -> None:
+        """A new message for the same step and attempt: the chain step is verified again."""
+        again = StepMessage(
+            message_id=self._new_id(),
+            saga_id=message.saga_id,
+            saga=message.saga,
+            version=message.version,
+            step=message.step,
+            attempt=message.attempt,
+            phase=message.phase,
+        )
+        uow.outbox.add(
+            OutboxMessage(
+                message_id=again.message_id,
+                saga_id=again.saga_id,
+                body=again.to_body(),
+                delay=delay,
+            )
+        )
 
     @staticmethod
     def _failure_event(message: StepMessage, exc: Exception) -> Event:
@@ -300,6 +351,8 @@ class Orchestrator:
             if record is None:
                 raise SagaNotFound(saga_id)
             definition = self.registry.get(record.state.name, record.state.version)
+            if isinstance(event, CompensateRequested):
+                _refuse_if_chain_unsettled(uow, record, definition)
             t = transition(definition, record.state, event)
             if not t.accepted:
                 raise OperatorActionRefused(t.note)
@@ -349,6 +402,30 @@ class Orchestrator:
         actor: str | None = None,
     ) -> None:
         uow.history.add(HistoryEntry(_now(), saga_id, kind, detail, actor))
+
+
+def _refuse_if_chain_unsettled(
+    uow: UnitOfWork, record: SagaRecord, definition: SagaDefinition
+) -> None:
+    """Abandoning a pending chain step is only safe once none of its transactions can be VALID.
+
+    The machine would mark the step FAILED and compensate the steps before it; a
+    transaction of that step committing afterwards would leave an effect on the
+    ledger that nothing reverses.
+    """
+    state = record.state
+    current = state.steps[state.current]
+    if current.status is not StepStatus.PENDING:
+        return
+    if definition.steps[state.current].kind is not StepKind.CHAIN:
+        return
+    attempts = uow.ledger_attempts.for_step(state.saga_id, current.name, Purpose.DO)
+    open_ = [a.txid for a in attempts if a.state is not AttemptState.COMMITTED or a.code == VALID]
+    if open_:
+        raise OperatorActionRefused(
+            f"chain step {current.name!r} has transaction(s) {', '.join(open_)} that committed "
+            "VALID or may still commit; let the step settle (or resume it), then compensate"
+        )
 
 
 def _step_output(step: str, output: object) -> dict[str, Any] | None:

@@ -24,10 +24,33 @@ _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 
 class StepKind(StrEnum):
     LOCAL = "local"
-    # Chain steps are executed through the ledger port (prepare / persist / submit /
-    # verify); see the issue "Chain steps exactly once". Declared here so the state
-    # machine and the store already carry the kind.
+    # Executed through the ledger port by saga.chain (prepare / persist / submit /
+    # verify), never by running Python code inside the saga's transaction.
     CHAIN = "chain"
+
+
+class Purpose(StrEnum):
+    """Which ledger transaction of a chain step: its effect or its reversal."""
+
+    DO = "do"
+    UNDO = "undo"
+
+
+# The chaincode's idempotency keys: [A-Za-z0-9][A-Za-z0-9._:/@+=-]*, at most 256.
+_CHAIN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,255}$")
+
+
+def chain_key(saga_id: str, step: str, purpose: Purpose | str) -> str:
+    """The idempotency key of one chain step's effect or reversal.
+
+    Derived, never stored or chosen at random: every worker on every host that
+    retries the step computes the same key, so the chaincode can refuse a second
+    effect for it and MVCC can invalidate a concurrent one.
+    """
+    key = f"{saga_id}/{step}/{Purpose(purpose)}"
+    if not _CHAIN_KEY.match(key):
+        raise ValueError(f"saga id {saga_id!r} cannot be part of a ledger idempotency key")
+    return key
 
 
 @dataclass(frozen=True)
@@ -46,15 +69,51 @@ class StepContext:
 StepFn = Callable[[StepContext], Mapping[str, Any] | None]
 
 
+ArgsFn = Callable[[StepContext], list[str]]
+
+
 @dataclass(frozen=True)
 class ChainCall:
-    """The ledger side of a chain step: chaincode, function and argument builder."""
+    """The ledger side of a chain step: chaincode, function and argument builders.
+
+    The idempotency key is not part of what `args` builds: it is always the first
+    chaincode argument, `chain_key(saga_id, step, "do")`. The reversal is called
+    as `undo_function(undo_key, do_key, *undo_args(ctx))`, the shape of the
+    sagafacts reversals (ReversePayment(idem_key, original_key, reason)).
+    `ctx.session` is None for chain steps: the arguments come from the saga's
+    input and data, not from the database.
+    """
 
     chaincode: str
     function: str
-    args: Callable[[StepContext], list[str]]
+    args: ArgsFn
     undo_function: str | None = None
-    undo_args: Callable[[StepContext], list[str]] | None = None
+    undo_args: ArgsFn | None = None
+    # None: the deployment's channel (SAGA_FABRIC_CHANNEL).
+    channel: str | None = None
+
+    def function_for(self, purpose: Purpose | str) -> str:
+        if Purpose(purpose) is Purpose.DO:
+            return self.function
+        if self.undo_function is None:
+            raise ValueError(f"chain call {self.chaincode}.{self.function} has no undo_function")
+        return self.undo_function
+
+    def arguments(self, ctx: StepContext, purpose: Purpose | str) -> list[str]:
+        """The full chaincode argument list, idempotency key(s) first."""
+        do_key = chain_key(ctx.saga_id, ctx.step, Purpose.DO)
+        if Purpose(purpose) is Purpose.DO:
+            extra = self.args(ctx)
+            head = [do_key]
+        else:
+            extra = self.undo_args(ctx) if self.undo_args is not None else []
+            head = [chain_key(ctx.saga_id, ctx.step, Purpose.UNDO), do_key]
+        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+            raise TypeError(
+                f"the argument builder of chain step {ctx.step!r} must return a list of str, "
+                f"got {extra!r}"
+            )
+        return [*head, *extra]
 
 
 @dataclass(frozen=True)
@@ -134,8 +193,8 @@ def _validate(saga: SagaDefinition) -> int:
             raise _fail(saga, f"step {step.name!r}: timeout must be positive")
         if step.kind is StepKind.LOCAL and step.action is None:
             raise _fail(saga, f"local step {step.name!r} has no action")
-        if step.kind is StepKind.CHAIN and step.chain is None:
-            raise _fail(saga, f"chain step {step.name!r} needs a ChainCall")
+        if step.kind is StepKind.CHAIN:
+            _validate_chain_step(saga, step)
         for policy in (step.retry, step.compensation_retry):
             for name in policy.non_retryable:
                 if name not in known:
@@ -170,6 +229,22 @@ def _validate(saga: SagaDefinition) -> int:
                 "pivot on are retried forward, never compensated",
             )
     return pivot
+
+
+def _validate_chain_step(saga: SagaDefinition, step: Step) -> None:
+    chain = step.chain
+    if chain is None:
+        raise _fail(saga, f"chain step {step.name!r} needs a ChainCall")
+    if step.action is not None or step.compensation is not None:
+        raise _fail(
+            saga,
+            f"chain step {step.name!r} runs on the ledger; it takes no action or compensation "
+            "function (use ChainCall.undo_function for its reversal)",
+        )
+    if not chain.chaincode or not chain.function:
+        raise _fail(saga, f"chain step {step.name!r}: ChainCall needs a chaincode and a function")
+    if chain.undo_args is not None and chain.undo_function is None:
+        raise _fail(saga, f"chain step {step.name!r}: undo_args given without an undo_function")
 
 
 def _known_error_names(errors: Iterable[type[BaseException]]) -> set[str]:
