@@ -21,12 +21,16 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from sqlalchemy.engine import Engine
 
+    from saga.chain.executor import ChainSettings
+    from saga.ledger_port import Ledger
     from saga.ports import OutboxReader, Publisher, UnitOfWorkFactory
 
 
 class Container:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._ledger_lock = threading.Lock()
+        self._ledger: Ledger | None = None
 
     def configure_logging(self) -> None:
         configure(self.settings.log_level, self.settings.log_format)
@@ -58,7 +62,53 @@ class Container:
 
     @cached_property
     def _orchestrator(self) -> Orchestrator:
-        return Orchestrator(self.registry, self.uow_factory, transient_errors=self.transient_errors)
+        return Orchestrator(
+            self.registry,
+            self.uow_factory,
+            transient_errors=self.transient_errors,
+            ledger=self.ledger if self.settings.ledger_configured else None,
+            chain_settings=self.chain_settings,
+        )
+
+    @property
+    def chain_settings(self) -> ChainSettings:
+        from saga.chain.executor import ChainSettings
+
+        s = self.settings
+        return ChainSettings(
+            channel=s.fabric_channel,
+            status_timeout=s.fabric_status_timeout,
+            endorse_timeout=s.fabric_endorse_timeout,
+            submit_timeout=s.fabric_submit_timeout,
+            evaluate_timeout=s.fabric_evaluate_timeout,
+            recheck_delay=s.chain_recheck_delay,
+        )
+
+    def ledger(self) -> Ledger:
+        """The Fabric Gateway client, connected at the first chain step of this process.
+
+        A Container is built per process (after a worker forks), so a gRPC
+        channel is never shared across a fork.
+        """
+        with self._ledger_lock:
+            if self._ledger is None:
+                self._ledger = self._connect_ledger()
+            return self._ledger
+
+    def _connect_ledger(self) -> Ledger:
+        from saga.fabric import Deadlines, GatewayClient, SigningIdentity, load_connection_profile
+
+        s = self.settings
+        profile = load_connection_profile(s.fabric_profile)
+        identity = SigningIdentity.from_msp_dir(s.fabric_msp_id or profile.msp_id, s.fabric_msp_dir)
+        deadlines = Deadlines(
+            endorse=s.fabric_endorse_timeout,
+            submit=s.fabric_submit_timeout,
+            commit_status=s.fabric_status_timeout,
+            evaluate=s.fabric_evaluate_timeout,
+        )
+        endpoint = profile.endpoint(s.fabric_peer or None)
+        return GatewayClient.connect(endpoint, identity, deadlines=deadlines)
 
     def migrate(self) -> None:
         from saga.store import upgrade

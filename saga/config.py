@@ -53,6 +53,27 @@ class Settings:
     log_level: str = "INFO"
     # Port for the Prometheus endpoint of relay and workers (0 = off).
     metrics_port: int = 0
+    # Fabric ledger for chain steps. Unset profile = no ledger: a chain step is
+    # then refused with a message naming these settings. The connection profile
+    # (connection-org1.json, test-network shape) gives the Gateway peer and TLS CA.
+    fabric_profile: str = ""
+    # The client identity: MSP id (default: the profile's client organization's)
+    # and an MSP directory holding signcerts/ and keystore/ (e.g. .../User1@org1/msp).
+    fabric_msp_id: str = ""
+    fabric_msp_dir: str = ""
+    # Channel chain steps write to unless their ChainCall names one.
+    fabric_channel: str = "mychannel"
+    # Peer name in the profile to use as Gateway (default: the org's first peer).
+    fabric_peer: str = ""
+    # Deadlines in seconds. Status: each commit-status question of a chain step's
+    # verify pass; short on purpose, an unknown answer only resubmits the same envelope.
+    fabric_endorse_timeout: float = 30.0
+    fabric_submit_timeout: float = 30.0
+    fabric_status_timeout: float = 2.0
+    fabric_evaluate_timeout: float = 10.0
+    # Seconds after a chain transaction is submitted before the step is verified
+    # again by a delayed message (0: only the commit watcher re-drives it).
+    chain_recheck_delay: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -86,6 +107,30 @@ class Settings:
             raise ConfigError("SAGA_WORKER_CONCURRENCY and SAGA_WORKER_PREFETCH must be >= 1")
         if self.max_payload_bytes < 1 or self.max_payload_depth < 1:
             raise ConfigError("payload limits must be positive")
+        if self.fabric_profile and not self.fabric_msp_dir:
+            raise ConfigError(
+                "SAGA_FABRIC_PROFILE is set but SAGA_FABRIC_MSP_DIR is not: point it at the "
+                "client's MSP directory (signcerts/ and keystore/)"
+            )
+        if (self.fabric_msp_dir or self.fabric_msp_id) and not self.fabric_profile:
+            raise ConfigError(
+                "SAGA_FABRIC_MSP_DIR / SAGA_FABRIC_MSP_ID are set but SAGA_FABRIC_PROFILE is not: "
+                "set it to the connection profile (connection-org1.json)"
+            )
+        timeouts = (
+            self.fabric_endorse_timeout,
+            self.fabric_submit_timeout,
+            self.fabric_status_timeout,
+            self.fabric_evaluate_timeout,
+        )
+        if min(timeouts) <= 0 or self.chain_recheck_delay < 0:
+            raise ConfigError(
+                "SAGA_FABRIC_*_TIMEOUT must be positive, SAGA_CHAIN_RECHECK_DELAY >= 0"
+            )
+
+    @property
+    def ledger_configured(self) -> bool:
+        return bool(self.fabric_profile)
 
     @property
     def sqlalchemy_url(self) -> str:

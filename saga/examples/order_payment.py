@@ -1,11 +1,19 @@
-"""The example saga: an order payment recorded in the service's own database.
+"""The example saga: an order payment recorded in the service's own database,
+and (version 2) on the ledger.
 
-Steps (the ledger step joins once chain steps land):
+Steps:
 
     reserve_funds    -> compensation release_funds
     record_payment   -> compensation void_payment
+    record_on_ledger -> compensation ReversePayment     (v2 only; a chain step on sagafacts)
     confirm_order       pivot: the order is promised to the customer
     notify_customer     after the pivot: retried forward, never compensated
+
+Version 1 stays registered, unchanged, for sagas started before v2 existed.
+`register(registry)` adds only v1, so a deployment without a ledger (the demo,
+the defaults) keeps running; `register_with_ledger` adds v1 and v2, and new
+sagas get v2 (the latest). `saga.examples.order_payment_ledger` is the module to
+name in SAGA_DEFINITIONS for that.
 
 Every business write appends a row to `order_payment_events`, which has no
 uniqueness constraint on purpose: a step that took effect twice shows up as two
@@ -26,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
+from saga.chain.errors import ChaincodeRefused
+from saga.core.definitions import ChainCall, Registry, SagaDefinition, Step, StepContext, StepKind
 from saga.core.retry import RetryPolicy
 from saga.examples.order_payment_tables import order_payment_events
 
@@ -143,8 +152,60 @@ definition = SagaDefinition(
 )
 
 
+CHAINCODE = "sagafacts"
+
+
+def payment_args(ctx: StepContext) -> list[str]:
+    """RecordPayment(idem_key, order_id, amount_cents, currency, customer_id) after the key."""
+    payment = _input(ctx)
+    return [payment.order_id, str(payment.amount_cents), payment.currency, payment.customer_id]
+
+
+def reversal_args(ctx: StepContext) -> list[str]:
+    """ReversePayment(idem_key, original_key, reason) after the two keys."""
+    return [f"saga {ctx.saga_id} compensated"]
+
+
+def _steps_v2() -> tuple[Step, ...]:
+    v1 = definition.steps
+    ledger = Step(
+        "record_on_ledger",
+        kind=StepKind.CHAIN,
+        chain=ChainCall(
+            CHAINCODE,
+            "RecordPayment",
+            payment_args,
+            undo_function="ReversePayment",
+            undo_args=reversal_args,
+        ),
+        retry=RetryPolicy(
+            max_attempts=5,
+            initial_backoff=0.5,
+            max_backoff=5.0,
+            non_retryable=("ChaincodeRefused",),
+        ),
+        compensation_retry=RetryPolicy(max_attempts=5, initial_backoff=0.5, max_backoff=5.0),
+    )
+    return (*v1[:2], ledger, *v1[2:])
+
+
+definition_v2 = SagaDefinition(
+    name=NAME,
+    version=2,
+    input_model=OrderPayment,
+    errors=(PaymentDeclined, OrderRejected, CustomerUnreachable, ChaincodeRefused),
+    steps=_steps_v2(),
+)
+
+
 def register(registry: Registry) -> Registry:
     registry.add(definition)
+    return registry
+
+
+def register_with_ledger(registry: Registry) -> Registry:
+    registry.add(definition)
+    registry.add(definition_v2)
     return registry
 
 
