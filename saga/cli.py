@@ -409,6 +409,9 @@ def watcher(
     redrive_interval: Annotated[
         float, typer.Option(help="At most one deadline re-drive per transaction this often.")
     ] = 60.0,
+    status_interval: Annotated[
+        float, typer.Option(help="Seconds between status log lines with the counters.")
+    ] = 30.0,
 ) -> None:
     """Follow submitted chain transactions and turn each commit into a step message.
 
@@ -425,6 +428,7 @@ def watcher(
             wait_timeout=wait_timeout,
             poll_interval=poll_interval,
             redrive_interval=redrive_interval,
+            status_interval=status_interval,
             db_threads=max(1, min(4, settings.db_pool_size)),
         )
     except ValueError as exc:

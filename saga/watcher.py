@@ -110,6 +110,8 @@ class WatcherConfig:
     redrive_interval: float = 60.0
     # Threads doing database work (each holds a pooled connection while it runs).
     db_threads: int = 4
+    # Seconds between "watcher status" log lines with the counters (0: never).
+    status_interval: float = 30.0
     # Backoff on peer and database outages.
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
@@ -226,9 +228,13 @@ class CommitWatcher:
                 "poll_interval": cfg.poll_interval,
             },
         )
+        last_status = time.monotonic()
         try:
             await self._open_client()
             while not stop.is_set():
+                if cfg.status_interval and time.monotonic() - last_status >= cfg.status_interval:
+                    last_status = time.monotonic()
+                    log.info("watcher status", extra=self.stats.as_dict())
                 try:
                     new = await self._poll()
                 except Exception as exc:
@@ -246,7 +252,10 @@ class CommitWatcher:
                     self._store_backoff.reset()
                 if new == 0:
                     self._wake.clear()
-                    await _wait(stop, cfg.poll_interval, self._wake)
+                    pause = cfg.poll_interval
+                    if cfg.status_interval:
+                        pause = min(pause, cfg.status_interval)
+                    await _wait(stop, pause, self._wake)
         finally:
             await self._shutdown()
         return self.stats
