@@ -31,8 +31,8 @@ from tests.integration.test_watcher_support import (
     prepared_sagas,
     set_saga,
     submit_stored,
-    uow_factory,  # noqa: F401
     unsettled_count,
+    uow_factory,  # noqa: F401
     wait_until,
 )
 
@@ -77,9 +77,9 @@ class InProcessWatcher:
         return self.stats
 
 
-def _messages_by_saga(engine: Engine) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+def _messages_by_saga(db: Engine) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for message_id, body in outbox_bodies(engine):
+    for message_id, body in outbox_bodies(db):
         found.setdefault(body["saga_id"], []).append((message_id, body))
     return found
 
