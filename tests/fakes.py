@@ -18,13 +18,30 @@ same when a unit of work is opened.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saga.core.chain import AttemptState
+from saga.ledger_port import (
+    DUPLICATE_TXID,
+    MVCC_READ_CONFLICT,
+    VALID,
+    Arg,
+    CommitResult,
+    EndorseFailed,
+    EvaluateFailed,
+    LedgerError,
+    PreparedTx,
+    StatusUnknown,
+    SubmitFailed,
+    Submitted,
+)
 from saga.ports import (
     DuplicateIdempotencyKey,
     HistoryEntry,
@@ -391,3 +408,252 @@ class FakePublisher:
 
     def close(self) -> None:
         self.closed = True
+
+
+# -- ledger ---------------------------------------------------------------------------
+
+
+@dataclass
+class FakeTx:
+    txid: str
+    channel: str
+    function: str
+    args: list[str]
+    # Versions of the keys the chaincode read at endorsement (None: absent).
+    reads: dict[str, int | None]
+    writes: dict[str, dict[str, Any]]
+
+
+class FakeLedger:
+    """An in-memory ledger that behaves like Fabric with the sagafacts chaincode.
+
+    prepare() endorses against the committed world state (refusing with
+    `ALREADY_RECORDED:<record>` like the chaincode); submit() queues the envelope
+    for ordering; cut() commits the queue as one block, validating each
+    transaction's reads (MVCC_READ_CONFLICT if a key changed) and marking a
+    repeated txid DUPLICATE_TXID. commit_status() answers only for committed
+    txids, else StatusUnknown (it never waits).
+
+    Faults, each a counter of the next N calls: drop_submit_reply (queued, then
+    SubmitFailed), submit_unavailable (not queued, SubmitFailed), status_unknown,
+    force_mvcc (the next N otherwise VALID transactions commit as MVCC conflicts),
+    unreachable (every call raises a retryable error while > 0, not counted down).
+    `on_prepare` runs after endorsing and before returning: the place to let
+    another "host" act in between.
+    """
+
+    def __init__(self, *, auto_cut: bool = False) -> None:
+        self.auto_cut = auto_cut
+        self.state: dict[str, tuple[dict[str, Any], int]] = {}
+        self.version = 0
+        self.queue: list[bytes] = []
+        self.envelopes: dict[str, bytes] = {}
+        self.committed: dict[str, tuple[int, int]] = {}  # txid -> (code, block)
+        self.blocks: list[list[tuple[str, int]]] = []
+        self.prepared: list[str] = []
+        self.submits: list[str] = []
+        self.evaluations: list[tuple[str, list[str]]] = []
+        # Every call in order: ("prepare", txid), ("submit", txid), ("status", txid),
+        # ("evaluate", key); failed calls included.
+        self.calls: list[tuple[str, str]] = []
+        self.drop_submit_reply = 0
+        self.submit_unavailable = 0
+        self.status_unknown = 0
+        self.force_mvcc = 0
+        self.unreachable = False
+        self.on_prepare: Callable[[PreparedTx], None] | None = None
+
+    # -- reading, for assertions -------------------------------------------------------
+
+    def valid_txids(self) -> list[str]:
+        return [t for block in self.blocks for t, code in block if code == VALID]
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        found = self.state.get(key)
+        return copy.deepcopy(found[0]) if found else None
+
+    # -- the port ------------------------------------------------------------------------
+
+    def _reachable(self, what: type[LedgerError]) -> None:
+        if self.unreachable:
+            raise what("fake ledger: peer unavailable (injected)", retryable=True)
+
+    def prepare(
+        self,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[Arg] = (),
+        *,
+        endorsing_orgs: Sequence[str] | None = None,
+        transient: Mapping[str, bytes] | None = None,
+        timeout: float | None = None,
+    ) -> PreparedTx:
+        self.calls.append(("endorse", function))
+        self._reachable(EndorseFailed)
+        str_args = [a.decode() if isinstance(a, bytes) else a for a in args]
+        txid = uuid.uuid4().hex + uuid.uuid4().hex
+        reads, writes = self._simulate(txid, function, str_args)
+        tx = FakeTx(txid, channel, function, str_args, reads, writes)
+        envelope = json.dumps(dataclasses.asdict(tx), sort_keys=True).encode()
+        self.prepared.append(txid)
+        self.calls.append(("prepare", txid))
+        prepared = PreparedTx(txid=txid, channel=channel, envelope=envelope)
+        if self.on_prepare is not None:
+            hook, self.on_prepare = self.on_prepare, None
+            hook(prepared)
+        return prepared
+
+    def _refuse(self, status: int, code: str, detail: str) -> EndorseFailed:
+        return EndorseFailed(
+            "endorse failed: UNKNOWN: peer0 (Org1MSP): "
+            f"chaincode response {status}, {code}:{detail}"
+        )
+
+    def _read(self, key: str) -> tuple[dict[str, Any] | None, int | None]:
+        found = self.state.get(key)
+        return (copy.deepcopy(found[0]), found[1]) if found else (None, None)
+
+    def _simulate(
+        self, txid: str, function: str, args: list[str]
+    ) -> tuple[dict[str, int | None], dict[str, dict[str, Any]]]:
+        if not args:
+            raise self._refuse(400, "INVALID_ARGUMENT", "idem_key missing")
+        key = args[0]
+        existing, version = self._read(key)
+        reads: dict[str, int | None] = {key: version}
+        if existing is not None:
+            raise self._refuse(409, "ALREADY_RECORDED", _canonical(existing))
+        if function == "RecordPayment":
+            if len(args) < 4 or not args[2].isdigit() or int(args[2]) <= 0:
+                raise self._refuse(400, "INVALID_ARGUMENT", f"bad RecordPayment args {args!r}")
+            record = {
+                "key": key,
+                "kind": "payment",
+                "txid": txid,
+                "reversed_by": None,
+                "data": {"order_id": args[1], "amount_cents": int(args[2])},
+            }
+            return reads, {key: record}
+        if function == "ReversePayment":
+            original_key = args[1]
+            original, original_version = self._read(original_key)
+            reads[original_key] = original_version
+            if original is None:
+                raise self._refuse(404, "NOT_FOUND", f"no record under {original_key!r}")
+            if original.get("reversed_by"):
+                raise self._refuse(409, "ALREADY_REVERSED", _canonical(original))
+            original["reversed_by"] = key
+            reversal = {
+                "key": key,
+                "kind": "payment_reversal",
+                "txid": txid,
+                "reverses": original_key,
+                "reversed_by": None,
+                "data": {},
+            }
+            return reads, {key: reversal, original_key: original}
+        raise self._refuse(400, "UNKNOWN_FUNCTION", function)
+
+    def submit(self, prepared: PreparedTx | bytes, *, timeout: float | None = None) -> Submitted:
+        self._reachable(SubmitFailed)
+        envelope = prepared.envelope if isinstance(prepared, PreparedTx) else prepared
+        tx = json.loads(envelope)
+        self.calls.append(("submit", tx["txid"]))
+        if self.submit_unavailable > 0:
+            self.submit_unavailable -= 1
+            raise SubmitFailed(
+                "fake ledger: orderer unavailable (injected)", txid=tx["txid"], retryable=True
+            )
+        self.submits.append(tx["txid"])
+        self.queue.append(envelope)
+        self.envelopes[tx["txid"]] = envelope
+        if self.auto_cut:
+            self.cut()
+        if self.drop_submit_reply > 0:
+            self.drop_submit_reply -= 1
+            raise SubmitFailed(
+                "fake ledger: submit reply lost (injected)", txid=tx["txid"], retryable=True
+            )
+        return Submitted(txid=tx["txid"], channel=tx["channel"])
+
+    def cut(self) -> list[tuple[str, int]]:
+        """Order and commit everything queued as one block; returns (txid, code) pairs."""
+        if not self.queue:
+            return []
+        number = len(self.blocks) + 1
+        block: list[tuple[str, int]] = []
+        for envelope in self.queue:
+            tx = json.loads(envelope)
+            txid = tx["txid"]
+            if txid in self.committed or any(t == txid for t, _ in block):
+                block.append((txid, DUPLICATE_TXID))
+                continue
+            current = {k: self.state[k][1] if k in self.state else None for k in tx["reads"]}
+            code = VALID if current == tx["reads"] else MVCC_READ_CONFLICT
+            if code == VALID and self.force_mvcc > 0:
+                self.force_mvcc -= 1
+                code = MVCC_READ_CONFLICT
+            if code == VALID:
+                for k, value in tx["writes"].items():
+                    self.version += 1
+                    self.state[k] = (value, self.version)
+            block.append((txid, code))
+            self.committed[txid] = (code, number)
+        self.queue = []
+        self.blocks.append(block)
+        return block
+
+    def commit_status(
+        self, channel: str, txid: str, *, timeout: float | None = None
+    ) -> CommitResult:
+        self.calls.append(("status", txid))
+        self._reachable(StatusUnknown)
+        if self.status_unknown > 0:
+            self.status_unknown -= 1
+            raise StatusUnknown(
+                "fake ledger: commit status deadline (injected)", txid=txid, retryable=True
+            )
+        if txid not in self.committed:
+            raise StatusUnknown(f"fake ledger: {txid} not committed yet", txid=txid, retryable=True)
+        code, block = self.committed[txid]
+        return CommitResult(txid=txid, code=code, code_name=str(code), block_number=block)
+
+    def evaluate(
+        self,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[Arg] = (),
+        *,
+        target_orgs: Sequence[str] | None = None,
+        transient: Mapping[str, bytes] | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        self._reachable(EvaluateFailed)
+        str_args = [a.decode() if isinstance(a, bytes) else a for a in args]
+        self.evaluations.append((function, str_args))
+        self.calls.append(("evaluate", str_args[0] if str_args else ""))
+        if function != "GetRecord":
+            raise EvaluateFailed(f"fake ledger: unknown query {function}")
+        record, _ = self._read(str_args[0])
+        return b"" if record is None else _canonical(record).encode()
+
+
+def valid_functions(ledger: FakeLedger) -> list[str]:
+    """The chaincode function of every VALID transaction, in commit order."""
+    functions = {}
+    for envelope in ledger.envelopes.values():
+        tx = json.loads(envelope)
+        functions[tx["txid"]] = tx["function"]
+    return [functions[t] for t in ledger.valid_txids()]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+if TYPE_CHECKING:
+    from saga.ledger_port import Ledger
+
+    _ledger: Ledger = FakeLedger()
