@@ -1,0 +1,113 @@
+"""A real devnet running the real sagafacts chaincode, for chain step integration tests.
+
+    from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+
+    def test_x(sagafacts_net: LedgerNet):
+        client = sagafacts_net.gateway()       # GatewayClient as User1@org1, the product's adapter
+        sagafacts_net.devnet.set_faults(drop_submit_reply=1)
+
+The chaincode runs as `python -m chaincode` (chaincode-as-a-service) and the
+devnet dials it; endorsement needs both orgs, as on a MAJORITY-policy network.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
+from tests.fabric.conftest import Devnet, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CHAINCODE = "sagafacts"
+CHAINCODE_ID = "sagafacts_1.0:devnet"
+
+
+@dataclass
+class LedgerNet:
+    devnet: Devnet
+    chaincode_address: str
+    _clients: list[GatewayClient] = field(default_factory=list)
+
+    @property
+    def channel(self) -> str:
+        return str(self.devnet.config["channel"])
+
+    def msp_dir(self, org: int = 1) -> Path:
+        domain = self.devnet.org(org)["domain"]
+        return self.devnet.org_dir(org) / "users" / f"User1@{domain}" / "msp"
+
+    def gateway(self, org: int = 1) -> GatewayClient:
+        profile = load_connection_profile(self.devnet.profile(org))
+        identity = SigningIdentity.from_msp_dir(profile.msp_id, self.msp_dir(org))
+        client = GatewayClient.connect(profile.endpoint(), identity)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+
+def _start_chaincode(address: str, log: Path) -> subprocess.Popen[bytes]:
+    port = int(address.rsplit(":", 1)[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chaincode", "--id", CHAINCODE_ID, "--address", address],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chaincode exited with {proc.returncode}:\n{log.read_text()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError(f"chaincode not listening on {address}:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module", name="sagafacts_net")
+def sagafacts_net_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerNet]:
+    address = f"127.0.0.1:{free_port()}"
+    proc = _start_chaincode(address, tmp_path_factory.mktemp("chaincode") / "chaincode.log")
+    net = Devnet(
+        tmp_path_factory.mktemp("devnet"),
+        {
+            "batch_timeout": 0.3,
+            "chaincodes": {
+                CHAINCODE: {
+                    "address": address,
+                    "package_id": CHAINCODE_ID,
+                    "policy": "MAJORITY Endorsement",
+                }
+            },
+        },
+    )
+    ledger = LedgerNet(net, address)
+    try:
+        net.start()
+        yield ledger
+    finally:
+        ledger.close()
+        try:
+            net.stop()
+        except Exception:
+            net.kill()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
