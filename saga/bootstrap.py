@@ -18,10 +18,13 @@ from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fastapi import FastAPI
     from sqlalchemy.engine import Engine
 
     from saga.chain.executor import ChainSettings
+    from saga.fabric import AsyncGatewayClient, GatewayClient, GatewayEndpoint, SigningIdentity
     from saga.ledger_port import Ledger
     from saga.ports import OutboxReader, Publisher, UnitOfWorkFactory
 
@@ -156,3 +159,29 @@ class Container:
         from saga.api.app import create_app
 
         return create_app(self.orchestrator(), self.settings)
+
+    # -- commit watcher and audit (saga.watcher, saga.audit) -------------------------------
+
+    def fabric_access(self) -> tuple[GatewayEndpoint, SigningIdentity]:
+        """The Gateway peer and client identity the SAGA_FABRIC_* settings name."""
+        from saga.fabric import SigningIdentity, load_connection_profile
+
+        s = self.settings
+        profile = load_connection_profile(s.fabric_profile)
+        identity = SigningIdentity.from_msp_dir(s.fabric_msp_id or profile.msp_id, s.fabric_msp_dir)
+        return profile.endpoint(s.fabric_peer or None), identity
+
+    def commit_client_factory(self, max_in_flight: int) -> Callable[[], AsyncGatewayClient]:
+        """Opens the watcher's asyncio client; called inside the watcher's event loop."""
+        from saga.fabric import AsyncGatewayClient
+
+        endpoint, identity = self.fabric_access()
+        return lambda: AsyncGatewayClient.connect(endpoint, identity, max_in_flight=max_in_flight)
+
+    def query_client(self) -> GatewayClient:
+        """A blocking client for qscc block reads (audit); the caller closes it."""
+        from saga.fabric import Deadlines, GatewayClient
+
+        endpoint, identity = self.fabric_access()
+        deadlines = Deadlines(evaluate=self.settings.fabric_evaluate_timeout)
+        return GatewayClient.connect(endpoint, identity, deadlines=deadlines)

@@ -350,47 +350,38 @@ ProfileOpt = Annotated[
     str | None,
     typer.Option(
         "--profile",
-        envvar="SAGA_FABRIC_PROFILE",
-        help="Connection profile of the client org (connection-org1.json).",
+        help="Connection profile of the client org (overrides SAGA_FABRIC_PROFILE).",
     ),
 ]
 MspDirOpt = Annotated[
     str | None,
     typer.Option(
         "--msp-dir",
-        envvar="SAGA_FABRIC_MSP_DIR",
-        help="The client identity's MSP folder (signcerts/, keystore/); default: the "
-        "profile's users/User1@*/msp.",
+        help="The client identity's MSP folder, signcerts/ and keystore/ "
+        "(overrides SAGA_FABRIC_MSP_DIR).",
     ),
 ]
 PeerOpt = Annotated[
     str | None,
-    typer.Option("--peer", envvar="SAGA_FABRIC_PEER", help="Peer name in the profile."),
+    typer.Option("--peer", help="Peer name in the profile (overrides SAGA_FABRIC_PEER)."),
 ]
 
 
-def _fabric_access(profile: str | None, msp_dir: str | None, peer: str | None) -> Any:
-    """(endpoint, identity) from a connection profile and an MSP folder."""
-    from pathlib import Path
-
-    from saga.fabric import SigningIdentity, load_connection_profile
-
-    if profile is None:
-        console.print("[red]configuration error:[/] give --profile (or SAGA_FABRIC_PROFILE)")
+def _ledger_container(settings: Settings) -> Any:
+    """A container whose Fabric settings are complete and whose files load."""
+    if not settings.ledger_configured:
+        console.print(
+            "[red]configuration error:[/] no ledger: set SAGA_FABRIC_PROFILE and "
+            "SAGA_FABRIC_MSP_DIR (or give --profile and --msp-dir)"
+        )
         raise typer.Exit(2)
+    container = _container(settings)
     try:
-        loaded = load_connection_profile(profile)
-        endpoint = loaded.endpoint(peer)
-        if msp_dir is None:
-            users = sorted(Path(profile).resolve().parent.glob("users/User1@*/msp"))
-            if not users:
-                raise FileNotFoundError("no users/User1@*/msp beside the profile; give --msp-dir")
-            msp_dir = str(users[0])
-        identity = SigningIdentity.from_msp_dir(loaded.msp_id, msp_dir)
+        container.fabric_access()
     except (OSError, ValueError) as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
-    return endpoint, identity
+    return container
 
 
 @app.command()
@@ -417,11 +408,10 @@ def watcher(
 
     Runs until SIGTERM or Ctrl-C, then prints its counters as JSON.
     """
-    from saga.fabric import AsyncGatewayClient
     from saga.watcher import WatcherConfig, run_watcher
 
-    settings = _settings(db)
-    endpoint, identity = _fabric_access(profile, msp_dir, peer)
+    settings = _settings(db, fabric_profile=profile, fabric_msp_dir=msp_dir, fabric_peer=peer)
+    container = _ledger_container(settings)
     try:
         config = WatcherConfig(
             max_in_flight=max_in_flight,
@@ -434,11 +424,10 @@ def watcher(
     except ValueError as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
-    container = _container(settings)
     container.configure_logging()
     stats = run_watcher(
         container.uow_factory,
-        lambda: AsyncGatewayClient.connect(endpoint, identity, max_in_flight=max_in_flight),
+        container.commit_client_factory(max_in_flight),
         _stop_event(),
         config,
     )
@@ -475,11 +464,10 @@ def audit(
     msp_dir: MspDirOpt = None,
     peer: PeerOpt = None,
     channel: Annotated[
-        str, typer.Option(envvar="SAGA_FABRIC_CHANNEL", help="Channel to scan.")
-    ] = "mychannel",
+        str | None, typer.Option(help="Channel to scan (overrides SAGA_FABRIC_CHANNEL).")
+    ] = None,
     chaincode: Annotated[
-        str,
-        typer.Option(envvar="SAGA_FABRIC_CHAINCODE", help="Chaincode namespace of the records."),
+        str, typer.Option(help="Chaincode whose records are audited.")
     ] = "sagafacts",
     as_json: JsonOpt = False,
 ) -> None:
@@ -493,15 +481,20 @@ def audit(
 
     from saga.audit import audit as run_audit
     from saga.audit import scan_ledger
-    from saga.fabric import GatewayClient, GatewayError
+    from saga.fabric import GatewayError
 
     when = _parse_since(since)
-    settings = _settings(db)
-    endpoint, identity = _fabric_access(profile, msp_dir, peer)
-    container = _container(settings)
+    settings = _settings(
+        db,
+        fabric_profile=profile,
+        fabric_msp_dir=msp_dir,
+        fabric_peer=peer,
+        fabric_channel=channel,
+    )
+    container = _ledger_container(settings)
     try:
         with (
-            GatewayClient.connect(endpoint, identity) as client,
+            container.query_client() as client,
             Progress(
                 TextColumn("scanning blocks"),
                 BarColumn(),
@@ -514,7 +507,7 @@ def audit(
             task = bar.add_task("blocks", total=None)
             scan = scan_ledger(
                 client,
-                channel,
+                settings.fabric_channel,
                 chaincode,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )

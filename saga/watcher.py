@@ -310,6 +310,9 @@ class CommitWatcher:
                     self.stats.in_flight -= 1
             self._peer_backoff.reset()
             await self._settle(record, result)
+            # A poll that read the store before this commit still lists the txid;
+            # skipping it for a while spares a second CommitStatus call.
+            cool_for = max(10.0, 4 * self.config.poll_interval)
         except StatusUnknown as exc:
             cool_for = await self._unknown(record, exc, client)
         except Exception as exc:

@@ -83,10 +83,12 @@ def sagafacts_net(factory: Callable[..., Devnet], address: str, **overrides: Any
     )
 
 
+def msp_dir(net: Devnet, n: int = 1) -> Path:
+    return net.org_dir(n) / "users" / f"User1@{net.org(n)['domain']}" / "msp"
+
+
 def identity_of(net: Devnet, n: int = 1) -> SigningIdentity:
-    org = net.org(n)
-    msp = net.org_dir(n) / "users" / f"User1@{org['domain']}" / "msp"
-    return SigningIdentity.from_msp_dir(org["msp_id"], msp)
+    return SigningIdentity.from_msp_dir(net.org(n)["msp_id"], msp_dir(net, n))
 
 
 def gateway(net: Devnet, n: int = 1) -> GatewayClient:
@@ -244,6 +246,7 @@ class WatcherProcess:
             "SAGA_DATABASE_URL": db_url,
             "SAGA_LOG_FORMAT": "json",
             "SAGA_FABRIC_PROFILE": str(net.profile(1)),
+            "SAGA_FABRIC_MSP_DIR": str(msp_dir(net)),
         }
         self.log_path = log_path
         self._log = log_path.open("ab")
