@@ -230,8 +230,8 @@ def check_sagas(
         ]
         if twice:
             problems.append(f"{saga_id}: recorded as succeeded more than once: {twice}")
-        order = [s.name for s in v.steps]
-        if undone != sorted(undone, key=order.index, reverse=True):
+        order = {s.name: i for i, s in enumerate(v.steps)}
+        if undone != sorted(undone, key=lambda s: order.get(s or "", -1), reverse=True):
             problems.append(f"{saga_id}: compensations not in reverse order: {undone}")
         for needle in (reason_contains or {}).get(saga_id, ()):
             if needle not in (v.reason or ""):

@@ -60,9 +60,11 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[Any]
+) -> Generator[None, Any, None]:
     outcome = yield
-    report = outcome.get_result()
+    report: pytest.TestReport = outcome.get_result()
     if report.when == "call" and report.failed:
         funcargs = getattr(item, "funcargs", {})
         processes = funcargs.get("procs")

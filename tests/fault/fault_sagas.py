@@ -121,7 +121,7 @@ def hooked(fn: Any, phase: Literal["do", "undo"]) -> Any:
             ctx.session.flush()
             if claim_marker(data.marker, {**detail, "hook": "in_transaction"}):
                 _hang()
-        return result  # type: ignore[no-any-return]
+        return result
 
     action.__name__ = getattr(fn, "__name__", "action")
     return action

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -47,14 +47,13 @@ def postgres_answers(url: str = ADMIN_URL) -> bool:
         return False
 
 
-def _wait(check: object, want: bool, timeout: float) -> bool:
-    assert callable(check)
+def _wait(check: Callable[[], bool], want: bool, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check() == want:
             return True
         time.sleep(0.5)
-    return check() == want  # type: ignore[no-any-return]
+    return check() == want
 
 
 # -- RabbitMQ ------------------------------------------------------------------

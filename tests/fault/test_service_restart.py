@@ -74,7 +74,10 @@ def _proxied(settings: Settings, service: str) -> Iterator[tuple[Settings, TcpPr
     ) as proxy:
         proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
         proxied = proxied.replace("amqp+x://", "amqp://", 1)
-        yield replace(settings, **{field: proxied}), proxy
+        if service == "rabbitmq":
+            yield replace(settings, broker_url=proxied), proxy
+        else:
+            yield replace(settings, database_url=proxied), proxy
 
 
 @contextmanager
