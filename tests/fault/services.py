@@ -22,9 +22,14 @@ from tests.support.rabbitmq import AMQP_URL
 
 
 def _run(command: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, shell=True, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    try:
+        return subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        # Reported by the caller's check (does the server answer?), not raised here:
+        # a start command that hangs must not skip the wait that follows it.
+        return subprocess.CompletedProcess(command, -1, str(exc.stdout), f"timed out: {exc}")
 
 
 def rabbitmq_answers(url: str = AMQP_URL) -> bool:

@@ -160,6 +160,7 @@ def _flow(
 
 
 @pytest.mark.fault
+@pytest.mark.timeout(600)
 def test_rabbitmq_restarted_while_200_sagas_run(
     settings: Settings, engine: Engine, orch: Orchestrator, procs: Processes
 ) -> None:
@@ -167,6 +168,7 @@ def test_rabbitmq_restarted_while_200_sagas_run(
 
 
 @pytest.mark.fault
+@pytest.mark.timeout(600)
 def test_postgres_restarted_while_200_sagas_run(
     settings: Settings, engine: Engine, orch: Orchestrator, procs: Processes
 ) -> None:
