@@ -38,6 +38,7 @@ START_COMMAND = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) m
 
 # Every table the migrations create except alembic_version, children first.
 STORE_TABLES = (
+    "ledger_attempts",
     "saga_steps",
     "saga_history",
     "inbox",
