@@ -185,3 +185,33 @@ def test_a_wait_past_its_deadline_redrives_the_step_once_then_the_commit_does(
     assert ids == [first_id, commit_message_id(saga.txid)]
     assert stats.deadlines >= 3
     assert stats.redriven_deadline == 1 and stats.redriven_commit == 1
+
+
+def test_the_watcher_rides_out_a_peer_crash_and_reconnects(
+    net: Devnet,
+    engine: Engine,  # noqa: F811
+    uow_factory: SqlUnitOfWorkFactory,  # noqa: F811
+) -> None:
+    """Last in the module: it SIGKILLs the module's devnet (and starts it again)."""
+    channel = net.config["channel"]
+    net.set_faults(stall_commits=True)
+    client = gateway(net)
+    try:
+        sagas = prepared_sagas(uow_factory, client, channel, 10)
+    finally:
+        client.close()
+    config = WatcherConfig(poll_interval=0.2, backoff_initial=0.2, backoff_max=1.0)
+    watcher = InProcessWatcher(uow_factory, net, config)
+    try:
+        time.sleep(1.0)  # every wait on the wire
+        net.kill()
+        time.sleep(2.0)
+        # The envelopes were durably queued; the restarted devnet (faults reset)
+        # orders and commits them.
+        net.start()
+        wait_until(lambda: unsettled_count(engine) == 0, 60, "all settled after the crash")
+    finally:
+        stats = watcher.stop()
+    assert {m for m, _ in outbox_bodies(engine)} == {commit_message_id(s.txid) for s in sagas}
+    assert stats.peer_errors >= 1 and stats.reconnects >= 1
+    assert stats.settled == 10
