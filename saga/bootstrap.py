@@ -24,7 +24,13 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from saga.chain.executor import ChainSettings
-    from saga.fabric import AsyncGatewayClient, GatewayClient, GatewayEndpoint, SigningIdentity
+    from saga.fabric import (
+        AsyncGatewayClient,
+        Deadlines,
+        GatewayClient,
+        GatewayEndpoint,
+        SigningIdentity,
+    )
     from saga.ledger_port import Ledger
     from saga.ports import OutboxReader, Publisher, UnitOfWorkFactory
 
@@ -99,19 +105,21 @@ class Container:
             return self._ledger
 
     def _connect_ledger(self) -> Ledger:
-        from saga.fabric import Deadlines, GatewayClient, SigningIdentity, load_connection_profile
+        from saga.fabric import GatewayClient
+
+        endpoint, identity = self.fabric_access()
+        return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
+
+    def _deadlines(self) -> Deadlines:
+        from saga.fabric import Deadlines
 
         s = self.settings
-        profile = load_connection_profile(s.fabric_profile)
-        identity = SigningIdentity.from_msp_dir(s.fabric_msp_id or profile.msp_id, s.fabric_msp_dir)
-        deadlines = Deadlines(
+        return Deadlines(
             endorse=s.fabric_endorse_timeout,
             submit=s.fabric_submit_timeout,
             commit_status=s.fabric_status_timeout,
             evaluate=s.fabric_evaluate_timeout,
         )
-        endpoint = profile.endpoint(s.fabric_peer or None)
-        return GatewayClient.connect(endpoint, identity, deadlines=deadlines)
 
     def migrate(self) -> None:
         from saga.store import upgrade
@@ -160,7 +168,7 @@ class Container:
 
         return create_app(self.orchestrator(), self.settings)
 
-    # -- commit watcher and audit (saga.watcher, saga.audit) -------------------------------
+    # -- Fabric access, shared by workers, the commit watcher and the audit --------------
 
     def fabric_access(self) -> tuple[GatewayEndpoint, SigningIdentity]:
         """The Gateway peer and client identity the SAGA_FABRIC_* settings name."""
@@ -180,8 +188,7 @@ class Container:
 
     def query_client(self) -> GatewayClient:
         """A blocking client for qscc block reads (audit); the caller closes it."""
-        from saga.fabric import Deadlines, GatewayClient
+        from saga.fabric import GatewayClient
 
         endpoint, identity = self.fabric_access()
-        deadlines = Deadlines(evaluate=self.settings.fabric_evaluate_timeout)
-        return GatewayClient.connect(endpoint, identity, deadlines=deadlines)
+        return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
