@@ -41,6 +41,7 @@ from saga.broker.topology import Topology
 from saga.config import Settings
 from saga.core.errors import SagaError
 from saga.core.step_message import MalformedMessage, StepMessage
+from saga.failpoints import failpoint
 from saga.ports import StoreUnavailable
 from workers.dead_letter import publish_dead_letter, task_body
 
@@ -209,6 +210,7 @@ def _run_step(app: SagaCelery, task: Task, args: tuple[Any, ...], kwargs: dict[s
             return _retry_later(task, publish_error)
         return "dead-lettered"
     value = getattr(outcome, "value", outcome)
+    failpoint("worker.before_ack", message.step, message.phase, value)
     log.info(
         "step message handled",
         extra={

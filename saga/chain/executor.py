@@ -73,6 +73,7 @@ from saga.core.messages import (
 )
 from saga.core.retry import error_names
 from saga.core.step_message import Phase, StepMessage
+from saga.failpoints import failpoint
 from saga.ledger_port import EndorseFailed, Ledger, LedgerError, PreparedTx, StatusUnknown
 from saga.ports import LedgerAttemptRecord, SagaRecord, StoreUnavailable, UnitOfWork
 
@@ -287,6 +288,7 @@ class ChainStepExecutor:
         txid: str,
         how: str,
     ) -> str:
+        failpoint("chain.before_done", message.step, message.phase)
         with self._uow() as uow:
             early = self._check(uow, message, verified)
             if isinstance(early, str):
@@ -437,7 +439,9 @@ class ChainStepExecutor:
                     worker=self.settings.worker,
                 )
             )
+            failpoint("chain.before_prepared_commit", message.step, message.phase)
             uow.commit()
+        failpoint("chain.after_prepared", message.step, message.phase)
         return self._submit_new(ledger, message, verified, prepared)
 
     def _submit_new(
@@ -453,6 +457,7 @@ class ChainStepExecutor:
                 extra={"saga_id": message.saga_id, "txid": prepared.txid, "error": str(exc)},
             )
             return self._pending(message, verified, [])
+        failpoint("chain.after_submit", message.step, message.phase)
         return self._pending(message, verified, [prepared.txid])
 
     def _pending(self, message: StepMessage, verified: _Verified, submitted: list[str]) -> str:
