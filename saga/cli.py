@@ -299,6 +299,14 @@ def demo(
     broker: BrokerOpt = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+    ledger: Annotated[
+        bool,
+        typer.Option(
+            "--ledger",
+            help="Record each payment on a ledger too (the v2 saga): the one SAGA_FABRIC_* "
+            "names, or a devnet and chaincode this command starts in .saga-demo/.",
+        ),
+    ] = False,
 ) -> None:
     """Run the order-payment example end to end: relay and workers in this command.
 
@@ -309,7 +317,7 @@ def demo(
     from saga.demo import run_demo
 
     settings = _settings(db, broker, worker_concurrency=workers)
-    summary = run_demo(settings, sagas=sagas, timeout=timeout, console=console)
+    summary = run_demo(settings, sagas=sagas, timeout=timeout, console=console, ledger=ledger)
     table = Table("sagas", "completed", "compensated", "failed", "unfinished", "seconds", "sagas/s")
     table.add_row(
         str(summary.total),
@@ -321,6 +329,12 @@ def demo(
         f"{summary.rate:.1f}",
     )
     out.print(table)
+    if summary.audit is not None:
+        report = summary.audit
+        out.print(
+            f"ledger: {report.ledger_transactions} transactions in {report.blocks} blocks; "
+            f"audit {'clean' if report.clean else report.counts()}"
+        )
     if not summary.ok:
         console.print(f"[red]demo did not finish as expected:[/] {summary.problem}")
         raise typer.Exit(1)

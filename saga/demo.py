@@ -15,7 +15,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,7 +27,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from saga.bootstrap import Container
 from saga.config import PREFIX, Settings
 from saga.core.state import SagaStatus
+from saga.demo_ledger import local_ledger
 from saga.examples.order_payment import NAME
+
+if TYPE_CHECKING:
+    from saga.audit import AuditReport
 
 # One in twenty of each failure kind; the rest are plain payments.
 _SCENARIOS = ("decline_payment", "reject_order", "flaky_notify")
@@ -43,6 +51,8 @@ class DemoSummary:
     seconds: float
     expected_completed: int
     expected_compensated: int
+    # With a ledger: the audit of this run (database against ledger).
+    audit: AuditReport | None = None
 
     @property
     def rate(self) -> float:
@@ -50,6 +60,8 @@ class DemoSummary:
 
     @property
     def problem(self) -> str | None:
+        if self.audit is not None and not self.audit.clean:
+            return f"the audit found discrepancies: {self.audit.counts()} (run `saga audit`)"
         if self.unfinished:
             return f"{self.unfinished} sagas did not finish in time"
         if self.failed:
@@ -80,7 +92,37 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def run_demo(settings: Settings, *, sagas: int, timeout: float, console: Console) -> DemoSummary:
+def run_demo(
+    settings: Settings,
+    *,
+    sagas: int,
+    timeout: float,
+    console: Console,
+    ledger: bool = False,
+    ledger_dir: Path = Path(".saga-demo"),
+) -> DemoSummary:
+    """Run the demo; with `ledger`, the v2 saga records each payment on a ledger.
+
+    The ledger is the one SAGA_FABRIC_* names, or else a devnet and the sagafacts
+    chaincode started here (state kept in `ledger_dir`), followed by a watcher.
+    """
+    with ExitStack() as stack:
+        if ledger:
+            settings = replace(settings, definitions="saga.examples.order_payment_ledger")
+            if not settings.ledger_configured:
+                console.print(f"starting a devnet and the sagafacts chaincode in {ledger_dir}…")
+                fabric = stack.enter_context(local_ledger(ledger_dir))
+                settings = replace(
+                    settings,
+                    fabric_profile=fabric["fabric_profile"],
+                    fabric_msp_dir=fabric["fabric_msp_dir"],
+                )
+        return _run(settings, sagas=sagas, timeout=timeout, console=console, ledger=ledger)
+
+
+def _run(
+    settings: Settings, *, sagas: int, timeout: float, console: Console, ledger: bool
+) -> DemoSummary:
     container = Container(settings)
     console.print("migrating the schema…")
     container.migrate()
@@ -88,12 +130,16 @@ def run_demo(settings: Settings, *, sagas: int, timeout: float, console: Console
 
     stop = threading.Event()
     relay = threading.Thread(target=container.run_relay, args=(stop,), name="relay", daemon=True)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "saga", "worker", "--pool", "prefork"],
-        env=_worker_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    commands = [["worker", "--pool", "prefork"]] + ([["watcher"]] if ledger else [])
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "saga", *command],
+            env=_worker_env(settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for command in commands
+    ]
     run = uuid.uuid4().hex[:8]
     ids: list[str] = []
     expected = Counter[str]()
@@ -105,6 +151,7 @@ def run_demo(settings: Settings, *, sagas: int, timeout: float, console: Console
         console=console,
     )
     started = time.monotonic()
+    since = datetime.now(UTC)
     try:
         relay.start()
         with progress:
@@ -133,15 +180,19 @@ def run_demo(settings: Settings, *, sagas: int, timeout: float, console: Console
             )
     finally:
         stop.set()
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
         relay.join(timeout=10)
     seconds = time.monotonic() - started
     counts = Counter(statuses.values())
+    audit = _audit(container, since) if ledger else None
     return DemoSummary(
+        audit=audit,
         total=sagas,
         completed=counts[SagaStatus.COMPLETED],
         compensated=counts[SagaStatus.COMPENSATED],
@@ -177,3 +228,11 @@ def _wait(
         if open_ids:
             time.sleep(0.25)
     return statuses
+
+
+def _audit(container: Container, since: datetime) -> AuditReport:
+    from saga.audit import audit, scan_ledger
+
+    with container.query_client() as client:
+        scan = scan_ledger(client, container.settings.fabric_channel, "sagafacts")
+    return audit(container.uow_factory, container.registry, scan, since=since)

@@ -122,3 +122,26 @@ def test_demo_runs_on_postgres_and_rabbitmq_then_operator_commands(
     )
     assert proc.returncode == 1
     assert "only a failed saga can be resumed" in proc.stdout + proc.stderr
+
+
+def test_demo_with_ledger_records_each_payment_once_and_audits_clean(
+    pg_url: str, broker_settings: Settings, tmp_path: Path
+) -> None:
+    env = _clean_env()
+    env.update(
+        SAGA_DATABASE_URL=pg_url,
+        SAGA_BROKER_URL=broker_settings.broker_url,
+        SAGA_STEP_QUEUE=broker_settings.step_queue,
+        SAGA_DEAD_LETTER_QUEUE=broker_settings.dead_letter_queue,
+    )
+    out = _saga(["demo", "--ledger", "-n", "40", "--timeout", "240"], env, tmp_path, timeout=400)
+    row = [line for line in out.splitlines() if line.strip().startswith("│ 40")]
+    assert row, out
+    cells = [c.strip() for c in row[0].strip("│ ").split("│")]
+    assert cells[:5] == ["40", "36", "4", "0", "0"], out
+    # 38 payments (two were declined before the ledger step) and 2 reversals (the
+    # two rejected orders), each exactly once: the audit counts duplicates and
+    # steps without a VALID transaction, and the demo fails unless it is clean.
+    assert "ledger: 40 transactions" in out, out
+    assert "audit clean" in out, out
+    assert (tmp_path / ".saga-demo" / "devnet" / "ledger").is_dir()
