@@ -1,0 +1,73 @@
+"""The chain step crash-point matrix (issue 5): real PostgreSQL, RabbitMQ, devnet and
+sagafacts chaincode; real `saga relay`, `saga watcher` and `saga worker` processes.
+
+Every cell ends with each saga terminal, exactly one VALID ledger transaction per
+chain step that took effect (and one reversal for a compensated one; none for a
+step that never committed), and the audit clean (stack.py, `ChainStack.verify`).
+Each prints one `CELL ...` line with its counts and time (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fault.chain.conftest import MakeStack
+from tests.fault.chain.stack import REVERSED
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
+
+FAILPOINTS = (
+    "chain.before_prepared_commit",
+    "chain.after_prepared",
+    "chain.after_submit",
+    "chain.before_done",
+    "worker.before_ack",
+)
+
+
+def _aim(point: str, phase: str) -> str:
+    """The failpoint term that SIGKILLs the first worker reaching `point` for the ledger step."""
+    tags = f"@record_on_ledger@{phase}"
+    if point == "worker.before_ack":
+        # After the step's done-transaction, not after a "submitted" round.
+        tags += "@applied"
+    return f"{point}{tags}=once*kill"
+
+
+def test_baseline_no_fault(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    stack.relay()
+    stack.watcher()
+    stack.worker()
+    stack.worker()
+    expected = stack.enqueue(["none", "none", "reject_order"])
+    stack.verify(expected)
+
+
+@pytest.mark.parametrize("point", FAILPOINTS)
+def test_worker_killed(make_stack: MakeStack, point: str) -> None:
+    """SIGKILL at the point on the forward ledger transaction; a supervisor restarts it."""
+    stack = make_stack()
+    stack.relay()
+    stack.watcher()
+    for _ in range(2):
+        stack.worker(failpoints=_aim(point, "do"))
+    expected = stack.enqueue(["none", "reject_order"])
+    result = stack.verify(expected)
+    assert result.failpoint_hits == [point], result
+    assert result.worker_restarts >= 1
+
+
+@pytest.mark.parametrize("point", FAILPOINTS)
+def test_compensation_worker_killed(make_stack: MakeStack, point: str) -> None:
+    """reject_order fails the pivot after a VALID ledger step; SIGKILL at the point while
+    its reversal runs: exactly one reversing transaction."""
+    stack = make_stack()
+    stack.relay()
+    stack.watcher()
+    for _ in range(2):
+        stack.worker(failpoints=_aim(point, "undo"))
+    expected = stack.enqueue(["reject_order"], expect=REVERSED)
+    result = stack.verify(expected)
+    assert result.failpoint_hits == [point], result
+    assert result.worker_restarts >= 1
