@@ -36,7 +36,7 @@ from saga.core.messages import (
     StepSucceeded,
 )
 from saga.core.retry import error_names
-from saga.core.state import SagaState, StepStatus
+from saga.core.state import SagaState, SagaStatus, StepStatus
 from saga.core.step_message import MalformedMessage, Phase, StepMessage
 from saga.ledger_port import Ledger
 from saga.ports import (
@@ -344,6 +344,65 @@ class Orchestrator:
 
     def compensate(self, saga_id: str, *, actor: str, why: str) -> SagaState:
         return self._operator(saga_id, CompensateRequested(actor, why), actor)
+
+    def retry(self, saga_id: str, *, actor: str, why: str) -> StepMessage:
+        """Drive the current step (or compensation) attempt again now, through the worker.
+
+        The message names the attempt already in progress, so it takes the normal
+        path: a local step runs only if that attempt is still awaited, and a chain
+        step verifies its recorded transactions before anything is submitted.
+        """
+        with self._uow() as uow:
+            record = uow.sagas.get(saga_id, for_update=True)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            state = record.state
+            current = state.steps[state.current]
+            if state.status is SagaStatus.RUNNING and current.status is StepStatus.PENDING:
+                phase, attempt = Phase.DO, current.attempts
+            elif state.status is SagaStatus.COMPENSATING and current.status is StepStatus.DONE:
+                phase, attempt = Phase.UNDO, current.compensation_attempts
+            elif state.status is SagaStatus.FAILED:
+                raise OperatorActionRefused(
+                    "only a running or compensating saga can be retried; this one is failed "
+                    "(resume it to try again with a fresh budget, or compensate it)"
+                )
+            else:
+                raise OperatorActionRefused(
+                    f"only a running or compensating saga can be retried; this one is "
+                    f"{state.status}, nothing is left to run"
+                )
+            if attempt < 1:
+                raise OperatorActionRefused(f"step {current.name!r} has not started yet")
+            message = StepMessage(
+                message_id=self._new_id(),
+                saga_id=saga_id,
+                saga=state.name,
+                version=state.version,
+                step=current.name,
+                attempt=attempt,
+                phase=phase,
+            )
+            uow.outbox.add(OutboxMessage(message.message_id, saga_id, message.to_body()))
+            detail = {
+                "step": current.name,
+                "attempt": attempt,
+                "phase": str(phase),
+                "message_id": message.message_id,
+                "why": why,
+            }
+            self._note(uow, saga_id, "retry requested", detail, actor=actor)
+            uow.commit()
+            return message
+
+    def note(self, saga_id: str, kind: str, detail: dict[str, Any], *, actor: str) -> bool:
+        """Record an operator action on a saga's history; False if there is no such saga."""
+        with self._uow() as uow:
+            if uow.sagas.get(saga_id) is None:
+                return False
+            self._note(uow, saga_id, kind, detail, actor=actor)
+            uow.commit()
+            return True
 
     def _operator(self, saga_id: str, event: Event, actor: str) -> SagaState:
         with self._uow() as uow:
