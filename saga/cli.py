@@ -340,6 +340,43 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command()
+def up(
+    scale: Annotated[
+        list[str], typer.Option("--scale", help="NAME=COUNT, e.g. worker=3 (repeatable).")
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    without: Annotated[
+        list[str], typer.Option("--without", help="Leave this process out (repeatable).")
+    ] = [],  # noqa: B006
+    workdir: Annotated[
+        str, typer.Option("--dir", help="Working directory: logs, devnet state, API token.")
+    ] = ".saga-up",
+    process_file: Annotated[
+        str | None, typer.Option("--file", help="Process list (default compose/processes.toml).")
+    ] = None,
+) -> None:
+    """Run the whole process set locally (the commands compose runs), until Ctrl-C.
+
+    Without SAGA_FABRIC_PROFILE it starts a devnet and the sagafacts chaincode too.
+    """
+    from pathlib import Path
+
+    from saga.processes import PROCESS_FILE, ProcessFileError, ProcessSetError, parse_scale, run_up
+
+    try:
+        run_up(
+            workdir=Path(workdir),
+            scale=parse_scale(scale),
+            without=without,
+            process_file=Path(process_file) if process_file else PROCESS_FILE,
+            say=console.print,
+            stop=_stop_event(),
+        )
+    except (ValueError, ProcessFileError, ProcessSetError) as exc:
+        console.print(f"[red]saga up:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
 def _mount_devnet() -> None:
     try:
         from saga_devnet.cli import app as devnet_app
