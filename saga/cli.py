@@ -14,6 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from saga.commands import dlq as dlq_commands
+from saga.commands import inspect as inspect_commands
+from saga.commands import operator as operator_commands
 from saga.config import ConfigError, Settings
 
 app = typer.Typer(
@@ -165,131 +168,13 @@ def enqueue(
     out.print(result.saga_id)
 
 
-@app.command("list")
-def list_sagas(
-    status: Annotated[str | None, typer.Option(help="Only sagas in this state.")] = None,
-    name: Annotated[str | None, typer.Option(help="Only sagas of this name.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
-    db: DbOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """List sagas, newest first."""
-    container = _container(_settings(db))
-    with container.uow_factory() as uow:
-        records = uow.sagas.list(status=status, name=name, limit=limit)
-    rows = [
-        {
-            "id": r.saga_id,
-            "saga": f"{r.state.name} v{r.state.version}",
-            "status": str(r.state.status),
-            "step": r.state.steps[r.state.current].name,
-            "updated": r.updated_at.isoformat() if r.updated_at else None,
-            "reason": r.state.reason,
-        }
-        for r in records
-    ]
-    if as_json:
-        out.print_json(data=rows)
-        return
-    table = Table("id", "saga", "status", "step", "updated", "reason")
-    for row in rows:
-        table.add_row(
-            *(str(row[k] or "") for k in ("id", "saga", "status", "step", "updated", "reason"))
-        )
-    out.print(table)
-
-
-@app.command()
-def show(
-    saga_id: Annotated[str, typer.Argument(help="Saga id.")],
-    db: DbOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Show one saga: its steps with attempts and errors, and its history."""
-    from saga.orchestrator import SagaNotFound
-
-    container = _container(_settings(db))
-    try:
-        record, history = container.orchestrator().get(saga_id)
-    except SagaNotFound as exc:
-        console.print(f"[red]{exc}[/] (list sagas with `saga list`)")
-        raise typer.Exit(1) from None
-    state = record.state
-    if as_json:
-        out.print_json(
-            data={
-                "id": state.saga_id,
-                "saga": state.name,
-                "version": state.version,
-                "status": str(state.status),
-                "reason": state.reason,
-                "input": record.input,
-                "data": record.data,
-                "steps": [
-                    {
-                        "name": s.name,
-                        "status": str(s.status),
-                        "attempts": s.attempts,
-                        "compensation_attempts": s.compensation_attempts,
-                        "last_error": s.last_error,
-                    }
-                    for s in state.steps
-                ],
-                "history": [
-                    {"at": h.at.isoformat(), "kind": h.kind, "detail": h.detail, "actor": h.actor}
-                    for h in history
-                ],
-            }
-        )
-        return
-    out.print(f"[bold]{state.saga_id}[/] {state.name} v{state.version}: [bold]{state.status}[/]")
-    if state.reason:
-        out.print(f"reason: {state.reason}")
-    steps = Table("step", "status", "attempts", "undo attempts", "last error")
-    for s in state.steps:
-        steps.add_row(
-            s.name, str(s.status), str(s.attempts), str(s.compensation_attempts), s.last_error or ""
-        )
-    out.print(steps)
-    hist = Table("at", "event", "detail", "actor")
-    for h in history:
-        hist.add_row(
-            h.at.isoformat(timespec="seconds"), h.kind, json.dumps(h.detail), h.actor or ""
-        )
-    out.print(hist)
-
-
-def _operator_action(kind: str, saga_id: str, why: str, actor: str | None, db: str | None) -> None:
-    import getpass
-
-    from saga.orchestrator import OperatorActionRefused, SagaNotFound
-
-    container = _container(_settings(db))
-    who = actor or getpass.getuser()
-    orchestrator = container.orchestrator()
-    action = orchestrator.resume if kind == "resume" else orchestrator.compensate
-    try:
-        state = action(saga_id, actor=who, why=why)
-    except (SagaNotFound, OperatorActionRefused) as exc:
-        console.print(f"[red]refused:[/] {exc}")
-        raise typer.Exit(1) from None
-    out.print(f"{saga_id}: {state.status} (recorded: {kind} by {who}: {why})")
-
-
-WhyOpt = Annotated[str, typer.Option("--why", help="Why (recorded on the saga).")]
-ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who (default: login name).")]
-
-
-@app.command()
-def resume(saga_id: str, why: WhyOpt, actor: ActorOpt = None, db: DbOpt = None) -> None:
-    """Retry the failed step or compensation of a FAILED saga, with a fresh budget."""
-    _operator_action("resume", saga_id, why, actor, db)
-
-
-@app.command()
-def compensate(saga_id: str, why: WhyOpt, actor: ActorOpt = None, db: DbOpt = None) -> None:
-    """Abandon a saga that has not passed its pivot and undo its completed steps."""
-    _operator_action("compensate", saga_id, why, actor, db)
+# Operator commands live in saga.commands, one module per group.
+app.command("list")(inspect_commands.list_sagas)
+app.command()(inspect_commands.show)
+app.command()(operator_commands.retry)
+app.command()(operator_commands.resume)
+app.command()(operator_commands.compensate)
+app.add_typer(dlq_commands.app, name="dlq")
 
 
 @app.command()

@@ -1,0 +1,4 @@
+"""Operator commands of the `saga` CLI, one module per group; saga.cli mounts them.
+
+Exit codes everywhere: 0 done, 1 refused or not found, 2 usage or configuration.
+"""
