@@ -24,7 +24,7 @@ MakeStack = Callable[..., ChainStack]
 
 
 @pytest.fixture
-def net(sagafacts_net: LedgerNet) -> Iterator[LedgerNet]:  # noqa: F811
+def net(sagafacts_net: LedgerNet) -> Iterator[LedgerNet]:
     """The module's devnet, running and with no fault armed, before and after the cell."""
     devnet = sagafacts_net.devnet
     if devnet.proc is None or devnet.proc.poll() is not None:

@@ -43,8 +43,8 @@ from saga.audit import AuditReport, LedgerScan, audit, scan_ledger
 from saga.config import Settings
 from saga.core.definitions import chain_key
 from saga.examples.order_payment import NAME
-from saga.failpoints import MARKERS_ENV, hits
 from saga.fabric import GatewayClient
+from saga.failpoints import MARKERS_ENV, hits
 from saga.ledger_port import VALID
 from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
