@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from saga.config import ConfigError, Settings
 
@@ -55,6 +56,17 @@ def fail(code: int, message: str, hint: str | None = None) -> NoReturn:
     if hint:
         console.print(f"  {hint}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def table(*columns: str, ids: tuple[str, ...] = (), **options: Any) -> Table:
+    """A table whose id columns never wrap: an id is copied into the next command."""
+    t = Table(**options)
+    for name in columns:
+        if name in ids:
+            t.add_column(name, no_wrap=True, min_width=36)
+        else:
+            t.add_column(name)
+    return t
 
 
 def print_json(data: Any) -> None:

@@ -33,6 +33,7 @@ from saga.commands._common import (
     print_json,
     require_why,
     settings,
+    table,
 )
 from saga.config import Settings
 
@@ -96,12 +97,11 @@ def list_messages(
     if as_json:
         print_json(rows[:limit])
         return
-    table = Table(
-        "#", "message id", "saga id", "step", "reason", "error", "at", "worker", "replays"
-    )
+    columns = ("#", "message id", "saga id", "step", "reason", "error", "at", "worker", "replays")
+    rows_table = table(*columns, ids=("message id", "saga id"))
     for r in rows[:limit]:
         step = f"{r['step']}{'/undo' if r['phase'] == 'undo' else ''} #{r['attempt']}"
-        table.add_row(
+        rows_table.add_row(
             str(r["position"]),
             r["message_id"] or "",
             r["saga_id"] or "",
@@ -112,7 +112,7 @@ def list_messages(
             r["worker"] or "",
             str(r["replays"] or ""),
         )
-    out.print(table)
+    out.print(rows_table)
     shown = f" (showing {limit})" if len(rows) > limit else ""
     out.print(f"{len(rows)} message(s) in {s.dead_letter_queue}{shown}", highlight=False)
 
@@ -141,7 +141,7 @@ def show(
     if as_json:
         print_json(details)
         return
-    table = Table("field", "value", show_header=False)
+    fields = Table("field", "value", show_header=False)
     for key in (
         "position",
         "message_id",
@@ -159,8 +159,8 @@ def show(
         "replays",
         "body_bytes",
     ):
-        table.add_row(key, "" if details[key] is None else str(details[key]))
-    out.print(table)
+        fields.add_row(key, "" if details[key] is None else str(details[key]))
+    out.print(fields)
     out.print("[bold]properties[/]")
     out.print_json(data=details["properties"], default=str)
     out.print("[bold]headers[/]")

@@ -20,6 +20,7 @@ from saga.commands._common import (
     parse_cutoff,
     print_json,
     settings,
+    table,
 )
 from saga.core.state import SagaStatus
 from saga.ports import HistoryEntry, LedgerAttemptRecord, SagaRecord
@@ -54,9 +55,9 @@ def list_sagas(
     if as_json:
         print_json(rows)
         return
-    table = Table("id", "saga", "status", "step", "attempt", "idle", "reason")
+    rows_table = table("id", "saga", "status", "step", "attempt", "idle", "reason", ids=("id",))
     for row in rows:
-        table.add_row(
+        rows_table.add_row(
             row["id"],
             row["saga"],
             row["status"],
@@ -65,7 +66,7 @@ def list_sagas(
             row["idle"],
             row["reason"] or "",
         )
-    out.print(table)
+    out.print(rows_table)
     if not rows:
         out.print("no sagas match")
 
@@ -203,11 +204,12 @@ def _saga_json(
 def _print_saga(data: dict[str, Any]) -> None:
     out.print(
         f"[bold]{data['id']}[/] {data['saga']} v{data['version']}: [bold]{data['status']}[/]"
-        f"  (created {data['created']}, last progress {data['updated']})",
+        f"  (created {_short(data['created'])}, last progress {_short(data['updated'])})",
         highlight=False,
+        soft_wrap=True,
     )
     if data["reason"]:
-        out.print(f"reason: {data['reason']}", highlight=False)
+        out.print(f"reason: {data['reason']}", highlight=False, soft_wrap=True)
     steps = Table("", "step", "kind", "status", "attempts", "failures", "undo", "last error")
     for s in data["steps"]:
         steps.add_row(
@@ -224,42 +226,42 @@ def _print_saga(data: dict[str, Any]) -> None:
     for s in data["steps"]:
         if not s["ledger_attempts"]:
             continue
-        txs = Table(
-            "txid",
-            "purpose",
-            "state",
-            "code",
-            "block",
-            "worker",
-            "prepared",
-            "submitted",
-            "committed",
-            title=f"ledger transactions of {s['name']}",
-        )
-        for a in s["ledger_attempts"]:
-            code = "" if a["code"] is None else f"{a['code_name']} ({a['code']})"
-            txs.add_row(
-                a["txid"],
-                a["purpose"],
-                a["state"],
-                code,
-                "" if a["block"] is None else str(a["block"]),
-                a["worker"] or "",
-                _short(a["created"]),
-                _short(a["submitted"]),
-                _short(a["committed"]),
+        # Lines, not a table: a txid is 64 characters and must stay whole to be copied.
+        out.print(f"[bold]ledger transactions of {s['name']}[/]")
+        for n, a in enumerate(s["ledger_attempts"], 1):
+            code = "" if a["code"] is None else f" {a['code_name']} ({a['code']})"
+            block = "" if a["block"] is None else f" block {a['block']}"
+            out.print(
+                f"  {n}. {a['txid']} {a['purpose']} {a['state']}{code}{block}",
+                highlight=False,
+                soft_wrap=True,
             )
-        out.print(txs)
-    hist = Table("at", "event", "step", "attempt", "actor", "why / detail", title="history")
+            out.print(
+                f"     worker {a['worker'] or '?'}  prepared {_short(a['created'])}  "
+                f"submitted {_short(a['submitted']) or '-'}  "
+                f"committed {_short(a['committed']) or '-'}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    # One line per event, never wrapped: greppable, and a why stays readable.
+    out.print("[bold]history[/]")
     for h in data["history"]:
         detail = dict(h["detail"]) if isinstance(h["detail"], dict) else {"detail": h["detail"]}
-        step = str(detail.pop("step", "") or "")
-        attempt = str(detail.pop("attempt", "") or "")
+        step = detail.pop("step", None)
+        attempt = detail.pop("attempt", None)
         why = detail.pop("why", None)
+        where = f" {step}" if step else ""
+        where += f" #{attempt}" if attempt else ""
+        who = f" by {h['actor']}" if h["actor"] else ""
+        because = f": {why}" if why else ""
         rest = ", ".join(f"{k}={v}" for k, v in detail.items() if v is not None)
-        text = " | ".join(t for t in (why, rest) if t)
-        hist.add_row(_short(h["at"]), h["kind"], step, attempt, h["actor"] or "", text)
-    out.print(hist)
+        rest = f"  ({rest})" if rest else ""
+        out.print(
+            f"  {_short(h['at'])}  {h['kind']}{where}{who}{because}{rest}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 def _short(value: str | None) -> str:
