@@ -107,9 +107,13 @@ def worker(
             help="Celery node name (default: saga-<pid>@<host>, unique per process).",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus endpoint port (overrides SAGA_METRICS_PORT; 0: none)."),
+    ] = None,
 ) -> None:
     """Run a Celery worker that executes saga steps (scale by running more)."""
-    settings = _settings(db, broker, worker_concurrency=concurrency)
+    settings = _settings(db, broker, worker_concurrency=concurrency, metrics_port=metrics_port)
     container = _container(settings)
     container.configure_logging()
     container.run_worker(pool=pool, hostname=hostname or default_node_name())
@@ -262,6 +266,51 @@ def up(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def beat(db: DbOpt = None, broker: BrokerOpt = None) -> None:
+    """Run Celery beat: publishes the stuck-saga sweep every SAGA_SWEEP_INTERVAL seconds.
+
+    Workers run the sweep; run one beat per deployment.
+    """
+    from workers.beat import run_beat
+
+    settings = _settings(db, broker)
+    _container(settings).configure_logging()
+    run_beat(settings)
+
+
+@app.command()
+def sweep(
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+    saga_id: Annotated[
+        str | None,
+        typer.Option("--saga", help="Only this saga (re-driven if it is due, whatever the rest)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sweep once now: re-drive stuck sagas through the verify path, mark hopeless ones.
+
+    The same pass beat schedules; safe beside it. Prints what it did.
+    """
+    from saga.sweeper import build_sweeper
+
+    settings = _settings(db, broker)
+    container = _container(settings)
+    report = build_sweeper(container).sweep(saga_id=saga_id)
+    data = report.as_dict()
+    if as_json:
+        out.print_json(data=data)
+        return
+    table = Table("sweep", "count", "sagas / txids")
+    for key, value in data.items():
+        if isinstance(value, list):
+            table.add_row(key.replace("_", " "), str(len(value)), " ".join(value[:10]))
+        elif value is not None:
+            table.add_row(key.replace("_", " "), str(value), "")
+    out.print(table)
+
+
 def _mount_devnet() -> None:
     try:
         from saga_devnet.cli import app as devnet_app
@@ -356,6 +405,7 @@ def watcher(
             redrive_interval=redrive_interval,
             status_interval=status_interval,
             db_threads=max(1, min(4, settings.db_pool_size)),
+            metrics_port=settings.metrics_port,
         )
     except ValueError as exc:
         console.print(f"[red]configuration error:[/] {exc}")

@@ -51,8 +51,29 @@ class Settings:
     # Logs: "json" or "console"; level name.
     log_format: str = "json"
     log_level: str = "INFO"
-    # Port for the Prometheus endpoint of relay and workers (0 = off).
+    # Port for the Prometheus endpoint of relay, workers and watcher (0 = off);
+    # each process on one host needs its own. The API serves GET /metrics instead.
     metrics_port: int = 0
+    # Deadline of the broker question (DLQ depth) asked at each API scrape.
+    metrics_timeout: float = 2.0
+    # Stuck-saga sweeper (`saga beat` runs it every sweep_interval seconds; `saga
+    # sweep` once). A running or compensating saga with no progress for its current
+    # step's timeout plus sweep_grace is re-driven through the verify path, at most
+    # once per sweep_redrive_interval; after sweep_max_redrives re-drives without
+    # progress it is marked for an operator (status failed, reason "stuck: ...").
+    sweep_interval: float = 60.0
+    sweep_grace: float = 120.0
+    sweep_redrive_interval: float = 300.0
+    sweep_max_redrives: int = 3
+    sweep_batch_size: int = 500
+    # No saga is marked stuck while the step queue holds more than this many
+    # messages (a backlog, not a stuck saga) or its depth cannot be read.
+    sweep_max_backlog: int = 10_000
+    # An unsettled ledger attempt of a terminal saga older than this is asked about
+    # once more, then given up with a record (the watcher stops following it).
+    sweep_abandon_after: float = 3600.0
+    # Celery beat's schedule state file ("" = one in the temporary directory).
+    beat_schedule_file: str = ""
     # Fabric ledger for chain steps. Unset profile = no ledger: a chain step is
     # then refused with a message naming these settings. The connection profile
     # (connection-org1.json, test-network shape) gives the Gateway peer and TLS CA.
@@ -123,6 +144,11 @@ class Settings:
             self.fabric_status_timeout,
             self.fabric_evaluate_timeout,
         )
+        if self.sweep_interval <= 0 or self.sweep_max_redrives < 1 or self.sweep_batch_size < 1:
+            raise ConfigError(
+                "SAGA_SWEEP_INTERVAL must be positive, SAGA_SWEEP_MAX_REDRIVES and "
+                "SAGA_SWEEP_BATCH_SIZE at least 1"
+            )
         if min(timeouts) <= 0 or self.chain_recheck_delay < 0:
             raise ConfigError(
                 "SAGA_FABRIC_*_TIMEOUT must be positive, SAGA_CHAIN_RECHECK_DELAY >= 0"

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from saga import metrics
 from saga.chain.executor import ChainSettings, ChainStepExecutor
 from saga.core.chain import VALID, AttemptState
 from saga.core.definitions import Purpose, Registry, SagaDefinition, StepContext, StepKind
@@ -140,6 +141,10 @@ class Orchestrator:
         self._transient: tuple[type[BaseException], ...] = (StoreUnavailable, *transient_errors)
         self.chain = ChainStepExecutor(uow_factory, ledger, self, chain_settings)
 
+    @property
+    def uow_factory(self) -> UnitOfWorkFactory:
+        return self._uow
+
     # -- starting ---------------------------------------------------------------
 
     def validate(self, saga: str, payload: object) -> tuple[SagaDefinition, BaseModel]:
@@ -194,6 +199,7 @@ class Orchestrator:
                 raise
             return Enqueued(existing, created=False)
         log.info("saga started", extra={"saga_id": saga_id, "saga": saga})
+        metrics.enqueued(definition.name)
         return Enqueued(saga_id, created=True)
 
     def _find_by_key(self, key: str, digest: str) -> str | None:
@@ -245,10 +251,12 @@ class Orchestrator:
                 )
                 return Outcome.STALE
             if step.kind is not StepKind.CHAIN:
-                return self._run_local(uow, message, record, definition)
+                with metrics.step_timer("local", message.phase):
+                    return self._run_local(uow, message, record, definition)
         # Outside any transaction: a chain step's ledger calls must not hold the
         # saga's row lock (the executor takes it again for each write).
-        return Outcome(self.chain.run(message, definition, step))
+        with metrics.step_timer("chain", message.phase):
+            return Outcome(self.chain.run(message, definition, step))
 
     def _run_local(
         self, uow: UnitOfWork, message: StepMessage, record: SagaRecord, definition: SagaDefinition
@@ -308,6 +316,7 @@ class Orchestrator:
         self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
         if t.state.status != state.status:
             self._note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
+        metrics.event_applied(state, t.state, event)
 
     def recheck(self, uow: UnitOfWork, message: StepMessage, delay: float) -> None:
         """A new message for the same step and attempt: the chain step is verified again."""

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
+from saga import metrics
 from saga.config import Settings
 from saga.ports import OutboxReader, PendingMessage, Publisher
 
@@ -82,6 +83,7 @@ def run_relay(
     """
     backoff = backoff or Backoff()
     stats = RelayStats()
+    server = metrics.serve(settings.metrics_port, "relay")
     batch_size = settings.relay_batch_size
     log.info(
         "relay started",
@@ -93,6 +95,7 @@ def run_relay(
                 count = _relay_once(reader, publisher, batch_size, after_publish)
             except Exception as exc:
                 stats.failures += 1
+                metrics.relay_failure()
                 delay = backoff.next()
                 log.warning(
                     "relay batch failed; rows stay unpublished and are retried",
@@ -111,6 +114,7 @@ def run_relay(
             if count:
                 stats.batches += 1
                 stats.published += count
+                metrics.relay_batch(count)
                 log.debug("batch published", extra={"count": count})
             # A full batch means more rows are probably waiting: go again at once.
             if count < batch_size:
@@ -120,6 +124,8 @@ def run_relay(
             publisher.close()
         except Exception:
             log.warning("closing the publisher failed", exc_info=True)
+        if server is not None:
+            server.shutdown()
         log.info(
             "relay stopped",
             extra={"published": stats.published, "batches": stats.batches},

@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from saga import metrics
 from saga.core.machine import awaits
 from saga.core.messages import Command, RunCompensation, RunStep
 from saga.core.state import SagaState
@@ -115,6 +116,8 @@ class WatcherConfig:
     # Backoff on peer and database outages.
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
+    # Prometheus endpoint of this process (0: none).
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1 or self.max_tracked < 1 or self.db_threads < 1:
@@ -229,6 +232,7 @@ class CommitWatcher:
             },
         )
         last_status = time.monotonic()
+        server = metrics.serve(cfg.metrics_port, "watcher", metrics.watcher_collector(self.stats))
         try:
             await self._open_client()
             while not stop.is_set():
@@ -258,6 +262,8 @@ class CommitWatcher:
                     await _wait(stop, pause, self._wake)
         finally:
             await self._shutdown()
+            if server is not None:
+                server.shutdown()
         return self.stats
 
     async def _poll(self) -> int:
@@ -344,6 +350,7 @@ class CommitWatcher:
             self.stats.already_settled += 1
             return
         self.stats.settled += 1
+        metrics.commit_seen(record, result.valid)
         if result.valid:
             self.stats.settled_valid += 1
         else:

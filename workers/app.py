@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from celery import Celery, Task, signals
 from celery.exceptions import Retry
 
+from saga import metrics
 from saga.broker import embedded
 from saga.broker.celery_message import STEP_TASK
 from saga.broker.publishers import is_amqp_url
@@ -43,6 +44,7 @@ from saga.core.errors import SagaError
 from saga.core.step_message import MalformedMessage, StepMessage
 from saga.failpoints import failpoint
 from saga.ports import StoreUnavailable
+from workers.beat import register_sweep_task
 from workers.dead_letter import publish_dead_letter, task_body
 
 log = logging.getLogger("saga.worker")
@@ -177,6 +179,9 @@ def create_celery_app(
             # The first task builds it again and treats a failure as transient.
             log.exception("building the orchestrator failed; retrying at the first task")
 
+    signals.worker_process_shutdown.connect(metrics.on_worker_process_shutdown, weak=False)
+    register_sweep_task(app)
+
     @app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None)
     def run_step(self: Task, *args: Any, **kwargs: Any) -> str:
         return _run_step(app, self, args, kwargs)
@@ -309,5 +314,6 @@ def run_worker(
     pool: str | None = None,
 ) -> None:
     """Run a worker in this process until it is told to stop (blocks)."""
-    app = create_celery_app(settings, orchestrator_factory, transient_errors=transient_errors)
-    app.worker_main(worker_argv(settings, hostname=hostname, pool=pool))
+    with metrics.worker_endpoint(settings.metrics_port):
+        app = create_celery_app(settings, orchestrator_factory, transient_errors=transient_errors)
+        app.worker_main(worker_argv(settings, hostname=hostname, pool=pool))

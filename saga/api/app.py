@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from saga import metrics
 from saga.api.limits import BodyRejected, PayloadLimits, parse_body, too_large
 from saga.api.schemas import (
     Enqueued,
@@ -391,5 +392,10 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
                 status_code=503,
             )
         return Health(status="ok", store="reachable")
+
+    # Behind the bearer token like every other route: the gauges name every saga
+    # type and its volumes; Prometheus sends the token (authorization.credentials_file).
+    scrape = metrics.ApiScrape(settings, orchestrator.uow_factory)
+    app.add_api_route("/metrics", scrape.response, methods=["GET"], include_in_schema=False)
 
     return app

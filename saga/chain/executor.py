@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from saga import metrics
 from saga.chain import sagafacts
 from saga.chain.errors import (
     ChaincodeRefused,
@@ -212,6 +213,7 @@ class ChainStepExecutor:
             except LedgerError as exc:
                 return self._fail(message, definition, verified, LedgerUnavailable(str(exc)))
             decision = decide(verified.core_attempts(), verified.answers, verified.key)
+        metrics.chain_decision(decision)
         log.info(
             "chain step verified",
             extra={
@@ -367,6 +369,7 @@ class ChainStepExecutor:
                 failure = exc
             else:
                 submitted.append(txid)
+        metrics.chain_transaction("resubmitted", len(submitted))
         oldest = min(
             (a.created_at for a in verified.attempts if a.txid in txids and a.created_at),
             default=None,
@@ -442,6 +445,7 @@ class ChainStepExecutor:
             failpoint("chain.before_prepared_commit", message.step, message.phase)
             uow.commit()
         failpoint("chain.after_prepared", message.step, message.phase)
+        metrics.chain_transaction("prepared")
         return self._submit_new(ledger, message, verified, prepared)
 
     def _submit_new(

@@ -1,0 +1,612 @@
+"""Prometheus metrics: what each process counts, and what is read at scrape time.
+
+Nothing is created at import: `prometheus_client` itself is imported on first
+use, because it picks its value storage (in memory, or one mmap file per
+process under PROMETHEUS_MULTIPROC_DIR) when it is imported, and a worker sets
+that directory at start, before its pool forks.
+
+Who exposes what:
+
+- workers (`saga worker --metrics-port`): step latency, results, retries,
+  compensations, chain decisions, in multiprocess mode (the pool children write,
+  the main process serves the sum);
+- relay and watcher (SAGA_METRICS_PORT, each on its own port): their counters,
+  the watcher's commit latency;
+- the API (`GET /metrics`): the store and broker gauges read at scrape time
+  (sagas by name and status, chain transactions in flight, outbox lag, DLQ
+  depth), once for the whole deployment rather than once per worker.
+
+Call sites use the small functions at the bottom (one line each); they never
+raise into the code they measure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.core import Metric
+
+    from saga.config import Settings
+    from saga.core.messages import Event
+    from saga.core.state import SagaState
+    from saga.ports import LedgerAttemptRecord, UnitOfWorkFactory
+
+log = logging.getLogger("saga.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Steps are database transactions (milliseconds) or ledger round trips (seconds).
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A block is cut every few seconds; a commit seen after minutes is an incident.
+COMMIT_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass
+class Instruments:
+    step_seconds: Histogram
+    steps_in_progress: Gauge
+    step_results: Counter
+    step_retries: Counter
+    compensations: Counter
+    sagas_finished: Counter
+    enqueued: Counter
+    chain_decisions: Counter
+    chain_transactions: Counter
+    commit_seconds: Histogram
+    relay_published: Counter
+    relay_batches: Counter
+    relay_failures: Counter
+    sweeper_redrives: Counter
+    sweeper_stuck: Counter
+    sweeper_attempts: Counter
+
+
+_lock = threading.Lock()
+_instruments: Instruments | None = None
+
+
+def instruments() -> Instruments:
+    """The process's metric objects, created (and registered) on first use."""
+    global _instruments
+    if _instruments is None:
+        with _lock:
+            if _instruments is None:
+                _instruments = _create()
+    return _instruments
+
+
+def _create() -> Instruments:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return Instruments(
+        step_seconds=Histogram(
+            "saga_step_duration_seconds",
+            "Time to handle one step message, by step kind and phase (do/undo)",
+            ["kind", "phase"],
+            buckets=STEP_BUCKETS,
+        ),
+        steps_in_progress=Gauge(
+            "saga_steps_in_progress",
+            "Step messages being handled now",
+            ["kind"],
+            multiprocess_mode="livesum",
+        ),
+        step_results=Counter(
+            "saga_step_results_total",
+            "Step and compensation outcomes recorded on sagas",
+            ["saga", "step", "phase", "result"],
+        ),
+        step_retries=Counter(
+            "saga_step_retries_total",
+            "Failed step or compensation attempts that were scheduled again",
+            ["saga", "step", "phase"],
+        ),
+        compensations=Counter(
+            "saga_compensations_total",
+            "Steps compensated (their compensation succeeded)",
+            ["saga", "step"],
+        ),
+        sagas_finished=Counter(
+            "saga_sagas_finished_total",
+            "Sagas that reached a terminal status",
+            ["saga", "status"],
+        ),
+        enqueued=Counter("saga_enqueued_total", "Sagas started", ["saga"]),
+        chain_decisions=Counter(
+            "saga_chain_verify_total",
+            "Verify passes of chain steps, by the decision taken",
+            ["decision"],
+        ),
+        chain_transactions=Counter(
+            "saga_chain_transactions_total",
+            "Ledger transactions prepared (new txid) or resubmitted (same envelope)",
+            ["event"],
+        ),
+        commit_seconds=Histogram(
+            "saga_chain_commit_latency_seconds",
+            "From submit (or prepare, if the submit was not recorded) to the commit the "
+            "watcher saw",
+            ["result"],
+            buckets=COMMIT_BUCKETS,
+        ),
+        relay_published=Counter(
+            "saga_relay_published_messages_total", "Outbox rows published with a confirm"
+        ),
+        relay_batches=Counter("saga_relay_batches_total", "Outbox batches published"),
+        relay_failures=Counter(
+            "saga_relay_failures_total", "Relay batches that failed (retried with backoff)"
+        ),
+        sweeper_redrives=Counter(
+            "saga_sweeper_redrives_total", "Stuck sagas re-driven through the verify path"
+        ),
+        sweeper_stuck=Counter(
+            "saga_sweeper_marked_stuck_total", "Sagas marked for an operator by the sweeper"
+        ),
+        sweeper_attempts=Counter(
+            "saga_sweeper_attempts_total",
+            "Unsettled ledger attempts of terminal sagas the sweeper settled or gave up",
+            ["result"],
+        ),
+    )
+
+
+# -- call sites: one line each, never raising --------------------------------------------
+
+
+@contextmanager
+def step_timer(kind: str, phase: object) -> Iterator[None]:
+    m = instruments()
+    m.steps_in_progress.labels(kind).inc()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        m.steps_in_progress.labels(kind).dec()
+        m.step_seconds.labels(kind, str(phase)).observe(time.perf_counter() - start)
+
+
+def event_applied(before: SagaState, after: SagaState, event: Event) -> None:
+    """Count what one accepted event did to a saga (called in the step's transaction,
+    so a rolled-back transaction may still be counted; counts are for rates, the
+    store is the record)."""
+    try:
+        _count_event(before, after, event)
+    except Exception:  # a metric must never fail a step
+        log.debug("counting an event failed", exc_info=True)
+
+
+def _count_event(before: SagaState, after: SagaState, event: Event) -> None:
+    from saga.core.messages import (
+        CompensationFailed,
+        CompensationSucceeded,
+        StepFailed,
+        StepSucceeded,
+    )
+
+    m = instruments()
+    name = before.name
+    if isinstance(event, StepSucceeded | StepFailed):
+        result = "succeeded" if isinstance(event, StepSucceeded) else "failed"
+        m.step_results.labels(name, event.step, "do", result).inc()
+        if isinstance(event, StepFailed):
+            i = before.step_index(event.step)
+            if after.steps[i].attempts > before.steps[i].attempts:
+                m.step_retries.labels(name, event.step, "do").inc()
+    elif isinstance(event, CompensationSucceeded | CompensationFailed):
+        result = "succeeded" if isinstance(event, CompensationSucceeded) else "failed"
+        m.step_results.labels(name, event.step, "undo", result).inc()
+        if isinstance(event, CompensationSucceeded):
+            m.compensations.labels(name, event.step).inc()
+        else:
+            i = before.step_index(event.step)
+            if after.steps[i].compensation_attempts > before.steps[i].compensation_attempts:
+                m.step_retries.labels(name, event.step, "undo").inc()
+    if after.status != before.status and after.status.terminal:
+        m.sagas_finished.labels(name, str(after.status)).inc()
+
+
+def enqueued(saga: str) -> None:
+    instruments().enqueued.labels(saga).inc()
+
+
+def chain_decision(decision: object) -> None:
+    instruments().chain_decisions.labels(type(decision).__name__).inc()
+
+
+def chain_transaction(event: str, count: int = 1) -> None:
+    if count:
+        instruments().chain_transactions.labels(event).inc(count)
+
+
+def commit_seen(record: LedgerAttemptRecord, valid: bool) -> None:
+    since = record.submitted_at or record.created_at
+    if since is None:
+        return
+    seconds = (datetime.now(UTC) - since).total_seconds()
+    instruments().commit_seconds.labels("valid" if valid else "invalid").observe(max(seconds, 0))
+
+
+def relay_batch(count: int) -> None:
+    m = instruments()
+    m.relay_batches.inc()
+    m.relay_published.inc(count)
+
+
+def relay_failure() -> None:
+    instruments().relay_failures.inc()
+
+
+# -- scrape-time gauges: store and broker ------------------------------------------------
+
+
+class StoreCollector:
+    """Reads the store (and the broker's DLQ depth) when Prometheus scrapes.
+
+    Three cheap queries: one GROUP BY over sagas (name, status), a count of
+    unsettled ledger attempts (a partial index holds only those), and the oldest
+    due unpublished outbox row (a partial index too). The DLQ depth is a passive
+    queue declare with a deadline; if the broker does not answer the gauge is
+    left out of this scrape rather than failing the whole scrape.
+    """
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        broker_url: str | None = None,
+        dead_letter_queue: str | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        self._uow = uow_factory
+        self._broker_url = broker_url
+        self._dlq = dead_letter_queue
+        self._timeout = timeout
+
+    def describe(self) -> list[Metric]:
+        # Describing by collecting would query the database at registration.
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("saga_store_up", "1 if the store answered this scrape")
+        try:
+            counts, unsettled, lag, unpublished = self._read_store()
+        except Exception as exc:
+            log.warning("metrics: reading the store failed", extra={"error": repr(exc)})
+            up.add_metric([], 0)
+            yield up
+        else:
+            up.add_metric([], 1)
+            yield up
+            sagas = GaugeMetricFamily(
+                "saga_sagas", "Sagas in the store by name and status", labels=["saga", "status"]
+            )
+            for (name, status), count in sorted(counts.items()):
+                sagas.add_metric([name, status], count)
+            yield sagas
+            flight = GaugeMetricFamily(
+                "saga_chain_transactions_in_flight",
+                "Ledger attempts not yet settled (commit code unknown), by state",
+                labels=["state"],
+            )
+            for state in ("prepared", "submitted"):
+                flight.add_metric([state], unsettled.get(state, 0))
+            yield flight
+            yield GaugeMetricFamily(
+                "saga_outbox_lag_seconds",
+                "Age of the oldest due, unpublished outbox row (0 when none waits)",
+                value=lag or 0.0,
+            )
+            yield GaugeMetricFamily(
+                "saga_outbox_unpublished", "Outbox rows not yet published", value=unpublished
+            )
+        if self._broker_url and self._dlq:
+            depth = queue_depth(self._broker_url, self._dlq, self._timeout)
+            if depth is not None:
+                yield GaugeMetricFamily(
+                    "saga_dead_letter_messages",
+                    "Messages waiting in the dead-letter queue",
+                    value=depth,
+                )
+
+    def _read_store(self) -> tuple[dict[tuple[str, str], int], dict[str, int], float | None, int]:
+        from sqlalchemy import func, select
+
+        from saga.store.outbox import SqlOutboxReader
+        from saga.store.tables import ledger_attempts, outbox
+
+        with self._uow() as uow:
+            counts = uow.sagas.count_by_status()
+            session = uow.session
+            rows = session.execute(
+                select(ledger_attempts.c.state, func.count())
+                .where(ledger_attempts.c.state != "committed")
+                .group_by(ledger_attempts.c.state)
+            )
+            unsettled = {str(state): int(n) for state, n in rows}
+            unpublished = int(
+                session.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+                ).scalar_one()
+            )
+            engine = session.get_bind()
+        lag = SqlOutboxReader(engine).oldest_unpublished_age()
+        return counts, unsettled, lag, unpublished
+
+
+def queue_depth(broker_url: str, queue: str, timeout: float) -> int | None:
+    """Messages in `queue`, or None if the broker does not answer within `timeout`.
+
+    In a thread of its own: a broker that accepts the connection and then says
+    nothing would otherwise hold the scrape past Prometheus' own deadline.
+    """
+    result: list[int] = []
+
+    def ask() -> None:
+        from kombu import Connection
+
+        from saga.broker import embedded
+
+        embedded.register()
+        try:
+            with Connection(broker_url, connect_timeout=timeout) as connection:
+                channel = connection.channel()
+                try:
+                    result.append(int(channel.queue_declare(queue, passive=True).message_count))
+                finally:
+                    channel.close()
+        except Exception as exc:
+            log.info("metrics: queue depth unknown", extra={"queue": queue, "error": repr(exc)})
+
+    thread = threading.Thread(target=ask, name="metrics-queue-depth", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else None
+
+
+# -- exposition ---------------------------------------------------------------------------
+
+
+def store_registry(settings: Settings, uow_factory: UnitOfWorkFactory) -> CollectorRegistry:
+    """A registry with this process's metrics and the store/broker gauges (for the API)."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    instruments()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Chain(REGISTRY))
+    registry.register(
+        StoreCollector(
+            uow_factory,
+            broker_url=settings.broker_url,
+            dead_letter_queue=settings.dead_letter_queue,
+            timeout=settings.metrics_timeout,
+        )
+    )
+    return registry
+
+
+class _Chain:
+    """Exposes another registry's metrics (the process-wide default one) in ours."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._inner.collect())
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def serve(port: int, role: str, *extra: Any, addr: str = "0.0.0.0") -> Any:
+    """Serve this process's metrics (plus `extra` collectors) on `port`; 0: nothing.
+
+    A port already in use is logged, not fatal: a relay or watcher that cannot
+    expose metrics must still do its work.
+    """
+    if not port:
+        return None
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+    instruments()
+    registry: Any = REGISTRY
+    if extra:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Chain(REGISTRY))
+        for collector in extra:
+            registry.register(collector)
+    try:
+        server, _ = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        log.error(
+            "metrics endpoint not started", extra={"role": role, "port": port, "error": str(exc)}
+        )
+        return None
+    log.info("metrics endpoint", extra={"role": role, "port": port})
+    return server
+
+
+# -- multiprocess mode (Celery prefork workers) ----------------------------------------------
+
+
+def prepare_multiprocess() -> tuple[Path, bool]:
+    """Make sure PROMETHEUS_MULTIPROC_DIR names a directory; call before anything counts.
+
+    Returns the directory and whether we created it (then we remove it at exit).
+    An operator-given directory is used as it is: give each `saga worker` its own
+    (counts of every process writing there are summed).
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="saga-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path, True
+
+
+def serve_multiprocess(port: int, directory: Path, addr: str = "0.0.0.0") -> Any:
+    """The worker main process's endpoint: the sum over every pool process's files."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_DeadPidSweep(directory))
+    MultiProcessCollector(registry, path=str(directory))
+    try:
+        server, _ = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        log.error(
+            "metrics endpoint not started",
+            extra={"role": "worker", "port": port, "error": str(exc)},
+        )
+        return None
+    log.info("metrics endpoint", extra={"role": "worker", "port": port, "dir": str(directory)})
+    return server
+
+
+def on_worker_process_shutdown(**kwargs: Any) -> None:
+    """Celery's worker_process_shutdown handler (runs in the exiting pool process)."""
+    process_exited(kwargs.get("pid"))
+
+
+def process_exited(pid: int | None = None) -> None:
+    """Drop a pool process's live gauges (its counters stay: totals must not drop)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid or os.getpid(), directory)
+
+
+class _DeadPidSweep:
+    """At each scrape, drops the live gauges of pool processes that died unannounced.
+
+    A child SIGKILLed mid-step never runs its shutdown hook; its +1 in
+    saga_steps_in_progress would otherwise stay in the sum forever.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        for path in self._dir.glob("gauge_live*_*.db"):
+            pid_text = path.stem.rsplit("_", 1)[-1]
+            if pid_text.isdigit() and not _alive(int(pid_text)):
+                process_exited(int(pid_text))
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_directory(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+WatcherStatsSource = Callable[[], dict[str, Any]]
+
+
+class StatsCollector:
+    """Exposes a process's own counters object (the watcher's) at scrape time."""
+
+    def __init__(self, prefix: str, source: WatcherStatsSource, gauges: Iterable[str]) -> None:
+        self._prefix = prefix
+        self._source = source
+        self._gauges = frozenset(gauges)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for name, value in sorted(self._source().items()):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            full = f"{self._prefix}_{name}"
+            if name in self._gauges:
+                yield GaugeMetricFamily(full, f"watcher {name}", value=value)
+            else:
+                yield CounterMetricFamily(full, f"watcher {name}", value=value)
+
+
+def watcher_collector(stats: Any) -> StatsCollector:
+    return StatsCollector(
+        "saga_watcher", stats.as_dict, ("in_flight", "tracked", "max_in_flight_seen", "elapsed")
+    )
+
+
+@contextmanager
+def worker_endpoint(port: int) -> Iterator[None]:
+    """Multiprocess metrics for a prefork worker, served by its main process; 0: none.
+
+    Entered before the pool forks, so every pool process writes its own files
+    into the directory the main process sums at each scrape.
+    """
+    if not port:
+        yield
+        return
+    directory, ours = prepare_multiprocess()
+    server = serve_multiprocess(port, directory)
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.shutdown()
+        if ours:
+            remove_directory(directory)
+
+
+class ApiScrape:
+    """GET /metrics of the API: its own metrics and the store/broker gauges.
+
+    The registry is built at the first scrape, not with the app.
+    """
+
+    def __init__(self, settings: Settings, uow_factory: UnitOfWorkFactory) -> None:
+        self._settings = settings
+        self._uow = uow_factory
+        self._registry: CollectorRegistry | None = None
+        self._lock = threading.Lock()
+
+    def response(self) -> Any:
+        from starlette.responses import Response
+
+        with self._lock:
+            if self._registry is None:
+                self._registry = store_registry(self._settings, self._uow)
+        body, content_type = render(self._registry)
+        return Response(body, media_type=content_type)
