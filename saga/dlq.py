@@ -60,8 +60,10 @@ from saga.config import Settings
 
 log = logging.getLogger("saga.dlq")
 
-# How many times `saga dlq replay` sent this message back; kept across a new
-# dead-lettering (the worker keeps every header but its own x-saga-dlq-*).
+# How many times `saga dlq replay` sent this message back. It survives a new
+# dead-lettering by the worker's consumer (which keeps every header but its own
+# x-saga-dlq-*); one dead-lettered from inside the task keeps only the task
+# headers, so there the count starts again.
 REPLAYS = "x-saga-replays"
 # Set by the broker on delivery from a quorum queue, never by a publisher.
 _BROKER_HEADERS = ("x-delivery-count",)
