@@ -478,9 +478,10 @@ def stuck_state(state: SagaState, why: str) -> SagaState:
 def candidates_query(cutoff: datetime, limit: int) -> Any:
     """Running/compensating sagas idle since before `cutoff`, with nothing in the outbox.
 
-    PostgreSQL plan (EXPLAIN on a table of 200k sagas, see tests/integration/
-    test_sweeper_store.py): an Index Scan on ix_sagas_status_updated_at per
-    status, and an anti-join probing ix_outbox_saga_id.
+    PostgreSQL plan (tests/integration/test_sweeper_store.py shows it): a bitmap
+    index scan on ix_sagas_status_updated_at for both statuses, so terminal sagas
+    are never read, and an anti-join against the saga's unpublished outbox rows
+    (ix_outbox_saga_id).
     """
     pending = exists().where(and_(outbox.c.saga_id == sagas.c.id, outbox.c.published_at.is_(None)))
     return (
