@@ -192,7 +192,7 @@ def test_the_candidate_query_is_index_backed(engine: Engine) -> None:
           ->  Sort  (Sort Key: sagas.updated_at)
                 ->  Nested Loop Anti Join
                       ->  Bitmap Heap Scan on sagas
-                            Recheck Cond: status = ANY ('{running,compensating}') AND updated_at < ...
+                            Recheck Cond: status = ANY (running, compensating) AND updated_at < t
                             ->  Bitmap Index Scan on ix_sagas_status_updated_at
                       ->  Seq Scan on outbox  Filter: (published_at IS NULL)
 
