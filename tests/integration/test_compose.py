@@ -1,4 +1,6 @@
-"""The compose deployment is a valid Compose file (checked without a container engine)."""
+"""The compose deployment is a valid Compose file (checked without a container engine
+by Debian's docker-compose), runs exactly the commands of compose/processes.toml,
+and refuses to start without its secrets."""
 
 from __future__ import annotations
 
@@ -6,17 +8,41 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
-COMPOSE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
+from saga.processes import PROCESS_FILE, load_processes
+
+COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
+BASE = COMPOSE_DIR / "docker-compose.yml"
+FABRIC = COMPOSE_DIR / "fabric.yml"
+SECRETS = {
+    "POSTGRES_PASSWORD": "p",
+    "RABBITMQ_PASSWORD": "r",
+    "SAGA_API_TOKEN": "t",
+    "FLOWER_BASIC_AUTH": "operator:f",
+}
+FABRIC_ENV = {
+    "FABRIC_PROFILE": "/srv/fabric/connection-org1.json",
+    "FABRIC_MSP_DIR": "/srv/fabric/User1@org1/msp",
+    "SAGA_FABRIC_CHANNEL": "payments",
+}
+# Services that do not run a process of the list: the backing services and a
+# compose-only step (the devnet's profile for the other containers).
+INFRA = {"postgres", "rabbitmq", "devnet-profile"}
+SAGA_PROCESSES = ("api", "relay", "worker", "watcher", "beat", "flower")
 
 
-def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _config(env: dict[str, str], *files: Path) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is not installed; scripts/test.sh installs it (apt)"
+    args = [binary]
+    for f in files or (BASE,):
+        args += ["-f", str(f)]
     return subprocess.run(
-        [binary, "-f", str(COMPOSE), "config"],
+        [*args, "config"],
         env={"PATH": os.environ["PATH"], **env},
         capture_output=True,
         text=True,
@@ -24,24 +50,110 @@ def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_compose_file_is_valid_and_wires_every_process() -> None:
-    result = _config({"POSTGRES_PASSWORD": "p", "RABBITMQ_PASSWORD": "r", "SAGA_API_TOKEN": "t"})
+def _services(env: dict[str, str], *files: Path) -> dict[str, Any]:
+    result = _config(env, *files)
     assert result.returncode == 0, result.stderr
-    config = yaml.safe_load(result.stdout)
-    services = config["services"]
-    assert {"postgres", "rabbitmq", "migrate", "api", "relay", "worker"} <= set(services)
-    for name in ("api", "relay", "worker"):
+    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    return services
+
+
+def test_every_process_of_the_list_is_a_service_with_its_command() -> None:
+    services = _services(SECRETS)
+    processes = {p.name: p for p in load_processes()}
+    assert set(services) == set(processes) | INFRA, f"{PROCESS_FILE} and {BASE} disagree"
+    for name, spec in processes.items():
+        assert services[name]["command"] == list(spec.command), name
+        # One image for every process of the orchestrator.
+        assert services[name]["image"] == "saga-orchestrator:latest", name
+
+
+def test_saga_processes_are_wired_to_the_services_and_the_devnet() -> None:
+    services = _services(SECRETS)
+    for name in (*SAGA_PROCESSES, "migrate"):
         env = services[name]["environment"]
-        assert env["SAGA_DATABASE_URL"].startswith("postgresql://saga:p@postgres")
-        assert env["SAGA_BROKER_URL"].startswith("amqp://saga:r@rabbitmq")
-        assert services[name]["depends_on"]["migrate"]["condition"] == (
-            "service_completed_successfully"
-        )
-    # RabbitMQ has its own user, never guest.
-    assert services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"] == "saga"
+        assert env["SAGA_DATABASE_URL"].startswith("postgresql://saga:p@postgres"), name
+        assert env["SAGA_BROKER_URL"].startswith("amqp://saga:r@rabbitmq"), name
+        assert env["SAGA_FABRIC_PROFILE"] == "/var/lib/saga/fabric/connection-org1.json"
+        assert "User1@org1.example.com/msp" in env["SAGA_FABRIC_MSP_DIR"]
+    for name in SAGA_PROCESSES:
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["rabbitmq"]["condition"] == "service_healthy", name
+        # Nothing here may depend on the devnet: compose/fabric.yml switches it off.
+        assert not {"devnet", "chaincode", "devnet-profile"} & set(depends), name
+    # Bearer auth on by default; the API listens on the container's interfaces.
+    assert services["api"]["environment"]["SAGA_API_TOKEN"] == "t"
+    assert services["api"]["environment"]["SAGA_API_HOST"] == "0.0.0.0"
+    # Flower with basic auth from the environment, never on the command line.
+    flower = services["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "operator:f"
+    assert "args" in flower["environment"]["FLOWER_TASKS_COLUMNS"]
+    assert not any("basic" in word for word in flower["command"])
+    # Workers scale: nothing that two copies could not share.
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    # RabbitMQ has its own user, never guest, and the management plugin.
+    rabbit = services["rabbitmq"]
+    assert rabbit["environment"]["RABBITMQ_DEFAULT_USER"] == "saga"
+    assert rabbit["image"].endswith("-management")
+    # The devnet dials the chaincode service; its profile is rewritten for the others.
+    seed = yaml.safe_load((COMPOSE_DIR / "devnet-seed.yaml").read_text())
+    chaincode = services["chaincode"]["environment"]
+    assert seed["chaincodes"]["sagafacts"]["address"] == "chaincode:9999"
+    assert chaincode["CHAINCODE_SERVER_ADDRESS"].endswith(":9999")
+    assert seed["chaincodes"]["sagafacts"]["package_id"] == chaincode["CHAINCODE_ID"]
+    assert services["devnet-profile"]["command"][-1] == "devnet"
+    assert services["devnet-profile"]["depends_on"]["devnet"]["condition"] == "service_healthy"
 
 
-def test_compose_refuses_to_start_without_secrets() -> None:
-    result = _config({})
+def test_fabric_override_mounts_a_real_network_read_only_and_drops_the_devnet() -> None:
+    services = _services({**SECRETS, **FABRIC_ENV}, BASE, FABRIC)
+    for name in ("chaincode", "devnet", "devnet-profile"):
+        assert services[name].get("profiles") == ["devnet"], name
+    for name in SAGA_PROCESSES:
+        env = services[name]["environment"]
+        assert env["SAGA_FABRIC_PROFILE"] == "/etc/saga/fabric/connection.json", name
+        assert env["SAGA_FABRIC_MSP_DIR"] == "/etc/saga/fabric/msp", name
+        assert env["SAGA_FABRIC_CHANNEL"] == "payments", name
+        mounts = {v["target"]: v for v in services[name]["volumes"] if isinstance(v, dict)} or {
+            str(v).split(":")[1]: {"read_only": str(v).endswith(":ro"), "source": v}
+            for v in services[name]["volumes"]
+        }
+        for target, source in (
+            ("/etc/saga/fabric/connection.json", FABRIC_ENV["FABRIC_PROFILE"]),
+            ("/etc/saga/fabric/msp", FABRIC_ENV["FABRIC_MSP_DIR"]),
+        ):
+            assert target in mounts, (name, mounts)
+            assert mounts[target]["read_only"], (name, target)
+            assert source in str(mounts[target]["source"]), (name, target)
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(missing: str) -> None:
+    env = {k: v for k, v in SECRETS.items() if k != missing}
+    result = _config(env)
     assert result.returncode != 0
-    assert "POSTGRES_PASSWORD" in result.stderr
+    assert missing in result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(FABRIC_ENV))
+def test_fabric_override_refuses_without_its_profile_identity_and_channel(missing: str) -> None:
+    env = {k: v for k, v in {**SECRETS, **FABRIC_ENV}.items() if k != missing}
+    result = _config(env, BASE, FABRIC)
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_every_secret_in_the_compose_files_comes_from_the_environment() -> None:
+    assert not (COMPOSE_DIR / ".env").exists(), "an .env file holds secrets: never commit one"
+    raw = yaml.safe_load(BASE.read_text())
+    envs = [raw["x-saga-env"]] + [s.get("environment") or {} for s in raw["services"].values()]
+    checked = 0
+    for env in envs:
+        for key, value in env.items():
+            if any(word in key for word in ("PASS", "TOKEN", "AUTH", "_URL", "BROKER_API")):
+                if "://" in str(value) and "@" not in str(value):
+                    continue  # a URL without credentials
+                assert "${" in str(value), (key, value)
+                checked += 1
+    assert checked >= 6
