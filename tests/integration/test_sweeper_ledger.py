@@ -1,0 +1,179 @@
+"""The sweeper and chain steps, on real PostgreSQL, a devnet and the sagafacts chaincode.
+
+A worker dies right after committing PREPARED (before Submit), and its message
+is gone with it: the sweeper re-drives the step, and the executor's verify path
+resubmits the stored envelope. Exactly one VALID transaction results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Engine
+
+from saga.chain import ChainSettings
+from saga.core.definitions import Registry
+from saga.core.state import SagaStatus
+from saga.core.step_message import StepMessage
+from saga.examples import order_payment
+from saga.fabric import GatewayClient
+from saga.orchestrator import Orchestrator
+from saga.store import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory, create_engine
+from saga.store.tables import ledger_attempts, sagas
+from saga.sweeper import ATTEMPT_GIVEN_UP, ATTEMPT_SETTLED, NOT_VALIDATED, SweepConfig, Sweeper
+from tests.integration.test_chain_ledger import one_valid
+from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+
+STEP = "record_on_ledger"
+
+
+class WorkerGone(BaseException):
+    """The worker process died (not an error any code handles)."""
+
+
+class DiesBeforeSubmit:
+    """The real client, except that while armed the process 'dies' at Submit."""
+
+    def __init__(self, client: GatewayClient) -> None:
+        self._client = client
+        self.armed = True
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed:
+            raise WorkerGone
+        return self._client.submit(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Engine]:
+    engine = create_engine(pg_url)
+    with engine.begin() as c:
+        c.execute(delete(ledger_attempts))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def client(sagafacts_net: LedgerNet) -> Iterator[GatewayClient]:
+    sagafacts_net.devnet.reset_faults()
+    yield sagafacts_net.gateway()
+
+
+def drive(orch: Orchestrator, engine: Engine, timeout: float = 90.0) -> None:
+    reader = SqlOutboxReader(engine)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with reader.claim(20) as batch:
+            reader.mark_published([p.id for p in batch])
+        for pending in batch:
+            orch.handle(StepMessage.from_body(pending.body))
+        if not batch:
+            if reader.pending_count() == 0:
+                return
+            time.sleep(0.05)
+    raise AssertionError("outbox not drained")
+
+
+def payment(order: str) -> dict[str, Any]:
+    return {"order_id": order, "customer_id": "c-1", "amount_cents": 700, "currency": "EUR"}
+
+
+def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transaction(
+    engine: Engine, client: GatewayClient, sagafacts_net: LedgerNet
+) -> None:
+    ledger = DiesBeforeSubmit(client)
+    orch = Orchestrator(
+        order_payment.register_with_ledger(Registry()),
+        SqlUnitOfWorkFactory(engine),
+        transient_errors=TRANSIENT_ERRORS,
+        ledger=lambda: ledger,  # type: ignore[arg-type, return-value]
+        chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
+    )
+    saga_id = orch.enqueue(order_payment.NAME, payment("sweep-1")).saga_id
+    with pytest.raises(WorkerGone):
+        drive(orch, engine)
+    with engine.connect() as c:
+        rows = list(c.execute(select(ledger_attempts.c.txid, ledger_attempts.c.state)))
+    assert [r.state for r in rows] == ["prepared"]
+
+    with engine.begin() as c:  # an hour without progress
+        c.execute(
+            update(sagas)
+            .where(sagas.c.id == saga_id)
+            .values(updated_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+    ledger.armed = False
+    sweeper = Sweeper(orch.uow_factory, orch.registry, SweepConfig(grace=60), ledger=lambda: client)
+    assert sweeper.sweep().redriven == [saga_id]
+    drive(orch, engine)
+
+    assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED
+    txid = one_valid(engine, client, sagafacts_net.channel, saga_id, "do")
+    assert txid == rows[0].txid  # the stored envelope itself, resubmitted
+    with engine.connect() as c:
+        txids = [r.txid for r in c.execute(select(ledger_attempts.c.txid))]
+    assert txids == [txid]
+
+
+def test_unsettled_attempts_of_terminal_sagas_are_settled_or_given_up(
+    engine: Engine, client: GatewayClient, sagafacts_net: LedgerNet
+) -> None:
+    orch = Orchestrator(
+        order_payment.register_with_ledger(Registry()),
+        SqlUnitOfWorkFactory(engine),
+        transient_errors=TRANSIENT_ERRORS,
+        ledger=lambda: client,
+        chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
+    )
+    saga_id = orch.enqueue(order_payment.NAME, payment("sweep-2")).saga_id
+    drive(orch, engine)
+    assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    with engine.begin() as c:
+        (valid,) = c.execute(select(ledger_attempts.c.txid)).one()
+        # The database lost the commit (restored from a backup taken before it) ...
+        c.execute(
+            update(ledger_attempts).values(
+                state="submitted", code=None, block=None, created_at=long_ago
+            )
+        )
+        # ... and holds an envelope that never reached the orderer.
+        c.execute(
+            insert(ledger_attempts).values(
+                saga_id=saga_id,
+                step=STEP,
+                purpose="do",
+                txid="ab" * 32,
+                channel=sagafacts_net.channel,
+                envelope=b"never submitted",
+                state="prepared",
+                created_at=long_ago,
+            )
+        )
+    sweeper = Sweeper(
+        orch.uow_factory,
+        orch.registry,
+        SweepConfig(grace=60, abandon_after=3600, status_timeout=1.0),
+        ledger=lambda: client,
+    )
+    report = sweeper.sweep()
+    assert report.attempts_settled == [valid]
+    assert report.attempts_given_up == ["ab" * 32]
+    with engine.connect() as c:
+        codes = dict(c.execute(select(ledger_attempts.c.txid, ledger_attempts.c.code)).all())
+        unsettled = c.execute(
+            select(ledger_attempts.c.txid).where(ledger_attempts.c.state != "committed")
+        ).all()
+    assert codes == {valid: 0, "ab" * 32: NOT_VALIDATED}
+    assert unsettled == []  # nothing left for the watcher to follow forever
+    kinds = [h.kind for h in orch.get(saga_id)[1]]
+    assert kinds.count(ATTEMPT_SETTLED) == 1 and kinds.count(ATTEMPT_GIVEN_UP) == 1
+    assert sweeper.sweep().attempts_settled == []
