@@ -94,7 +94,7 @@ def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transactio
         order_payment.register_with_ledger(Registry()),
         SqlUnitOfWorkFactory(engine),
         transient_errors=TRANSIENT_ERRORS,
-        ledger=lambda: ledger,  # type: ignore[arg-type, return-value]
+        ledger=lambda: ledger,
         chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
     )
     saga_id = orch.enqueue(order_payment.NAME, payment("sweep-1")).saga_id
