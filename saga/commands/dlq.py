@@ -33,7 +33,6 @@ from saga.commands._common import (
     print_json,
     require_why,
     settings,
-    table,
 )
 from saga.config import Settings
 
@@ -97,22 +96,22 @@ def list_messages(
     if as_json:
         print_json(rows[:limit])
         return
-    columns = ("#", "message id", "saga id", "step", "reason", "error", "at", "worker", "replays")
-    rows_table = table(*columns, ids=("message id", "saga id"))
+    # Two lines per message rather than a table: two 36-character ids leave no
+    # room for the reason, which is what an operator reads first.
     for r in rows[:limit]:
-        step = f"{r['step']}{'/undo' if r['phase'] == 'undo' else ''} #{r['attempt']}"
-        rows_table.add_row(
-            str(r["position"]),
-            r["message_id"] or "",
-            r["saga_id"] or "",
-            step if r["step"] else "",
-            r["reason"] or "",
-            r["error"] or "",
-            (r["at"] or "")[:19],
-            r["worker"] or "",
-            str(r["replays"] or ""),
+        where = "-"
+        if r["step"]:
+            undo = " (undo)" if r["phase"] == "undo" else ""
+            where = f"{r['saga']} {r['step']}{undo} #{r['attempt']}"
+        replays = f"  replayed {r['replays']}x" if r["replays"] else ""
+        out.print(
+            f"[bold]#{r['position']}[/] {r['message_id'] or '(no id)'}  saga {r['saga_id'] or '-'}"
+            f"  {where}  {r['error'] or '?'}  {(r['at'] or '')[:19]}  worker "
+            f"{r['worker'] or '?'}{replays}",
+            highlight=False,
+            soft_wrap=True,
         )
-    out.print(rows_table)
+        out.print(f"    {r['reason'] or '(no reason recorded)'}", markup=False, soft_wrap=True)
     shown = f" (showing {limit})" if len(rows) > limit else ""
     out.print(f"{len(rows)} message(s) in {s.dead_letter_queue}{shown}", highlight=False)
 
