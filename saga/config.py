@@ -15,10 +15,19 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 PREFIX = "SAGA_"
+# Any setting can also come from a file: SAGA_API_TOKEN_FILE=/run/secrets/api-token.
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _read_secret(var: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{var}={path!r} cannot be read: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -102,9 +111,14 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             var = PREFIX + f.name.upper()
-            if var not in env:
+            if var in env:
+                raw = env[var]
+            elif var + "_FILE" in env:
+                # Secrets mounted as files (compose/Kubernetes secrets) stay out of
+                # the environment, where child processes and crash dumps would see them.
+                raw = _read_secret(var + "_FILE", env[var + "_FILE"])
+            else:
                 continue
-            raw = env[var]
             try:
                 if f.type in ("int", int):
                     values[f.name] = int(raw)
