@@ -483,7 +483,9 @@ def _refuse_if_chain_unsettled(
     """
     state = record.state
     current = state.steps[state.current]
-    if current.status is not StepStatus.PENDING:
+    # FAILED too: a chain step that gave up in doubt (or was marked stuck) still
+    # has transactions that may commit.
+    if current.status not in (StepStatus.PENDING, StepStatus.FAILED):
         return
     if definition.steps[state.current].kind is not StepKind.CHAIN:
         return

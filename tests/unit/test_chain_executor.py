@@ -333,3 +333,17 @@ def test_operator_cannot_abandon_a_chain_step_whose_transaction_may_commit() -> 
     w.run(2)
     with pytest.raises(OperatorActionRefused, match="may still commit"):
         w.orch.compensate(saga_id, actor="op", why="test")
+
+
+def test_operator_cannot_compensate_a_chain_step_that_gave_up_in_doubt() -> None:
+    w = World(timeout=0.001)
+    saga_id = w.start()
+    w.ledger.drop_submit_reply = 1
+    w.run(2)
+    w.ledger.unreachable = True
+    w.drive(cut=False)
+    assert w.status(saga_id) is SagaStatus.FAILED
+    # The step is FAILED, but its transaction is still unknown and may commit.
+    with pytest.raises(OperatorActionRefused, match="may still commit"):
+        w.orch.compensate(saga_id, actor="op", why="test")
+    assert [r["action"] for r in w.db.business_rows("events")] == ["do"]
