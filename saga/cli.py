@@ -420,24 +420,6 @@ def watcher(
     out.print_json(data=stats.as_dict())
 
 
-def _parse_since(value: str | None) -> Any:
-    import re
-    from datetime import UTC, datetime, timedelta
-
-    if value is None:
-        return None
-    relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
-    if relative:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[relative.group(2)]
-        return datetime.now(UTC) - timedelta(**{unit: float(relative.group(1))})
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        console.print(f"[red]--since {value!r}:[/] give an ISO time or an age like 30m, 6h, 2d")
-        raise typer.Exit(2) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 @app.command()
 def audit(
     saga_id: Annotated[str | None, typer.Option("--saga", help="Only this saga.")] = None,
@@ -469,7 +451,9 @@ def audit(
     from saga.audit import scan_ledger
     from saga.fabric import GatewayError
 
-    when = _parse_since(since)
+    from saga.commands._common import parse_cutoff
+
+    when = parse_cutoff(since, "--since") if since else None
     settings = _settings(
         db,
         fabric_profile=profile,
