@@ -449,9 +449,8 @@ def audit(
 
     from saga.audit import audit as run_audit
     from saga.audit import scan_ledger
-    from saga.fabric import GatewayError
-
     from saga.commands._common import parse_cutoff
+    from saga.fabric import GatewayError
 
     when = parse_cutoff(since, "--since") if since else None
     settings = _settings(
