@@ -115,7 +115,17 @@ class GatewayClient:
             )
         except grpc.RpcError as exc:
             raise EndorseError.from_rpc_error(exc, proposal.txid) from exc
-        prepared = PreparedTransaction.sign(response.prepared_transaction, self.identity)
+        try:
+            prepared = PreparedTransaction.sign(response.prepared_transaction, self.identity)
+        except ValueError as exc:
+            # A broken or hostile gateway: an EndorseError (no transaction exists)
+            # lets the chain step fail as an endorsement failure instead of
+            # escaping as a bare ValueError that only a dead-letter queue catches.
+            raise EndorseError(
+                txid=proposal.txid,
+                code=None,
+                status_message=f"the gateway's prepared transaction is unusable: {exc}",
+            ) from exc
         # Never sign, store or submit a transaction other than the one proposed:
         # its txid is what the saga recorded before endorsing.
         if (prepared.txid, prepared.channel) != (proposal.txid, proposal.channel):
