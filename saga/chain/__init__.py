@@ -12,6 +12,7 @@ from saga.chain.errors import (
     LedgerNotConfigured,
     LedgerOutcomeUnknown,
     LedgerUnavailable,
+    TransactionsInvalid,
 )
 from saga.chain.executor import ChainSettings, ChainStepExecutor, ChainStepHooks
 
@@ -25,4 +26,5 @@ __all__ = [
     "LedgerNotConfigured",
     "LedgerOutcomeUnknown",
     "LedgerUnavailable",
+    "TransactionsInvalid",
 ]

@@ -33,6 +33,12 @@ class LedgerUnavailable(ChainStepError):
     """The ledger could not be reached (endorse, submit or query); may work later."""
 
 
+class TransactionsInvalid(ChainStepError):
+    """Every transaction prepared for the step committed invalid, as many times as the
+    executor allows. None of them can ever be VALID, so this is not in doubt: a ledger
+    that refuses every transaction is not asked for another one for ever."""
+
+
 class LedgerOutcomeUnknown(ChainStepError):
     """A transaction of the step was submitted and its outcome is still unknown past the
     step's timeout. Reported in doubt: giving up on it goes to an operator, never to

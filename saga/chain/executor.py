@@ -38,6 +38,7 @@ from saga.chain.errors import (
     LedgerNotConfigured,
     LedgerOutcomeUnknown,
     LedgerUnavailable,
+    TransactionsInvalid,
 )
 from saga.core.chain import (
     VALID,
@@ -108,6 +109,10 @@ class ChainSettings:
     # even without the commit watcher; 0 leaves it to the watcher alone.
     recheck_delay: float = 2.0
     worker: str = field(default_factory=_default_worker)
+    # Final-invalid transactions (MVCC conflicts, unknown codes) a step may collect
+    # before it fails instead of preparing another one: without a bound, a ledger
+    # that invalidates everything is sent a new transaction on every re-check.
+    max_invalid_transactions: int = 5
 
 
 class ChainStepHooks(Protocol):
@@ -243,6 +248,21 @@ class ChainStepExecutor:
             case Resubmit(txids=txids):
                 return self._resubmit(ledger, message, definition, step, verified, txids)
             case PrepareNew():
+                # PrepareNew means every recorded attempt is final and not VALID.
+                if len(verified.attempts) >= self.settings.max_invalid_transactions:
+                    codes = ", ".join(
+                        str(final_code(a, verified.answers)) for a in verified.core_attempts()
+                    )
+                    return self._fail(
+                        message,
+                        definition,
+                        verified,
+                        TransactionsInvalid(
+                            f"{len(verified.attempts)} transactions of step {step.name!r} "
+                            f"committed invalid (validation codes {codes}); no new one is "
+                            "prepared"
+                        ),
+                    )
                 return self._prepare_new(
                     ledger, message, definition, step, record, verified, channel
                 )
