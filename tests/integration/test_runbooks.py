@@ -1,0 +1,116 @@
+"""Every ```sh command of runbooks/ runs, as written, against a test deployment.
+
+The deployment (tests/support/deployment.py): real PostgreSQL, per-module
+RabbitMQ queues, a devnet with the sagafacts chaincode, and the `saga relay`,
+`saga worker`, `saga api` and (when a runbook needs it) `saga watcher`
+processes. Each runbook's situations (a saga whose message was lost, one marked
+stuck by the sweeper, a chain step PREPARED by a worker that died, one
+SUBMITTED in the database and VALID on the ledger while no watcher runs, dead
+letters, a new client certificate) are made first with the product's own code;
+then each block runs in bash with the SAGA_* environment and the variables the
+situation sets ($SAGA_ID, $TXID, $MESSAGE_ID, $NEW_MSP_DIR, $SAGA_API_URL). A
+command that exits other than 0 (or the N of a `# exits N ...` line above it)
+fails the test with its runbook and line. Once a situation's blocks ran, its
+saga must have reached the status the situation says (the fix really fixed it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.deployment import (
+    RUNBOOKS,
+    Block,
+    Deployment,
+    Made,
+    Situations,
+    read_blocks,
+    run_block,
+    runbook_paths,
+)
+from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+from tests.support.processes import Processes
+from tests.support.rabbitmq import delete_topology
+
+RUNBOOK_NAMES = [p.name for p in runbook_paths()]
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    _pg_database: str,
+    rabbitmq_url: str,
+    sagafacts_net: LedgerNet,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    work = tmp_path_factory.mktemp("runbooks")
+    d = Deployment.build(_pg_database, rabbitmq_url, sagafacts_net, work, Processes(work / "logs"))
+    try:
+        yield d
+    finally:
+        d.close()
+        delete_topology(rabbitmq_url, d.settings)
+
+
+def test_the_index_lists_every_runbook_and_every_block_is_runnable_or_marked() -> None:
+    index = (RUNBOOKS / "README.md").read_text()
+    known = set(_situation_names())
+    for path in runbook_paths():
+        assert f"]({path.name})" in index, f"runbooks/README.md does not link {path.name}"
+        blocks = read_blocks(path)
+        shell = [b for b in blocks if b.language == "sh"]
+        assert shell, f"{path.name} has no ```sh block"
+        for block in blocks:
+            where = f"runbooks/{path.name}:{block.line}"
+            assert block.language in ("sh", "console", "text"), (
+                f"{where}: fence language {block.language!r}; use sh (run by the test) or "
+                "console/text (the operator's environment only)"
+            )
+            assert block.situation in known, f"{where}: unknown situation {block.situation!r}"
+            if block.language == "sh":
+                assert block.commands, f"{where}: an empty sh block"
+    linked = set(re.findall(r"\]\(([\w-]+\.md)\)", index))
+    assert linked <= set(RUNBOOK_NAMES), f"the index links missing runbooks: {linked}"
+
+
+def _situation_names() -> list[str]:
+    # The builders' names without a deployment: the keys Situations registers.
+    source = Path(__file__).parents[1] / "support" / "deployment.py"
+    return re.findall(r'^\s+"([\w-]+)": self\.[\w_]+,$', source.read_text(), re.M)
+
+
+@pytest.mark.parametrize("runbook", RUNBOOK_NAMES)
+def test_runbook_commands_run(runbook: str, deployment: Deployment) -> None:
+    blocks = [b for b in read_blocks(RUNBOOKS / runbook) if b.language == "sh"]
+    situations = Situations(deployment)
+
+    # Every situation of the runbook, made while no relay publishes anything.
+    deployment.stop("relay", "watcher")
+    deployment.start("worker")
+    made: dict[tuple[str, int], Made] = {}
+    for block in blocks:
+        key = (block.situation, block.situation_line)
+        if key not in made:
+            made[key] = situations.make(block.situation, block.ends)
+    deployment.start("relay", "api")
+
+    last_block_of: dict[tuple[str, int], Block] = {}
+    for block in blocks:
+        last_block_of[(block.situation, block.situation_line)] = block
+    for block in blocks:
+        key = (block.situation, block.situation_line)
+        hook = situations.hooks.get(block.situation)
+        if hook is not None:
+            hook()
+        result = run_block(block, deployment.env(**made[key].variables), deployment.work)
+        failure = result.failure()
+        assert failure is None, failure + "\n" + deployment.report()
+        if last_block_of[key] is block:
+            situation = made[key]
+            if situation.saga_id is not None and situation.ends is not None:
+                deployment.wait_status(situation.saga_id, situation.ends)
+            if situation.check is not None:
+                situation.check()
