@@ -28,11 +28,15 @@ from kombu.message import Message
 from saga.broker.celery_message import STEP_TASK
 from saga.broker.publishers import is_amqp_url
 from saga.core.step_message import MalformedMessage, StepMessage
+from workers.beat import SWEEP_TASK
 
 if TYPE_CHECKING:
     from workers.app import SagaCelery
 
 log = logging.getLogger("saga.worker")
+
+# The tasks a saga worker runs: step messages and the sweeper's periodic task.
+SAGA_TASKS = frozenset({STEP_TASK, SWEEP_TASK})
 
 _DELAYED_DELIVERY = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
 
@@ -55,6 +59,14 @@ def screen(message: Message, registered: Any) -> None:
     name = headers["task"]
     if not isinstance(name, str) or name not in registered:
         raise Poison(f"unknown task {name!r}: no such task is registered", "UnknownTask")
+    # Celery registers its own tasks (celery.group, celery.chord, ...) in every app;
+    # a forged header naming one would make the worker run it with the message's
+    # arguments, so only the tasks this worker exists for are accepted.
+    if name not in SAGA_TASKS:
+        raise Poison(
+            f"unknown task {name!r}: not a saga task (accepted: {', '.join(sorted(SAGA_TASKS))})",
+            "UnknownTask",
+        )
     if name != STEP_TASK:
         return
     task_id = headers.get("id")
