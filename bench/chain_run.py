@@ -181,7 +181,7 @@ def main() -> int:
         with GatewayClient.connect(profile.endpoint(), identity) as client:
             scan = scan_ledger(client, settings.fabric_channel)
         report = audit(SqlUnitOfWorkFactory(engine), registry, scan)
-        counts = scan.counts()
+        scan_counts = scan.counts()
         with engine.connect() as c:
             attempt_rows = c.execute(select(func.count()).select_from(ledger_attempts)).scalar()
         terminal = sum(statuses[s] for s in TERMINAL)
@@ -192,12 +192,12 @@ def main() -> int:
             "seconds": round(elapsed, 1),
             "enqueue_seconds": round(enqueued, 1),
             "sagas_per_second": round(terminal / elapsed, 2) if elapsed else None,
-            "valid_transactions": counts.valid,
-            "invalid_transactions": counts.invalid,
+            "valid_transactions": scan_counts.valid,
+            "invalid_transactions": scan_counts.invalid,
             "ledger_attempts": attempt_rows,
-            "duplicates": counts.duplicate_transactions,
-            "duplicate_keys": counts.duplicate_keys,
-            "blocks": counts.blocks,
+            "duplicates": scan_counts.duplicate_transactions,
+            "duplicate_keys": scan_counts.duplicate_keys,
+            "blocks": scan_counts.blocks,
             "audit_clean": report.clean,
             "audit": report.counts(),
             "config": {
@@ -208,10 +208,10 @@ def main() -> int:
                 "recheck_delay": args.recheck_delay,
                 "reject_every": args.reject_every,
             },
-            "scan": asdict(counts),
+            "scan": asdict(scan_counts),
         }
         engine.dispose()
-        ok = terminal == args.sagas and counts.duplicate_transactions == 0 and report.clean
+        ok = terminal == args.sagas and scan_counts.duplicate_transactions == 0 and report.clean
     finally:
         try:
             devnet.stop()

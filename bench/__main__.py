@@ -1,0 +1,192 @@
+"""Run the benchmarks: one command, a table, a JSON file.
+
+    python -m bench all --quick          # ~6 minutes: small sizes
+    python -m bench all                  # full sizes (1,000-10,000 sagas; ~1 hour+)
+    python -m bench local|relay|chain|growth|soak [--quick]
+
+Every figure that has a target is a ratio against a baseline measured in the
+same invocation on the same machine. Results go to bench/results/<name>.json
+(and all.json for `all`); the soak (20 minutes) is only part of `all` with
+--soak, or run on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, machine
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def run_relay(quick: bool) -> dict[str, Any]:
+    """bench/relay_confirms.py, as it is, in a child process; its three lines parsed."""
+    argv = [sys.executable, str(ROOT / "bench" / "relay_confirms.py")]
+    argv += ["--messages", "2000", "--single", "400"] if quick else []
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    values = [
+        float(line.split()[-2 if "messages/s" in line else -1].rstrip("x"))
+        for line in out.splitlines()
+        if line.strip()
+    ]
+    return {
+        "batched_per_second": values[0],
+        "one_at_a_time_per_second": values[1],
+        "ratio": round(values[0] / values[1], 1),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(name: str, ours: Any, base: Any, ratio: Any, target: str) -> None:
+        rows.append((name, str(ours), str(base), str(ratio), target))
+
+    if "local" in results:
+        r = results["local"]
+        o, n = r["ours"], r["naive"]
+        add(
+            "1. local 3-step sagas/s (ours vs naive Celery)",
+            o["sagas_per_second"],
+            n["sagas_per_second"],
+            r["throughput_ratio"],
+            ">= 0.8",
+        )
+        add("   latency p50 ms", o["latency_p50_ms"], n["latency_p50_ms"], "", "")
+        add("   latency p99 ms", o["latency_p99_ms"], n["latency_p99_ms"], "", "")
+        add(
+            "   DB round trips per saga (naive: 3x BEGIN/INSERT/COMMIT)",
+            o["db_round_trips_per_saga"],
+            "~9-12",
+            "",
+            "",
+        )
+        ov = r["overhead"]
+        add("4. orchestrator-added time per step p50 ms", ov["added_p50_ms"], "", "", "< 20")
+        add("   ... p99 ms", ov["added_p99_ms"], "", "", "")
+        add("   ... of which transit (relay+broker) p50 ms", ov["transit_p50_ms"], "", "", "")
+        add("   ... of which handling in the worker p50 ms", ov["handling_p50_ms"], "", "", "")
+    if "relay" in results:
+        r = results["relay"]
+        add(
+            "2. relay msgs/s (batched vs one confirm at a time)",
+            r["batched_per_second"],
+            r["one_at_a_time_per_second"],
+            r["ratio"],
+            ">= 5",
+        )
+    if "chain" in results:
+        r = results["chain"]
+        add(
+            "3. chain sagas/s vs devnet alone committed tx/s",
+            r["ours"]["sagas_per_second"],
+            r["devnet_alone"]["committed_tx_per_second"],
+            r["ratio"],
+            ">= 0.8",
+        )
+        add(
+            "   worker utilisation (busy/wall), mean",
+            r["ours"]["worker_utilisation_mean"],
+            "",
+            "",
+            "",
+        )
+        add("   longest task / block time", r["ours"]["longest_task_vs_block_time"], "", "", "< 1")
+    if "growth" in results:
+        for run in results["growth"]["runs"]:
+            add(
+                f"5. growth {run['sagas']} x {run['steps']} steps: sagas/s | trips/saga",
+                run["sagas_per_second"],
+                run["db_round_trips_per_saga"],
+                "",
+                "",
+            )
+        for k, v in results["growth"]["flatness"].items():
+            add(
+                f"   {k}: largest/smallest trips | throughput",
+                v["round_trips_ratio_largest_vs_smallest"],
+                v["throughput_ratio_largest_vs_smallest"],
+                "",
+                "trips ~1.0",
+            )
+    if "soak" in results:
+        r = results["soak"]
+        add(
+            "6. soak relay RSS kB start -> end",
+            r["relay_rss_kb_start_end"][0],
+            r["relay_rss_kb_start_end"][1],
+            "",
+            "flat",
+        )
+        add(
+            "   worker RSS kB start -> end",
+            r["worker_rss_kb_start_end"][0],
+            r["worker_rss_kb_start_end"][1],
+            "",
+            "flat",
+        )
+        add(
+            "   unpublished outbox max | backlog at end",
+            r["unpublished_max"],
+            r["backlog_end"],
+            "",
+            "no growth",
+        )
+    head = ("benchmark", "ours", "baseline", "ratio", "target")
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(5)]
+    lines = [
+        " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *rows]
+    ]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["all", "local", "relay", "chain", "growth", "soak"])
+    p.add_argument("--quick", action="store_true", help="small sizes (minutes, not an hour)")
+    p.add_argument("--soak", action="store_true", help="include the soak in `all`")
+    p.add_argument("--soak-minutes", type=float, default=20.0)
+    p.add_argument("--out", default=None, help="JSON file (default bench/results/<what>.json)")
+    a = p.parse_args()
+    from bench import chain_inflight, local, soak
+
+    q = a.quick
+    results: dict[str, Any] = {"machine": machine(), "quick": q}
+    todo = (
+        ["local", "relay", "chain", "growth"] + (["soak"] if a.soak else [])
+        if a.what == "all"
+        else [a.what]
+    )
+    for name in todo:
+        print(f"== {name}", flush=True)
+        if name == "local":
+            results["local"] = local.bench_local(400 if q else 2000, 30 if q else 200)
+        elif name == "relay":
+            results["relay"] = run_relay(q)
+        elif name == "chain":
+            results["chain"] = chain_inflight.bench_chain(300 if q else 1000, 2.0, 500)
+        elif name == "growth":
+            sizes = [300, 1000] if q else [1000, 10000]
+            results["growth"] = local.bench_growth(sizes, [3, 10])
+        elif name == "soak":
+            results["soak"] = soak.bench_soak(1.0 if q else a.soak_minutes, 10.0)
+        print(json.dumps(results[name], indent=1)[:3000], flush=True)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    text = table(results)
+    print("\n" + text)
+    out = Path(a.out) if a.out else RESULTS / f"{a.what}{'-quick' if q else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["table"] = text.splitlines()
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
