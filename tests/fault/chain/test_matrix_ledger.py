@@ -118,10 +118,10 @@ def test_ledger_commit_status_times_out(make_stack: MakeStack) -> None:
 
 
 def test_ledger_commit_delayed_beyond_the_step_timeout(make_stack: MakeStack) -> None:
-    """Blocks held 2 x the step's timeout: the step fails in doubt (never compensated,
+    """Blocks held 3 x the step's timeout: the step fails in doubt (never compensated,
     never a new transaction), is retried, and completes when the commit lands."""
     stack = make_stack()
-    stack.net.devnet.set_faults(commit_delay=2 * SHORT_TIMEOUT)
+    stack.net.devnet.set_faults(commit_delay=3 * SHORT_TIMEOUT)
     _standard(stack)
     expected = stack.enqueue(["none"], saga=SHORT, expect=COMPLETED)
     stack.verify(expected, timeout=120)

@@ -78,18 +78,22 @@ def _run(make_stack: MakeStack, outage: AbstractContextManager[None]) -> None:
     expected = stack.enqueue(["none", "none", "none", "reject_order"] * (SAGAS // 4))
     ids = list(expected)
 
-    def mixed() -> dict[str, int] | None:
+    def at_the_ledger() -> bool:
         where = _states(stack, ids)
-        wanted = ("do attempt submitted", "do attempt committed", "before the ledger step")
-        return where if all(where.get(k) for k in wanted) else None
+        return bool(where.get("do attempt submitted") and where.get("do attempt committed"))
 
-    at_stop = wait_for(
-        mixed,
+    wait_for(
+        at_the_ledger,
         timeout=60,
-        what="sagas before, at (submitted) and past (committed) their ledger step",
+        what="ledger transactions both submitted (waiting for a block) and committed",
         report=lambda: stack.report(ids),
         interval=0.05,
     )
+    # A second wave, so some sagas have not reached their ledger step at all.
+    wave = stack.enqueue(["none", "reject_order"])
+    expected.update(wave)
+    ids = list(expected)
+    at_stop = _states(stack, ids)
     started = time.monotonic()
     with outage:
         time.sleep(OUTAGE_SECONDS)
