@@ -324,7 +324,11 @@ class Deployment:
 
     def _api_up(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.api_url}/metrics", timeout=2) as response:
+            request = urllib.request.Request(
+                f"{self.api_url}/metrics",
+                headers={"Authorization": f"Bearer {self.settings.api_token}"},
+            )
+            with urllib.request.urlopen(request, timeout=2) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
