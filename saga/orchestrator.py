@@ -30,6 +30,7 @@ from saga.core.messages import (
     CompensationFailed,
     CompensationSucceeded,
     Event,
+    MarkedStuck,
     ResumeRequested,
     RunStep,
     Started,
@@ -528,6 +529,7 @@ def _event_kind(event: Event) -> str:
         CompensationFailed: "compensation failed",
         ResumeRequested: "resume requested",
         CompensateRequested: "compensation requested",
+        MarkedStuck: "marked stuck",
     }[type(event)]
 
 

@@ -64,9 +64,9 @@ from sqlalchemy import and_, exists, func, select
 
 from saga.core.definitions import Registry
 from saga.core.errors import SagaError
-from saga.core.machine import awaits
-from saga.core.messages import Command, RunCompensation, RunStep
-from saga.core.state import SagaState, SagaStatus, StepStatus
+from saga.core.machine import awaits, transition
+from saga.core.messages import Command, MarkedStuck, RunCompensation, RunStep
+from saga.core.state import SagaState, SagaStatus
 from saga.core.step_message import Phase, StepMessage
 from saga.ports import HistoryEntry, OutboxMessage, SagaRecord, UnitOfWork, UnitOfWorkFactory
 from saga.store.tables import ledger_attempts, outbox, sagas
@@ -84,7 +84,6 @@ REDRIVE = "sweeper re-drive"
 STUCK = "marked stuck"
 ATTEMPT_SETTLED = "sweeper settled ledger attempt"
 ATTEMPT_GIVEN_UP = "sweeper gave up ledger attempt"
-STUCK_ERROR = "SagaStuck"
 # Fabric's TxValidationCode NOT_VALIDATED: the truthful "no validation was ever
 # seen"; any code but VALID is final-invalid to the verify path, which then reads
 # the chaincode's idempotency record before anything new is prepared.
@@ -308,7 +307,8 @@ class Sweeper:
             f"no progress at step {command.step!r} ({phase}, attempt {command.attempt}) "
             f"for {idle:.0f}s after {redrives} re-drive(s)"
         )
-        new = stuck_state(state, why)
+        definition = self._registry.get(state.name, state.version)
+        new = transition(definition, state, MarkedStuck(ACTOR, why)).state
         uow.sagas.save(replace(record, state=new, updated_at=now))
         uow.history.add(
             HistoryEntry(
@@ -455,24 +455,6 @@ def step_message(state: SagaState, command: Command, message_id: str) -> StepMes
         attempt=command.attempt,
         phase=Phase.UNDO if isinstance(command, RunCompensation) else Phase.DO,
     )
-
-
-def stuck_state(state: SagaState, why: str) -> SagaState:
-    """The saga as the machine leaves it when a step gives up for an operator.
-
-    Forward: step failed, saga failed (`resume` runs the step again, attempt + 1).
-    Compensating: the compensation failed, saga failed (`resume` compensates again).
-    A message still in flight finds the saga failed and is ignored as stale.
-    """
-    i = state.current
-    error = f"{STUCK_ERROR}: {why}"
-    if state.status is SagaStatus.COMPENSATING:
-        reason = f"stuck: {why}; compensating because {state.reason}"
-        new = state.with_step(i, status=StepStatus.COMPENSATION_FAILED, last_error=error)
-    else:
-        reason = f"stuck: {why}; see `saga show`, then `saga resume` or `saga compensate`"
-        new = state.with_step(i, status=StepStatus.FAILED, last_error=error)
-    return replace(new, status=SagaStatus.FAILED, reason=reason)
 
 
 def candidates_query(cutoff: datetime, limit: int) -> Any:

@@ -17,6 +17,7 @@ from saga.core.messages import (
     CompensationFailed,
     CompensationSucceeded,
     Event,
+    MarkedStuck,
     ResumeRequested,
     RunCompensation,
     RunStep,
@@ -60,6 +61,8 @@ def transition(definition: SagaDefinition, state: SagaState, event: Event) -> Tr
             return _resume(state, event)
         case CompensateRequested():
             return _compensate_requested(definition, state, event)
+        case MarkedStuck():
+            return _marked_stuck(state, event)
     raise TypeError(f"not a saga event: {event!r}")
 
 
@@ -205,6 +208,23 @@ def _resume(state: SagaState, event: ResumeRequested) -> Transition:
         j, status=StepStatus.PENDING, attempts=attempt, failures=0
     )
     return Transition(new, (RunStep(cur.name, attempt),), note=note)
+
+
+STUCK_ERROR = "SagaStuck"
+
+
+def _marked_stuck(state: SagaState, event: MarkedStuck) -> Transition:
+    if state.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        return _refuse(state, f"a {state.status} saga cannot be stuck")
+    i = state.current
+    error = f"{STUCK_ERROR}: {event.why}"
+    if state.status is SagaStatus.COMPENSATING:
+        reason = f"stuck: {event.why}; compensating because {state.reason}"
+        new = state.with_step(i, status=StepStatus.COMPENSATION_FAILED, last_error=error)
+    else:
+        reason = f"stuck: {event.why}; see `saga show`, then `saga resume` or `saga compensate`"
+        new = state.with_step(i, status=StepStatus.FAILED, last_error=error)
+    return Transition(replace(new, status=SagaStatus.FAILED, reason=reason), note=reason)
 
 
 def _compensate_requested(

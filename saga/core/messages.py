@@ -57,6 +57,19 @@ class CompensateRequested:
     why: str
 
 
+@dataclass(frozen=True)
+class MarkedStuck:
+    """The sweeper gave up re-driving a saga that makes no progress: an operator decides.
+
+    Forward, the current step fails (`resume` runs it again with attempt + 1);
+    compensating, its compensation fails (`resume` compensates again). A message
+    still in flight then finds the saga failed and is ignored as stale.
+    """
+
+    actor: str
+    why: str
+
+
 Event = (
     Started
     | StepSucceeded
@@ -65,6 +78,7 @@ Event = (
     | CompensationFailed
     | ResumeRequested
     | CompensateRequested
+    | MarkedStuck
 )
 
 
