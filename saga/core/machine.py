@@ -187,8 +187,11 @@ def _compensation_failed(
     new = new.with_step(j, status=StepStatus.COMPENSATION_FAILED)
     reason = f"compensation of step {cur.name!r} failed for good ({error})"
     if state.reason:
-        reason = f"{reason}; compensating because {state.reason}"
+        reason = f"{reason}{_BECAUSE}{state.reason}"
     return Transition(replace(new, status=SagaStatus.FAILED, reason=reason))
+
+
+_BECAUSE = "; compensating because "
 
 
 def _resume(state: SagaState, event: ResumeRequested) -> Transition:
@@ -199,7 +202,10 @@ def _resume(state: SagaState, event: ResumeRequested) -> Transition:
     note = f"resumed by {event.actor}: {event.why}"
     if cur.status is StepStatus.COMPENSATION_FAILED:
         attempt = cur.compensation_attempts + 1
-        new = replace(state, status=SagaStatus.COMPENSATING).with_step(
+        # Back to why the saga compensates, so a compensated saga never reads as
+        # "compensation failed" once the resumed compensation succeeds.
+        reason = (state.reason or "").partition(_BECAUSE)[2] or state.reason
+        new = replace(state, status=SagaStatus.COMPENSATING, reason=reason).with_step(
             j, status=StepStatus.DONE, compensation_attempts=attempt, compensation_failures=0
         )
         return Transition(new, (RunCompensation(cur.name, attempt),), note=note)
@@ -219,7 +225,7 @@ def _marked_stuck(state: SagaState, event: MarkedStuck) -> Transition:
     i = state.current
     error = f"{STUCK_ERROR}: {event.why}"
     if state.status is SagaStatus.COMPENSATING:
-        reason = f"stuck: {event.why}; compensating because {state.reason}"
+        reason = f"stuck: {event.why}{_BECAUSE}{state.reason}"
         new = state.with_step(i, status=StepStatus.COMPENSATION_FAILED, last_error=error)
     else:
         reason = f"stuck: {event.why}; see `saga show`, then `saga resume` or `saga compensate`"

@@ -54,3 +54,20 @@ def test_a_terminal_or_failed_saga_cannot_be_marked_stuck() -> None:
     for step in ("a", "b", "p", "z"):
         r.ok(step)
     r.feed(MarkedStuck("sweeper", "late"), accepted=False)
+
+
+def test_resumed_compensation_gets_back_the_reason_it_compensates_for() -> None:
+    r = Run()
+    r.feed(Started())
+    r.ok("a")
+    r.ok("b")
+    r.feed(StepFailed("p", 1, FATAL, "order rejected"))
+    why = r.state.reason
+    assert why and "order rejected" in why
+    r.feed(MarkedStuck("sweeper", "undo of b idle"))
+    assert r.state.reason != why
+    r.feed(ResumeRequested("op", "fixed"))
+    assert r.state.reason == why
+    r.feed(CompensationSucceeded("b", 2))
+    r.feed(CompensationSucceeded("a", 1))
+    assert r.state.status is SagaStatus.COMPENSATED and r.state.reason == why
