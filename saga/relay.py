@@ -118,12 +118,15 @@ def run_relay(
                 log.debug("batch published", extra={"count": count})
             # A full batch means more rows are probably waiting: go again at once.
             if count < batch_size:
-                stop_event.wait(settings.relay_poll_interval)
+                _idle(reader, stop_event, settings.relay_poll_interval)
     finally:
         try:
             publisher.close()
         except Exception:
             log.warning("closing the publisher failed", exc_info=True)
+        close_reader = getattr(reader, "close", None)
+        if callable(close_reader):
+            close_reader()
         if server is not None:
             server.shutdown()
         log.info(
@@ -131,6 +134,23 @@ def run_relay(
             extra={"published": stats.published, "batches": stats.batches},
         )
     return stats
+
+
+def _idle(reader: OutboxReader, stop_event: threading.Event, interval: float) -> None:
+    """Wait for the next poll; a reader that can hear commits (PostgreSQL LISTEN via
+    `wait_for_rows`) ends the wait as soon as a new outbox row commits. Waits in
+    slices of at most half a second so a stop request is seen promptly."""
+    wait_for_rows = getattr(reader, "wait_for_rows", None)
+    if not callable(wait_for_rows):
+        stop_event.wait(interval)
+        return
+    deadline = time.monotonic() + interval
+    while not stop_event.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if wait_for_rows(min(left, 0.5)):
+            return  # woken by a commit
 
 
 def _relay_once(

@@ -26,6 +26,7 @@ time and the second sees the first's rows already marked.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,9 @@ from saga.ports import OutboxMessage, OutboxReader, PendingMessage
 from saga.store.clock import now, now_plus, utcnow
 from saga.store.errors import TRANSIENT_ERRORS, is_transient, unavailable
 from saga.store.tables import outbox
+
+# Channel the outbox trigger (migration 0004) notifies when an insert commits.
+NOTIFY_CHANNEL = "saga_outbox"
 
 
 class SqlOutbox:
@@ -65,6 +69,52 @@ class SqlOutboxReader:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._local = threading.local()
+        self._listener: Any = None
+
+    def wait_for_rows(self, timeout: float) -> bool:
+        """Return True once an outbox insert commits (PostgreSQL LISTEN), False after `timeout`.
+
+        Saves the relay its poll interval on every hop of a saga. Only a wake-up
+        call: the claim still selects by state, so a missed or spurious
+        notification costs at most one poll interval or one empty claim. Without
+        PostgreSQL, or while the listening connection is down, it just sleeps.
+        """
+        listener = self._listen()
+        if listener is None:
+            time.sleep(timeout)
+            return False
+        try:
+            # Returns at the first notification, with every one already arrived.
+            return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
+        except Exception:
+            self.close()  # reconnected at the next wait
+            time.sleep(timeout)
+            return False
+
+    def _listen(self) -> Any:
+        if self._engine.dialect.name != "postgresql":
+            return None
+        if self._listener is not None and not self._listener.closed:
+            return self._listener
+        try:
+            import psycopg
+
+            url = self._engine.url.set(drivername="postgresql")
+            conn = psycopg.connect(
+                url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
+            )
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except Exception:
+            return None
+        self._listener = conn
+        return conn
+
+    def close(self) -> None:
+        """Close the LISTEN connection, if any."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with suppress(Exception):
+                listener.close()
 
     def claim(self, limit: int) -> AbstractContextManager[Sequence[PendingMessage]]:
         """Lock up to `limit` due, unpublished rows, oldest id first.
