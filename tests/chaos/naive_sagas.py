@@ -77,7 +77,7 @@ def record_on_ledger(ctx: StepContext) -> Mapping[str, Any]:
 
 
 def reverse_on_ledger(ctx: StepContext) -> None:
-    original = ctx.data.get("naive_ledger_key")
+    original = (ctx.data.get(LEDGER_STEP) or {}).get("naive_ledger_key")  # the step's output
     if not original:
         return  # the saga never learned of a payment: nothing it knows to reverse
     undo = naive_key(ctx.saga_id, "undo")
