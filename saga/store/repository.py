@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,15 +80,22 @@ class SqlSagaRepository:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise KeyError(f"no saga {state.saga_id!r} to save; add() it first")
         before = self._known.get(state.saga_id)
+        changed = []
         for i, step in enumerate(state.steps):
             if before is not None and i < len(before) and before[i] == step:
                 continue
             values = _step_values(state.saga_id, i, step, now)
-            del values["saga_id"], values["idx"]
+            values["b_saga_id"], values["b_idx"] = values.pop("saga_id"), values.pop("idx")
+            changed.append(values)
+        if changed:
+            # One executemany for the changed steps (a transition usually ends one
+            # step and starts the next): psycopg 3 pipelines it, one round trip.
             self._session.execute(
-                update(saga_steps)
-                .where(saga_steps.c.saga_id == state.saga_id, saga_steps.c.idx == i)
-                .values(**values)
+                update(saga_steps).where(
+                    saga_steps.c.saga_id == bindparam("b_saga_id"),
+                    saga_steps.c.idx == bindparam("b_idx"),
+                ),
+                changed,
             )
         self._known[state.saga_id] = state.steps
 
