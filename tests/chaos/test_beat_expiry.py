@@ -1,0 +1,54 @@
+"""Found by the chaos run: a sweep message that waits in the step queue longer than
+the sweep interval must not end up in the dead-letter queue.
+
+Beat published the sweep with Celery's `expires`, which Celery also sends as the
+AMQP per-message TTL; the step queue dead-letters what expires, so every sweep
+that waited out a backlog or a worker outage landed in the DLQ, reported as "a
+delivery limit means the step crashed its worker each time". The DLQ is for
+messages an operator must look at; a superseded sweep is not one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from saga.broker import Topology
+from saga.config import Settings
+from tests.support.processes import Processes, wait_for
+from tests.support.rabbitmq import queue_depth
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def test_a_sweep_that_waits_longer_than_its_interval_is_not_dead_lettered(
+    broker_settings: Settings, pg_url: str, tmp_path: Path
+) -> None:
+    settings = replace(
+        broker_settings,
+        database_url=pg_url,
+        sweep_interval=1.0,
+        beat_schedule_file=str(tmp_path / "beat.schedule"),
+    )
+    with Connection(settings.broker_url) as connection:
+        Topology.from_settings(settings).declare_kombu(connection)
+    with Processes(tmp_path / "logs") as procs:
+        # Beat and no worker: every sweep waits in the step queue.
+        beat = procs.spawn("beat", ["saga", "beat"], settings)
+        wait_for(
+            lambda: (
+                queue_depth(settings.broker_url, settings.step_queue)
+                + queue_depth(settings.broker_url, settings.dead_letter_queue)
+                >= 3
+            ),
+            timeout=60,
+            what="beat to publish three sweeps",
+            report=procs.report,
+            alive=[beat],
+        )
+        time.sleep(3.0)  # three times the interval: any TTL would have run out
+    assert queue_depth(settings.broker_url, settings.dead_letter_queue) == 0
