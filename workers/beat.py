@@ -32,9 +32,11 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         SCHEDULE_ENTRY: {
             "task": SWEEP_TASK,
             "schedule": settings.sweep_interval,
-            # A sweep that waited longer than the interval (workers down) is
-            # superseded by the next one; running the backlog of them is waste.
-            "options": {"expires": settings.sweep_interval},
+            # No `expires`: Celery sends it as the AMQP per-message TTL too, and the
+            # step queue dead-letters expired messages, so every sweep that waited
+            # out a backlog or a worker outage would land in the DLQ for an
+            # operator. A backlog of sweeps is only waste: each pass is safe to
+            # repeat (decisions are taken under the saga's row lock).
         }
     }
 
