@@ -114,6 +114,8 @@ def table(results: dict[str, Any]) -> str:
                 "",
                 "trips ~1.0",
             )
+    for row in results.get("settings", []):
+        add(f"   setting {row['variant']}: sagas/s", row["sagas_per_second"], "", "", "")
     if "soak" in results:
         r = results["soak"]
         add(
@@ -148,7 +150,7 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["all", "local", "relay", "chain", "growth", "soak"])
+    p.add_argument("what", choices=["all", "local", "relay", "chain", "growth", "settings", "soak"])
     p.add_argument("--quick", action="store_true", help="small sizes (minutes, not an hour)")
     p.add_argument("--soak", action="store_true", help="include the soak in `all`")
     p.add_argument("--soak-minutes", type=float, default=20.0)
@@ -159,7 +161,7 @@ def main() -> int:
     q = a.quick
     results: dict[str, Any] = {"machine": machine(), "quick": q}
     todo = (
-        ["local", "relay", "chain", "growth"] + (["soak"] if a.soak else [])
+        ["local", "relay", "chain", "growth", "settings"] + (["soak"] if a.soak else [])
         if a.what == "all"
         else [a.what]
     )
@@ -174,6 +176,8 @@ def main() -> int:
         elif name == "growth":
             sizes = [300, 1000] if q else [1000, 10000]
             results["growth"] = local.bench_growth(sizes, [3, 10])
+        elif name == "settings":
+            results["settings"] = local.bench_settings(200 if q else 1000)
         elif name == "soak":
             results["soak"] = soak.bench_soak(1.0 if q else a.soak_minutes, 10.0)
         print(json.dumps(results[name], indent=1)[:3000], flush=True)

@@ -23,12 +23,13 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from bench.common import percentile, scratch_database, timing_records
+from bench.common import percentile, retrying, scratch_database, timing_records
 from bench.local import TERMINAL, Stack
 from saga.fabric import AsyncGatewayClient, GatewayClient, SigningIdentity, load_connection_profile
 from saga.orchestrator import Orchestrator
@@ -129,8 +130,12 @@ def bench_chain(
                 orch = Orchestrator(load_registry("bench.sagas"), SqlUnitOfWorkFactory(engine))
                 started = time.time()
                 ids = [
-                    orch.enqueue(
-                        "bench-chain", {"order_id": f"c-{i}", "amount_cents": 100 + i}
+                    retrying(
+                        partial(
+                            orch.enqueue,
+                            "bench-chain",
+                            {"order_id": f"c-{i}", "amount_cents": 100 + i},
+                        )
                     ).saga_id
                     for i in range(n)
                 ]

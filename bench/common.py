@@ -13,10 +13,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -24,12 +24,15 @@ if str(ROOT) not in sys.path:
 
 import psycopg  # noqa: E402
 from kombu import Connection  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from saga.config import Settings  # noqa: E402
 from saga.store import upgrade  # noqa: E402
 from tests.support.postgres import ADMIN_URL  # noqa: E402
 from tests.support.processes import Processes, SagaProcess, saga_env  # noqa: E402
 from tests.support.rabbitmq import AMQP_URL, delete_topology  # noqa: E402
+
+T = TypeVar("T")
 
 __all__ = [
     "ADMIN_URL",
@@ -40,12 +43,32 @@ __all__ = [
     "Stack",
     "machine",
     "percentile",
+    "retrying",
     "rss_kb",
     "saga_env",
     "scratch_database",
     "statement_counts",
     "timing_records",
 ]
+
+
+def retrying(fn: Callable[[], T], *, seconds: float = 180.0) -> T:
+    """fn(), retried while the database or broker is briefly away.
+
+    The machines are shared: other engineers' fault tests restart PostgreSQL and
+    RabbitMQ. The product's processes ride that out; the bench's own calls
+    (enqueue, progress polls) retry here instead of aborting the run.
+    """
+    from saga.ports import StoreUnavailable
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except (StoreUnavailable, OperationalError, psycopg.OperationalError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -83,15 +106,22 @@ def scratch_database(prefix: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database; dropped after."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     base, _, _ = ADMIN_URL.rpartition("/")
-    with psycopg.connect(ADMIN_URL, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    url = f"{base}/{name}"
-    try:
-        upgrade(url)
-        yield url
-    finally:
+
+    def create() -> None:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
         with psycopg.connect(ADMIN_URL, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    retrying(create)
+    url = f"{base}/{name}"
+    try:
+        retrying(lambda: upgrade(url))
+        yield url
+    finally:
+        retrying(drop)
 
 
 def delete_queue(name: str) -> None:

@@ -16,6 +16,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, event, func, select, text
@@ -25,6 +26,7 @@ from bench.common import (
     Stack,
     delete_queue,
     percentile,
+    retrying,
     scratch_database,
     spawn_naive,
     statement_counts,
@@ -58,7 +60,7 @@ class _Counter:
 def _wait(done: Callable[[], int], n: int, alive: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        got = done()
+        got = retrying(done)
         if got >= n:
             return
         if not alive():
@@ -80,9 +82,8 @@ def run_ours(
     started = time.time()
     for i in range(n):
         t = time.time()
-        saga_id = orch.enqueue(
-            f"bench-{steps}", {"order_id": f"o-{run}-{i}", "amount_cents": 100 + i}
-        ).saga_id
+        payload = {"order_id": f"o-{run}-{i}", "amount_cents": 100 + i}
+        saga_id = retrying(partial(orch.enqueue, f"bench-{steps}", payload)).saga_id
         enq[saga_id] = t
     enqueued = time.time() - started
     ids = list(enq)
@@ -218,12 +219,12 @@ def run_overhead(stack: Stack, engine: Engine, m: int) -> dict[str, Any]:
     orch = Orchestrator(load_registry("bench.sagas"), SqlUnitOfWorkFactory(engine))
     returned: dict[str, float] = {}
     for i in range(m):
-        saga_id = orch.enqueue("bench-3", {"order_id": f"ovh-{i}", "amount_cents": 100}).saga_id
+        payload = {"order_id": f"ovh-{i}", "amount_cents": 100}
+        saga_id = retrying(partial(orch.enqueue, "bench-3", payload)).saga_id
         returned[saga_id] = time.time()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with engine.connect() as c:
-                status = c.execute(select(sagas.c.status).where(sagas.c.id == saga_id)).scalar_one()
+            status = retrying(partial(_status, engine, saga_id))
             if status in TERMINAL:
                 break
             time.sleep(0.005)
@@ -258,6 +259,11 @@ def run_overhead(stack: Stack, engine: Engine, m: int) -> dict[str, Any]:
         "handling_p99_ms": _ms(handling, 99),
         "step_own_p50_ms": _ms(own, 50),
     }
+
+
+def _status(engine: Engine, saga_id: str) -> str:
+    with engine.connect() as c:
+        return str(c.execute(select(sagas.c.status).where(sagas.c.id == saga_id)).scalar_one())
 
 
 def explain(engine: Engine) -> dict[str, list[str]]:
@@ -363,3 +369,25 @@ def bench_growth(sizes: list[int], step_counts: list[int]) -> dict[str, Any]:
                 ),
             }
     return {"runs": runs, "flatness": flat, "explain": plans}
+
+
+def bench_settings(n: int) -> list[dict[str, Any]]:
+    """Throughput of the same n 3-step sagas under the settings that matter, same run."""
+    variants: list[tuple[str, dict[str, Any]]] = [
+        ("prefetch 1 (default)", {}),
+        ("prefetch 4", {"worker_prefetch": 4}),
+        ("prefetch 16", {"worker_prefetch": 16}),
+        ("relay batch 50", {"relay_batch_size": 50}),
+    ]
+    out = []
+    with scratch_database("bench_settings") as url:
+        engine = create_engine(url)
+        for name, extra in variants:
+            with start_stack(url, extra=extra) as stack:
+                run_ours(stack, engine, min(50, n), 3)
+                r = run_ours(stack, engine, n, 3)
+            row = {"variant": name, **{k: r[k] for k in ("sagas_per_second", "latency_p50_ms")}}
+            print(f"  settings: {row}", flush=True)
+            out.append(row)
+        engine.dispose()
+    return out

@@ -11,16 +11,28 @@ rows, sagas started and terminal.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
 
-from bench.common import rss_kb, scratch_database
+from bench.common import retrying, rss_kb, scratch_database
 from bench.local import TERMINAL, start_stack
 from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
 from saga.store import SqlUnitOfWorkFactory, create_engine
 from saga.store.tables import outbox, sagas
+
+
+def _counts(engine: Any) -> tuple[int, int]:
+    with engine.connect() as c:
+        unpublished = c.execute(
+            select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+        ).scalar_one()
+        terminal = c.execute(
+            select(func.count()).select_from(sagas).where(sagas.c.status.in_(TERMINAL))
+        ).scalar_one()
+    return int(unpublished), int(terminal)
 
 
 def bench_soak(minutes: float, rate: float, sample_every: float = 30.0) -> dict[str, Any]:
@@ -67,7 +79,8 @@ def bench_soak(minutes: float, rate: float, sample_every: float = 30.0) -> dict[
                         raise RuntimeError(stack.procs.report())
                 target = int((now - started) * rate)
                 while i < target:
-                    orch.enqueue("bench-3", {"order_id": f"soak-{i}", "amount_cents": 100})
+                    payload = {"order_id": f"soak-{i}", "amount_cents": 100}
+                    retrying(partial(orch.enqueue, "bench-3", payload))
                     i += 1
                 time.sleep(0.02)
         engine.dispose()
