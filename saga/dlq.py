@@ -94,6 +94,15 @@ class Action(StrEnum):
 
 
 @dataclass(frozen=True)
+# What each of RabbitMQ's own dead-letter reasons means for a step message.
+_BROKER_REASONS = {
+    "delivery_limit": "; the step crashed its worker on every delivery",
+    "expired": "; its time-to-live ran out before a worker took it",
+    "rejected": "; a worker rejected it without requeueing",
+    "maxlen": "; the queue was full",
+}
+
+
 class DeadLetter:
     """One message in the DLQ, as taken in a pass (position is 1-based, head first)."""
 
@@ -120,11 +129,12 @@ class DeadLetter:
             return reason
         death = self._death
         if death:
-            return (
+            why = _text(death.get("reason"))
+            text = (
                 f"RabbitMQ dead-lettered it from queue {_text(death.get('queue'))!r}: "
-                f"{_text(death.get('reason'))} (after {death.get('count', '?')} time(s)); "
-                "a delivery limit means the step crashed its worker each time"
+                f"{why} (after {death.get('count', '?')} time(s))"
             )
+            return text + _BROKER_REASONS.get(why or "", "")
         return None
 
     @property
