@@ -93,7 +93,6 @@ class Action(StrEnum):
     DROP = "drop"
 
 
-@dataclass(frozen=True)
 # What each of RabbitMQ's own dead-letter reasons means for a step message.
 _BROKER_REASONS = {
     "delivery_limit": "; the step crashed its worker on every delivery",
@@ -103,6 +102,7 @@ _BROKER_REASONS = {
 }
 
 
+@dataclass(frozen=True)
 class DeadLetter:
     """One message in the DLQ, as taken in a pass (position is 1-based, head first)."""
 
