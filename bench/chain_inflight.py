@@ -22,6 +22,7 @@ import asyncio
 import tempfile
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -163,6 +164,15 @@ def bench_chain(
         for r in records:
             busy[r["pid"]] = busy.get(r["pid"], 0.0) + r["post"] - r["pre"]
         durations = [r["post"] - r["pre"] for r in records]
+        by_saga: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            by_saga.setdefault(r["saga_id"], []).append(r)
+        first_done, settle = [], []
+        for rs in by_saga.values():
+            rs.sort(key=lambda r: r["pre"])
+            first_done.append(rs[0]["post"] - started)
+            settle.append(rs[-1]["post"] - rs[0]["post"])
+        outcomes = Counter(str(r["outcome"]) for r in records)
         ours = {
             "sagas": n,
             "completed": completed,
@@ -177,6 +187,10 @@ def bench_chain(
             "task_ms_p99": round((percentile(durations, 99) or 0) * 1000, 1),
             "task_ms_max": round(max(durations, default=0) * 1000, 1),
             "longest_task_vs_block_time": round(max(durations, default=0) / block_seconds, 2),
+            "outcomes": dict(outcomes),
+            "all_submitted_after_s": round(max(first_done, default=0), 1),
+            "submit_to_last_task_p50_s": round(percentile(settle, 50) or 0, 2),
+            "submit_to_last_task_p99_s": round(percentile(settle, 99) or 0, 2),
         }
         return {
             "block_seconds": block_seconds,
