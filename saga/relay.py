@@ -33,6 +33,9 @@ from saga.ports import OutboxReader, PendingMessage, Publisher
 
 log = logging.getLogger("saga.relay")
 
+# After a LISTEN wake-up, wait this long for more commits before claiming.
+COALESCE_SECONDS = 0.005
+
 # Called after a batch is confirmed and before it is marked. Tests use it to
 # kill the relay at exactly that point.
 AfterPublish = Callable[[Sequence[PendingMessage]], None]
@@ -150,7 +153,11 @@ def _idle(reader: OutboxReader, stop_event: threading.Event, interval: float) ->
         if left <= 0:
             return
         if wait_for_rows(min(left, 0.5)):
-            return  # woken by a commit
+            # Woken by a commit. Under load every step commit would wake the relay
+            # for a claim of one row; a few milliseconds let the commits arriving
+            # meanwhile share the claim, its round trips and its confirm wait.
+            stop_event.wait(min(COALESCE_SECONDS, max(0.0, deadline - time.monotonic())))
+            return
 
 
 def _relay_once(
