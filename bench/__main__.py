@@ -154,6 +154,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (minutes, not an hour)")
     p.add_argument("--soak", action="store_true", help="include the soak in `all`")
     p.add_argument("--soak-minutes", type=float, default=20.0)
+    p.add_argument(
+        "--recheck-delay", type=float, default=10.0, help="SAGA_CHAIN_RECHECK_DELAY (chain)"
+    )
     p.add_argument("--out", default=None, help="JSON file (default bench/results/<what>.json)")
     a = p.parse_args()
     from bench import chain_inflight, local, soak
@@ -172,7 +175,9 @@ def main() -> int:
         elif name == "relay":
             results["relay"] = run_relay(q)
         elif name == "chain":
-            results["chain"] = chain_inflight.bench_chain(300 if q else 1000, 2.0, 500)
+            results["chain"] = chain_inflight.bench_chain(
+                300 if q else 1000, 2.0, 500, recheck_delay=a.recheck_delay
+            )
         elif name == "growth":
             sizes = [300, 1000] if q else [1000, 10000]
             results["growth"] = local.bench_growth(sizes, [3, 10])

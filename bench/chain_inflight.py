@@ -90,7 +90,11 @@ def _devnet_alone(devnet: Devnet, msp_dir: Path, n: int) -> dict[str, Any]:
 
 
 def bench_chain(
-    n: int, block_seconds: float, block_size: int, timeout: float = 1800
+    n: int,
+    block_seconds: float,
+    block_size: int,
+    timeout: float = 1800,
+    recheck_delay: float = 10.0,
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench_chain."))
     cc_address = f"127.0.0.1:{free_port()}"
@@ -120,7 +124,7 @@ def bench_chain(
                 "fabric_profile": str(devnet.profile(1)),
                 "fabric_msp_dir": str(msp_dir),
                 "fabric_channel": str(devnet.config["channel"]),
-                "chain_recheck_delay": 10.0,
+                "chain_recheck_delay": recheck_delay,
             }
             engine = create_engine(url)
             with Stack(url, relay_poll_interval=0.05, extra=extra) as stack:
@@ -195,6 +199,7 @@ def bench_chain(
         return {
             "block_seconds": block_seconds,
             "block_size": block_size,
+            "chain_recheck_delay": recheck_delay,
             "devnet_alone": baseline,
             "ours": ours,
             "ratio": round(ours["sagas_per_second"] / baseline["committed_tx_per_second"], 2),
