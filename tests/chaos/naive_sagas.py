@@ -26,7 +26,7 @@ from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.examples import order_payment as op
 from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
 from saga.ledger_port import LedgerError
-from tests.chaos.sagas import LEDGER_STEP, local_definition
+from tests.chaos.sagas import LEDGER_STEP, ledger_definition, local_definition
 
 PREFIX = "naive"
 COMMIT_WAIT = 20.0
@@ -85,7 +85,8 @@ def reverse_on_ledger(ctx: StepContext) -> None:
 
 
 def _steps() -> tuple[Step, ...]:
-    ours = {s.name: s for s in op.definition_v2.steps}[LEDGER_STEP]
+    # Same retry budget as ours, so both runs meet the same outages alike.
+    ours = ledger_definition.step(LEDGER_STEP)
     naive = Step(
         LEDGER_STEP,
         record_on_ledger,
