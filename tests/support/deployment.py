@@ -39,6 +39,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -191,6 +192,12 @@ class BlockRun:
         )
 
 
+def _path_with_saga(env: dict[str, str]) -> str:
+    """PATH with this interpreter's bin first, so `saga` is found without an activated venv."""
+    path = env.get("PATH") or os.environ.get("PATH", "")
+    return f"{Path(sys.executable).parent}{os.pathsep}{path}"
+
+
 def run_block(block: Block, env: dict[str, str], cwd: Path, timeout: float = 150.0) -> BlockRun:
     """Run the block's commands in one bash, stopping at the first unexpected status."""
     status_file = cwd / f".status-{uuid.uuid4().hex[:8]}"
@@ -208,7 +215,7 @@ def run_block(block: Block, env: dict[str, str], cwd: Path, timeout: float = 150
         result = subprocess.run(
             ["bash", "-c", script],
             cwd=cwd,
-            env={**env, "__RUNBOOK_STATUS": str(status_file)},
+            env={**env, "__RUNBOOK_STATUS": str(status_file), "PATH": _path_with_saga(env)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
