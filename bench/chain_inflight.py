@@ -37,8 +37,9 @@ from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
 from saga.store import SqlUnitOfWorkFactory, create_engine
 from saga.store.tables import sagas
+from saga_devnet.chaincode_launcher import start_chaincode
 from tests.fabric.conftest import Devnet, free_port
-from tests.support.ledger import CHAINCODE, CHAINCODE_ID, _start_chaincode
+from tests.support.ledger import CHAINCODE, CHAINCODE_ID
 
 
 def _devnet_alone(devnet: Devnet, msp_dir: Path, n: int) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def bench_chain(
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench_chain."))
     cc_address = f"127.0.0.1:{free_port()}"
-    chaincode = _start_chaincode(cc_address, work / "chaincode.log")
+    chaincode = start_chaincode(cc_address, CHAINCODE_ID, work / "chaincode.log")
     devnet = Devnet(
         work / "devnet",
         {

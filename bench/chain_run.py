@@ -46,8 +46,9 @@ from saga.orchestrator import Orchestrator  # noqa: E402
 from saga.registry_loader import load_registry  # noqa: E402
 from saga.store import SqlUnitOfWorkFactory, create_engine, upgrade  # noqa: E402
 from saga.store.tables import ledger_attempts, sagas  # noqa: E402
+from saga_devnet.chaincode_launcher import start_chaincode  # noqa: E402
 from tests.fabric.conftest import Devnet, free_port  # noqa: E402
-from tests.support.ledger import CHAINCODE, CHAINCODE_ID, _start_chaincode  # noqa: E402
+from tests.support.ledger import CHAINCODE, CHAINCODE_ID  # noqa: E402
 from tests.support.postgres import ADMIN_URL  # noqa: E402
 from tests.support.processes import Processes  # noqa: E402
 from tests.support.rabbitmq import AMQP_URL, delete_topology  # noqa: E402
@@ -103,7 +104,7 @@ def main() -> int:
 
     with psycopg.connect(ADMIN_URL, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{db_name}"')
-    chaincode = _start_chaincode(cc_address, work / "chaincode.log")
+    chaincode = start_chaincode(cc_address, CHAINCODE_ID, work / "chaincode.log")
     devnet = Devnet(
         work / "devnet",
         {
