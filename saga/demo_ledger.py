@@ -4,10 +4,8 @@ demo's own. It yields the SAGA_FABRIC_* settings that point at it."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -15,35 +13,9 @@ from typing import Any
 
 import yaml
 
+from saga_devnet.chaincode_launcher import chaincode_running, free_port, stop, wait_listening
+
 CHAINCODE_ID = "sagafacts_1.0:demo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} did not listen on port {port} within 60 s; see {log}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -87,25 +59,22 @@ def local_ledger(workdir: Path, *, batch_timeout: float = 1.0) -> Iterator[dict[
     existing = devnet_dir / "devnet.yaml"
     seed = workdir / "devnet-seed.yaml"
     if not existing.exists():
-        admin, orderer, org1, org2, cc_port = (_free_port() for _ in range(5))
+        admin, orderer, org1, org2, cc_port = (free_port() for _ in range(5))
         seed.write_text(yaml.safe_dump(_seed(admin, orderer, org1, org2, cc_port, batch_timeout)))
     # The devnet keeps the ports of its first start (its profiles name them).
     config = yaml.safe_load((existing if existing.exists() else seed).read_text())
     cc_address = config["chaincodes"]["sagafacts"]["address"]
     org1 = int(config["orgs"][0]["port"])
     with ExitStack() as stack:
-        cc_log = workdir / "chaincode.log"
-        chaincode = _spawn(
-            ["-m", "chaincode", "--id", CHAINCODE_ID, "--address", cc_address], cc_log
+        stack.enter_context(
+            chaincode_running(cc_address, CHAINCODE_ID, workdir / "chaincode.log", new_session=True)
         )
-        stack.callback(_stop, chaincode)
-        _wait_listening(chaincode, int(cc_address.rsplit(":", 1)[1]), "the chaincode", cc_log)
         dn_log = workdir / "devnet.log"
         devnet = _spawn(
             ["-m", "saga_devnet", "up", "--dir", str(devnet_dir), "--config", str(seed)], dn_log
         )
-        stack.callback(_stop, devnet)
-        _wait_listening(devnet, org1, "the devnet", dn_log)
+        stack.callback(stop, devnet)
+        wait_listening(devnet, org1, "the devnet", dn_log)
         domain = config["orgs"][0]["domain"]
         org_dir = devnet_dir / "organizations" / "peerOrganizations" / domain
         yield {

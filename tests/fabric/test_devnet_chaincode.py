@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
+from saga_devnet.chaincode_launcher import chaincode_running, free_port
 from saga_devnet.protos import transaction_pb2
 from saga_devnet.rawclient import error_details
 
-REPO = Path(__file__).resolve().parents[2]
 CC_NAME = "sagafacts"
 CC_ID = "sagafacts_1.0:devnet"
 
 
 @pytest.fixture(scope="module")
 def chaincode_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("cc") / "chaincode.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chaincode", "--id", CC_ID, "--address", address],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield address
-    proc.terminate()
-    proc.wait(10)
+    address = f"127.0.0.1:{free_port()}"
+    with chaincode_running(address, CC_ID, tmp_path_factory.mktemp("cc") / "chaincode.log"):
+        yield address
 
 
 @pytest.fixture(scope="module")

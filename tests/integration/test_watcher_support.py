@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from saga.fabric.transaction import PreparedTransaction
 from saga.ports import LedgerAttemptRecord, SagaRecord
 from saga.store import SqlUnitOfWorkFactory, create_engine
 from saga.store.tables import ledger_attempts, outbox
+from saga_devnet.chaincode_launcher import chaincode_running, free_port
 from tests.fabric.conftest import Devnet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,34 +41,11 @@ CC_ID = "sagafacts_1.0:devnet"
 SAGA_NAME = "ledger-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def chaincode_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("cc") / "chaincode.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chaincode", "--id", CC_ID, "--address", address],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield address
-    proc.terminate()
-    proc.wait(10)
+    address = f"127.0.0.1:{free_port()}"
+    with chaincode_running(address, CC_ID, tmp_path_factory.mktemp("cc") / "chaincode.log"):
+        yield address
 
 
 def sagafacts_net(factory: Callable[..., Devnet], address: str, **overrides: Any) -> Devnet:

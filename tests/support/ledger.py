@@ -12,10 +12,7 @@ devnet dials it; endorsement needs both orgs, as on a MAJORITY-policy network.
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
+from saga_devnet.chaincode_launcher import chaincode_running, start_chaincode
 from tests.fabric.conftest import Devnet, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 CHAINCODE = "sagafacts"
 CHAINCODE_ID = "sagafacts_1.0:devnet"
 
@@ -58,56 +55,36 @@ class LedgerNet:
 
 
 def _start_chaincode(address: str, log: Path) -> subprocess.Popen[bytes]:
-    port = int(address.rsplit(":", 1)[1])
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chaincode", "--id", CHAINCODE_ID, "--address", address],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chaincode exited with {proc.returncode}:\n{log.read_text()}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError(f"chaincode not listening on {address}:\n{log.read_text()}")
+    # Kept under this name for bench/chain_run.py and bench/chain_inflight.py, which
+    # import it and stop the process themselves.
+    return start_chaincode(address, CHAINCODE_ID, log)
 
 
 @pytest.fixture(scope="module", name="sagafacts_net")
 def sagafacts_net_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerNet]:
     address = f"127.0.0.1:{free_port()}"
-    proc = _start_chaincode(address, tmp_path_factory.mktemp("chaincode") / "chaincode.log")
-    net = Devnet(
-        tmp_path_factory.mktemp("devnet"),
-        {
-            "batch_timeout": 0.3,
-            "chaincodes": {
-                CHAINCODE: {
-                    "address": address,
-                    "package_id": CHAINCODE_ID,
-                    "policy": "MAJORITY Endorsement",
-                }
+    log = tmp_path_factory.mktemp("chaincode") / "chaincode.log"
+    with chaincode_running(address, CHAINCODE_ID, log):
+        net = Devnet(
+            tmp_path_factory.mktemp("devnet"),
+            {
+                "batch_timeout": 0.3,
+                "chaincodes": {
+                    CHAINCODE: {
+                        "address": address,
+                        "package_id": CHAINCODE_ID,
+                        "policy": "MAJORITY Endorsement",
+                    }
+                },
             },
-        },
-    )
-    ledger = LedgerNet(net, address)
-    try:
-        net.start()
-        yield ledger
-    finally:
-        ledger.close()
+        )
+        ledger = LedgerNet(net, address)
         try:
-            net.stop()
-        except Exception:
-            net.kill()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            net.start()
+            yield ledger
+        finally:
+            ledger.close()
+            try:
+                net.stop()
+            except Exception:
+                net.kill()
