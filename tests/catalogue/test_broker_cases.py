@@ -14,17 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Producer
 from sqlalchemy import func, select
 
-from saga.broker import Topology
 from saga.broker.topology import DLQ_ERROR, DLQ_REASON
 from saga.config import Settings
 from saga.core.state import SagaStatus
 from saga.examples.order_payment import NAME
 from saga.store import create_engine
 from saga.store.tables import inbox, outbox, saga_history, sagas
-from tests.integration.test_dlq_poison import task_headers, v2_body
+from tests.integration.test_dlq_poison import publish_to_step_queue, task_headers, v2_body
 from tests.support.outbox import step_body
 from tests.support.rabbitmq import drain, queue_depth
 from tests.support.workers import celery_worker, orchestrator, relay_thread, wait_until
@@ -96,7 +94,6 @@ def test_bad_broker_messages_are_dead_lettered_with_their_reason(
     the body; wrong types and values in a step message (attempt 0, version as a string).
     Each lands in the DLQ with its reason; nothing is stored; the worker keeps running."""
     settings = replace(broker_settings, database_url=pg_url)
-    topology = Topology.from_settings(settings)
     engine = create_engine(settings)
     log = tmp_path / "worker.log"
     orch = orchestrator(engine, settings)
@@ -108,18 +105,7 @@ def test_bad_broker_messages_are_dead_lettered_with_their_reason(
             history_before = c.execute(select(func.count()).select_from(saga_history)).scalar()
         bad = cases(victim)
         with celery_worker(settings, log) as worker:
-            with Connection(settings.broker_url) as connection:
-                topology.declare_kombu(connection)
-                producer = Producer(connection.default_channel)
-                for publish, _, _ in bad.values():
-                    producer.publish(
-                        publish["body"],
-                        exchange=topology.kombu_step_exchange(),
-                        routing_key=topology.step_routing_key,
-                        headers=publish["headers"],
-                        content_type="application/json",
-                        content_encoding="utf-8",
-                    )
+            publish_to_step_queue(settings, [publish for publish, _, _ in bad.values()])
             wait_until(
                 lambda: queue_depth(settings.broker_url, settings.dead_letter_queue) == len(bad),
                 timeout=60,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,24 @@ def task_headers(task_id: str, task: str = STEP_TASK) -> dict[str, Any]:
 
 def v2_body(*args: Any) -> bytes:
     return json.dumps([list(args), {}, EMBED]).encode()
+
+
+def publish_to_step_queue(settings: Settings, messages: Iterable[Mapping[str, Any]]) -> None:
+    """Publish each {"body": bytes, "headers": dict} onto the step queue as given,
+    bypassing the product's publishers (which would never send such messages)."""
+    topology = Topology.from_settings(settings)
+    with Connection(settings.broker_url) as connection:
+        topology.declare_kombu(connection)
+        producer = Producer(connection.default_channel)
+        for message in messages:
+            producer.publish(
+                message["body"],
+                exchange=topology.kombu_step_exchange(),
+                routing_key=topology.step_routing_key,
+                headers=message["headers"],
+                content_type="application/json",
+                content_encoding="utf-8",
+            )
 
 
 def poison_cases(saga_id: str) -> dict[str, tuple[dict[str, Any], str]]:
@@ -81,7 +100,6 @@ def test_poison_messages_are_dead_lettered_with_reason_and_the_worker_keeps_goin
     broker_settings: Settings, pg_url: str, tmp_path: Path
 ) -> None:
     settings = replace(broker_settings, database_url=pg_url)
-    topology = Topology.from_settings(settings)
     engine = create_engine(settings)
     log = tmp_path / "worker.log"
     orch = orchestrator(engine, settings)
@@ -92,18 +110,7 @@ def test_poison_messages_are_dead_lettered_with_reason_and_the_worker_keeps_goin
         ).saga_id
         cases = poison_cases(victim)
         with celery_worker(settings, log) as worker:
-            with Connection(settings.broker_url) as connection:
-                topology.declare_kombu(connection)
-                producer = Producer(connection.default_channel)
-                for publish_args, _ in cases.values():
-                    producer.publish(
-                        publish_args["body"],
-                        exchange=topology.kombu_step_exchange(),
-                        routing_key=topology.step_routing_key,
-                        headers=publish_args["headers"],
-                        content_type="application/json",
-                        content_encoding="utf-8",
-                    )
+            publish_to_step_queue(settings, [args for args, _ in cases.values()])
             wait_until(
                 lambda: queue_depth(settings.broker_url, settings.dead_letter_queue) == len(cases),
                 timeout=60,
