@@ -7,11 +7,13 @@ bytes) -> ``submit`` -> Submitted -> ``commit_status`` -> CommitResult.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from saga.fabric import messages
 from saga.fabric.connection import GatewayEndpoint
@@ -20,6 +22,7 @@ from saga.fabric.errors import (
     CommitStatusError,
     EndorseError,
     EvaluateError,
+    GatewayError,
     SubmitError,
 )
 from saga.fabric.identity import SigningIdentity
@@ -27,6 +30,8 @@ from saga.fabric.proposal import Arg, Proposal, build_proposal
 from saga.fabric.protos import gateway_pb2_grpc
 from saga.fabric.transaction import PreparedTransaction, as_prepared
 from saga.ledger_port import CommitResult, PreparedTx, Submitted
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,20 @@ class GatewayClient:
     ) -> None:
         self.close()
 
+    def _call(
+        self,
+        rpc: Callable[..., T],
+        request: Message,
+        timeout: float,
+        error: type[GatewayError],
+        txid: str,
+    ) -> T:
+        """One unary Gateway call; a gRPC failure becomes `error`, naming the txid."""
+        try:
+            return rpc(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error.from_rpc_error(exc, txid) from exc
+
     # -- lifecycle steps ---------------------------------------------------
 
     def new_proposal(
@@ -108,13 +127,13 @@ class GatewayClient:
         )
 
     def endorse(self, proposal: Proposal, *, timeout: float | None = None) -> PreparedTransaction:
-        try:
-            response = self._stub.Endorse(
-                messages.endorse_request(proposal),
-                timeout=self.deadlines.endorse if timeout is None else timeout,
-            )
-        except grpc.RpcError as exc:
-            raise EndorseError.from_rpc_error(exc, proposal.txid) from exc
+        response = self._call(
+            self._stub.Endorse,
+            messages.endorse_request(proposal),
+            self.deadlines.endorse if timeout is None else timeout,
+            EndorseError,
+            proposal.txid,
+        )
         try:
             prepared = PreparedTransaction.sign(response.prepared_transaction, self.identity)
         except ValueError as exc:
@@ -141,36 +160,36 @@ class GatewayClient:
         """Send the signed envelope to be ordered. Sending the same bytes again is safe:
         the ledger keeps only the first commit of a txid valid."""
         tx = as_prepared(prepared)
-        try:
-            self._stub.Submit(
-                messages.submit_request(tx.txid, tx.channel, tx.envelope),
-                timeout=self.deadlines.submit if timeout is None else timeout,
-            )
-        except grpc.RpcError as exc:
-            raise SubmitError.from_rpc_error(exc, tx.txid) from exc
+        self._call(
+            self._stub.Submit,
+            messages.submit_request(tx.txid, tx.channel, tx.envelope),
+            self.deadlines.submit if timeout is None else timeout,
+            SubmitError,
+            tx.txid,
+        )
         return Submitted(txid=tx.txid, channel=tx.channel)
 
     def commit_status(
         self, channel: str, txid: str, *, timeout: float | None = None
     ) -> CommitResult:
         """Wait for the txid's commit. Raises CommitStatusError (a StatusUnknown)."""
-        try:
-            response = self._stub.CommitStatus(
-                messages.signed_commit_status_request(self.identity, channel, txid),
-                timeout=self.deadlines.commit_status if timeout is None else timeout,
-            )
-        except grpc.RpcError as exc:
-            raise CommitStatusError.from_rpc_error(exc, txid) from exc
+        response = self._call(
+            self._stub.CommitStatus,
+            messages.signed_commit_status_request(self.identity, channel, txid),
+            self.deadlines.commit_status if timeout is None else timeout,
+            CommitStatusError,
+            txid,
+        )
         return messages.commit_result(txid, response)
 
     def evaluate_proposal(self, proposal: Proposal, *, timeout: float | None = None) -> bytes:
-        try:
-            response = self._stub.Evaluate(
-                messages.evaluate_request(proposal),
-                timeout=self.deadlines.evaluate if timeout is None else timeout,
-            )
-        except grpc.RpcError as exc:
-            raise EvaluateError.from_rpc_error(exc, proposal.txid) from exc
+        response = self._call(
+            self._stub.Evaluate,
+            messages.evaluate_request(proposal),
+            self.deadlines.evaluate if timeout is None else timeout,
+            EvaluateError,
+            proposal.txid,
+        )
         return messages.evaluate_payload(proposal, response)
 
     # -- the ledger port ---------------------------------------------------
