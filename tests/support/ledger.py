@@ -12,7 +12,6 @@ devnet dials it; endorsement needs both orgs, as on a MAJORITY-policy network.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
-from saga_devnet.chaincode_launcher import chaincode_running, start_chaincode
+from saga_devnet.chaincode_launcher import chaincode_running
 from tests.fabric.conftest import Devnet, free_port
 
 CHAINCODE = "sagafacts"
@@ -52,12 +51,6 @@ class LedgerNet:
         for client in self._clients:
             client.close()
         self._clients.clear()
-
-
-def _start_chaincode(address: str, log: Path) -> subprocess.Popen[bytes]:
-    # Kept under this name for bench/chain_run.py and bench/chain_inflight.py, which
-    # import it and stop the process themselves.
-    return start_chaincode(address, CHAINCODE_ID, log)
 
 
 @pytest.fixture(scope="module", name="sagafacts_net")
