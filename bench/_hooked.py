@@ -4,9 +4,9 @@
 
 Counts, per process (Celery pool children count their own), what each engine
 sends to the database: statements (SQLAlchemy's `before_cursor_execute`, keyed
-by the statement's first words), BEGINs, COMMITs, ROLLBACKs and pool checkouts
-(each one a pre-ping round trip). Written to `<dir>/s-<pid>.json` at most twice
-a second and at exit.
+by the statement's first words), BEGINs, COMMITs, ROLLBACKs and the pings the
+pool sends before handing out a connection that sat idle (saga.store.engine).
+Written to `<dir>/s-<pid>.json` at most twice a second and at exit.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections import Counter
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import Pool
 
 DIRECTORY = os.environ.get("BENCH_STMT_DIR", "")
 _counts: Counter[str] = Counter()
@@ -78,9 +78,13 @@ def install() -> None:
     def _rollback(conn: Any) -> None:
         _bump("ROLLBACK")
 
-    @event.listens_for(Pool, "checkout")
-    def _checkout(*_: Any) -> None:
-        _bump("pool checkout (pre-ping)")
+    ping = PGDialect_psycopg.do_ping
+
+    def _counted_ping(self: PGDialect_psycopg, dbapi_connection: Any) -> bool:
+        _bump("pre-ping")
+        return ping(self, dbapi_connection)
+
+    PGDialect_psycopg.do_ping = _counted_ping  # type: ignore[method-assign]
 
     atexit.register(_write)
     try:

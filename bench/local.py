@@ -111,9 +111,7 @@ def run_ours(
     own = counter.counts
     per_saga = {k: round(v / n, 2) for k, v in sorted(delta.items(), key=lambda kv: -kv[1])}
     statements = sum(
-        v
-        for k, v in delta.items()
-        if k not in ("BEGIN", "COMMIT", "ROLLBACK", "pool checkout (pre-ping)")
+        v for k, v in delta.items() if k not in ("BEGIN", "COMMIT", "ROLLBACK", "pre-ping")
     )
     round_trips = sum(delta.values()) + sum(own.values())
     return {

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ValidationError
 from saga import metrics
 from saga.chain.executor import ChainSettings, ChainStepExecutor
 from saga.core.chain import VALID, AttemptState
-from saga.core.definitions import Purpose, Registry, SagaDefinition, StepContext, StepKind
+from saga.core.definitions import (
+    Purpose,
+    Registry,
+    SagaDefinition,
+    Step,
+    StepContext,
+    StepKind,
+)
 from saga.core.errors import SagaError
 from saga.core.machine import awaits, transition
 from saga.core.messages import (
@@ -222,46 +229,96 @@ class Orchestrator:
         UnknownSaga for messages that can never succeed (dead-letter them) and
         StoreUnavailable for transient trouble (retry them).
         """
+        failure: Exception | None = None
         with self._uow() as uow:
-            if uow.inbox.seen(message.message_id):
-                return Outcome.DUPLICATE
-            record = uow.sagas.get(message.saga_id, for_update=True)
-            if record is None:
-                raise MalformedMessage(f"no saga with id {message.saga_id!r}")
-            state = record.state
-            if (state.name, state.version) != (message.saga, message.version):
-                raise MalformedMessage(
-                    f"message names saga {message.saga!r} v{message.version} but saga "
-                    f"{state.saga_id} runs {state.name!r} v{state.version}"
-                )
-            definition = self.registry.get(state.name, state.version)
-            try:
-                step = definition.step(message.step)
-            except KeyError:
-                raise MalformedMessage(
-                    f"saga {state.name!r} v{state.version} has no step {message.step!r}"
-                ) from None
-            command = message.command()
-            why = awaits(state, command)
-            if why is not None:
-                uow.inbox.record(message.message_id, state.saga_id)
-                uow.commit()
-                log.info(
-                    "stale step message ignored",
-                    extra={"saga_id": state.saga_id, "step": message.step, "why": why},
-                )
-                return Outcome.STALE
+            loaded = self._load(uow, message)
+            if isinstance(loaded, Outcome):
+                return loaded
+            record, definition, step = loaded
             if step.kind is not StepKind.CHAIN:
                 with metrics.step_timer("local", message.phase):
-                    return self._run_local(uow, message, record, definition)
+                    try:
+                        output = self._run_action(uow, message, record, definition)
+                    except Exception as exc:
+                        if isinstance(exc, self._transient):
+                            raise
+                        failure = exc
+                    else:
+                        event: Event = (
+                            StepSucceeded(step.name, message.attempt)
+                            if message.phase is Phase.DO
+                            else CompensationSucceeded(step.name, message.attempt)
+                        )
+                        self._apply(uow, record, definition, message, event, output)
+                        uow.commit()
+                        return Outcome.APPLIED
+        if failure is not None:
+            return self._record_failure(message, failure)
         # Outside any transaction: a chain step's ledger calls must not hold the
         # saga's row lock (the executor takes it again for each write).
         with metrics.step_timer("chain", message.phase):
             return Outcome(self.chain.run(message, definition, step))
 
-    def _run_local(
+    def _load(
+        self, uow: UnitOfWork, message: StepMessage
+    ) -> Outcome | tuple[SagaRecord, SagaDefinition, Step]:
+        """Claim the message and lock its saga; an Outcome if there is nothing to run.
+
+        A local step's message is claimed in the inbox up front (the claim commits
+        with the step, or rolls back with it). A chain step's is only looked up:
+        the executor records it in the transaction that settles the message.
+        """
+        definition_step = self._peek(message)
+        claim = definition_step is None or definition_step.kind is not StepKind.CHAIN
+        if claim:
+            if not uow.inbox.claim(message.message_id, message.saga_id):
+                return Outcome.DUPLICATE
+        elif uow.inbox.seen(message.message_id):
+            return Outcome.DUPLICATE
+        record = uow.sagas.get(message.saga_id, for_update=True)
+        if record is None:
+            raise MalformedMessage(f"no saga with id {message.saga_id!r}")
+        state = record.state
+        if (state.name, state.version) != (message.saga, message.version):
+            raise MalformedMessage(
+                f"message names saga {message.saga!r} v{message.version} but saga "
+                f"{state.saga_id} runs {state.name!r} v{state.version}"
+            )
+        definition = self.registry.get(state.name, state.version)
+        try:
+            step = definition.step(message.step)
+        except KeyError:
+            raise MalformedMessage(
+                f"saga {state.name!r} v{state.version} has no step {message.step!r}"
+            ) from None
+        why = awaits(state, message.command())
+        if why is not None:
+            if not claim:
+                uow.inbox.record(message.message_id, state.saga_id)
+            uow.commit()
+            log.info(
+                "stale step message ignored",
+                extra={"saga_id": state.saga_id, "step": message.step, "why": why},
+            )
+            return Outcome.STALE
+        return record, definition, step
+
+    def _peek(self, message: StepMessage) -> Step | None:
+        """The step a message names, from the registry alone (None: unknown, checked later)."""
+        try:
+            return self.registry.get(message.saga, message.version).step(message.step)
+        except (SagaError, KeyError):
+            return None
+
+    def _run_action(
         self, uow: UnitOfWork, message: StepMessage, record: SagaRecord, definition: SagaDefinition
-    ) -> Outcome:
+    ) -> Mapping[str, Any] | None:
+        """Run the step's action (or compensation) in the transaction; its output, if any.
+
+        No savepoint around it: if it raises, the caller ends the whole transaction
+        and records the failure in a new one, which costs round trips only when a
+        step fails rather than on every step.
+        """
         state = record.state
         step = definition.step(message.step)
         fn = step.action if message.phase is Phase.DO else step.compensation
@@ -275,26 +332,26 @@ class Orchestrator:
             data=dict(record.data),
             session=uow.session,
         )
-        event: Event
-        output: Mapping[str, Any] | None = None
-        try:
-            with uow.savepoint():
-                result = fn(ctx)
-                if message.phase is Phase.DO:
-                    output = _step_output(step.name, result)
-        except Exception as exc:
-            if isinstance(exc, self._transient):
-                raise
+        result = fn(ctx)
+        # ORM rows the step added go out now, so their errors are the step's.
+        uow.session.flush()
+        return _step_output(step.name, result) if message.phase is Phase.DO else None
+
+    def _record_failure(self, message: StepMessage, exc: Exception) -> Outcome:
+        """The step raised and its transaction is gone; record the failure in a new one.
+
+        The saga is locked and checked again: another delivery of the message may
+        have been handled in between (then this one is a duplicate or stale).
+        """
+        with self._uow() as uow:
+            loaded = self._load(uow, message)
+            if isinstance(loaded, Outcome):
+                return loaded
+            record, definition, _ = loaded
             event = self._failure_event(message, exc)
-        else:
-            event = (
-                StepSucceeded(step.name, message.attempt)
-                if message.phase is Phase.DO
-                else CompensationSucceeded(step.name, message.attempt)
-            )
-        self.apply_event(uow, record, definition, message, event, output)
-        uow.commit()
-        return Outcome.APPLIED
+            self._apply(uow, record, definition, message, event, None)
+            uow.commit()
+            return Outcome.APPLIED
 
     def apply_event(
         self,
@@ -305,7 +362,20 @@ class Orchestrator:
         event: Event,
         output: Mapping[str, Any] | None,
     ) -> None:
-        """The end of every handled step message, in the caller's transaction."""
+        """The end of every handled chain step message, in the caller's transaction."""
+        uow.inbox.record(message.message_id, record.saga_id)
+        self._apply(uow, record, definition, message, event, output)
+
+    def _apply(
+        self,
+        uow: UnitOfWork,
+        record: SagaRecord,
+        definition: SagaDefinition,
+        message: StepMessage,
+        event: Event,
+        output: Mapping[str, Any] | None,
+    ) -> None:
+        """The transition an event makes, its state, messages and history (not the inbox)."""
         state = record.state
         t = transition(definition, state, event)
         if output and message.phase is Phase.DO:
@@ -313,7 +383,6 @@ class Orchestrator:
         record = replace(record, state=t.state, updated_at=_now())
         uow.sagas.save(record)
         self._emit(uow, t.state, t.commands)
-        uow.inbox.record(message.message_id, state.saga_id)
         self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
         if t.state.status != state.status:
             self._note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})

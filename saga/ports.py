@@ -148,6 +148,13 @@ class Outbox(Protocol):
 class Inbox(Protocol):
     def seen(self, message_id: str) -> bool: ...
 
+    def claim(self, message_id: str, saga_id: str) -> bool:
+        """`record` unless `seen`, in one step: False if the message was processed before.
+
+        A concurrent claim of the same id waits until this transaction ends.
+        """
+        ...
+
     def record(self, message_id: str, saga_id: str) -> None: ...
 
 

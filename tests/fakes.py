@@ -118,6 +118,9 @@ class FakeSession:
     def rows(self, table: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self._uow._work().business.get(table, []))
 
+    def flush(self) -> None:
+        """Writes apply at once here; a SQLAlchemy session sends pending ORM rows."""
+
 
 class FakeSagaRepository:
     def __init__(self, uow: FakeUnitOfWork) -> None:
@@ -189,6 +192,12 @@ class FakeInbox:
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._uow._work().inbox
+
+    def claim(self, message_id: str, saga_id: str) -> bool:
+        if self.seen(message_id):
+            return False
+        self.record(message_id, saga_id)
+        return True
 
     def record(self, message_id: str, saga_id: str) -> None:
         inbox = self._uow._work().inbox

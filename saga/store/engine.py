@@ -10,16 +10,24 @@ in SQLITE_BUSY for one of them, or worse, both act on the same read.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from saga.config import Settings
 
 # A writer waits this long for the SQLite write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# A pooled connection idle for longer than this is pinged before use. One used
+# more recently is trusted: pinging every checkout was a round trip per
+# transaction (a quarter of a step's); if the server did restart in that window
+# the transaction fails as StoreUnavailable, SQLAlchemy drops the whole pool on
+# the disconnect, and the message is retried.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -35,9 +43,6 @@ def create_engine(settings: Settings | str, **overrides: Any) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url.render_as_string(hide_password=False), **overrides)
     options: dict[str, Any] = {
-        # A restarted PostgreSQL leaves every pooled connection dead; pre-ping
-        # swaps them for live ones instead of failing the next transaction.
-        "pool_pre_ping": True,
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": 30,
@@ -58,7 +63,39 @@ def create_engine(settings: Settings | str, **overrides: Any) -> Engine:
         for key in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(key, None)
     options.update(overrides)
-    return sqlalchemy.create_engine(url, **options)
+    engine = sqlalchemy.create_engine(url, **options)
+    if not options.get("pool_pre_ping"):
+        _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pre-ping a pooled connection only if it sat idle (see PING_AFTER_IDLE_SECONDS).
+
+    A restarted PostgreSQL leaves every pooled connection dead; the ping swaps a
+    dead one for a live one instead of failing the next transaction.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection: Any, record: Any) -> None:
+        record.info["saga_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _idle(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["saga_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("saga_idle_since", 0.0)
+        if time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and checks out (or opens) another.
+            raise exc.DisconnectionError(f"pooled connection is dead: {error}") from error
+        record.info["saga_idle_since"] = time.monotonic()
 
 
 def _sqlite_engine(url: str, **overrides: Any) -> Engine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,25 @@ class SqlInbox:
             select(inbox.c.message_id).where(inbox.c.message_id == message_id)
         ).first()
         return found is not None
+
+    def claim(self, message_id: str, saga_id: str) -> bool:
+        """Record the message in this transaction; False if it already was processed.
+
+        One round trip where `seen` + `record` take two. On PostgreSQL a second
+        transaction claiming the same id waits on the primary key until the first
+        ends, then finds it (committed) or claims it (rolled back); on SQLite the
+        write lock already serialises them.
+        """
+        values = {"message_id": message_id, "saga_id": saga_id, "processed_at": utcnow()}
+        dialect = self._session.get_bind().dialect.name
+        builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        claimed = self._session.execute(
+            builder(inbox)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(inbox.c.message_id)
+        ).first()
+        return claimed is not None
 
     def record(self, message_id: str, saga_id: str) -> None:
         try:

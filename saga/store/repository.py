@@ -55,17 +55,26 @@ class SqlSagaRepository:
         self._known[state.saga_id] = state.steps
 
     def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None:
-        query = select(sagas).where(sagas.c.id == saga_id)
+        # The saga and its steps in one round trip (it is on every step's path).
+        query = (
+            select(sagas, *_STEP_COLUMNS)
+            .outerjoin(saga_steps, saga_steps.c.saga_id == sagas.c.id)
+            .where(sagas.c.id == saga_id)
+            .order_by(saga_steps.c.idx)
+        )
         if for_update:
-            # PostgreSQL: a row lock until the transaction ends. SQLite ignores the
-            # clause, and needs none: the engine's BEGIN IMMEDIATE already holds
-            # the database's write lock (see saga.store.engine).
-            query = query.with_for_update()
-        row = self._session.execute(query).first()
-        if row is None:
+            # PostgreSQL: a row lock on the saga until the transaction ends (its
+            # steps change only under it). SQLite ignores the clause, and needs
+            # none: the engine's BEGIN IMMEDIATE already holds the database's write
+            # lock (see saga.store.engine).
+            query = query.with_for_update(of=sagas)
+        rows = self._session.execute(query).all()
+        if not rows:
             return None
-        # Read after the lock, so the steps are as the lock holder left them.
-        return self._records([row])[0]
+        steps = [_step(row, prefix="step_") for row in rows if row.step_name is not None]
+        record = _record(rows[0], steps)
+        self._known[record.saga_id] = record.state.steps
+        return record
 
     def by_idempotency_key(self, key: str) -> SagaRecord | None:
         row = self._session.execute(select(sagas).where(sagas.c.idempotency_key == key)).first()
@@ -141,21 +150,36 @@ class SqlSagaRepository:
             .where(saga_steps.c.saga_id.in_(ids))
             .order_by(saga_steps.c.saga_id, saga_steps.c.idx)
         ):
-            steps[step.saga_id].append(
-                StepState(
-                    name=step.name,
-                    status=StepStatus(step.status),
-                    attempts=step.attempts,
-                    failures=step.failures,
-                    compensation_attempts=step.compensation_attempts,
-                    compensation_failures=step.compensation_failures,
-                    last_error=step.last_error,
-                )
-            )
+            steps[step.saga_id].append(_step(step))
         records = [_record(row, steps[row.id]) for row in rows]
         for record in records:
             self._known[record.saga_id] = record.state.steps
         return records
+
+
+_STEP_FIELDS = (
+    "name",
+    "status",
+    "attempts",
+    "failures",
+    "compensation_attempts",
+    "compensation_failures",
+    "last_error",
+)
+_STEP_COLUMNS = tuple(saga_steps.c[name].label(f"step_{name}") for name in _STEP_FIELDS)
+
+
+def _step(row: Row[Any], prefix: str = "") -> StepState:
+    m = row._mapping
+    return StepState(
+        name=m[f"{prefix}name"],
+        status=StepStatus(m[f"{prefix}status"]),
+        attempts=m[f"{prefix}attempts"],
+        failures=m[f"{prefix}failures"],
+        compensation_attempts=m[f"{prefix}compensation_attempts"],
+        compensation_failures=m[f"{prefix}compensation_failures"],
+        last_error=m[f"{prefix}last_error"],
+    )
 
 
 def _record(row: Row[Any], steps: Iterable[StepState]) -> SagaRecord:
