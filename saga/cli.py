@@ -16,7 +16,10 @@ from rich.table import Table
 
 from saga.commands import dlq as dlq_commands
 from saga.commands import inspect as inspect_commands
+from saga.commands import ledger as ledger_commands
 from saga.commands import operator as operator_commands
+from saga.commands import queues as queues_commands
+from saga.commands import wait as wait_commands
 from saga.config import ConfigError, Settings
 
 app = typer.Typer(
@@ -175,10 +178,13 @@ def enqueue(
 # Operator commands live in saga.commands, one module per group.
 app.command("list")(inspect_commands.list_sagas)
 app.command()(inspect_commands.show)
+app.command()(wait_commands.wait)
 app.command()(operator_commands.retry)
 app.command()(operator_commands.resume)
 app.command()(operator_commands.compensate)
 app.add_typer(dlq_commands.app, name="dlq")
+app.command()(queues_commands.queues)
+app.add_typer(ledger_commands.app, name="ledger")
 
 
 @app.command()

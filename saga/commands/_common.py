@@ -36,9 +36,10 @@ ActorOpt = Annotated[
 ]
 
 
-def settings(db: str | None = None, broker: str | None = None) -> Settings:
+def settings(db: str | None = None, broker: str | None = None, **more: Any) -> Settings:
+    """SAGA_* settings with the command's options on top (None: keep the setting)."""
     try:
-        return Settings.from_env(database_url=db, broker_url=broker)
+        return Settings.from_env(database_url=db, broker_url=broker, **more)
     except ConfigError as exc:
         fail(USAGE, f"configuration error: {exc}", "fix the SAGA_* variable (`saga config`)")
 

@@ -85,13 +85,29 @@ def _run(action: Callable[[], Any]) -> Any:
 @app.command("list")
 def list_messages(
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
+    saga_id: Annotated[
+        str | None,
+        typer.Option(
+            "--saga",
+            help="Only messages for this saga id (the ones `saga dlq replay/drop --saga` take).",
+        ),
+    ] = None,
     broker: BrokerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the dead-lettered messages: reason, error, saga/step/attempt, time, worker."""
+    """List the dead-lettered messages: reason, error, saga/step/attempt, time, worker.
+
+    Positions are places in the whole queue, also with --saga, so they can be
+    given to `saga dlq show`, `replay` and `drop`.
+    """
     s = settings(broker=broker)
     with _progress("reading the dead-letter queue", not as_json) as progress:
         messages = _run(lambda: dlq.browse(s, progress))
+    total = len(messages)
+    if saga_id is not None:
+        # The same test replay and drop apply: the saga id the message body names.
+        wanted = dlq.Selection(saga_id=saga_id)
+        messages = [m for m in messages if wanted.matches(m)]
     rows = [m.summary() for m in messages]
     if as_json:
         print_json(rows[:limit])
@@ -113,7 +129,15 @@ def list_messages(
         )
         out.print(f"    {r['reason'] or '(no reason recorded)'}", markup=False, soft_wrap=True)
     shown = f" (showing {limit})" if len(rows) > limit else ""
-    out.print(f"{len(rows)} message(s) in {s.dead_letter_queue}{shown}", highlight=False)
+    if saga_id is None:
+        out.print(f"{len(rows)} message(s) in {s.dead_letter_queue}{shown}", highlight=False)
+    else:
+        out.print(
+            f"{len(rows)} of {total} message(s) in {s.dead_letter_queue} are for saga "
+            f"{saga_id}{shown}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("show")

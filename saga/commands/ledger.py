@@ -1,0 +1,231 @@
+"""`saga ledger ping`: is the configured Fabric gateway there, and how fast does it answer?
+
+One cheap read through the same client the workers use (built by the Container
+from the SAGA_FABRIC_* settings): the query system chaincode's GetChainInfo on
+the configured channel. It reads the channel's height, so it also proves the
+identity may read that channel; nothing is endorsed or written.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import import_module
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from saga.commands._common import (
+    REFUSED,
+    USAGE,
+    JsonOpt,
+    container,
+    fail,
+    out,
+    print_json,
+    settings,
+)
+from saga.config import Settings
+
+if TYPE_CHECKING:
+    from saga.bootstrap import Container
+    from saga.fabric import GatewayEndpoint, GatewayError
+
+# No stubs ship with the protos (see saga.fabric.protos); loaded when a ping runs.
+_LEDGER_PB2 = "fabric_protos.common.ledger_pb2"
+
+app = typer.Typer(
+    help="The Fabric ledger the chain steps write to (SAGA_FABRIC_* settings).",
+    no_args_is_help=True,
+)
+
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile", help="Connection profile of the client org (overrides SAGA_FABRIC_PROFILE)."
+    ),
+]
+MspDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--msp-dir",
+        help="The client identity's MSP folder, signcerts/ and keystore/ "
+        "(overrides SAGA_FABRIC_MSP_DIR).",
+    ),
+]
+PeerOpt = Annotated[
+    str | None,
+    typer.Option("--peer", help="Peer name in the profile (overrides SAGA_FABRIC_PEER)."),
+]
+ChannelOpt = Annotated[
+    str | None,
+    typer.Option("--channel", help="Channel to read (overrides SAGA_FABRIC_CHANNEL)."),
+]
+
+
+def _settings_hint(s: Settings, *names: str) -> str:
+    shown = s.redacted()
+    return "check " + ", ".join(f"{n} (now {shown[n] or 'unset'!s})" for n in names)
+
+
+def _ledger_container(s: Settings) -> Container:
+    if not s.ledger_configured:
+        fail(
+            USAGE,
+            "no ledger configured",
+            "set SAGA_FABRIC_PROFILE (the connection profile, e.g. connection-org1.json) and "
+            "SAGA_FABRIC_MSP_DIR (the client's MSP folder), or give --profile and --msp-dir",
+        )
+    c = container(s)
+    try:
+        c.fabric_access()
+    except (OSError, ValueError) as exc:
+        fail(
+            USAGE,
+            f"the Fabric settings do not load: {exc}",
+            _settings_hint(
+                s,
+                "SAGA_FABRIC_PROFILE",
+                "SAGA_FABRIC_MSP_DIR",
+                "SAGA_FABRIC_MSP_ID",
+                "SAGA_FABRIC_PEER",
+            ),
+        )
+    return c
+
+
+def _peer_name(s: Settings, endpoint: GatewayEndpoint) -> str:
+    """The profile's name for the peer the client dials (the address if none matches)."""
+    if s.fabric_peer:
+        return s.fabric_peer
+    from saga.fabric import load_connection_profile
+
+    profile = load_connection_profile(s.fabric_profile)
+    for name, candidate in profile.peers.items():
+        if candidate == endpoint:
+            return name
+    return endpoint.address
+
+
+@app.command("ping")
+def ping(
+    count: Annotated[
+        int, typer.Option("--count", "-c", min=1, help="Ask this many times, one after another.")
+    ] = 1,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Seconds to wait for each answer (default: SAGA_FABRIC_EVALUATE_TIMEOUT).",
+            show_default=False,
+        ),
+    ] = None,
+    profile: ProfileOpt = None,
+    msp_dir: MspDirOpt = None,
+    peer: PeerOpt = None,
+    channel: ChannelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the configured Fabric gateway peer for the channel's height; print who answered.
+
+    One qscc GetChainInfo query (read-only, nothing endorsed or written) per
+    --count, through the client the workers use, as the configured identity.
+    Prints the peer, its address, the channel's height and each round trip; the
+    first one includes opening the connection (TLS handshake).
+
+    Exit codes: 0 answered; 1 the peer did not answer or refused the query;
+    2 no ledger configured or its files do not load.
+    """
+    from saga.fabric import GatewayError
+
+    s = settings(
+        fabric_profile=profile, fabric_msp_dir=msp_dir, fabric_peer=peer, fabric_channel=channel
+    )
+    c = _ledger_container(s)
+    endpoint, identity = c.fabric_access()
+    name = _peer_name(s, endpoint)
+    deadline = s.fabric_evaluate_timeout if timeout is None else timeout
+    ledger_pb2: Any = import_module(_LEDGER_PB2)
+    round_trips: list[float] = []
+    info: Any = None
+    where = f"{name} at {endpoint.address}"
+    with c.query_client() as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            try:
+                raw = client.evaluate(
+                    s.fabric_channel, "qscc", "GetChainInfo", [s.fabric_channel], timeout=deadline
+                )
+            except GatewayError as exc:
+                _explain(exc, s, where, deadline)
+            round_trips.append((time.perf_counter() - started) * 1000)
+            try:
+                info = ledger_pb2.BlockchainInfo.FromString(raw)
+            except Exception as exc:  # protobuf DecodeError: something else answered
+                fail(
+                    REFUSED,
+                    f"{where} answered, but not with the channel's chain info ({exc})",
+                    _settings_hint(s, "SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER"),
+                )
+    result = {
+        "peer": name,
+        "address": endpoint.address,
+        "tls": endpoint.tls_root_certs is not None,
+        "mutual_tls": endpoint.client_cert is not None,
+        "msp_id": identity.msp_id,
+        "channel": s.fabric_channel,
+        "query": "qscc GetChainInfo",
+        "height": int(info.height),
+        "current_block_hash": bytes(info.currentBlockHash).hex(),
+        "round_trip_ms": [round(ms, 3) for ms in round_trips],
+    }
+    if as_json:
+        print_json(result)
+        return
+    transport = "mutual TLS" if result["mutual_tls"] else "TLS" if result["tls"] else "plaintext"
+    out.print(
+        f"{name} at {endpoint.address} ({transport}) answered for channel {s.fabric_channel} "
+        f"as {identity.msp_id}: height {result['height']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for n, ms in enumerate(round_trips, 1):
+        first = " (includes connecting)" if n == 1 else ""
+        out.print(f"  query {n}: round trip {ms:.1f} ms{first}", highlight=False)
+    if len(round_trips) > 1:
+        out.print(
+            f"  min/avg/max {min(round_trips):.1f}/{sum(round_trips) / len(round_trips):.1f}/"
+            f"{max(round_trips):.1f} ms",
+            highlight=False,
+        )
+
+
+def _explain(exc: GatewayError, s: Settings, where: str, deadline: float) -> NoReturn:
+    """Turn a failed query into a message that names what to check, and exit 1."""
+    import grpc
+
+    code = exc.code
+    said = exc.status_message or str(exc)
+    for d in exc.details:
+        said += f"; {d.address} ({d.msp_id}): {d.message}"
+    peer_settings = ("SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER")
+    if code is grpc.StatusCode.UNAVAILABLE:
+        fail(
+            REFUSED,
+            f"no answer from {where}: UNAVAILABLE: {said}",
+            "check that the peer runs and is reachable from here, and that the profile's peer "
+            "url and tlsCACerts are right; " + _settings_hint(s, *peer_settings),
+        )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        fail(
+            REFUSED,
+            f"no answer from {where} within {deadline:g}s",
+            "the peer is slow or unreachable; give a longer --timeout, or "
+            + _settings_hint(s, *peer_settings, "SAGA_FABRIC_EVALUATE_TIMEOUT"),
+        )
+    name = f"{code.name}: " if code is not None else ""
+    fail(
+        REFUSED,
+        f"{where} refused the query on channel {s.fabric_channel}: {name}{said}",
+        "the peer answered, so the address is right; "
+        + _settings_hint(s, "SAGA_FABRIC_CHANNEL", "SAGA_FABRIC_MSP_DIR", "SAGA_FABRIC_MSP_ID"),
+    )
