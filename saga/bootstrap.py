@@ -77,6 +77,7 @@ class Container:
             transient_errors=self.transient_errors,
             ledger=self.ledger if self.settings.ledger_configured else None,
             chain_settings=self.chain_settings,
+            inline_reserve=self.settings.worker_inline_reserve,
         )
 
     @property

@@ -48,6 +48,12 @@ class Settings:
     # Workers: processes per worker command; messages prefetched per process.
     worker_concurrency: int = 2
     worker_prefetch: int = 1
+    # Following local steps of a saga a worker runs in the same task, without a
+    # broker round trip (0: every step goes through the queue), and how long their
+    # outbox messages are held back meanwhile; the relay sends a held message after
+    # that if the worker died first (see Orchestrator.handle).
+    worker_inline_steps: int = 10
+    worker_inline_reserve: float = 30.0
     # HTTP API.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -140,6 +146,10 @@ class Settings:
             raise ConfigError("SAGA_RELAY_BATCH_SIZE must be at least 1")
         if self.worker_concurrency < 1 or self.worker_prefetch < 1:
             raise ConfigError("SAGA_WORKER_CONCURRENCY and SAGA_WORKER_PREFETCH must be >= 1")
+        if self.worker_inline_steps < 0 or self.worker_inline_reserve <= 0:
+            raise ConfigError(
+                "SAGA_WORKER_INLINE_STEPS must be >= 0 and SAGA_WORKER_INLINE_RESERVE > 0 seconds"
+            )
         if self.max_payload_bytes < 1 or self.max_payload_depth < 1:
             raise ConfigError("payload limits must be positive")
         if self.fabric_profile and not self.fabric_msp_dir:

@@ -136,10 +136,11 @@ class Orchestrator:
         transient_errors: tuple[type[BaseException], ...] = (),
         ledger: Callable[[], Ledger] | None = None,
         chain_settings: ChainSettings | None = None,
+        inline_reserve: float = 30.0,
     ) -> None:
         """`ledger` is called when a chain step first needs it (the composition root
         connects lazily, after a worker forks); None: chain steps are refused with
-        the settings to set."""
+        the settings to set. `inline_reserve`: see `handle(inline=...)`."""
         self.registry = registry
         self._uow = uow_factory
         self._new_id = new_id
@@ -147,6 +148,7 @@ class Orchestrator:
         # adapter's driver errors). They must not count as a step failure: the
         # transaction is lost anyway and the message is delivered again later.
         self._transient: tuple[type[BaseException], ...] = (StoreUnavailable, *transient_errors)
+        self.inline_reserve = inline_reserve
         self.chain = ChainStepExecutor(uow_factory, ledger, self, chain_settings)
 
     @property
@@ -221,19 +223,72 @@ class Orchestrator:
 
     # -- running steps ----------------------------------------------------------
 
-    def handle(self, message: StepMessage) -> Outcome:
+    def handle(self, message: StepMessage, *, inline: int = 0) -> Outcome:
         """Run the step or compensation the message asks for, exactly once.
 
         The action's business writes, the saga's new state, the inbox record and
         the next messages commit in one transaction. Raises MalformedMessage or
         UnknownSaga for messages that can never succeed (dead-letter them) and
         StoreUnavailable for transient trouble (retry them).
+
+        With `inline` > 0, up to that many following local steps of the saga run
+        here too, each in its own transaction exactly as if its message had been
+        delivered, without the trip through relay, broker and another task. The
+        message for each is still written to the outbox in the transaction before
+        it, only held back for `inline_reserve` seconds; the step's transaction
+        marks it published. If this process dies, or the inline step fails to
+        commit, the relay publishes the held message when the reserve passes and
+        the step runs through the queue as usual. The outcome returned is the
+        delivered message's; trouble in an inline step is logged, never raised
+        (its message is safe in the outbox).
         """
+        outcome, following = self._handle_one(message, inline > 0, taken=False)
+        for _ in range(inline):
+            if following is None:
+                break
+            held = following
+            try:
+                inline_outcome, following = self._handle_one(held, True, taken=True)
+                log.info(
+                    "inline step handled",
+                    extra={
+                        "saga_id": held.saga_id,
+                        "step": held.step,
+                        "phase": str(held.phase),
+                        "attempt": held.attempt,
+                        "message_id": held.message_id,
+                        "outcome": str(inline_outcome),
+                    },
+                )
+            except Exception as exc:
+                log.warning(
+                    "inline step not run; its message is published after the reserve",
+                    extra={
+                        "saga_id": held.saga_id,
+                        "step": held.step,
+                        "message_id": held.message_id,
+                        "reserve_seconds": self.inline_reserve,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
+                )
+                return outcome
+        if following is not None:
+            # The inline budget ran out: send the held message now, not after the reserve.
+            with self._uow() as uow:
+                uow.outbox.release(following.message_id)
+                uow.commit()
+        return outcome
+
+    def _handle_one(
+        self, message: StepMessage, hold: bool, *, taken: bool
+    ) -> tuple[Outcome, StepMessage | None]:
+        """handle() for one message; with `hold`, also the next local step's message
+        if it was written held back for this process to run inline."""
         failure: Exception | None = None
         with self._uow() as uow:
-            loaded = self._load(uow, message)
+            loaded = self._load(uow, message, taken=taken)
             if isinstance(loaded, Outcome):
-                return loaded
+                return loaded, None
             record, definition, step = loaded
             if step.kind is not StepKind.CHAIN:
                 with metrics.step_timer("local", message.phase):
@@ -249,24 +304,28 @@ class Orchestrator:
                             if message.phase is Phase.DO
                             else CompensationSucceeded(step.name, message.attempt)
                         )
-                        self._apply(uow, record, definition, message, event, output)
+                        following = self._apply(
+                            uow, record, definition, message, event, output, hold=hold
+                        )
                         uow.commit()
-                        return Outcome.APPLIED
+                        return Outcome.APPLIED, following
         if failure is not None:
-            return self._record_failure(message, failure)
+            return self._record_failure(message, failure, hold=hold, taken=taken)
         # Outside any transaction: a chain step's ledger calls must not hold the
         # saga's row lock (the executor takes it again for each write).
         with metrics.step_timer("chain", message.phase):
-            return Outcome(self.chain.run(message, definition, step))
+            return Outcome(self.chain.run(message, definition, step)), None
 
     def _load(
-        self, uow: UnitOfWork, message: StepMessage
+        self, uow: UnitOfWork, message: StepMessage, *, taken: bool = False
     ) -> Outcome | tuple[SagaRecord, SagaDefinition, Step]:
         """Claim the message and lock its saga; an Outcome if there is nothing to run.
 
         A local step's message is claimed in the inbox up front (the claim commits
         with the step, or rolls back with it). A chain step's is only looked up:
         the executor records it in the transaction that settles the message.
+        `taken`: the message is one this process held back to run inline; it is
+        marked published in the same transaction, so the relay never sends it.
         """
         definition_step = self._peek(message)
         claim = definition_step is None or definition_step.kind is not StepKind.CHAIN
@@ -275,6 +334,8 @@ class Orchestrator:
                 return Outcome.DUPLICATE
         elif uow.inbox.seen(message.message_id):
             return Outcome.DUPLICATE
+        if taken:
+            uow.outbox.take(message.message_id)
         record = uow.sagas.get(message.saga_id, for_update=True)
         if record is None:
             raise MalformedMessage(f"no saga with id {message.saga_id!r}")
@@ -337,21 +398,23 @@ class Orchestrator:
         uow.session.flush()
         return _step_output(step.name, result) if message.phase is Phase.DO else None
 
-    def _record_failure(self, message: StepMessage, exc: Exception) -> Outcome:
+    def _record_failure(
+        self, message: StepMessage, exc: Exception, *, hold: bool, taken: bool
+    ) -> tuple[Outcome, StepMessage | None]:
         """The step raised and its transaction is gone; record the failure in a new one.
 
         The saga is locked and checked again: another delivery of the message may
         have been handled in between (then this one is a duplicate or stale).
         """
         with self._uow() as uow:
-            loaded = self._load(uow, message)
+            loaded = self._load(uow, message, taken=taken)
             if isinstance(loaded, Outcome):
-                return loaded
+                return loaded, None
             record, definition, _ = loaded
             event = self._failure_event(message, exc)
-            self._apply(uow, record, definition, message, event, None)
+            following = self._apply(uow, record, definition, message, event, None, hold=hold)
             uow.commit()
-            return Outcome.APPLIED
+            return Outcome.APPLIED, following
 
     def apply_event(
         self,
@@ -374,19 +437,31 @@ class Orchestrator:
         message: StepMessage,
         event: Event,
         output: Mapping[str, Any] | None,
-    ) -> None:
-        """The transition an event makes, its state, messages and history (not the inbox)."""
+        *,
+        hold: bool = False,
+    ) -> StepMessage | None:
+        """The transition an event makes, its state, messages and history (not the inbox).
+
+        With `hold`, a single next command for a local step, due now, is written
+        held back by the inline reserve and returned, for the caller to run inline.
+        """
         state = record.state
         t = transition(definition, state, event)
         if output and message.phase is Phase.DO:
             record.data[message.step] = dict(output)
         record = replace(record, state=t.state, updated_at=_now())
         uow.sagas.save(record)
-        self._emit(uow, t.state, t.commands)
+        following = None
+        if hold and _runs_inline(definition, t.commands):
+            following = self._message(t.state, t.commands[0])
+            self._send(uow, following, self.inline_reserve)
+        else:
+            self._emit(uow, t.state, t.commands)
         self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
         if t.state.status != state.status:
             self._note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
         metrics.event_applied(state, t.state, event)
+        return following
 
     def recheck(self, uow: UnitOfWork, message: StepMessage, delay: float) -> None:
         """A new message for the same step and attempt: the chain step is verified again."""
@@ -513,23 +588,29 @@ class Orchestrator:
 
     def _emit(self, uow: UnitOfWork, state: SagaState, commands: tuple[Command, ...]) -> None:
         for command in commands:
-            message = StepMessage(
-                message_id=self._new_id(),
-                saga_id=state.saga_id,
-                saga=state.name,
-                version=state.version,
-                step=command.step,
-                attempt=command.attempt,
-                phase=Phase.DO if isinstance(command, RunStep) else Phase.UNDO,
+            self._send(uow, self._message(state, command), command.delay)
+
+    def _message(self, state: SagaState, command: Command) -> StepMessage:
+        return StepMessage(
+            message_id=self._new_id(),
+            saga_id=state.saga_id,
+            saga=state.name,
+            version=state.version,
+            step=command.step,
+            attempt=command.attempt,
+            phase=Phase.DO if isinstance(command, RunStep) else Phase.UNDO,
+        )
+
+    @staticmethod
+    def _send(uow: UnitOfWork, message: StepMessage, delay: float) -> None:
+        uow.outbox.add(
+            OutboxMessage(
+                message_id=message.message_id,
+                saga_id=message.saga_id,
+                body=message.to_body(),
+                delay=delay,
             )
-            uow.outbox.add(
-                OutboxMessage(
-                    message_id=message.message_id,
-                    saga_id=state.saga_id,
-                    body=message.to_body(),
-                    delay=command.delay,
-                )
-            )
+        )
 
     @staticmethod
     def _note(
@@ -566,6 +647,13 @@ def _refuse_if_chain_unsettled(
             f"chain step {current.name!r} has transaction(s) {', '.join(open_)} that committed "
             "VALID or may still commit; let the step settle (or resume it), then compensate"
         )
+
+
+def _runs_inline(definition: SagaDefinition, commands: tuple[Command, ...]) -> bool:
+    """One next command, due now, for a local step: the worker may run it inline."""
+    if len(commands) != 1 or commands[0].delay != 0:
+        return False
+    return definition.step(commands[0].step).kind is not StepKind.CHAIN
 
 
 def _step_output(step: str, output: object) -> dict[str, Any] | None:

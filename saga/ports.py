@@ -144,6 +144,14 @@ class SagaRepository(Protocol):
 class Outbox(Protocol):
     def add(self, message: OutboxMessage) -> None: ...
 
+    def take(self, message_id: str) -> None:
+        """Mark a message this transaction handles itself as published; the relay skips it."""
+        ...
+
+    def release(self, message_id: str) -> None:
+        """Make a held-back, unpublished message due now."""
+        ...
+
 
 class Inbox(Protocol):
     def seen(self, message_id: str) -> bool: ...

@@ -185,6 +185,16 @@ class FakeOutbox:
         work.outbox.append(OutboxRow(work.next_outbox_id, copy.deepcopy(message)))
         work.next_outbox_id += 1
 
+    def take(self, message_id: str) -> None:
+        for row in self._uow._work().outbox:
+            if row.message.message_id == message_id:
+                row.published = True
+
+    def release(self, message_id: str) -> None:
+        for row in self._uow._work().outbox:
+            if row.message.message_id == message_id and not row.published:
+                row.message = dataclasses.replace(row.message, delay=0.0)
+
 
 class FakeInbox:
     def __init__(self, uow: FakeUnitOfWork) -> None:

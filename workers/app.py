@@ -58,7 +58,7 @@ RETRY_MAX = 10.0
 class StepHandler(Protocol):
     """What a task needs from the orchestrator (saga.orchestrator.Orchestrator)."""
 
-    def handle(self, message: StepMessage) -> Any: ...
+    def handle(self, message: StepMessage, *, inline: int = 0) -> Any: ...
 
 
 OrchestratorFactory = Callable[[], StepHandler]
@@ -197,7 +197,9 @@ def _run_step(app: SagaCelery, task: Task, args: tuple[Any, ...], kwargs: dict[s
         message = StepMessage.from_body(args[0])
         if message.message_id != request.id:
             raise MalformedMessage("task id does not match the step message message_id")
-        outcome = app.saga_orchestrator.get().handle(message)
+        outcome = app.saga_orchestrator.get().handle(
+            message, inline=app.saga_settings.worker_inline_steps
+        )
     except Retry:
         raise
     except Exception as exc:

@@ -62,6 +62,22 @@ class SqlOutbox:
             )
         )
 
+    def take(self, message_id: str) -> None:
+        dialect = self._session.get_bind().dialect
+        self._session.execute(
+            update(outbox)
+            .where(outbox.c.message_id == message_id, outbox.c.published_at.is_(None))
+            .values(published_at=now(dialect))
+        )
+
+    def release(self, message_id: str) -> None:
+        dialect = self._session.get_bind().dialect
+        self._session.execute(
+            update(outbox)
+            .where(outbox.c.message_id == message_id, outbox.c.published_at.is_(None))
+            .values(available_at=now(dialect))
+        )
+
 
 class SqlOutboxReader:
     """OutboxReader for the relay. One claim at a time per thread."""

@@ -33,6 +33,8 @@ def settings(broker_settings: Settings, pg_url: str) -> Settings:
         definitions=DEFINITIONS,
         relay_poll_interval=0.05,
         worker_prefetch=1,
+        # A step held for a worker killed mid-inline goes out this soon.
+        worker_inline_reserve=2.0,
         log_format="json",
     )
 
