@@ -8,7 +8,7 @@ process's clock is the database's clock.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, literal
@@ -26,14 +26,6 @@ def now(dialect: Dialect) -> Any:
     if dialect.name == "postgresql":
         return func.now()
     return utcnow()
-
-
-def now_plus(dialect: Dialect, seconds: float) -> Any:
-    if dialect.name == "postgresql":
-        if seconds <= 0:
-            return func.now()
-        return func.now() + literal(timedelta(seconds=seconds))
-    return utcnow() + timedelta(seconds=max(seconds, 0.0))
 
 
 def as_utc(value: Any) -> Any:

@@ -8,6 +8,9 @@ from sqlalchemy.orm import Session
 from saga.ports import HistoryEntry
 from saga.store.tables import saga_history
 
+# Built once (on every step's path); the columns come from the parameters.
+_ADD = insert(saga_history)
+
 
 class SqlHistory:
     def __init__(self, session: Session) -> None:
@@ -15,13 +18,14 @@ class SqlHistory:
 
     def add(self, entry: HistoryEntry) -> None:
         self._session.execute(
-            insert(saga_history).values(
-                saga_id=entry.saga_id,
-                at=entry.at,
-                kind=entry.kind,
-                detail=entry.detail,
-                actor=entry.actor,
-            )
+            _ADD,
+            {
+                "saga_id": entry.saga_id,
+                "at": entry.at,
+                "kind": entry.kind,
+                "detail": entry.detail,
+                "actor": entry.actor,
+            },
         )
 
     def for_saga(self, saga_id: str) -> list[HistoryEntry]:

@@ -22,6 +22,19 @@ class ConcurrentDelivery(StoreUnavailable):
     """
 
 
+# Built once (on every step's path); the columns come from the parameters.
+_CLAIM_POSTGRESQL = (
+    postgresql.insert(inbox)
+    .on_conflict_do_nothing(index_elements=["message_id"])
+    .returning(inbox.c.message_id)
+)
+_CLAIM_SQLITE = (
+    sqlite.insert(inbox)
+    .on_conflict_do_nothing(index_elements=["message_id"])
+    .returning(inbox.c.message_id)
+)
+
+
 class SqlInbox:
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -40,14 +53,10 @@ class SqlInbox:
         ends, then finds it (committed) or claims it (rolled back); on SQLite the
         write lock already serialises them.
         """
-        values = {"message_id": message_id, "saga_id": saga_id, "processed_at": utcnow()}
         dialect = self._session.get_bind().dialect.name
-        builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
         claimed = self._session.execute(
-            builder(inbox)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(inbox.c.message_id)
+            _CLAIM_POSTGRESQL if dialect == "postgresql" else _CLAIM_SQLITE,
+            {"message_id": message_id, "saga_id": saga_id, "processed_at": utcnow()},
         ).first()
         return claimed is not None
 

@@ -29,19 +29,31 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Interval, bindparam, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from saga.ports import OutboxMessage, OutboxReader, PendingMessage
-from saga.store.clock import now, now_plus, utcnow
+from saga.store.clock import now, utcnow
 from saga.store.errors import TRANSIENT_ERRORS, is_transient, unavailable
 from saga.store.tables import outbox
 
 # Channel the outbox trigger (migration 0004) notifies when an insert commits.
 NOTIFY_CHANNEL = "saga_outbox"
+
+
+# Built once (on every step's path); the other columns come from the parameters.
+_ADD = insert(outbox)
+# The database's clock on PostgreSQL (see saga.store.clock).
+_ADD_POSTGRESQL = insert(outbox).values(
+    available_at=func.now() + bindparam("delay", type_=Interval()), created_at=func.now()
+)
+_UNPUBLISHED = (outbox.c.message_id == bindparam("b_message_id"), outbox.c.published_at.is_(None))
+_TAKE = update(outbox).where(*_UNPUBLISHED)
+_TAKE_POSTGRESQL = update(outbox).where(*_UNPUBLISHED).values(published_at=func.now())
 
 
 class SqlOutbox:
@@ -51,24 +63,25 @@ class SqlOutbox:
         self._session = session
 
     def add(self, message: OutboxMessage) -> None:
-        dialect = self._session.get_bind().dialect
-        self._session.execute(
-            insert(outbox).values(
-                message_id=message.message_id,
-                saga_id=message.saga_id,
-                body=message.body,
-                available_at=now_plus(dialect, message.delay),
-                created_at=now(dialect),
-            )
-        )
+        values: dict[str, Any] = {
+            "message_id": message.message_id,
+            "saga_id": message.saga_id,
+            "body": message.body,
+        }
+        if self._session.get_bind().dialect.name == "postgresql":
+            values["delay"] = timedelta(seconds=max(message.delay, 0.0))
+            self._session.execute(_ADD_POSTGRESQL, values)
+        else:
+            at = utcnow()
+            values["available_at"] = at + timedelta(seconds=max(message.delay, 0.0))
+            values["created_at"] = at
+            self._session.execute(_ADD, values)
 
     def take(self, message_id: str) -> None:
-        dialect = self._session.get_bind().dialect
-        self._session.execute(
-            update(outbox)
-            .where(outbox.c.message_id == message_id, outbox.c.published_at.is_(None))
-            .values(published_at=now(dialect))
-        )
+        if self._session.get_bind().dialect.name == "postgresql":
+            self._session.execute(_TAKE_POSTGRESQL, {"b_message_id": message_id})
+        else:
+            self._session.execute(_TAKE, {"b_message_id": message_id, "published_at": utcnow()})
 
     def release(self, message_id: str) -> None:
         dialect = self._session.get_bind().dialect

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,13 @@ from tests.support.processes import Processes, SagaProcess, read_marker, wait_fo
 from tests.support.rabbitmq import queue_depth
 
 SCENARIOS = ("none", "none", "decline_payment", "reject_order", "flaky_notify")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Every step through the queue: the instants here are those of a delivered
+    message and its redelivery (kills in inline steps: test_inline_kill)."""
+    return replace(settings, worker_inline_steps=0)
 
 
 def outcomes(worker: SagaProcess, saga_id: str, step: str, phase: str) -> list[str]:

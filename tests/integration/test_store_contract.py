@@ -504,6 +504,39 @@ def test_delayed_rows_wait_until_they_are_due(
         assert [p.message_id for p in batch] == [soon.message_id]
 
 
+def test_a_held_message_taken_by_its_step_is_never_claimed(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    """Inline steps: the message is written held back, then marked published by the
+    transaction of the step that runs it; a rolled-back take leaves it to the relay."""
+    saga_id = new_id()
+    taken, dropped = message(saga_id, 0.6), message(saga_id, 0.6)
+    write_messages(uow, taken, dropped)
+    with uow() as u:
+        u.outbox.take(taken.message_id)
+        u.commit()
+    with uow() as u:
+        u.outbox.take(dropped.message_id)  # rolled back: the step did not commit
+    reader = SqlOutboxReader(store_engine)
+    with reader.claim(10) as batch:
+        assert batch == []  # neither is due yet
+    time.sleep(0.8)
+    with reader.claim(10) as batch:
+        assert [p.message_id for p in batch] == [dropped.message_id]
+
+
+def test_releasing_a_held_message_makes_it_due_now(
+    uow: SqlUnitOfWorkFactory, store_engine: Engine
+) -> None:
+    held = message(new_id(), 3600)
+    write_messages(uow, held)
+    with uow() as u:
+        u.outbox.release(held.message_id)
+        u.commit()
+    with SqlOutboxReader(store_engine).claim(10) as batch:
+        assert [p.message_id for p in batch] == [held.message_id]
+
+
 def test_a_lower_id_found_unpublished_behind_published_ones_is_still_claimed(
     uow: SqlUnitOfWorkFactory, store_engine: Engine
 ) -> None:
