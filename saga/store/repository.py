@@ -47,9 +47,9 @@ class SqlSagaRepository:
             raise
 
     def _insert(self, values: dict[str, Any], state: SagaState, now: datetime) -> None:
-        self._session.execute(insert(sagas).values(**values))
+        self._session.execute(_ADD_SAGA, values)
         self._session.execute(
-            insert(saga_steps),
+            _ADD_STEPS,
             [_step_values(state.saga_id, i, step, now) for i, step in enumerate(state.steps)],
         )
         self._known[state.saga_id] = state.steps
@@ -175,7 +175,9 @@ _GET = (
 # only under it). SQLite ignores the clause, and needs none: the engine's BEGIN
 # IMMEDIATE already holds the database's write lock (see saga.store.engine).
 _GET_FOR_UPDATE = _GET.with_for_update(of=sagas)
-# SET takes the columns the parameters name.
+# INSERT's columns and UPDATE's SET are the ones the parameters name.
+_ADD_SAGA = insert(sagas)
+_ADD_STEPS = insert(saga_steps)
 _SAVE_SAGA = update(sagas).where(sagas.c.id == bindparam("b_id"))
 _SAVE_STEPS = update(saga_steps).where(
     saga_steps.c.saga_id == bindparam("b_saga_id"), saga_steps.c.idx == bindparam("b_idx")
