@@ -108,8 +108,9 @@ class Settings:
     fabric_status_timeout: float = 2.0
     fabric_evaluate_timeout: float = 10.0
     # Seconds after a chain transaction is submitted before the step is verified
-    # again by a delayed message (0: only the commit watcher re-drives it).
-    chain_recheck_delay: float = 2.0
+    # again by a delayed message, a backstop for a commit watcher that is down (the
+    # watcher drives the step within a block; 0: only the watcher and the sweeper).
+    chain_recheck_delay: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

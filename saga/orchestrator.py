@@ -274,9 +274,19 @@ class Orchestrator:
                 return outcome
         if following is not None:
             # The inline budget ran out: send the held message now, not after the reserve.
-            with self._uow() as uow:
-                uow.outbox.release(following.message_id)
-                uow.commit()
+            try:
+                with self._uow() as uow:
+                    uow.outbox.release(following.message_id)
+                    uow.commit()
+            except Exception as exc:
+                log.warning(
+                    "held message not released; it is published after the reserve",
+                    extra={
+                        "saga_id": following.saga_id,
+                        "message_id": following.message_id,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
+                )
         return outcome
 
     def _handle_one(
@@ -284,55 +294,50 @@ class Orchestrator:
     ) -> tuple[Outcome, StepMessage | None]:
         """handle() for one message; with `hold`, also the next local step's message
         if it was written held back for this process to run inline."""
-        failure: Exception | None = None
+        chain_step = self._peek(message)
+        if chain_step is not None and chain_step.kind is StepKind.CHAIN:
+            # Straight to the executor, outside any transaction: a chain step's
+            # ledger calls must not hold the saga's row lock, and the executor
+            # checks the message against the saga in each of its transactions.
+            definition = self.registry.get(message.saga, message.version)
+            with metrics.step_timer("chain", message.phase):
+                return Outcome(self.chain.run(message, definition, chain_step)), None
         with self._uow() as uow:
             loaded = self._load(uow, message, taken=taken)
             if isinstance(loaded, Outcome):
                 return loaded, None
             record, definition, step = loaded
-            if step.kind is not StepKind.CHAIN:
-                with metrics.step_timer("local", message.phase):
-                    try:
-                        output = self._run_action(uow, message, record, definition)
-                    except Exception as exc:
-                        if isinstance(exc, self._transient):
-                            raise
-                        failure = exc
-                    else:
-                        event: Event = (
-                            StepSucceeded(step.name, message.attempt)
-                            if message.phase is Phase.DO
-                            else CompensationSucceeded(step.name, message.attempt)
-                        )
-                        following = self._apply(
-                            uow, record, definition, message, event, output, hold=hold
-                        )
-                        uow.commit()
-                        return Outcome.APPLIED, following
-        if failure is not None:
-            return self._record_failure(message, failure, hold=hold, taken=taken)
-        # Outside any transaction: a chain step's ledger calls must not hold the
-        # saga's row lock (the executor takes it again for each write).
-        with metrics.step_timer("chain", message.phase):
-            return Outcome(self.chain.run(message, definition, step)), None
+            with metrics.step_timer("local", message.phase):
+                try:
+                    output = self._run_action(uow, message, record, definition)
+                except Exception as exc:
+                    if isinstance(exc, self._transient):
+                        raise
+                    failure = exc
+                else:
+                    event: Event = (
+                        StepSucceeded(step.name, message.attempt)
+                        if message.phase is Phase.DO
+                        else CompensationSucceeded(step.name, message.attempt)
+                    )
+                    following = self._apply(
+                        uow, record, definition, message, event, output, hold=hold
+                    )
+                    uow.commit()
+                    return Outcome.APPLIED, following
+        return self._record_failure(message, failure, hold=hold, taken=taken)
 
     def _load(
         self, uow: UnitOfWork, message: StepMessage, *, taken: bool = False
     ) -> Outcome | tuple[SagaRecord, SagaDefinition, Step]:
-        """Claim the message and lock its saga; an Outcome if there is nothing to run.
+        """Claim a local step's message and lock its saga; an Outcome if there is
+        nothing to run.
 
-        A local step's message is claimed in the inbox up front (the claim commits
-        with the step, or rolls back with it). A chain step's is only looked up:
-        the executor records it in the transaction that settles the message.
+        The claim in the inbox commits with the step, or rolls back with it.
         `taken`: the message is one this process held back to run inline; it is
         marked published in the same transaction, so the relay never sends it.
         """
-        definition_step = self._peek(message)
-        claim = definition_step is None or definition_step.kind is not StepKind.CHAIN
-        if claim:
-            if not uow.inbox.claim(message.message_id, message.saga_id):
-                return Outcome.DUPLICATE
-        elif uow.inbox.seen(message.message_id):
+        if not uow.inbox.claim(message.message_id, message.saga_id):
             return Outcome.DUPLICATE
         if taken:
             uow.outbox.take(message.message_id)
@@ -354,8 +359,6 @@ class Orchestrator:
             ) from None
         why = awaits(state, message.command())
         if why is not None:
-            if not claim:
-                uow.inbox.record(message.message_id, state.saga_id)
             uow.commit()
             log.info(
                 "stale step message ignored",

@@ -74,7 +74,7 @@ from saga.core.messages import (
     StepSucceeded,
 )
 from saga.core.retry import error_names
-from saga.core.step_message import Phase, StepMessage
+from saga.core.step_message import MalformedMessage, Phase, StepMessage
 from saga.failpoints import failpoint
 from saga.ledger_port import EndorseFailed, Ledger, LedgerError, PreparedTx, StatusUnknown
 from saga.ports import LedgerAttemptRecord, SagaRecord, StoreUnavailable, UnitOfWork
@@ -537,7 +537,13 @@ class ChainStepExecutor:
             return "duplicate"
         record = uow.sagas.get(message.saga_id, for_update=True)
         if record is None:
-            raise LookupError(f"saga {message.saga_id} vanished")
+            raise MalformedMessage(f"no saga with id {message.saga_id!r}")
+        state = record.state
+        if (state.name, state.version) != (message.saga, message.version):
+            raise MalformedMessage(
+                f"message names saga {message.saga!r} v{message.version} but saga "
+                f"{state.saga_id} runs {state.name!r} v{state.version}"
+            )
         if verified is not None:
             for txid, answer in verified.answers.items():
                 if isinstance(answer, Committed):
