@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kombu import Connection, Producer
 
-from saga.broker.celery_message import TaskMessage, default_origin, step_task_message
+from saga.broker.celery_message import default_origin, step_task_message
 from saga.broker.topology import Topology
 from saga.ports import PendingMessage, Publisher
 
@@ -135,22 +135,41 @@ class AmqpPublisher:
                 log.debug("closing broker connection failed", exc_info=True)
 
     async def _publish(self, messages: Sequence[PendingMessage]) -> None:
-        import aio_pika
+        import aiormq
 
         exchange = await self._ensure()
+        assert self._channel is not None
+        # The channel under aio-pika's wrapper, and properties built directly:
+        # aio-pika's Message object cost a fifth of the relay's time per message.
+        channel = await self._channel.get_underlay_channel()
         routing_key = self._topology.step_routing_key
-        amqp_messages = [
-            _aio_pika_message(step_task_message(m, origin=self._origin), aio_pika) for m in messages
-        ]
+        tasks = [step_task_message(m, origin=self._origin) for m in messages]
         # gather starts the publishes in list order and aiormq serialises them
         # on the channel under a FIFO lock, so the broker sees them in order;
-        # only the confirm waits overlap.
+        # only the confirm waits overlap. on_return_raises (set on the channel)
+        # turns an unroutable mandatory message into a failed publish.
         async with asyncio.timeout(self._confirm_timeout):
             results = await asyncio.gather(
-                *(exchange.publish(m, routing_key, mandatory=True) for m in amqp_messages),
+                *(
+                    channel.basic_publish(
+                        task.body,
+                        exchange=exchange.name,
+                        routing_key=routing_key,
+                        properties=aiormq.spec.Basic.Properties(
+                            content_type=task.content_type,
+                            content_encoding=task.content_encoding,
+                            delivery_mode=PERSISTENT,
+                            headers=task.headers,
+                            correlation_id=task.correlation_id,
+                            message_id=task.task_id,
+                        ),
+                        mandatory=True,
+                    )
+                    for task in tasks
+                ),
                 return_exceptions=True,
             )
-        failures = [r for r in results if isinstance(r, BaseException)]
+        failures = [r for r in results if isinstance(r, BaseException) or _refused(r)]
         if failures:
             raise PublishFailed(
                 f"{len(failures)} of {len(messages)} message(s) not confirmed; first: "
@@ -158,17 +177,15 @@ class AmqpPublisher:
             )
 
 
-def _aio_pika_message(task: TaskMessage, aio_pika: Any) -> aio_pika.abc.AbstractMessage:
-    message: aio_pika.abc.AbstractMessage = aio_pika.Message(
-        task.body,
-        headers=task.headers,
-        content_type=task.content_type,
-        content_encoding=task.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        correlation_id=task.correlation_id,
-        message_id=task.task_id,
-    )
-    return message
+# AMQP delivery mode 2: the broker writes the message to disk.
+PERSISTENT = 2
+
+
+def _refused(result: object) -> bool:
+    """A publish answer that is not the broker's Basic.Ack (a nack or a returned message)."""
+    import aiormq
+
+    return not isinstance(result, aiormq.spec.Basic.Ack)
 
 
 class KombuPublisher:
