@@ -228,6 +228,18 @@ class OutboxReader(Protocol):
 
     def oldest_unpublished_age(self) -> float | None: ...
 
+    def wait_for_rows(self, timeout: float) -> bool:
+        """Block until new rows may be publishable (True) or `timeout` passes (False).
+
+        Only a wake-up call, never a promise: the claim still decides. A reader
+        that cannot hear commits sleeps out the timeout and says False.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what the reader holds (a listening connection); it may be used again."""
+        ...
+
 
 class Publisher(Protocol):
     """Publishes message bodies durably; returns only once the broker confirmed all."""

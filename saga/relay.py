@@ -127,9 +127,10 @@ def run_relay(
             publisher.close()
         except Exception:
             log.warning("closing the publisher failed", exc_info=True)
-        close_reader = getattr(reader, "close", None)
-        if callable(close_reader):
-            close_reader()
+        try:
+            reader.close()
+        except Exception:
+            log.warning("closing the outbox reader failed", exc_info=True)
         if server is not None:
             server.shutdown()
         log.info(
@@ -140,19 +141,15 @@ def run_relay(
 
 
 def _idle(reader: OutboxReader, stop_event: threading.Event, interval: float) -> None:
-    """Wait for the next poll; a reader that can hear commits (PostgreSQL LISTEN via
-    `wait_for_rows`) ends the wait as soon as a new outbox row commits. Waits in
-    slices of at most half a second so a stop request is seen promptly."""
-    wait_for_rows = getattr(reader, "wait_for_rows", None)
-    if not callable(wait_for_rows):
-        stop_event.wait(interval)
-        return
+    """Wait for the next poll; a reader that can hear commits (PostgreSQL LISTEN)
+    ends the wait as soon as a new outbox row commits. Waits in slices of at most
+    half a second so a stop request is seen promptly."""
     deadline = time.monotonic() + interval
     while not stop_event.is_set():
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        if wait_for_rows(min(left, 0.5)):
+        if reader.wait_for_rows(min(left, 0.5)):
             # Woken by a commit. Under load every step commit would wake the relay
             # for a claim of one row; a few milliseconds let the commits arriving
             # meanwhile share the claim, its round trips and its confirm wait.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -409,6 +410,14 @@ class FakeOutboxReader:
         if not pending:
             return None
         return (datetime.now(UTC) - min(pending)).total_seconds()
+
+    def wait_for_rows(self, timeout: float) -> bool:
+        """The fake hears no commits: the relay's poll finds new rows."""
+        time.sleep(timeout)
+        return False
+
+    def close(self) -> None:
+        """Nothing to release: the fake holds no connection."""
 
 
 class FakePublisher:

@@ -56,6 +56,13 @@ class ListReader:
     def oldest_unpublished_age(self) -> float | None:
         return None
 
+    def wait_for_rows(self, timeout: float) -> bool:
+        time.sleep(timeout)
+        return False
+
+    def close(self) -> None:
+        """Holds nothing."""
+
 
 def run_until(
     settings: Settings, reader: Any, publisher: Any, done: Any, timeout: float = 30, **kw: Any
