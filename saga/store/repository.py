@@ -55,8 +55,11 @@ class SqlSagaRepository:
         self._known[state.saga_id] = state.steps
 
     def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None:
-        query = _GET_FOR_UPDATE if for_update else _GET
-        rows = self._session.execute(query, {"saga_id": saga_id}).all()
+        params = {"saga_id": saga_id}
+        if for_update and self._session.execute(_LOCK, params).first() is None:
+            return None
+        # After the lock, in a statement of its own: see _LOCK.
+        rows = self._session.execute(_GET, params).all()
         if not rows:
             return None
         steps = [_step(row, prefix="step_") for row in rows if row.step_name is not None]
@@ -172,9 +175,14 @@ _GET = (
     .order_by(saga_steps.c.idx)
 )
 # PostgreSQL: a row lock on the saga until the transaction ends (its steps change
-# only under it). SQLite ignores the clause, and needs none: the engine's BEGIN
-# IMMEDIATE already holds the database's write lock (see saga.store.engine).
-_GET_FOR_UPDATE = _GET.with_for_update(of=sagas)
+# only under it). Taken on its own, never as `_GET ... FOR UPDATE OF sagas`: a
+# statement that waited for the lock re-reads only the locked row once the holder
+# commits (EvalPlanQual) and would return the joined step rows as they were
+# before, so a redelivered or re-driven message could pass its awaits() check on
+# stale steps. The read after the lock is a new statement, with a new snapshot.
+# SQLite ignores the clause, and needs none: the engine's BEGIN IMMEDIATE already
+# holds the database's write lock (see saga.store.engine).
+_LOCK = select(sagas.c.id).where(sagas.c.id == bindparam("saga_id")).with_for_update()
 # INSERT's columns and UPDATE's SET are the ones the parameters name.
 _ADD_SAGA = insert(sagas)
 _ADD_STEPS = insert(saga_steps)

@@ -332,6 +332,43 @@ def test_for_update_serialises_read_modify_write(store_engine: Engine) -> None:
     assert got is not None and got.data == {"n": 2 * rounds}
 
 
+def test_for_update_returns_the_steps_as_the_lock_holder_left_them(store_engine: Engine) -> None:
+    """The step rows read after waiting for the saga's lock are the committed ones.
+
+    A single `SELECT ... JOIN saga_steps ... FOR UPDATE OF sagas` fails this on
+    PostgreSQL: after the wait it re-reads only the locked saga row and returns
+    the joined step rows from before the holder's commit (lost updates here, a
+    message passing its awaits() check on stale steps in the orchestrator).
+    """
+    factory = SqlUnitOfWorkFactory(store_engine)
+    record = add_saga(factory)
+    rounds, errors = 15, []
+
+    def bump() -> None:
+        try:
+            for _ in range(rounds):
+                with factory() as u:
+                    got = u.sagas.get(record.saga_id, for_update=True)
+                    assert got is not None
+                    time.sleep(0.001)  # widen the race a stale read would need
+                    first = got.state.steps[0]
+                    steps = (replace(first, attempts=first.attempts + 1), *got.state.steps[1:])
+                    u.sagas.save(replace(got, state=replace(got.state, steps=steps)))
+                    u.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with factory() as u:
+        got = u.sagas.get(record.saga_id)
+    assert got is not None and got.state.steps[0].attempts == 2 * rounds
+
+
 # -- idempotency keys ---------------------------------------------------------
 
 
