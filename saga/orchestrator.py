@@ -263,6 +263,8 @@ class Orchestrator:
             except Exception as exc:
                 log.warning(
                     "inline step not run; its message is published after the reserve",
+                    # A bug deserves its traceback; a database outage does not.
+                    exc_info=not isinstance(exc, self._transient),
                     extra={
                         "saga_id": held.saga_id,
                         "step": held.step,
@@ -662,7 +664,7 @@ def _runs_inline(definition: SagaDefinition, commands: tuple[Command, ...]) -> b
 def _step_output(step: str, output: object) -> dict[str, Any] | None:
     """What a step returned, as the JSON object kept in the saga's data.
 
-    Raised inside the step's savepoint, so a bad return value is a failure of the
+    Raised inside the step's handling, so a bad return value is a failure of the
     step (its writes rolled back, its retry policy applied), not an error that
     escapes handle() and leaves the saga waiting on a dead-lettered message.
     """

@@ -107,7 +107,7 @@ class ChainSettings:
     evaluate_timeout: float | None = None
     # Delay of the re-check message sent after a submit, so a step progresses
     # even without the commit watcher; 0 leaves it to the watcher alone.
-    recheck_delay: float = 2.0
+    recheck_delay: float = 30.0
     worker: str = field(default_factory=_default_worker)
     # Final-invalid transactions (MVCC conflicts, unknown codes) a step may collect
     # before it fails instead of preparing another one: without a bound, a ledger
@@ -184,9 +184,8 @@ class ChainStepExecutor:
         stays pending on a submitted transaction; "stale" / "duplicate" as for
         local steps.
         """
-        ledger = self._ledger(definition, step)
         for _ in range(MAX_ROUNDS):
-            outcome = self._round(ledger, message, definition, step)
+            outcome = self._round(message, definition, step)
             if outcome is not None:
                 return outcome
         raise ConcurrentChainStep(
@@ -196,9 +195,7 @@ class ChainStepExecutor:
 
     # -- one round: read, verify, act -------------------------------------------------
 
-    def _round(
-        self, ledger: Ledger, message: StepMessage, definition: SagaDefinition, step: Step
-    ) -> str | None:
+    def _round(self, message: StepMessage, definition: SagaDefinition, step: Step) -> str | None:
         purpose = Purpose(str(message.phase))
         with self._uow() as uow:
             early = self._check(uow, message)
@@ -206,6 +203,8 @@ class ChainStepExecutor:
                 return early
             record = early
             attempts = uow.ledger_attempts.for_step(message.saga_id, step.name, purpose)
+        # After the check: a duplicate or stale message is settled without a ledger.
+        ledger = self._ledger(definition, step)
         assert step.chain is not None
         call = step.chain
         channel = call.channel or self.settings.channel

@@ -47,9 +47,14 @@ NOTIFY_CHANNEL = "saga_outbox"
 
 # Built once (on every step's path); the other columns come from the parameters.
 _ADD = insert(outbox)
-# The database's clock on PostgreSQL (see saga.store.clock).
-_ADD_POSTGRESQL = insert(outbox).values(
-    available_at=func.now() + bindparam("delay", type_=Interval()), created_at=func.now()
+# The database's clock on PostgreSQL (see saga.store.clock). A due row is due at
+# the transaction's `now()`, which the wake-up trigger (migration 0005) compares
+# with; a delayed one counts its delay from the statement's own time, so a long
+# transaction does not eat into an inline step's reserve or a retry's backoff.
+_ADD_POSTGRESQL = insert(outbox).values(available_at=func.now(), created_at=func.now())
+_ADD_DELAYED_POSTGRESQL = insert(outbox).values(
+    available_at=func.clock_timestamp() + bindparam("delay", type_=Interval()),
+    created_at=func.now(),
 )
 _UNPUBLISHED = (outbox.c.message_id == bindparam("b_message_id"), outbox.c.published_at.is_(None))
 _TAKE = update(outbox).where(*_UNPUBLISHED)
@@ -69,8 +74,11 @@ class SqlOutbox:
             "body": message.body,
         }
         if self._session.get_bind().dialect.name == "postgresql":
-            values["delay"] = timedelta(seconds=max(message.delay, 0.0))
-            self._session.execute(_ADD_POSTGRESQL, values)
+            if message.delay > 0:
+                values["delay"] = timedelta(seconds=message.delay)
+                self._session.execute(_ADD_DELAYED_POSTGRESQL, values)
+            else:
+                self._session.execute(_ADD_POSTGRESQL, values)
         else:
             at = utcnow()
             values["available_at"] = at + timedelta(seconds=max(message.delay, 0.0))

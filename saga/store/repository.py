@@ -56,14 +56,18 @@ class SqlSagaRepository:
 
     def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None:
         params = {"saga_id": saga_id}
-        if for_update and self._session.execute(_LOCK, params).first() is None:
-            return None
-        # After the lock, in a statement of its own: see _LOCK.
-        rows = self._session.execute(_GET, params).all()
-        if not rows:
-            return None
-        steps = [_step(row, prefix="step_") for row in rows if row.step_name is not None]
-        record = _record(rows[0], steps)
+        if for_update:
+            saga = self._session.execute(_LOCK, params).first()
+            if saga is None:
+                return None
+            # After the lock, in a statement of its own: see _LOCK.
+            record = _record(saga, [_step(row) for row in self._session.execute(_STEPS, params)])
+        else:
+            rows = self._session.execute(_GET, params).all()
+            if not rows:
+                return None
+            steps = [_step(row, prefix="step_") for row in rows if row.step_name is not None]
+            record = _record(rows[0], steps)
         self._known[record.saga_id] = record.state.steps
         return record
 
@@ -175,14 +179,20 @@ _GET = (
     .order_by(saga_steps.c.idx)
 )
 # PostgreSQL: a row lock on the saga until the transaction ends (its steps change
-# only under it). Taken on its own, never as `_GET ... FOR UPDATE OF sagas`: a
-# statement that waited for the lock re-reads only the locked row once the holder
-# commits (EvalPlanQual) and would return the joined step rows as they were
-# before, so a redelivered or re-driven message could pass its awaits() check on
-# stale steps. The read after the lock is a new statement, with a new snapshot.
+# only under it); the locked row comes back as the last holder committed it. The
+# steps are read by a statement of their own after it, never joined into it
+# (`... FOR UPDATE OF sagas`): a statement that waited for the lock re-reads only
+# the locked row once the holder commits (EvalPlanQual) and would return the
+# joined step rows as they were before, so a redelivered or re-driven message
+# could pass its awaits() check on stale steps. A new statement, a new snapshot.
 # SQLite ignores the clause, and needs none: the engine's BEGIN IMMEDIATE already
 # holds the database's write lock (see saga.store.engine).
-_LOCK = select(sagas.c.id).where(sagas.c.id == bindparam("saga_id")).with_for_update()
+_LOCK = select(sagas).where(sagas.c.id == bindparam("saga_id")).with_for_update()
+_STEPS = (
+    select(*(saga_steps.c[name] for name in _STEP_FIELDS))
+    .where(saga_steps.c.saga_id == bindparam("saga_id"))
+    .order_by(saga_steps.c.idx)
+)
 # INSERT's columns and UPDATE's SET are the ones the parameters name.
 _ADD_SAGA = insert(sagas)
 _ADD_STEPS = insert(saga_steps)

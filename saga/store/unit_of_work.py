@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
@@ -37,9 +38,20 @@ from saga.store.ledger_attempts import SqlLedgerAttempts
 from saga.store.outbox import SqlOutbox
 from saga.store.repository import SqlSagaRepository
 
+_PG_INERROR = TransactionStatus.INERROR
+
 
 class StepEndedTransaction(RuntimeError):
     """Code given `uow.session` tried to commit or roll back the unit of work's transaction."""
+
+
+class StepAbortedTransaction(RuntimeError):
+    """A statement of the step failed on PostgreSQL and the step carried on.
+
+    PostgreSQL refuses every later statement of an aborted transaction, so the
+    step's outcome could not be recorded in it; the step fails instead (its
+    retry policy applies) and its writes are rolled back.
+    """
 
 
 class StepSession(Session):
@@ -47,12 +59,25 @@ class StepSession(Session):
 
     A step that committed would publish its writes without the record that it
     ran; one that rolled back would silently drop the saga's lock and earlier
-    writes. Both raise instead (inside the orchestrator's savepoint, so the step
-    fails and its writes are undone). Savepoints the step opens itself
-    (`session.begin_nested()`) work as usual.
+    writes. Both raise instead (the step fails and the transaction with its
+    writes is dropped). Savepoints the step opens itself
+    (`session.begin_nested()`) work as usual; a step that catches a database
+    error should open one around the statement, or it fails at `flush()` with
+    StepAbortedTransaction.
     """
 
     _may_end = False
+
+    def flush(self, objects: Any = None) -> None:
+        super().flush(objects)
+        driver = self.connection().connection.driver_connection
+        info = getattr(driver, "info", None)
+        if info is not None and getattr(info, "transaction_status", None) == _PG_INERROR:
+            raise StepAbortedTransaction(
+                "a statement of this step failed and the step went on; PostgreSQL has "
+                "aborted the transaction, so nothing of the step can be kept (wrap a "
+                "statement whose error the step handles in session.begin_nested())"
+            )
 
     def commit(self) -> None:
         self._check("commit")

@@ -7,6 +7,7 @@ SQLite the claim holds the write lock a step's transaction needs).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,9 +15,9 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.retry import RetryPolicy
@@ -85,6 +86,21 @@ flaky = SagaDefinition(
 )
 
 
+def swallow_a_database_error(ctx: StepContext) -> None:
+    """Writes, then runs a statement that fails and carries on as if nothing happened."""
+    _write(ctx, "swallow")
+    with contextlib.suppress(DBAPIError):
+        ctx.session.execute(text("SELECT 1 / 0"))
+
+
+swallowing = SagaDefinition(
+    name="swallowing",
+    version=1,
+    input_model=Later,
+    steps=(Step("swallow", swallow_a_database_error, retry=quick),),
+)
+
+
 # -- driving ----------------------------------------------------------------------
 
 
@@ -94,6 +110,7 @@ def orchestrator(store_engine: Engine) -> Orchestrator:
     registry = order_payment.register(Registry())
     registry.add(broken_undo)
     registry.add(flaky)
+    registry.add(swallowing)
     ids = (f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 10**9))
     return Orchestrator(
         registry,
@@ -276,6 +293,27 @@ def test_a_lost_database_inside_a_step_commits_nothing_and_the_redelivery_runs_o
     assert record.state.status is SagaStatus.COMPLETED
     assert record.state.steps[0].failures == 0
     assert effects(store_engine, saga_id) == ["flaky"]
+
+
+def test_a_step_that_swallows_a_database_error_fails_by_its_retry_policy(
+    orchestrator: Orchestrator, store_engine: Engine
+) -> None:
+    """PostgreSQL aborts the transaction at the failed statement, so nothing of the
+    step can commit: the step fails (no dead letter, nothing kept). SQLite keeps
+    the transaction usable, and the step succeeds there."""
+    saga_id = orchestrator.enqueue("swallowing", {"order_id": "o-6"}).saga_id
+    outcomes = run(orchestrator, store_engine)
+    record, _ = orchestrator.get(saga_id)
+    assert set(outcomes) == {Outcome.APPLIED}
+    if store_engine.dialect.name == "postgresql":
+        # Both attempts failed; nothing before it to undo.
+        assert record.state.status is SagaStatus.COMPENSATED
+        assert record.state.steps[0].failures == 2
+        assert "StepAbortedTransaction" in (record.state.steps[0].last_error or "")
+        assert effects(store_engine, saga_id) == []
+    else:
+        assert record.state.status is SagaStatus.COMPLETED
+        assert effects(store_engine, saga_id) == ["swallow"]
 
 
 # -- enqueue ------------------------------------------------------------------------
