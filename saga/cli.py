@@ -337,25 +337,10 @@ def main() -> None:
 
 # -- ledger: commit watcher and audit -------------------------------------------------------
 
-ProfileOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--profile",
-        help="Connection profile of the client org (overrides SAGA_FABRIC_PROFILE).",
-    ),
-]
-MspDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--msp-dir",
-        help="The client identity's MSP folder, signcerts/ and keystore/ "
-        "(overrides SAGA_FABRIC_MSP_DIR).",
-    ),
-]
-PeerOpt = Annotated[
-    str | None,
-    typer.Option("--peer", help="Peer name in the profile (overrides SAGA_FABRIC_PEER)."),
-]
+# The same options as `saga ledger ping`.
+ProfileOpt = ledger_commands.ProfileOpt
+MspDirOpt = ledger_commands.MspDirOpt
+PeerOpt = ledger_commands.PeerOpt
 
 
 def _ledger_container(settings: Settings) -> Any:

@@ -39,7 +39,6 @@ from saga.core.messages import (
     Event,
     MarkedStuck,
     ResumeRequested,
-    RunStep,
     Started,
     StepFailed,
     StepSucceeded,
@@ -347,11 +346,7 @@ class Orchestrator:
         if record is None:
             raise MalformedMessage(f"no saga with id {message.saga_id!r}")
         state = record.state
-        if (state.name, state.version) != (message.saga, message.version):
-            raise MalformedMessage(
-                f"message names saga {message.saga!r} v{message.version} but saga "
-                f"{state.saga_id} runs {state.name!r} v{state.version}"
-            )
+        message.check_saga(state)
         definition = self.registry.get(state.name, state.version)
         try:
             step = definition.step(message.step)
@@ -596,15 +591,7 @@ class Orchestrator:
             self._send(uow, self._message(state, command), command.delay)
 
     def _message(self, state: SagaState, command: Command) -> StepMessage:
-        return StepMessage(
-            message_id=self._new_id(),
-            saga_id=state.saga_id,
-            saga=state.name,
-            version=state.version,
-            step=command.step,
-            attempt=command.attempt,
-            phase=Phase.DO if isinstance(command, RunStep) else Phase.UNDO,
-        )
+        return StepMessage.for_command(state, command, self._new_id())
 
     @staticmethod
     def _send(uow: UnitOfWork, message: StepMessage, delay: float) -> None:

@@ -174,15 +174,7 @@ def awaited_command(state: SagaState, step: str, purpose: str) -> Command | None
 
 
 def redrive_message(state: SagaState, command: Command, message_id: str) -> OutboxMessage:
-    message = StepMessage(
-        message_id=message_id,
-        saga_id=state.saga_id,
-        saga=state.name,
-        version=state.version,
-        step=command.step,
-        attempt=command.attempt,
-        phase=Phase.DO if isinstance(command, RunStep) else Phase.UNDO,
-    )
+    message = StepMessage.for_command(state, command, message_id)
     return OutboxMessage(message_id=message_id, saga_id=state.saga_id, body=message.to_body())
 
 

@@ -537,12 +537,7 @@ class ChainStepExecutor:
         record = uow.sagas.get(message.saga_id, for_update=True)
         if record is None:
             raise MalformedMessage(f"no saga with id {message.saga_id!r}")
-        state = record.state
-        if (state.name, state.version) != (message.saga, message.version):
-            raise MalformedMessage(
-                f"message names saga {message.saga!r} v{message.version} but saga "
-                f"{state.saga_id} runs {state.name!r} v{state.version}"
-            )
+        message.check_saga(record.state)
         if verified is not None:
             for txid, answer in verified.answers.items():
                 if isinstance(answer, Committed):

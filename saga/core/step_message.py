@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from saga.core.messages import Command, RunCompensation, RunStep
+from saga.core.state import SagaState
 
 
 class Phase(StrEnum):
@@ -27,6 +28,27 @@ class StepMessage:
     step: str
     attempt: int
     phase: Phase
+
+    @classmethod
+    def for_command(cls, state: SagaState, command: Command, message_id: str) -> StepMessage:
+        """The message that carries `command` for the saga in `state`."""
+        return cls(
+            message_id=message_id,
+            saga_id=state.saga_id,
+            saga=state.name,
+            version=state.version,
+            step=command.step,
+            attempt=command.attempt,
+            phase=Phase.DO if isinstance(command, RunStep) else Phase.UNDO,
+        )
+
+    def check_saga(self, state: SagaState) -> None:
+        """Raise MalformedMessage unless this message names the saga and version `state` runs."""
+        if (state.name, state.version) != (self.saga, self.version):
+            raise MalformedMessage(
+                f"message names saga {self.saga!r} v{self.version} but saga "
+                f"{state.saga_id} runs {state.name!r} v{state.version}"
+            )
 
     def to_body(self) -> dict[str, Any]:
         body = asdict(self)

@@ -304,19 +304,20 @@ def test_the_unit_of_work_is_usable_after_commit(uow: SqlUnitOfWorkFactory) -> N
         assert u.sagas.get(second.saga_id) is None
 
 
-def test_for_update_serialises_read_modify_write(store_engine: Engine) -> None:
-    factory = SqlUnitOfWorkFactory(store_engine)
-    record = add_saga(factory, replace(make_record(), data={"n": 0}))
-    rounds, errors = 15, []
+def bump_concurrently(
+    factory: SqlUnitOfWorkFactory, saga_id: str, change: Any, rounds: int = 15
+) -> None:
+    """Two threads, each `rounds` times: lock the saga, `change` the record, save, commit."""
+    errors: list[BaseException] = []
 
     def bump() -> None:
         try:
             for _ in range(rounds):
                 with factory() as u:
-                    got = u.sagas.get(record.saga_id, for_update=True)
+                    got = u.sagas.get(saga_id, for_update=True)
                     assert got is not None
                     time.sleep(0.001)  # widen the race a lost update would need
-                    u.sagas.save(replace(got, data={"n": got.data["n"] + 1}))
+                    u.sagas.save(change(got))
                     u.commit()
         except BaseException as exc:
             errors.append(exc)
@@ -327,9 +328,15 @@ def test_for_update_serialises_read_modify_write(store_engine: Engine) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_for_update_serialises_read_modify_write(store_engine: Engine) -> None:
+    factory = SqlUnitOfWorkFactory(store_engine)
+    record = add_saga(factory, replace(make_record(), data={"n": 0}))
+    bump_concurrently(factory, record.saga_id, lambda r: replace(r, data={"n": r.data["n"] + 1}))
     with factory() as u:
         got = u.sagas.get(record.saga_id)
-    assert got is not None and got.data == {"n": 2 * rounds}
+    assert got is not None and got.data == {"n": 30}
 
 
 def test_for_update_returns_the_steps_as_the_lock_holder_left_them(store_engine: Engine) -> None:
@@ -342,31 +349,16 @@ def test_for_update_returns_the_steps_as_the_lock_holder_left_them(store_engine:
     """
     factory = SqlUnitOfWorkFactory(store_engine)
     record = add_saga(factory)
-    rounds, errors = 15, []
 
-    def bump() -> None:
-        try:
-            for _ in range(rounds):
-                with factory() as u:
-                    got = u.sagas.get(record.saga_id, for_update=True)
-                    assert got is not None
-                    time.sleep(0.001)  # widen the race a stale read would need
-                    first = got.state.steps[0]
-                    steps = (replace(first, attempts=first.attempts + 1), *got.state.steps[1:])
-                    u.sagas.save(replace(got, state=replace(got.state, steps=steps)))
-                    u.commit()
-        except BaseException as exc:
-            errors.append(exc)
+    def one_more_attempt(r: SagaRecord) -> SagaRecord:
+        first = r.state.steps[0]
+        steps = (replace(first, attempts=first.attempts + 1), *r.state.steps[1:])
+        return replace(r, state=replace(r.state, steps=steps))
 
-    threads = [threading.Thread(target=bump) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    bump_concurrently(factory, record.saga_id, one_more_attempt)
     with factory() as u:
         got = u.sagas.get(record.saga_id)
-    assert got is not None and got.state.steps[0].attempts == 2 * rounds
+    assert got is not None and got.state.steps[0].attempts == 30
 
 
 # -- idempotency keys ---------------------------------------------------------
