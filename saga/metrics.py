@@ -63,6 +63,7 @@ class Instruments:
     compensations: Counter
     sagas_finished: Counter
     enqueued: Counter
+    inline_steps: Counter
     chain_decisions: Counter
     chain_transactions: Counter
     commit_seconds: Histogram
@@ -125,6 +126,11 @@ def _create() -> Instruments:
             ["saga", "status"],
         ),
         enqueued=Counter("saga_enqueued_total", "Sagas started", ["saga"]),
+        inline_steps=Counter(
+            "saga_inline_steps_total",
+            "Step messages a worker took from the outbox and ran itself, never published",
+            ["saga", "step", "phase"],
+        ),
         chain_decisions=Counter(
             "saga_chain_verify_total",
             "Verify passes of chain steps, by the decision taken",
@@ -237,6 +243,10 @@ def commit_seen(record: LedgerAttemptRecord, valid: bool) -> None:
         return
     seconds = (datetime.now(UTC) - since).total_seconds()
     instruments().commit_seconds.labels("valid" if valid else "invalid").observe(max(seconds, 0))
+
+
+def inline_step(saga: str, step: str, phase: object) -> None:
+    instruments().inline_steps.labels(saga, step, str(phase)).inc()
 
 
 def relay_batch(count: int) -> None:

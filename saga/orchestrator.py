@@ -248,6 +248,9 @@ class Orchestrator:
             held = following
             try:
                 inline_outcome, following = self._handle_one(held, True, taken=True)
+                if inline_outcome is not Outcome.DUPLICATE:
+                    # Committed with its take: this message is never published.
+                    metrics.inline_step(held.saga, held.step, held.phase)
                 log.info(
                     "inline step handled",
                     extra={

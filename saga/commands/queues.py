@@ -96,7 +96,7 @@ def queues(broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
         fail(
             USAGE,
             f"`saga queues` asks RabbitMQ; SAGA_BROKER_URL is {s.redacted()['SAGA_BROKER_URL']}",
-            "set SAGA_BROKER_URL (or --broker) to amqp://user:password@host:5672/vhost",
+            "set SAGA_BROKER_URL (or --broker) to an amqp:// URL with user, password and host",
         )
     try:
         stats = queue_stats(s)

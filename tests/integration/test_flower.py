@@ -31,7 +31,10 @@ AUTH = ("operator", "flower-test-secret")
 
 @pytest.fixture
 def settings(pg_url: str, broker_settings: Settings) -> Settings:
-    return replace(broker_settings, database_url=pg_url, log_format="json")
+    # Every step its own task, so each step and the compensation appear in Flower;
+    # by default a task also runs the local steps that follow it (inline), and
+    # Flower shows the delivered step only (`saga show` lists every step).
+    return replace(broker_settings, database_url=pg_url, log_format="json", worker_inline_steps=0)
 
 
 @pytest.fixture
