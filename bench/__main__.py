@@ -163,7 +163,10 @@ def main() -> int:
     p.add_argument("--soak", action="store_true", help="include the soak in `all`")
     p.add_argument("--soak-minutes", type=float, default=20.0)
     p.add_argument(
-        "--recheck-delay", type=float, default=10.0, help="SAGA_CHAIN_RECHECK_DELAY (chain)"
+        "--recheck-delay",
+        type=float,
+        default=30.0,
+        help="SAGA_CHAIN_RECHECK_DELAY for the chain benchmark (default: the product's, 30)",
     )
     p.add_argument("--out", default=None, help="JSON file (default bench/results/<what>.json)")
     a = p.parse_args()
