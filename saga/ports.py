@@ -204,10 +204,6 @@ class UnitOfWork(Protocol):
 
     def rollback(self) -> None: ...
 
-    def savepoint(self) -> AbstractContextManager[None]:
-        """A nested transaction: rolled back alone if the block raises."""
-        ...
-
 
 class UnitOfWorkFactory(Protocol):
     def __call__(self) -> UnitOfWork: ...

@@ -3,8 +3,7 @@
 They keep state (they are not mocks): a `FakeDatabase` holds what is committed;
 each `FakeUnitOfWork` works on a private copy of it and publishes that copy only
 on `commit()`, so anything not committed is gone when the block exits, exactly
-like a database transaction. `savepoint()` snapshots the working copy and puts
-it back if the block raises.
+like a database transaction.
 
 Business steps in tests write through `uow.session` (a `FakeSession`) into named
 tables of the same working copy, so their writes commit or roll back together
@@ -360,18 +359,6 @@ class FakeUnitOfWork:
         if self._tables is not None:
             self.db.rollbacks += 1
         self._tables = None
-
-    @contextmanager
-    def _savepoint(self) -> Iterator[None]:
-        saved = copy.deepcopy(self._work())
-        try:
-            yield
-        except BaseException:
-            self._tables = saved
-            raise
-
-    def savepoint(self) -> AbstractContextManager[None]:
-        return self._savepoint()
 
 
 class FakeOutboxReader:

@@ -7,8 +7,6 @@ together with the record that the step ran and the messages it sends on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from psycopg.pq import TransactionStatus
@@ -191,24 +189,6 @@ class SqlUnitOfWork:
             self.session._may_end = False
         if self._open:
             self._begin()
-
-    def savepoint(self) -> AbstractContextManager[None]:
-        """A nested transaction (SAVEPOINT): rolled back alone if the block raises."""
-        return self._savepoint()
-
-    @contextmanager
-    def _savepoint(self) -> Iterator[None]:
-        nested = self.session.begin_nested()
-        try:
-            yield
-        except BaseException:
-            if nested.is_active:
-                # On a lost connection the block's own error is the one to report.
-                with suppress(*TRANSIENT_ERRORS):
-                    nested.rollback()
-            raise
-        # Flushes ORM objects the block added, so their errors belong to the block.
-        nested.commit()
 
 
 class SqlUnitOfWorkFactory:

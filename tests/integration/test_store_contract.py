@@ -225,13 +225,13 @@ def test_explicit_rollback_discards(uow: SqlUnitOfWorkFactory) -> None:
         assert u.sagas.get(record.saga_id) is None
 
 
-def test_savepoint_rollback_keeps_the_outer_writes(
+def test_a_steps_savepoint_rollback_keeps_the_outer_writes(
     uow: SqlUnitOfWorkFactory, store_engine: Engine
 ) -> None:
     record = make_record()
     with uow() as u:
         u.sagas.add(record)
-        with pytest.raises(RuntimeError), u.savepoint():
+        with pytest.raises(RuntimeError), u.session.begin_nested():
             u.session.execute(
                 insert(order_payment_events).values(
                     saga_id=record.saga_id, order_id="o", step="s", action="a", amount_cents=1
@@ -239,7 +239,7 @@ def test_savepoint_rollback_keeps_the_outer_writes(
             )
             u.outbox.add(message(record.saga_id))
             raise RuntimeError("step failed")
-        with u.savepoint():
+        with u.session.begin_nested():
             u.session.execute(
                 insert(order_payment_events).values(
                     saga_id=record.saga_id, order_id="o", step="s", action="kept", amount_cents=1
@@ -260,7 +260,7 @@ def test_a_database_error_inside_a_savepoint_leaves_the_transaction_usable(
     record = make_record()
     with uow() as u:
         u.sagas.add(record)
-        with pytest.raises(Exception, match=r"(?i)not.null|null value"), u.savepoint():
+        with pytest.raises(Exception, match=r"(?i)not.null|null value"), u.session.begin_nested():
             u.session.execute(insert(order_payment_events).values(saga_id=record.saga_id))
         u.history.add(HistoryEntry(datetime.now(UTC), record.saga_id, "after", {}))
         u.commit()
@@ -274,7 +274,7 @@ def test_a_step_may_not_end_the_transaction(
     record = make_record()
     with uow() as u:
         u.sagas.add(record)
-        with pytest.raises(StepEndedTransaction), u.savepoint():
+        with pytest.raises(StepEndedTransaction), u.session.begin_nested():
             u.session.execute(
                 insert(order_payment_events).values(
                     saga_id=record.saga_id, order_id="o", step="s", action="a", amount_cents=1
