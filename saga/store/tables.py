@@ -115,8 +115,6 @@ outbox = Table(
     Column("available_at", UtcDateTime, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("published_at", UtcDateTime),
-    # Nothing reads the generated id at insert, so no RETURNING of it.
-    implicit_returning=False,
 )
 # Only unpublished rows are ever searched by the relay; a partial index stays as
 # small as the backlog however many published rows the table still holds.
@@ -145,8 +143,6 @@ saga_history = Table(
     Column("kind", String(64), nullable=False),
     Column("detail", Json, nullable=False),
     Column("actor", String(200)),
-    # Nothing reads the generated id at insert, so no RETURNING of it.
-    implicit_returning=False,
 )
 
 ledger_attempts = Table(
