@@ -15,8 +15,8 @@ from saga.store.tables import IDEMPOTENCY_KEY_CONSTRAINT
 # PostgreSQL serialization failures and deadlocks and SQLite's "database is locked"
 # after busy_timeout: all worth retrying with the whole transaction.
 # InterfaceError is what a driver raises on a connection it already knows is
-# closed; DisconnectionError and TimeoutError come from the pool (pre-ping gave
-# up, or no connection free in time).
+# closed; DisconnectionError and TimeoutError come from the pool (the ping of an
+# idle connection gave up, or no connection free in time).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     StoreUnavailable,
     sa_exc.OperationalError,

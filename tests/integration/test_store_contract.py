@@ -37,6 +37,7 @@ from saga.store import (
     create_engine,
     purge,
 )
+from saga.store.engine import PING_AFTER_IDLE_SECONDS
 from saga.store.tables import metadata as store_metadata
 from saga.store.tables import outbox
 
@@ -711,13 +712,32 @@ def test_postgresql_a_killed_connection_is_store_unavailable_and_the_next_one_wo
             with create_engine(pg_url).connect() as admin:
                 admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             u.commit()
-        # The pool's pre-ping replaces the dead connection.
+        # The disconnect invalidated the pooled connection: the next one is new.
         with factory() as u:
             assert u.sagas.get(record.saga_id) is None
             u.sagas.add(record)
             u.commit()
         with factory() as u:
             assert u.sagas.get(record.saga_id) is not None
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_a_connection_that_died_while_idle_is_replaced_before_use(
+    pg_url: str,
+) -> None:
+    """A pooled connection idle for more than PING_AFTER_IDLE_SECONDS is pinged at
+    checkout; one whose server side is gone is swapped, the transaction never sees it."""
+    engine = create_engine(pg_url, pool_size=1, max_overflow=0)
+    factory = SqlUnitOfWorkFactory(engine)
+    try:
+        with factory() as u:
+            pid = u.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with create_engine(pg_url).connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
+        with factory() as u:
+            assert u.session.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
     finally:
         engine.dispose()
 
