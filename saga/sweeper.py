@@ -67,7 +67,7 @@ from saga.core.errors import SagaError
 from saga.core.machine import awaits, transition
 from saga.core.messages import Command, MarkedStuck, RunCompensation, RunStep
 from saga.core.state import SagaState, SagaStatus
-from saga.core.step_message import Phase, StepMessage
+from saga.core.step_message import StepMessage
 from saga.ports import HistoryEntry, OutboxMessage, SagaRecord, UnitOfWork, UnitOfWorkFactory
 from saga.store.tables import ledger_attempts, outbox, sagas
 
@@ -258,7 +258,7 @@ class Sweeper:
                 uow.commit()
                 metrics.instruments().sweeper_stuck.inc()
                 return "stuck"
-            message = step_message(state, command, self._new_id())
+            message = StepMessage.for_command(state, command, self._new_id())
             uow.outbox.add(OutboxMessage(message.message_id, saga_id, message.to_body()))
             uow.history.add(
                 HistoryEntry(
@@ -443,18 +443,6 @@ def awaited(state: SagaState) -> Command | None:
     else:
         return None
     return command if awaits(state, command) is None else None
-
-
-def step_message(state: SagaState, command: Command, message_id: str) -> StepMessage:
-    return StepMessage(
-        message_id=message_id,
-        saga_id=state.saga_id,
-        saga=state.name,
-        version=state.version,
-        step=command.step,
-        attempt=command.attempt,
-        phase=Phase.UNDO if isinstance(command, RunCompensation) else Phase.DO,
-    )
 
 
 def candidates_query(cutoff: datetime, limit: int) -> Any:
