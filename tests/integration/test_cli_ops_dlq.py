@@ -30,7 +30,7 @@ from saga.examples.order_payment import NAME
 from saga.ports import PendingMessage
 from saga.store import create_engine
 from saga.store.tables import outbox
-from tests.integration.test_dlq_poison import poison_cases
+from tests.integration.test_dlq_poison import poison_cases, publish_to_step_queue
 from tests.support.outbox import step_body
 from tests.support.rabbitmq import drain, queue_depth
 from tests.support.workers import celery_worker, orchestrator, relay_thread, wait_until
@@ -233,21 +233,8 @@ def test_replay_and_drop_with_a_real_worker(
 
     cases = poison_cases(victim)
     log = tmp_path / "worker.log"
-    topology = Topology.from_settings(settings)
     with celery_worker(settings, log), relay_thread(settings, engine):
-        with Connection(settings.broker_url) as connection:
-            topology.declare_kombu(connection)
-            producer = Producer(connection.default_channel)
-            for case in ("unknown-step", "not-json"):
-                args = cases[case][0]
-                producer.publish(
-                    args["body"],
-                    exchange=topology.kombu_step_exchange(),
-                    routing_key=topology.step_routing_key,
-                    headers=args["headers"],
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                )
+        publish_to_step_queue(settings, [cases["unknown-step"][0], cases["not-json"][0]])
         depth = lambda: queue_depth(settings.broker_url, settings.dead_letter_queue)  # noqa: E731
         wait_until(lambda: depth() == 3, timeout=60, what="two poison messages", log=log)
 
