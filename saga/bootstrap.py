@@ -11,7 +11,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from saga.config import Settings
+from saga.config import ConfigError, Settings
 from saga.core.definitions import Registry
 from saga.logs import configure
 from saga.orchestrator import Orchestrator
@@ -172,13 +172,22 @@ class Container:
     # -- Fabric access, shared by workers, the commit watcher and the audit --------------
 
     def fabric_access(self) -> tuple[GatewayEndpoint, SigningIdentity]:
-        """The Gateway peer and client identity the SAGA_FABRIC_* settings name."""
+        """The Gateway peer and client identity the SAGA_FABRIC_* settings name.
+
+        Every ledger client of the product (chain executor, watcher, sweeper, audit,
+        `saga ledger ping`, the demo) connects through the endpoint returned here, so
+        the client TLS pair is attached in this one place.
+        """
         from saga.fabric import SigningIdentity, load_connection_profile
 
         s = self.settings
         profile = load_connection_profile(s.fabric_profile)
         identity = SigningIdentity.from_msp_dir(s.fabric_msp_id or profile.msp_id, s.fabric_msp_dir)
-        return profile.endpoint(s.fabric_peer or None), identity
+        endpoint = profile.endpoint(s.fabric_peer or None)
+        client_tls = s.fabric_client_tls()
+        if client_tls is not None:
+            endpoint = _with_client_tls(s, endpoint, *client_tls)
+        return endpoint, identity
 
     def commit_client_factory(self, max_in_flight: int) -> Callable[[], AsyncGatewayClient]:
         """Opens the watcher's asyncio client; called inside the watcher's event loop."""
@@ -193,3 +202,29 @@ class Container:
 
         endpoint, identity = self.fabric_access()
         return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
+
+
+def _with_client_tls(
+    s: Settings, endpoint: GatewayEndpoint, cert_pem: bytes, key_pem: bytes
+) -> GatewayEndpoint:
+    """The endpoint with the SAGA_FABRIC_TLS_* pair; a ConfigError naming the bad setting."""
+    from saga.fabric.connection import ClientTlsError
+
+    both = "SAGA_FABRIC_TLS_CERT and SAGA_FABRIC_TLS_KEY"
+    if endpoint.tls_root_certs is None:
+        raise ConfigError(
+            f"{both} are set but the peer at {endpoint.address} is plaintext (grpc:// in "
+            "SAGA_FABRIC_PROFILE): mutual TLS needs a grpcs:// url with tlsCACerts; fix the "
+            "profile, or unset both"
+        )
+    try:
+        return endpoint.with_client_tls(cert_pem, key_pem)
+    except ClientTlsError as exc:
+        shown = s.redacted()
+        cert, key = (
+            f"{var}={shown[var]}" for var in ("SAGA_FABRIC_TLS_CERT", "SAGA_FABRIC_TLS_KEY")
+        )
+        setting = {"certificate": cert, "key": key, "pair": f"{cert} and {key}"}[exc.part]
+        raise ConfigError(
+            f"{setting}: {exc}; {both} must be the client TLS certificate and its key (PEM)"
+        ) from None

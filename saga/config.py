@@ -22,6 +22,30 @@ class ConfigError(ValueError):
     pass
 
 
+def _is_pem(value: str) -> bool:
+    return value.lstrip().startswith("-----BEGIN ")
+
+
+def _read_pem(var: str, value: str) -> bytes:
+    """A PEM setting's bytes: the value itself if it is PEM, else the file it names."""
+    if _is_pem(value):
+        # A *_FILE secret arrives stripped; PEM readers want the final newline back.
+        return value.strip().encode() + b"\n"
+    try:
+        with open(value, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"{var}={value!r} cannot be read: {exc.strerror}; give the path of a PEM file"
+        ) from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(
+            f"{var}={value!r} is not PEM (a DER file? convert it: openssl x509 / openssl pkey "
+            "-outform PEM)"
+        )
+    return data
+
+
 def _read_secret(var: str, path: str) -> str:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -101,6 +125,12 @@ class Settings:
     fabric_channel: str = "mychannel"
     # Peer name in the profile to use as Gateway (default: the org's first peer).
     fabric_peer: str = ""
+    # Client TLS certificate and its private key (PEM, key unencrypted) for a peer that
+    # requires mutual TLS (Fabric's clientAuthRequired), e.g. .../User1@org1/tls/client.crt
+    # and client.key: both or neither. Each is a file path, or the PEM itself (which is
+    # what SAGA_FABRIC_TLS_KEY_FILE=/run/secrets/... gives). Unset: no client certificate.
+    fabric_tls_cert: str = ""
+    fabric_tls_key: str = ""
     # Deadlines in seconds. Status: each commit-status question of a chain step's
     # verify pass; short on purpose, an unknown answer only resubmits the same envelope.
     fabric_endorse_timeout: float = 30.0
@@ -158,6 +188,22 @@ class Settings:
                 "SAGA_FABRIC_PROFILE is set but SAGA_FABRIC_MSP_DIR is not: point it at the "
                 "client's MSP directory (signcerts/ and keystore/)"
             )
+        if bool(self.fabric_tls_cert) != bool(self.fabric_tls_key):
+            given, missing = (
+                ("SAGA_FABRIC_TLS_CERT", "SAGA_FABRIC_TLS_KEY")
+                if self.fabric_tls_cert
+                else ("SAGA_FABRIC_TLS_KEY", "SAGA_FABRIC_TLS_CERT")
+            )
+            raise ConfigError(
+                f"{given} is set but {missing} is not: SAGA_FABRIC_TLS_CERT and "
+                "SAGA_FABRIC_TLS_KEY are the client TLS certificate and its private key for "
+                "mutual TLS; set both, or neither"
+            )
+        if self.fabric_tls_cert and not self.fabric_profile:
+            raise ConfigError(
+                "SAGA_FABRIC_TLS_CERT / SAGA_FABRIC_TLS_KEY are set but SAGA_FABRIC_PROFILE is "
+                "not: set it to the connection profile (connection-org1.json)"
+            )
         if (self.fabric_msp_dir or self.fabric_msp_id) and not self.fabric_profile:
             raise ConfigError(
                 "SAGA_FABRIC_MSP_DIR / SAGA_FABRIC_MSP_ID are set but SAGA_FABRIC_PROFILE is not: "
@@ -183,6 +229,19 @@ class Settings:
     def ledger_configured(self) -> bool:
         return bool(self.fabric_profile)
 
+    def fabric_client_tls(self) -> tuple[bytes, bytes] | None:
+        """The client TLS certificate and key PEM (None: not set), read now.
+
+        Read where the ledger client is built rather than in check(): every command
+        checks its settings, and most never touch the ledger or its files.
+        """
+        if not self.fabric_tls_cert:
+            return None
+        return (
+            _read_pem("SAGA_FABRIC_TLS_CERT", self.fabric_tls_cert),
+            _read_pem("SAGA_FABRIC_TLS_KEY", self.fabric_tls_key),
+        )
+
     @property
     def sqlalchemy_url(self) -> str:
         """The database URL with the psycopg 3 driver spelled out for SQLAlchemy."""
@@ -196,8 +255,11 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "api_token" and value:
+            if (f.name == "api_token" and value) or (f.name == "fabric_tls_key" and _is_pem(value)):
                 value = "***"
+            elif f.name == "fabric_tls_cert" and _is_pem(value):
+                # Not a secret, but many lines: `saga config` prints one per setting.
+                value = "(inline PEM)"
             elif isinstance(value, str) and "://" in value and "@" in value:
                 scheme, rest = value.split("://", 1)
                 creds, host = rest.rsplit("@", 1)

@@ -89,6 +89,8 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     env[PREFIX + "DATABASE_URL"] = settings.database_url
     env[PREFIX + "BROKER_URL"] = settings.broker_url
     env[PREFIX + "API_TOKEN"] = settings.api_token
+    env[PREFIX + "FABRIC_TLS_CERT"] = settings.fabric_tls_cert
+    env[PREFIX + "FABRIC_TLS_KEY"] = settings.fabric_tls_key
     return env
 
 

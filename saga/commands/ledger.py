@@ -62,6 +62,25 @@ ChannelOpt = Annotated[
 ]
 
 
+_FILE_SETTINGS = (
+    "SAGA_FABRIC_PROFILE",
+    "SAGA_FABRIC_MSP_DIR",
+    "SAGA_FABRIC_MSP_ID",
+    "SAGA_FABRIC_PEER",
+)
+_CLIENT_TLS_SETTINGS = ("SAGA_FABRIC_TLS_CERT", "SAGA_FABRIC_TLS_KEY")
+NO_CLIENT_CERT_HINT = (
+    "the peer may require a client TLS certificate (mutual TLS); set SAGA_FABRIC_TLS_CERT "
+    "and SAGA_FABRIC_TLS_KEY to the client's TLS certificate and key "
+    "(e.g. .../users/User1@org1.example.com/tls/client.crt and client.key)"
+)
+
+
+def _client_tls_settings(s: Settings) -> tuple[str, ...]:
+    # Named in a hint only when set: most peers do not ask for a client certificate.
+    return _CLIENT_TLS_SETTINGS if s.fabric_tls_cert or s.fabric_tls_key else ()
+
+
 def _settings_hint(s: Settings, *names: str) -> str:
     shown = s.redacted()
     return "check " + ", ".join(f"{n} (now {shown[n] or 'unset'!s})" for n in names)
@@ -82,13 +101,7 @@ def _ledger_container(s: Settings) -> Container:
         fail(
             USAGE,
             f"the Fabric settings do not load: {exc}",
-            _settings_hint(
-                s,
-                "SAGA_FABRIC_PROFILE",
-                "SAGA_FABRIC_MSP_DIR",
-                "SAGA_FABRIC_MSP_ID",
-                "SAGA_FABRIC_PEER",
-            ),
+            _settings_hint(s, *_FILE_SETTINGS, *_client_tls_settings(s)),
         )
     return c
 
@@ -101,7 +114,7 @@ def _peer_name(s: Settings, endpoint: GatewayEndpoint) -> str:
 
     profile = load_connection_profile(s.fabric_profile)
     for name, candidate in profile.peers.items():
-        if candidate == endpoint:
+        if candidate == endpoint.without_client_tls():
             return name
     return endpoint.address
 
@@ -132,6 +145,9 @@ def ping(
     Prints the peer, its address, the channel's height and each round trip; the
     first one includes opening the connection (TLS handshake).
 
+    With SAGA_FABRIC_TLS_CERT and SAGA_FABRIC_TLS_KEY set it connects with mutual
+    TLS; a peer that requires it and got no client certificate is named as such.
+
     Exit codes: 0 answered; 1 the peer did not answer or refused the query;
     2 no ledger configured or its files do not load.
     """
@@ -156,7 +172,7 @@ def ping(
                     s.fabric_channel, "qscc", "GetChainInfo", [s.fabric_channel], timeout=deadline
                 )
             except GatewayError as exc:
-                _explain(exc, s, where, deadline)
+                _explain(exc, s, endpoint, where, deadline)
             round_trips.append((time.perf_counter() - started) * 1000)
             try:
                 info = ledger_pb2.BlockchainInfo.FromString(raw)
@@ -199,9 +215,13 @@ def ping(
         )
 
 
-def _explain(exc: GatewayError, s: Settings, where: str, deadline: float) -> NoReturn:
+def _explain(
+    exc: GatewayError, s: Settings, endpoint: GatewayEndpoint, where: str, deadline: float
+) -> NoReturn:
     """Turn a failed query into a message that names what to check, and exit 1."""
     import grpc
+
+    from saga.fabric.connection import may_want_client_certificate
 
     code = exc.code
     said = exc.status_message or str(exc)
@@ -209,11 +229,18 @@ def _explain(exc: GatewayError, s: Settings, where: str, deadline: float) -> NoR
         said += f"; {d.address} ({d.msp_id}): {d.message}"
     peer_settings = ("SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER")
     if code is grpc.StatusCode.UNAVAILABLE:
+        check = (
+            "check that the peer runs and is reachable from here, and that the profile's peer "
+            "url and tlsCACerts are right; "
+        )
+        if may_want_client_certificate(endpoint, said):
+            check = f"{NO_CLIENT_CERT_HINT}; otherwise {check}"
+        elif endpoint.client_cert is not None:
+            check += "that the peer trusts the client TLS certificate's CA and it has not expired; "
         fail(
             REFUSED,
             f"no answer from {where}: UNAVAILABLE: {said}",
-            "check that the peer runs and is reachable from here, and that the profile's peer "
-            "url and tlsCACerts are right; " + _settings_hint(s, *peer_settings),
+            check + _settings_hint(s, *peer_settings, *_client_tls_settings(s)),
         )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         fail(

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
 import yaml
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 # Without keepalive a long CommitStatus wait over a dead NAT or load balancer
 # hangs until its deadline; with it the call fails fast and is retried.
@@ -44,9 +47,18 @@ class GatewayEndpoint:
             raise ValueError("mutual TLS needs TLS: give the server's CA certificates")
 
     def with_client_tls(self, cert_pem: bytes, key_pem: bytes) -> GatewayEndpoint:
-        return GatewayEndpoint(
-            self.address, self.tls_root_certs, self.server_name_override, cert_pem, key_pem
-        )
+        """This endpoint with a client certificate and key for mutual TLS.
+
+        The pair is checked here (see check_client_tls): gRPC would only report a bad
+        one as a failed handshake, which reads like an unreachable peer.
+        """
+        if self.tls_root_certs is None:
+            raise ValueError(f"{self.address} is plaintext (grpc://): mutual TLS needs grpcs://")
+        check_client_tls(cert_pem, key_pem)
+        return replace(self, client_cert=cert_pem, client_key=key_pem)
+
+    def without_client_tls(self) -> GatewayEndpoint:
+        return replace(self, client_cert=None, client_key=None)
 
     def _options(self, extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
         options = list(_KEEPALIVE_OPTIONS)
@@ -74,6 +86,74 @@ class GatewayEndpoint:
         if self.tls_root_certs is None:
             return grpc.aio.insecure_channel(self.address, options=self._options(options))
         return grpc.aio.secure_channel(self.address, self._credentials(), self._options(options))
+
+
+class ClientTlsError(ValueError):
+    """A client TLS certificate or key that cannot be used; ``part`` says which."""
+
+    def __init__(self, part: Literal["certificate", "key", "pair"], message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+def _public_key_der(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def check_client_tls(cert_pem: bytes, key_pem: bytes) -> None:
+    """Raise ClientTlsError unless the PEM certificate and unencrypted key belong together.
+
+    Not checked: expiry and issuer, which only the peer can judge (its trusted TLS CAs
+    and clock); a certificate it refuses fails the handshake like a missing one.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise ClientTlsError("certificate", f"not a PEM X.509 certificate ({exc})") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise ClientTlsError(
+            "key", "the private key is encrypted; gRPC needs it unencrypted"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ClientTlsError("key", f"not a PEM private key ({exc})") from None
+    if _public_key_der(cert.public_key()) != _public_key_der(key.public_key()):
+        raise ClientTlsError("pair", "the private key does not belong to the certificate")
+
+
+# What a client without a certificate sees when the server demands one. A Go server
+# (Fabric's peer) finishes the TLS 1.3 handshake and then sends a "certificate
+# required" alert, which gRPC's BoringSSL reports on the first read as
+# TSI_DATA_CORRUPTED; a gRPC C-core server just closes the socket; TLS 1.2 servers
+# fail the handshake itself. Each also has other causes, hence "may" in the hints.
+_NO_CLIENT_CERT_SYMPTOMS = (
+    "tsi_data_corrupted",
+    "certificate required",
+    "certificate_required",
+    "handshake failure",
+    "handshake_failure",
+    "peer_did_not_return_a_certificate",
+    "socket closed",
+)
+
+
+def may_want_client_certificate(endpoint: GatewayEndpoint, error_message: str) -> bool:
+    """Whether a failed connection looks like a peer that requires mutual TLS.
+
+    True only for a TLS endpoint that sent no client certificate, and never when our
+    own check of the peer's certificate failed (that is the profile's tlsCACerts).
+    """
+    if endpoint.tls_root_certs is None or endpoint.client_cert is not None:
+        return False
+    said = error_message.lower()
+    if "certificate_verify_failed" in said:
+        return False
+    return any(symptom in said for symptom in _NO_CLIENT_CERT_SYMPTOMS)
 
 
 @dataclass(frozen=True, slots=True)

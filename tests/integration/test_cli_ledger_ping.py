@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from saga.cli import app
 from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
-from tests.fabric.conftest import Devnet, devnet  # noqa: F401
+from tests.fabric.conftest import Devnet, devnet, devnet_factory  # noqa: F401
 
 runner = CliRunner()
 # The environment of the shell running the tests must not leak into a command.
@@ -177,3 +177,47 @@ def test_ping_failures_name_the_settings_to_check(
     stranger = _ping({**env, "SAGA_FABRIC_MSP_ID": "NoSuchMSP"}, code=1)
     assert "access denied" in stranger.output
     assert "SAGA_FABRIC_MSP_ID (now NoSuchMSP)" in stranger.output
+
+
+def test_ping_with_mutual_tls_needs_the_client_pair_and_says_so(
+    devnet_factory: Callable[..., Devnet],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    net = devnet_factory(mutual_tls=True)
+    tls = net.org_dir(1) / "users" / f"User1@{net.org(1)['domain']}" / "tls"
+    pair = {
+        "SAGA_FABRIC_TLS_CERT": str(tls / "client.crt"),
+        "SAGA_FABRIC_TLS_KEY": str(tls / "client.key"),
+    }
+
+    # With the user's TLS pair: answered, over mutual TLS.
+    answered = json.loads(_ping(_env(net, **pair), "--json").stdout)
+    assert answered["mutual_tls"] is True and answered["height"] >= 1
+    text = _ping(_env(net, **pair)).stdout
+    assert "(mutual TLS) answered" in text
+
+    # The key as a *_FILE secret: the file's PEM becomes the setting, as for any secret.
+    secret = {"SAGA_FABRIC_TLS_CERT": pair["SAGA_FABRIC_TLS_CERT"]}
+    secret["SAGA_FABRIC_TLS_KEY_FILE"] = pair["SAGA_FABRIC_TLS_KEY"]
+    assert json.loads(_ping(_env(net, **secret), "--json").stdout)["mutual_tls"] is True
+
+    # Without it: 1, and the hint says what is missing.
+    refused = _ping(_env(net), "--timeout", "5", code=1)
+    assert "UNAVAILABLE" in refused.output
+    assert "may require a client TLS certificate" in refused.output
+    assert "set SAGA_FABRIC_TLS_CERT and SAGA_FABRIC_TLS_KEY" in refused.output
+
+    # Half a pair: a configuration error (2) naming both settings, before any connection.
+    half = _ping(_env(net, SAGA_FABRIC_TLS_CERT=pair["SAGA_FABRIC_TLS_CERT"]), code=2)
+    assert "SAGA_FABRIC_TLS_CERT is set but SAGA_FABRIC_TLS_KEY is not" in half.output
+
+    # A pair that does not belong together (org2's key): 2, naming both.
+    org2_key = net.org_dir(2) / "users" / f"User1@{net.org(2)['domain']}" / "tls" / "client.key"
+    mismatched = _ping(_env(net, **{**pair, "SAGA_FABRIC_TLS_KEY": str(org2_key)}), code=2)
+    assert "does not belong to the certificate" in mismatched.output
+    assert f"SAGA_FABRIC_TLS_KEY={org2_key}" in mismatched.output
+
+    # An unreadable key: 2, naming the setting and the file.
+    gone = tmp_path / "gone.key"
+    unreadable = _ping(_env(net, **{**pair, "SAGA_FABRIC_TLS_KEY": str(gone)}), code=2)
+    assert f"SAGA_FABRIC_TLS_KEY={str(gone)!r} cannot be read" in unreadable.output
