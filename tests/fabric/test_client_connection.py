@@ -9,8 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
+from saga.bootstrap import Container
+from saga.config import ConfigError, Settings
 from saga.fabric import GatewayEndpoint, load_connection_profile
-from tests.fabric.client_fixtures import CertAuthority
+from saga.fabric.connection import (
+    ClientTlsError,
+    check_client_tls,
+    may_want_client_certificate,
+)
+from tests.fabric.client_fixtures import CertAuthority, write_msp_dir
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +157,139 @@ def test_unknown_peer_and_half_configured_mutual_tls_are_refused(
         GatewayEndpoint("h:1", tls_ca_pem, client_cert=b"cert")
     with pytest.raises(ValueError, match="needs TLS"):
         GatewayEndpoint("h:1", None, client_cert=b"c", client_key=b"k")
+
+
+# -- the client TLS pair for mutual TLS ----------------------------------------------------
+
+
+def test_client_tls_pair_is_checked_when_attached(tls_ca_pem: bytes) -> None:
+    client_ca = CertAuthority.create("tlsca.org1.example.com")
+    cert, key = client_ca.issue("User1@org1.example.com", client=True)
+    other_cert, other_key = client_ca.issue("User2@org1.example.com", client=True)
+    base = GatewayEndpoint("h:1", tls_ca_pem)
+
+    attached = base.with_client_tls(cert, key)
+    assert (attached.client_cert, attached.client_key) == (cert, key)
+    assert attached.without_client_tls() == base
+    # Anything else gRPC would only report as a failed handshake, like a peer that is down.
+    for bad_cert, bad_key, part in [
+        (b"not pem", key, "certificate"),
+        (key, key, "certificate"),
+        (cert, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "key"),
+        (cert, cert, "key"),
+        (cert, other_key, "pair"),
+    ]:
+        with pytest.raises(ClientTlsError) as caught:
+            base.with_client_tls(bad_cert, bad_key)
+        assert caught.value.part == part
+    with pytest.raises(ClientTlsError, match="does not belong"):
+        check_client_tls(other_cert, key)
+    with pytest.raises(ValueError, match="plaintext"):
+        GatewayEndpoint("h:1").with_client_tls(cert, key)
+
+
+def test_an_encrypted_client_key_is_refused_with_why(tls_ca_pem: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key_pem = CertAuthority.create("tlsca").issue("User1", client=True)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    with pytest.raises(ClientTlsError, match="encrypted; gRPC needs it unencrypted"):
+        check_client_tls(cert, encrypted)
+
+
+@pytest.mark.parametrize(
+    ("message", "wanted"),
+    [
+        # A Go peer (Fabric) that requires client certificates, TLS 1.3.
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:7051: "
+            "Tls handshake failed (TSI_DATA_CORRUPTED): SSL_ERROR_SSL: error:1000045c:SSL "
+            "routines:OPENSSL_internal:TLSV1_CERTIFICATE_REQUIRED",
+            True,
+        ),
+        # A gRPC C-core server (the devnet) that requires them: it closes the socket.
+        (
+            "failed to connect to all addresses; last error: UNAVAILABLE: "
+            "ipv4:127.0.0.1:7051: Socket closed",
+            True,
+        ),
+        ("... SSL routines:OPENSSL_internal:SSLV3_ALERT_HANDSHAKE_FAILURE", True),
+        # Our check of the peer failed: the profile's tlsCACerts, not a client certificate.
+        (
+            "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+            "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer",
+            False,
+        ),
+        ("failed to connect to all addresses; last error: UNAVAILABLE: Connection refused", False),
+    ],
+)
+def test_a_peer_that_may_want_a_client_certificate_is_recognised(
+    tls_ca_pem: bytes, message: str, wanted: bool
+) -> None:
+    tls = GatewayEndpoint("h:1", tls_ca_pem)
+    assert may_want_client_certificate(tls, message) is wanted
+    # Never for plaintext, nor when a client certificate was sent (it was refused instead).
+    assert not may_want_client_certificate(GatewayEndpoint("h:1"), message)
+    cert, key = CertAuthority.create("tlsca").issue("User1", client=True)
+    assert not may_want_client_certificate(tls.with_client_tls(cert, key), message)
+
+
+def _ledger_settings(tmp_path: Path, tls_ca_pem: bytes, **tls: str) -> Settings:
+    profile = tmp_path / "connection-org1.json"
+    profile.write_text(json.dumps(_test_network_profile(tls_ca_pem.decode())))
+    msp, _ = write_msp_dir(tmp_path / "user", CertAuthority.create("ca.org1.example.com"))
+    env = {"SAGA_FABRIC_PROFILE": str(profile), "SAGA_FABRIC_MSP_DIR": str(msp)}
+    return Settings.from_env({**env, **tls})
+
+
+def test_the_container_gives_every_ledger_client_the_settings_pair(
+    tmp_path: Path, tls_ca_pem: bytes
+) -> None:
+    cert, key = CertAuthority.create("tlsca.org1.example.com").issue("User1", client=True)
+    (tmp_path / "client.crt").write_bytes(cert)
+    (tmp_path / "client.key").write_bytes(key)
+    pair = {
+        "SAGA_FABRIC_TLS_CERT": str(tmp_path / "client.crt"),
+        "SAGA_FABRIC_TLS_KEY": str(tmp_path / "client.key"),
+    }
+    endpoint, _ = Container(_ledger_settings(tmp_path, tls_ca_pem, **pair)).fabric_access()
+    assert (endpoint.client_cert, endpoint.client_key) == (cert, key)
+    assert endpoint.tls_root_certs == tls_ca_pem
+    plain, _ = Container(_ledger_settings(tmp_path, tls_ca_pem)).fabric_access()
+    assert plain.client_cert is None
+
+    # A bad file is a configuration error naming the setting (and the file).
+    (tmp_path / "other.key").write_bytes(CertAuthority.create("x").issue("y")[1])
+    mismatch = {**pair, "SAGA_FABRIC_TLS_KEY": str(tmp_path / "other.key")}
+    with pytest.raises(ConfigError) as caught:
+        Container(_ledger_settings(tmp_path, tls_ca_pem, **mismatch)).fabric_access()
+    assert "does not belong to the certificate" in str(caught.value)
+    assert f"SAGA_FABRIC_TLS_KEY={tmp_path / 'other.key'}" in str(caught.value)
+    swapped = {"SAGA_FABRIC_TLS_CERT": pair["SAGA_FABRIC_TLS_KEY"]}
+    swapped["SAGA_FABRIC_TLS_KEY"] = pair["SAGA_FABRIC_TLS_KEY"]
+    with pytest.raises(ConfigError, match=r"^SAGA_FABRIC_TLS_CERT=.*not a PEM X.509"):
+        Container(_ledger_settings(tmp_path, tls_ca_pem, **swapped)).fabric_access()
+
+
+def test_client_tls_for_a_plaintext_peer_is_a_configuration_error(
+    tmp_path: Path, tls_ca_pem: bytes
+) -> None:
+    cert, key = CertAuthority.create("tlsca").issue("User1", client=True)
+    (tmp_path / "client.crt").write_bytes(cert)
+    (tmp_path / "client.key").write_bytes(key)
+    settings = _ledger_settings(
+        tmp_path,
+        tls_ca_pem,
+        SAGA_FABRIC_TLS_CERT=str(tmp_path / "client.crt"),
+        SAGA_FABRIC_TLS_KEY=str(tmp_path / "client.key"),
+    )
+    data = json.loads(Path(settings.fabric_profile).read_text())
+    data["peers"]["peer0.org1.example.com"]["url"] = "grpc://localhost:7051"
+    Path(settings.fabric_profile).write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"plaintext \(grpc:// in SAGA_FABRIC_PROFILE\)"):
+        Container(settings).fabric_access()
