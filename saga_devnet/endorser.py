@@ -111,9 +111,11 @@ class Endorser:
         chaincodes: Callable[[str], tuple[Chaincode, ChaincodeConfig] | None],
         lock: RWLock,
         faults: Faults,
+        listen_address: str = "",
     ) -> None:
         self.org = org
-        self.address = address
+        self.address = address  # the peer's name, as gossip and the gateway's details give it
+        self.listen_address = listen_address or address  # where it listens, for dial errors
         self.signer = signer
         self._channel = channel
         self._registry = registry

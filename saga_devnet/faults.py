@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -30,6 +31,15 @@ class Faults:
     refuse_endorsement_message: str = "endorsement refused by devnet fault injection"
     force_mvcc_conflict: int = 0  # next N otherwise VALID txs become MVCC_READ_CONFLICT
     crash_at: str = ""  # one of CRASH_POINTS: os._exit(137) when reached
+    org_down: list[str] = field(default_factory=list)  # MSP ids whose peer (and gateway) is down
+    # Seconds a down peer stays in the other gateways' view: Fabric's gossip
+    # aliveExpirationTimeout (25 s). Before: endorsements sent to it fail (ABORTED); after:
+    # the gateway plans without it (FAILED_PRECONDITION when the policy then cannot be met).
+    org_down_expiry: float = 25.0
+
+    def __post_init__(self) -> None:
+        # When each org in org_down went down (monotonic clock); not a knob of its own.
+        self._down_since: dict[str, float] = {}
 
     def update(self, values: dict[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -38,6 +48,8 @@ class Faults:
                 raise ValueError(f"unknown fault knob {name!r}; known: {sorted(known)}")
             current = getattr(self, name)
             setattr(self, name, _coerce(current, value))
+        now = time.monotonic()
+        self._down_since = {m: self._down_since.get(m, now) for m in self.org_down}
         if self.crash_at and self.crash_at not in CRASH_POINTS:
             bad, self.crash_at = self.crash_at, ""
             raise ValueError(f"crash_at must be one of {CRASH_POINTS}, got {bad!r}")
@@ -62,6 +74,13 @@ class Faults:
 
     def refuses(self, msp_id: str) -> bool:
         return "*" in self.refuse_endorsement or msp_id in self.refuse_endorsement
+
+    def peer_state(self, msp_id: str) -> str:
+        """ "up", "unreachable" (down, still in gossip's view) or "gone" (expired from it)."""
+        since = self._down_since.get(msp_id)
+        if since is None:
+            return "up"
+        return "gone" if time.monotonic() - since >= self.org_down_expiry else "unreachable"
 
     def maybe_crash(self, point: str) -> None:
         if self.crash_at == point:

@@ -16,7 +16,13 @@ from google.protobuf import any_pb2
 
 from saga_devnet.blocks import tx_codes
 from saga_devnet.commit_notifier import CommitNotifier
-from saga_devnet.endorser import Endorser, ProposalRejected, UnpackedProposal, unpack
+from saga_devnet.endorser import (
+    SYSTEM_CHAINCODES,
+    Endorser,
+    ProposalRejected,
+    UnpackedProposal,
+    unpack,
+)
 from saga_devnet.faults import Faults
 from saga_devnet.ledger_store import LedgerStore
 from saga_devnet.msp import IdentityError, MembershipRegistry
@@ -77,14 +83,30 @@ class Outcome:
         )
 
 
-async def _call(endorser: Endorser, signed: proposal_pb2.SignedProposal, timeout: float) -> Outcome:
-    """ProcessProposal and the gateway's reading of its result (responseStatus in api.go)."""
+async def _call(
+    endorser: Endorser, signed: proposal_pb2.SignedProposal, timeout: float, faults: Faults
+) -> Outcome:
+    """ProcessProposal and the gateway's reading of its result (responseStatus in apiutils.go)."""
+    if faults.peer_state(endorser.org.msp_id) != "up":
+        # What Go's grpc reports for a peer whose port refuses connections.
+        return Outcome(
+            endorser,
+            None,
+            grpc.StatusCode.UNAVAILABLE,
+            'rpc error: code = Unavailable desc = connection error: desc = "transport: error '
+            f'while dialing: dial tcp {endorser.listen_address}: connect: connection refused"',
+        )
     try:
         resp = await asyncio.wait_for(endorser.process(signed), timeout)
     except ProposalRejected as exc:
         return Outcome(endorser, None, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     except TimeoutError:
-        return Outcome(endorser, None, grpc.StatusCode.UNAVAILABLE, "context deadline exceeded")
+        return Outcome(
+            endorser,
+            None,
+            grpc.StatusCode.UNAVAILABLE,
+            "rpc error: code = DeadlineExceeded desc = context deadline exceeded",
+        )
     status = resp.response.status
     if status < 200 or status >= 400:
         if not resp.payload and status == 500:
@@ -147,18 +169,27 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except ValueError as exc:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         name = up.chaincode_name
+        channel = up.channel_header.channel_id
         outcomes: list[Outcome] = []
         if request.endorsing_organizations:
+            # registry.planForOrgs: orgs with a live peer that has the chaincode, on the channel.
             orgs = list(request.endorsing_organizations)
-            unknown = [o for o in orgs if o not in self._endorsers]
+            unknown = [o for o in orgs if o not in self._planable(channel, name)]
             if unknown:
                 raise RpcError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"failed to find any endorsing peers for org(s): {', '.join(unknown)}",
                 )
-            failure_msg = "failed to collect enough transaction endorsements"
         else:
-            first = await _call(self._local, signed, self.ENDORSEMENT_TIMEOUT)
+            # planFromFirstEndorser: no local endorser for the chaincode means discovery's
+            # plan, which fails without the chaincode's metadata on the channel.
+            if channel != self._channel or not self._has_chaincode(name):
+                raise RpcError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{NO_COMBINATION}: No metadata was found for chaincode {name} in channel "
+                    f"{channel}",
+                )
+            first = await _call(self._local, signed, self.ENDORSEMENT_TIMEOUT, self._faults)
             if not first.ok:
                 raise RpcError(
                     grpc.StatusCode.ABORTED,
@@ -167,19 +198,22 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 )
             outcomes.append(first)
             rule = self._policy_of.get(name)
+            live = self._planable(channel, name)
             needed = (
-                orgs_to_endorse(rule, list(self._endorsers), self._local.org.msp_id)
+                orgs_to_endorse(rule, live, self._local.org.msp_id)
                 if rule is not None
                 else [self._local.org.msp_id]
             )
             if needed is None:
                 raise RpcError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    "no combination of peers can be derived which satisfy the endorsement policy",
+                    f"{NO_COMBINATION}: no peer combination can satisfy the endorsement policy",
                 )
             orgs = [o for o in needed if o != self._local.org.msp_id]
-            failure_msg = "failed to collect enough transaction endorsements"
-        calls = [_call(self._endorsers[o], signed, self.ENDORSEMENT_TIMEOUT) for o in orgs]
+        failure_msg = "failed to collect enough transaction endorsements"
+        calls = [
+            _call(self._endorsers[o], signed, self.ENDORSEMENT_TIMEOUT, self._faults) for o in orgs
+        ]
         outcomes += await asyncio.gather(*calls)
         failed = [o for o in outcomes if not o.ok]
         if failed:
@@ -212,6 +246,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
         )
 
+    def _has_chaincode(self, name: str) -> bool:
+        return name in self._policy_of or name in SYSTEM_CHAINCODES
+
+    def _planable(self, channel: str, chaincode: str) -> list[str]:
+        """The orgs the gateway can plan with (registry.endorsersByOrg): on the channel, the
+        chaincode installed, and the peer still in gossip's view (an unreachable peer is)."""
+        if channel != self._channel or not self._has_chaincode(chaincode):
+            return []
+        return [m for m in self._endorsers if self._faults.peer_state(m) != "gone"]
+
     # -- Submit -----------------------------------------------------------------------------
 
     async def Submit(
@@ -237,9 +281,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if not env.signature:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "prepared transaction must be signed")
         if request.channel_id != self._channel:
-            raise RpcError(
-                grpc.StatusCode.FAILED_PRECONDITION, f"channel '{request.channel_id}' not found"
-            )
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, _no_config(request.channel_id))
         # The orderer's Broadcast filters: well-formed, and signed by a channel writer.
         try:
             tx = parse_envelope(env.SerializeToString())
@@ -253,7 +295,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 grpc.StatusCode.ABORTED,
                 f"received unsuccessful response from orderer: status={status}, info=implicit "
                 "policy evaluation failed - 0 sub-policies were satisfied, but this policy "
-                "requires 1 of the 'Writers' sub-policies to be satisfied",
+                "requires 1 of the 'Writers' sub-policies to be satisfied: permission denied",
             )
 
     # -- CommitStatus -----------------------------------------------------------------------
@@ -309,8 +351,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "no identity provided")
         if not msg.channel_id:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "no channel ID provided")
+        # The channel's Readers ACL (core/policy/policy.go CheckPolicyBySignedData): an
+        # unknown channel has no policy manager, so it is a permission error too.
         if msg.channel_id != self._channel:
-            raise RpcError(grpc.StatusCode.NOT_FOUND, f"channel '{msg.channel_id}' not found")
+            raise RpcError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"Failed to get policy manager for channel [{msg.channel_id}]",
+            )
         try:
             identity = self._registry.deserialize(msg.identity)
             ok = identity.verify(signature, raw)
@@ -319,8 +366,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if not ok:
             raise RpcError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"failed evaluating policy on signed data during check policy on channel "
-                f"[{self._channel}]: signature set did not satisfy policy",
+                "Failed evaluating policy on signed data during check policy on channel "
+                f"[{self._channel}] with policy [/Channel/Application/Readers]: [implicit policy "
+                "evaluation failed - 0 sub-policies were satisfied, but this policy requires 1 "
+                "of the 'Readers' sub-policies to be satisfied]",
             )
         return msg
 
@@ -340,21 +389,29 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         try:
             if not signed.proposal_bytes:
                 raise ValueError("a signed proposal is required")
-            unpack(signed)
+            up = unpack(signed)
         except ValueError as exc:
             raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"failed to unpack transaction proposal: {exc}"
             ) from exc
-        targets = list(request.target_organizations) or [self._local.org.msp_id]
-        endorsers = [self._endorsers[o] for o in targets if o in self._endorsers]
-        if not endorsers:
+        channel, name = up.channel_header.channel_id, up.chaincode_name
+        if channel != self._channel:  # registry.connectChannelPeers finds no channel config
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, _no_config(channel))
+        # registry.evaluator: the local org's peer first, then the others that may be asked.
+        live = self._planable(channel, name)
+        targets = list(request.target_organizations) or live
+        local = self._local.org.msp_id
+        ordered = sorted((o for o in targets if o in live), key=lambda o: o != local)
+        if not ordered:
             raise RpcError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"no peers available to evaluate chaincode in organizations {targets}",
+                f"no peers available to evaluate chaincode {name} in channel {channel}",
             )
         details: list[gateway_pb2.ErrorDetail] = []
-        for endorser in endorsers:
-            outcome = await _call(endorser, signed, self.ENDORSEMENT_TIMEOUT)
+        code = grpc.StatusCode.UNAVAILABLE
+        for org in ordered:
+            endorser = self._endorsers[org]
+            outcome = await _call(endorser, signed, self.ENDORSEMENT_TIMEOUT, self._faults)
             if outcome.ok and outcome.response is not None:
                 response = outcome.response.response
                 result = _result_of(outcome.response)
@@ -362,16 +419,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     response.payload = result
                 return gateway_pb2.EvaluateResponse(result=response)
             details.append(outcome.detail())
-            if outcome.code != grpc.StatusCode.ABORTED:  # only peer-side failures are retried
+            code = outcome.code
+            # Only peer-side failures (ABORTED) and unreachable peers (UNAVAILABLE) are
+            # retried on the next peer; a chaincode's own refusal is final.
+            if code not in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE):
                 raise RpcError(
-                    outcome.code,
-                    "evaluate call to endorser returned error: " + outcome.message,
-                    details,
+                    code, "evaluate call to endorser returned error: " + outcome.message, details
                 )
         raise RpcError(
-            grpc.StatusCode.ABORTED,
-            "failed to evaluate transaction, see attached details for more info",
-            details,
+            code, "failed to evaluate transaction, see attached details for more info", details
         )
 
     # -- ChaincodeEvents --------------------------------------------------------------------
@@ -414,6 +470,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             if events:
                 yield gateway_pb2.ChaincodeEventsResponse(events=events, block_number=num)
             num += 1
+
+
+NO_COMBINATION = "no combination of peers can be derived which satisfy the endorsement policy"
+
+
+def _no_config(channel: str) -> str:
+    """registry.config's error for a channel this peer has not joined."""
+    return (
+        f"failed to get config for channel [{channel}]: could not get last config for channel "
+        f"{channel}"
+    )
 
 
 def _block_events(

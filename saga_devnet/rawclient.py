@@ -176,7 +176,12 @@ class RawGateway:
         return int(resp.result), int(resp.block_number)
 
     def evaluate(
-        self, chaincode: str, fn: str, *args: str | bytes, orgs: tuple[str, ...] = ()
+        self,
+        chaincode: str,
+        fn: str,
+        *args: str | bytes,
+        orgs: tuple[str, ...] = (),
+        timeout: float = 30,
     ) -> Any:
         p = self.proposal(chaincode, fn, *args)
         resp = self.stub.Evaluate(
@@ -186,7 +191,7 @@ class RawGateway:
                 proposed_transaction=p.signed,
                 target_organizations=list(orgs),
             ),
-            timeout=30,
+            timeout=timeout,
         )
         return resp.result
 

@@ -93,6 +93,7 @@ class Devnet:
             self.endorsers[org.msp_id] = Endorser(
                 org=org,
                 address=f"{org.peer_host}:{org.port}",
+                listen_address=f"{cfg.host}:{org.port}",
                 signer=load_signer(peer_msp, org.msp_id),
                 channel=cfg.channel,
                 registry=self.registry,
@@ -101,44 +102,65 @@ class Devnet:
                 lock=self.lock,
                 faults=faults,
             )
-        self._servers: list[grpc.aio.Server] = []
+        self._servers: dict[str, grpc.aio.Server] = {}
 
     def health(self) -> dict[str, Any]:
         return {"height": self.store.height, "pending": self.store.pending_count()}
 
+    async def _start_gateway(self, org: OrgConfig) -> grpc.aio.Server:
+        server = grpc.aio.server()
+        service = GatewayService(
+            local=self.endorsers[org.msp_id],
+            endorsers=self.endorsers,
+            channel=self.cfg.channel,
+            policy_of=self.policies,
+            registry=self.registry,
+            store=self.store,
+            orderer=self.orderer,
+            notifier=self.notifier,
+            faults=self.faults,
+        )
+        gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+        address = f"{self.cfg.host}:{org.port}"
+        server.add_secure_port(address, _server_credentials(self.directory, self.cfg, org))
+        await server.start()
+        log.info("gateway for %s listening on %s", org.msp_id, address)
+        return server
+
+    async def _follow_org_down(self) -> None:
+        """A peer that is down (fault org_down) takes its gateway port with it: callers of
+        that org's gateway see connection refused, as they would from a stopped peer."""
+        while True:
+            await asyncio.sleep(0.1)
+            for org in self.cfg.orgs:
+                down = org.msp_id in self.faults.org_down
+                server = self._servers.get(org.msp_id)
+                if down and server is not None:
+                    del self._servers[org.msp_id]
+                    await server.stop(grace=None)
+                    log.warning("fault: %s's peer is down", org.msp_id)
+                elif not down and server is None:
+                    self._servers[org.msp_id] = await self._start_gateway(org)
+
     async def run(self, stop: asyncio.Event) -> None:
         self.orderer.ensure_genesis()
         for org in self.cfg.orgs:
-            server = grpc.aio.server()
-            service = GatewayService(
-                local=self.endorsers[org.msp_id],
-                endorsers=self.endorsers,
-                channel=self.cfg.channel,
-                policy_of=self.policies,
-                registry=self.registry,
-                store=self.store,
-                orderer=self.orderer,
-                notifier=self.notifier,
-                faults=self.faults,
-            )
-            gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
-            address = f"{self.cfg.host}:{org.port}"
-            server.add_secure_port(address, _server_credentials(self.directory, self.cfg, org))
-            await server.start()
-            self._servers.append(server)
-            log.info("gateway for %s listening on %s", org.msp_id, address)
+            if org.msp_id not in self.faults.org_down:
+                self._servers[org.msp_id] = await self._start_gateway(org)
         admin = await AdminApi(self.faults, self.health).serve("127.0.0.1", self.cfg.admin_port)
         log.info("admin API on http://127.0.0.1:%d", self.cfg.admin_port)
         orderer_task = asyncio.create_task(self.orderer.run(), name="orderer")
+        follower = asyncio.create_task(self._follow_org_down(), name="org-down")
         # Tests wait for this line on stdout before connecting.
         print(f"devnet ready: height={self.store.height} dir={self.directory}", flush=True)
         await stop.wait()
         log.info("stopping")
-        orderer_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await orderer_task
+        for task in (follower, orderer_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         admin.close()
-        await asyncio.gather(*(s.stop(grace=1.0) for s in self._servers))
+        await asyncio.gather(*(s.stop(grace=1.0) for s in self._servers.values()))
         for chaincode, _cfg in self.chaincodes.values():
             with contextlib.suppress(Exception):
                 await chaincode.close()

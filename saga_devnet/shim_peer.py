@@ -249,6 +249,11 @@ class ChaincodeClient:
         self._txs: dict[tuple[str, str], _TxContext] = {}
 
     @property
+    def launch_id(self) -> str:
+        """The id a peer launches the chaincode by (its package id), for error messages."""
+        return self.package_id or self.registered_id or self.name
+
+    @property
     def connected(self) -> bool:
         return self._ready and self._reader is not None and not self._reader.done()
 
@@ -262,8 +267,11 @@ class ChaincodeClient:
                 await asyncio.wait_for(self._open(), self._dial_timeout)
             except (TimeoutError, grpc.aio.AioRpcError) as exc:
                 await self._teardown()
+                ccid = self.launch_id
                 raise ChaincodeUnavailable(
-                    f"could not connect to chaincode {self.name} at {self.address}: {exc}"
+                    f"connection to {ccid} failed: error cannot create connection for {ccid}: "
+                    f"error creating grpc connection to {self.address}: failed to create new "
+                    f"connection: {_dial_error(exc, self.address)}"
                 ) from exc
             except BaseException:
                 await self._teardown()
@@ -285,8 +293,10 @@ class ChaincodeClient:
             )
             self._channel = grpc.aio.secure_channel(self.address, creds, options=options)
         stub = chaincode_shim_pb2_grpc.ChaincodeStub(self._channel)
-        # wait_for_ready: like a peer's dial timeout, wait for the server to come up.
-        self._call = stub.Connect(wait_for_ready=True)
+        # Not wait_for_ready: a peer dials chaincode-as-a-service with grpc.WithBlock and
+        # FailOnNonTempDialError (internal/pkg/comm/config.go), so a refused connection fails
+        # the launch at once instead of waiting out the dial timeout.
+        self._call = stub.Connect(wait_for_ready=False)
         first = await self._call.read()
         if first is grpc.aio.EOF or first is None:
             raise ChaincodeUnavailable(f"chaincode {self.name} closed the stream before REGISTER")
@@ -374,7 +384,8 @@ class ChaincodeClient:
             reason = f"chaincode stream terminated: {exc}"
         self._ready = False
         log.warning("chaincode %s: %s", self.name, reason)
-        self._fail_all(ChaincodeStreamTerminated(reason))
+        # The cause goes to the log only: Fabric's message is exactly ErrorStreamTerminated.
+        self._fail_all(ChaincodeStreamTerminated("chaincode stream terminated"))
 
     async def _dispatch(self, msg: chaincode_shim_pb2.ChaincodeMessage) -> None:
         if msg.type == Msg.KEEPALIVE:
@@ -415,7 +426,15 @@ class ChaincodeClient:
         """Simulate one transaction. Chaincode refusals come back as a Simulation
         with status >= 400; a chaincode that cannot be run raises :class:`ShimError`."""
         if not self.connected:
-            await self.connect()
+            try:
+                await self.connect()
+            except ChaincodeUnavailable as exc:
+                # The chain of wrappings a 2.5 peer puts around a failed launch
+                # (chaincode_support.go Launch / processChaincodeExecutionResult).
+                raise ChaincodeUnavailable(
+                    f"failed to execute transaction {txid}: could not launch chaincode "
+                    f"{self.launch_id}: {exc}"
+                ) from exc
         key = (channel_id, txid)
         if key in self._txs:
             raise ShimError(f"txid: {txid}({channel_id}) exists")
@@ -435,9 +454,17 @@ class ChaincodeClient:
             try:
                 reply = await asyncio.wait_for(asyncio.shield(ctx.done), timeout)
             except TimeoutError:
-                raise ChaincodeTimeout("timeout expired while executing transaction") from None
-        except grpc.aio.AioRpcError as exc:
-            raise ChaincodeStreamTerminated(f"chaincode stream terminated: {exc}") from exc
+                raise ChaincodeTimeout(
+                    f"failed to execute transaction {txid}: "
+                    "timeout expired while executing transaction"
+                ) from None
+        except (grpc.aio.AioRpcError, ChaincodeStreamTerminated) as exc:
+            # Fabric's message ends with "chaincode stream terminated"; the gateway keys on
+            # that suffix (apiutils.go responseStatus).
+            log.info("chaincode %s: transaction %s lost with the stream: %s", self.name, txid, exc)
+            raise ChaincodeStreamTerminated(
+                f"failed to execute transaction {txid}: chaincode stream terminated"
+            ) from exc
         finally:
             if self._txs.get(key) is ctx:
                 del self._txs[key]
@@ -468,6 +495,19 @@ class ChaincodeClient:
         except Exception as exc:
             raise ShimError(f"failed to unmarshal response for transaction {ctx.txid}") from exc
         return Simulation(resp.status, resp.message, resp.payload, reads, writes, event, ranges)
+
+
+def _dial_error(exc: BaseException, address: str) -> str:
+    """A failed dial in the words of Go's grpc, which is what a real peer's message carries."""
+    if isinstance(exc, TimeoutError):
+        return "context deadline exceeded"
+    details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+    if "Connection refused" in (details or ""):
+        return (
+            'connection error: desc = "transport: error while dialing: dial tcp '
+            f'{address}: connect: connection refused"'
+        )
+    return f'connection error: desc = "transport: {details}"'
 
 
 # Shim requests from the chaincode: each returns the RESPONSE payload or raises
