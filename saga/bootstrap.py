@@ -83,6 +83,7 @@ class Container:
     @property
     def chain_settings(self) -> ChainSettings:
         from saga.chain.executor import ChainSettings
+        from saga.core.retry import OutagePolicy
 
         s = self.settings
         return ChainSettings(
@@ -92,6 +93,7 @@ class Container:
             submit_timeout=s.fabric_submit_timeout,
             evaluate_timeout=s.fabric_evaluate_timeout,
             recheck_delay=s.chain_recheck_delay,
+            outage=OutagePolicy(budget=s.chain_outage_budget, max_delay=s.chain_outage_max_delay),
         )
 
     def ledger(self) -> Ledger:

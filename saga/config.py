@@ -141,6 +141,14 @@ class Settings:
     # again by a delayed message, a backstop for a commit watcher that is down (the
     # watcher drives the step within a block; 0: only the watcher and the sweeper).
     chain_recheck_delay: float = 30.0
+    # Seconds a chain step (or its compensation) waits for an unreachable ledger
+    # (peer, chaincode or orderer away, no endorsement combination, a deadline),
+    # timed from the outage's start, before its saga goes to an operator. The wait
+    # spends none of the step's attempts and never starts a compensation.
+    chain_outage_budget: float = 600.0
+    # Longest pause between two looks at an unreachable ledger; the pause is half
+    # the time waited so far, from 1 s up to this.
+    chain_outage_max_delay: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -223,6 +231,11 @@ class Settings:
         if min(timeouts) <= 0 or self.chain_recheck_delay < 0:
             raise ConfigError(
                 "SAGA_FABRIC_*_TIMEOUT must be positive, SAGA_CHAIN_RECHECK_DELAY >= 0"
+            )
+        if self.chain_outage_budget <= 0 or self.chain_outage_max_delay < 1:
+            raise ConfigError(
+                "SAGA_CHAIN_OUTAGE_BUDGET must be positive (seconds a step waits for an "
+                "unreachable ledger) and SAGA_CHAIN_OUTAGE_MAX_DELAY at least 1"
             )
 
     @property

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from saga.core.ledger_faults import FaultKind, LedgerFault
+
 Arg = str | bytes
 
 # Fabric's TxValidationCode numbers (peer/transaction.proto) the orchestrator
@@ -65,13 +67,32 @@ class CommitResult:
 
 
 class LedgerError(Exception):
-    """Base of every ledger failure. ``retryable`` is a hint: trying again may succeed."""
+    """Base of every ledger failure.
 
-    def __init__(self, message: str, *, txid: str | None = None, retryable: bool = False) -> None:
+    ``fault`` says what the failure means (saga.core.ledger_faults): an adapter
+    classifies what its ledger answered. Without one, ``retryable`` decides:
+    unavailable if true, else rejected.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        txid: str | None = None,
+        retryable: bool = False,
+        fault: LedgerFault | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.txid = txid
-        self.retryable = retryable
+        if fault is None:
+            fault = (
+                LedgerFault(FaultKind.UNAVAILABLE, "the ledger is unreachable")
+                if retryable
+                else LedgerFault(FaultKind.REJECTED, "the ledger rejected the call")
+            )
+        self.fault = fault
+        self.retryable = fault.kind is FaultKind.UNAVAILABLE
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only fields would be lost by the default exception pickling,

@@ -66,6 +66,7 @@ class Instruments:
     inline_steps: Counter
     chain_decisions: Counter
     chain_transactions: Counter
+    ledger_waits: Counter
     commit_seconds: Histogram
     relay_published: Counter
     relay_batches: Counter
@@ -140,6 +141,12 @@ def _create() -> Instruments:
             "saga_chain_transactions_total",
             "Ledger transactions prepared (new txid) or resubmitted (same envelope)",
             ["event"],
+        ),
+        ledger_waits=Counter(
+            "saga_chain_ledger_waits_total",
+            "Chain steps that found the ledger unreachable and wait (each look counts once), "
+            "by what the ledger answered and whether the step waits on or went to an operator",
+            ["kind", "outcome"],
         ),
         commit_seconds=Histogram(
             "saga_chain_commit_latency_seconds",
@@ -237,6 +244,10 @@ def chain_transaction(event: str, count: int = 1) -> None:
         instruments().chain_transactions.labels(event).inc(count)
 
 
+def ledger_wait(kind: str, gave_up: bool) -> None:
+    instruments().ledger_waits.labels(kind, "operator" if gave_up else "waiting").inc()
+
+
 def commit_seen(record: LedgerAttemptRecord, valid: bool) -> None:
     since = record.submitted_at or record.created_at
     if since is None:
@@ -294,7 +305,7 @@ class StoreCollector:
 
         up = GaugeMetricFamily("saga_store_up", "1 if the store answered this scrape")
         try:
-            counts, unsettled, lag, unpublished = self._read_store()
+            counts, unsettled, lag, unpublished, waiting = self._read_store()
         except Exception as exc:
             log.warning("metrics: reading the store failed", extra={"error": repr(exc)})
             up.add_metric([], 0)
@@ -308,6 +319,15 @@ class StoreCollector:
             for (name, status), count in sorted(counts.items()):
                 sagas.add_metric([name, status], count)
             yield sagas
+            waits = GaugeMetricFamily(
+                "saga_sagas_waiting_for_ledger",
+                "Running or compensating sagas whose current chain step waits for an "
+                "unreachable ledger",
+                labels=["saga"],
+            )
+            for name, count in sorted(waiting.items()):
+                waits.add_metric([name], count)
+            yield waits
             flight = GaugeMetricFamily(
                 "saga_chain_transactions_in_flight",
                 "Ledger attempts not yet settled (commit code unknown), by state",
@@ -333,7 +353,9 @@ class StoreCollector:
                     value=depth,
                 )
 
-    def _read_store(self) -> tuple[dict[tuple[str, str], int], dict[str, int], float | None, int]:
+    def _read_store(
+        self,
+    ) -> tuple[dict[tuple[str, str], int], dict[str, int], float | None, int, dict[str, int]]:
         from sqlalchemy import func, select
 
         from saga.store.outbox import SqlOutboxReader
@@ -341,6 +363,7 @@ class StoreCollector:
 
         with self._uow() as uow:
             counts = uow.sagas.count_by_status()
+            waiting = uow.sagas.count_waiting_for_ledger()
             session = uow.session
             rows = session.execute(
                 select(ledger_attempts.c.state, func.count())
@@ -355,7 +378,7 @@ class StoreCollector:
             )
             engine = session.get_bind()
         lag = SqlOutboxReader(engine).oldest_unpublished_age()
-        return counts, unsettled, lag, unpublished
+        return counts, unsettled, lag, unpublished, waiting
 
 
 def queue_depth(broker_url: str, queue: str, timeout: float) -> int | None:

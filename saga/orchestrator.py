@@ -37,6 +37,8 @@ from saga.core.messages import (
     CompensationFailed,
     CompensationSucceeded,
     Event,
+    LedgerReached,
+    LedgerWait,
     MarkedStuck,
     ResumeRequested,
     Started,
@@ -108,6 +110,8 @@ class Outcome(StrEnum):
     # A chain step's transaction was (re)submitted; the step stays pending until a
     # later message (commit watcher, re-check, retry) finds its outcome.
     SUBMITTED = "submitted"
+    # A chain step found the ledger unreachable; the same attempt runs again later.
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,12 @@ class Orchestrator:
         ledger: Callable[[], Ledger] | None = None,
         chain_settings: ChainSettings | None = None,
         inline_reserve: float = 30.0,
+        clock: Callable[[], datetime] = _now,
     ) -> None:
         """`ledger` is called when a chain step first needs it (the composition root
         connects lazily, after a worker forks); None: chain steps are refused with
-        the settings to set. `inline_reserve`: see `handle(inline=...)`."""
+        the settings to set. `inline_reserve`: see `handle(inline=...)`. `clock`
+        times chain steps (their timeouts and ledger outages)."""
         self.registry = registry
         self._uow = uow_factory
         self._new_id = new_id
@@ -148,7 +154,7 @@ class Orchestrator:
         # transaction is lost anyway and the message is delivered again later.
         self._transient: tuple[type[BaseException], ...] = (StoreUnavailable, *transient_errors)
         self.inline_reserve = inline_reserve
-        self.chain = ChainStepExecutor(uow_factory, ledger, self, chain_settings)
+        self.chain = ChainStepExecutor(uow_factory, ledger, self, chain_settings, clock=clock)
 
     @property
     def uow_factory(self) -> UnitOfWorkFactory:
@@ -460,7 +466,8 @@ class Orchestrator:
             self._send(uow, following, self.inline_reserve)
         else:
             self._emit(uow, t.state, t.commands)
-        self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
+        if _worth_a_note(state, event):
+            self._note(uow, state.saga_id, _event_kind(event), _event_detail(event))
         if t.state.status != state.status:
             self._note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
         metrics.event_applied(state, t.state, event)
@@ -682,12 +689,21 @@ def _event_kind(event: Event) -> str:
         ResumeRequested: "resume requested",
         CompensateRequested: "compensation requested",
         MarkedStuck: "marked stuck",
+        LedgerWait: "waiting for the ledger",
+        LedgerReached: "ledger reached again",
     }[type(event)]
+
+
+def _worth_a_note(before: SagaState, event: Event) -> bool:
+    """History keeps changes: a step that goes on waiting for the ledger is not one."""
+    if isinstance(event, LedgerWait) and event.retry_in is not None:
+        return before.steps[before.current].waiting_since is None
+    return True
 
 
 def _event_detail(event: Event) -> dict[str, Any]:
     detail: dict[str, Any] = {}
-    for key in ("step", "attempt", "message", "why"):
+    for key in ("step", "attempt", "message", "why", "error"):
         if hasattr(event, key):
             detail[key] = getattr(event, key)
     if isinstance(event, StepFailed | CompensationFailed) and event.error_types:

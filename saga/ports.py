@@ -140,6 +140,10 @@ class SagaRepository(Protocol):
 
     def count_by_status(self) -> dict[tuple[str, str], int]: ...
 
+    def count_waiting_for_ledger(self) -> dict[str, int]:
+        """Running or compensating sagas whose current step waits for the ledger, by saga name."""
+        ...
+
 
 class Outbox(Protocol):
     def add(self, message: OutboxMessage) -> None: ...

@@ -175,6 +175,15 @@ class FakeSagaRepository:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def count_waiting_for_ledger(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self._uow._work().sagas.values():
+            state = r.state
+            if state.status.terminal or state.steps[state.current].waiting_since is None:
+                continue
+            counts[state.name] = counts.get(state.name, 0) + 1
+        return counts
+
 
 class FakeOutbox:
     def __init__(self, uow: FakeUnitOfWork) -> None:

@@ -53,6 +53,8 @@ class StepView(BaseModel):
     compensation_attempts: int
     compensation_failures: int
     last_error: str | None = None
+    # Set while the step waits for an unreachable ledger: when that began.
+    waiting_for_ledger_since: datetime | None = None
 
 
 class HistoryView(BaseModel):
@@ -98,6 +100,7 @@ class SagaView(BaseModel):
                     compensation_attempts=s.compensation_attempts,
                     compensation_failures=s.compensation_failures,
                     last_error=s.last_error,
+                    waiting_for_ledger_since=s.waiting_since,
                 )
                 for s in state.steps
             ],

@@ -14,7 +14,10 @@ ledger call:
                     since (a) (else start over); submit; tx: mark SUBMITTED,
                     inbox, re-check message.
   (e) failures go through the state machine as StepFailed / CompensationFailed,
-      in doubt whenever a transaction of the step may still commit.
+      in doubt whenever a transaction of the step may still commit. A ledger that
+      cannot be reached is no failure: the step waits (LedgerWait, same attempt,
+      growing delay) under the outage budget, and only an exhausted budget or a
+      misconfiguration hands the saga to an operator (saga.core.ledger_faults).
 
 The worker never waits for a block: the commit watcher's message, or the delayed
 re-check message, drives the step again through this same verify path.
@@ -37,7 +40,6 @@ from saga.chain.errors import (
     EndorsementFailed,
     LedgerNotConfigured,
     LedgerOutcomeUnknown,
-    LedgerUnavailable,
     TransactionsInvalid,
 )
 from saga.core.chain import (
@@ -65,15 +67,18 @@ from saga.core.definitions import (
     StepContext,
     chain_key,
 )
+from saga.core.ledger_faults import FaultKind
 from saga.core.machine import awaits
 from saga.core.messages import (
     CompensationFailed,
     CompensationSucceeded,
     Event,
+    LedgerReached,
+    LedgerWait,
     StepFailed,
     StepSucceeded,
 )
-from saga.core.retry import error_names
+from saga.core.retry import OutagePolicy, error_names
 from saga.core.step_message import MalformedMessage, Phase, StepMessage
 from saga.failpoints import failpoint
 from saga.ledger_port import EndorseFailed, Ledger, LedgerError, PreparedTx, StatusUnknown
@@ -113,6 +118,9 @@ class ChainSettings:
     # before it fails instead of preparing another one: without a bound, a ledger
     # that invalidates everything is sent a new transaction on every re-check.
     max_invalid_transactions: int = 5
+    # How long a step waits for an unreachable ledger before an operator is asked
+    # (SAGA_CHAIN_OUTAGE_BUDGET); the wait spends none of the step's attempts.
+    outage: OutagePolicy = field(default_factory=OutagePolicy)
 
 
 class ChainStepHooks(Protocol):
@@ -215,7 +223,8 @@ class ChainStepExecutor:
             try:
                 verified.key = self._read_key(ledger, channel, call.chaincode, key)
             except LedgerError as exc:
-                return self._fail(message, definition, verified, LedgerUnavailable(str(exc)))
+                # A read that fails says nothing about the step: never a refusal.
+                return self._wait(message, definition, verified, exc)
             decision = decide(verified.core_attempts(), verified.answers, verified.key)
         metrics.chain_decision(decision)
         log.info(
@@ -366,6 +375,62 @@ class ChainStepExecutor:
         )
         return "applied"
 
+    def _wait(
+        self,
+        message: StepMessage,
+        definition: SagaDefinition,
+        verified: _Verified,
+        error: LedgerError,
+    ) -> str:
+        """The ledger cannot take the step now: look again later, or hand it to an operator.
+
+        The outage is timed from the first time this step found the ledger away
+        (kept in the step's state), so redelivered and re-checked messages share
+        one budget. A misconfiguration is not waited out: no delay repairs it.
+        """
+        fault = error.fault
+        now = self._clock()
+        with self._uow() as uow:
+            early = self._check(uow, message, verified)
+            if isinstance(early, str):
+                return early
+            step_state = early.state.steps[early.state.current]
+            since = step_state.waiting_since or now
+            waited = max((now - since).total_seconds(), 0.0)
+            retry_in = (
+                None
+                if fault.kind is FaultKind.MISCONFIGURED
+                else self.settings.outage.retry_in(waited)
+            )
+            text = f"ledger {fault.kind}: {fault.meaning} ({error})"
+            event = LedgerWait(
+                message.step,
+                message.attempt,
+                message.phase is Phase.UNDO,
+                text,
+                since,
+                retry_in,
+            )
+            self._hooks.apply_event(uow, early, definition, message, event, None)
+            uow.commit()
+        metrics.ledger_wait(str(fault.kind), retry_in is None)
+        fields = {
+            "saga_id": message.saga_id,
+            "step": message.step,
+            "phase": str(message.phase),
+            "fault": str(fault.kind),
+            "waited_s": round(waited, 1),
+            "error": str(error),
+        }
+        # One line per change of state, not one per look.
+        if retry_in is None:
+            log.error("chain step handed to an operator: the ledger cannot take it", extra=fields)
+        elif step_state.waiting_since is None:
+            log.warning("chain step waits for the ledger", extra=fields)
+        else:
+            log.debug("chain step still waits for the ledger", extra=fields)
+        return "waiting"
+
     def _resubmit(
         self,
         ledger: Ledger,
@@ -393,13 +458,17 @@ class ChainStepExecutor:
             (a.created_at for a in verified.attempts if a.txid in txids and a.created_at),
             default=None,
         )
+        if failure is not None and not submitted and failure.fault.kind is FaultKind.UNAVAILABLE:
+            # Nothing went out: the step's transactions are as much in doubt as before,
+            # and an outage of the orderer or the gateway is waited out, not judged.
+            return self._wait(message, definition, verified, failure)
         overdue = oldest is not None and self._clock() - oldest > timedelta(seconds=step.timeout)
         if overdue:
             why = f"transaction(s) {', '.join(txids)} submitted more than {step.timeout:g}s ago"
             if failure is not None:
-                why += f"; the ledger is unreachable ({failure})"
+                why += f"; the ledger answered: {failure}"
             return self._fail(message, definition, verified, LedgerOutcomeUnknown(why))
-        return self._pending(message, verified, submitted)
+        return self._pending(message, definition, verified, submitted)
 
     def _prepare_new(
         self,
@@ -435,7 +504,7 @@ class ChainStepExecutor:
         except EndorseFailed as exc:
             return self._endorse_refused(message, definition, verified, exc)
         except LedgerError as exc:
-            return self._fail(message, definition, verified, LedgerUnavailable(str(exc)))
+            return self._wait(message, definition, verified, exc)
 
         with self._uow() as uow:
             early = self._check(uow, message, verified)
@@ -465,10 +534,15 @@ class ChainStepExecutor:
             uow.commit()
         failpoint("chain.after_prepared", message.step, message.phase)
         metrics.chain_transaction("prepared")
-        return self._submit_new(ledger, message, verified, prepared)
+        return self._submit_new(ledger, message, definition, verified, prepared)
 
     def _submit_new(
-        self, ledger: Ledger, message: StepMessage, verified: _Verified, prepared: PreparedTx
+        self,
+        ledger: Ledger,
+        message: StepMessage,
+        definition: SagaDefinition,
+        verified: _Verified,
+        prepared: PreparedTx,
     ) -> str:
         try:
             ledger.submit(prepared, timeout=self.settings.submit_timeout)
@@ -479,16 +553,36 @@ class ChainStepExecutor:
                 "submit outcome unknown",
                 extra={"saga_id": message.saga_id, "txid": prepared.txid, "error": str(exc)},
             )
-            return self._pending(message, verified, [])
+            return self._pending(message, definition, verified, [])
         failpoint("chain.after_submit", message.step, message.phase)
-        return self._pending(message, verified, [prepared.txid])
+        return self._pending(message, definition, verified, [prepared.txid])
 
-    def _pending(self, message: StepMessage, verified: _Verified, submitted: list[str]) -> str:
+    def _pending(
+        self,
+        message: StepMessage,
+        definition: SagaDefinition,
+        verified: _Verified,
+        submitted: list[str],
+    ) -> str:
         with self._uow() as uow:
             early = self._check(uow, message, verified, submitted)
             if isinstance(early, str):
                 return early
-            uow.inbox.record(message.message_id, message.saga_id)
+            waited_since = early.state.steps[early.state.current].waiting_since
+            if submitted and waited_since is not None:
+                # The ledger took a transaction: the outage this step waited out is over.
+                back = LedgerReached(message.step, message.attempt, message.phase is Phase.UNDO)
+                self._hooks.apply_event(uow, early, definition, message, back, None)
+                log.info(
+                    "chain step reached the ledger again",
+                    extra={
+                        "saga_id": message.saga_id,
+                        "step": message.step,
+                        "waited_s": round((self._clock() - waited_since).total_seconds(), 1),
+                    },
+                )
+            else:
+                uow.inbox.record(message.message_id, message.saga_id)
             if self.settings.recheck_delay > 0:
                 self._hooks.recheck(uow, message, self.settings.recheck_delay)
             uow.commit()
@@ -514,8 +608,14 @@ class ChainStepExecutor:
             return self._fail(
                 message, definition, verified, ChaincodeRefused(refusal.code, refusal.detail)
             )
-        if exc.retryable or refusal is not None:
-            return self._fail(message, definition, verified, LedgerUnavailable(str(exc)))
+        kind = exc.fault.kind
+        if kind is FaultKind.UNAVAILABLE or kind is FaultKind.MISCONFIGURED:
+            return self._wait(message, definition, verified, exc)
+        if refusal is not None:
+            # The chaincode's own INTERNAL: a fault of the moment, for the step's retries.
+            return self._fail(message, definition, verified, EndorsementFailed(str(exc)))
+        if kind is FaultKind.REFUSED:
+            return self._fail(message, definition, verified, ChaincodeRefused("REFUSED", str(exc)))
         return self._fail(message, definition, verified, EndorsementFailed(str(exc)))
 
     # -- helpers --------------------------------------------------------------------

@@ -184,6 +184,7 @@ def _saga_json(
                 "compensation_attempts": s.compensation_attempts,
                 "compensation_failures": s.compensation_failures,
                 "last_error": s.last_error,
+                "waiting_for_ledger_since": iso(s.waiting_since),
                 "ledger_attempts": [_attempt_json(a) for a in attempts if a.step == s.name],
             }
             for i, s in enumerate(state.steps)
@@ -210,6 +211,18 @@ def _print_saga(data: dict[str, Any]) -> None:
     )
     if data["reason"]:
         out.print(f"reason: {data['reason']}", highlight=False, soft_wrap=True)
+    for s in data["steps"]:
+        if s["current"] and s["waiting_for_ledger_since"] and data["status"] in (
+            "running",
+            "compensating",
+        ):
+            out.print(
+                f"[bold yellow]waiting for the ledger[/] since "
+                f"{_short(s['waiting_for_ledger_since'])}: step {s['name']} finds it "
+                "unreachable and looks again (SAGA_CHAIN_OUTAGE_BUDGET bounds the wait)",
+                highlight=False,
+                soft_wrap=True,
+            )
     steps = Table("", "step", "kind", "status", "attempts", "failures", "undo", "last error")
     for s in data["steps"]:
         steps.add_row(

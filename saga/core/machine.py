@@ -17,6 +17,8 @@ from saga.core.messages import (
     CompensationFailed,
     CompensationSucceeded,
     Event,
+    LedgerReached,
+    LedgerWait,
     MarkedStuck,
     ResumeRequested,
     RunCompensation,
@@ -57,6 +59,10 @@ def transition(definition: SagaDefinition, state: SagaState, event: Event) -> Tr
             return _compensation_succeeded(state, event)
         case CompensationFailed():
             return _compensation_failed(definition, state, event)
+        case LedgerWait():
+            return _ledger_wait(state, event)
+        case LedgerReached():
+            return _ledger_reached(state, event)
         case ResumeRequested():
             return _resume(state, event)
         case CompensateRequested():
@@ -95,7 +101,7 @@ def _step_succeeded(
     if why:
         return _refuse(state, why)
     i = state.current
-    new = state.with_step(i, status=StepStatus.DONE, last_error=None)
+    new = state.with_step(i, status=StepStatus.DONE, last_error=None, waiting_since=None)
     if i + 1 == len(state.steps):
         return Transition(replace(new, status=SagaStatus.COMPLETED))
     new = replace(new, current=i + 1).with_step(i + 1, attempts=1, failures=0)
@@ -111,7 +117,7 @@ def _step_failed(definition: SagaDefinition, state: SagaState, event: StepFailed
     cur = state.steps[i]
     failures = cur.failures + 1
     error = f"{event.error_types[0] if event.error_types else 'Error'}: {event.message}"
-    new = state.with_step(i, failures=failures, last_error=error)
+    new = state.with_step(i, failures=failures, last_error=error, waiting_since=None)
     if not step_def.retry.gives_up(failures, event.error_types):
         attempt = cur.attempts + 1
         new = new.with_step(i, attempts=attempt)
@@ -164,7 +170,7 @@ def _compensation_succeeded(state: SagaState, event: CompensationSucceeded) -> T
     if why:
         return _refuse(state, why)
     j = state.current
-    new = state.with_step(j, status=StepStatus.COMPENSATED, last_error=None)
+    new = state.with_step(j, status=StepStatus.COMPENSATED, last_error=None, waiting_since=None)
     return _compensate_from(new, j - 1)
 
 
@@ -179,7 +185,9 @@ def _compensation_failed(
     cur = state.steps[j]
     failures = cur.compensation_failures + 1
     error = f"{event.error_types[0] if event.error_types else 'Error'}: {event.message}"
-    new = state.with_step(j, compensation_failures=failures, last_error=error)
+    new = state.with_step(
+        j, compensation_failures=failures, last_error=error, waiting_since=None
+    )
     if not policy.gives_up(failures, event.error_types):
         attempt = cur.compensation_attempts + 1
         new = new.with_step(j, compensation_attempts=attempt)
@@ -194,6 +202,52 @@ def _compensation_failed(
 _BECAUSE = "; compensating because "
 
 
+def _ledger_wait(state: SagaState, event: LedgerWait) -> Transition:
+    if event.compensation:
+        why = _expecting_compensation(state, event.step, event.attempt)
+    else:
+        why = _expecting_step(state, event.step, event.attempt)
+    if why:
+        return _refuse(state, why)
+    i = state.current
+    cur = state.steps[i]
+    since = cur.waiting_since or event.since
+    new = state.with_step(i, last_error=event.error, waiting_since=since)
+    if event.retry_in is not None:
+        # The same attempt again: an outage spends no attempt of the step's policy.
+        command: RunStep | RunCompensation
+        if event.compensation:
+            command = RunCompensation(cur.name, cur.compensation_attempts, event.retry_in)
+        else:
+            command = RunStep(cur.name, cur.attempts, event.retry_in)
+        return Transition(new, (command,))
+    what = f"compensation of step {cur.name!r}" if event.compensation else f"step {cur.name!r}"
+    reason = (
+        f"{what} could not reach the ledger ({event.error}); nothing was compensated: "
+        "make the ledger reachable, then resume"
+    )
+    if event.compensation:
+        new = new.with_step(i, status=StepStatus.COMPENSATION_FAILED)
+        if state.reason:
+            reason = f"{reason}{_BECAUSE}{state.reason}"
+    else:
+        new = new.with_step(i, status=StepStatus.FAILED)
+    return Transition(replace(new, status=SagaStatus.FAILED, reason=reason), note=reason)
+
+
+def _ledger_reached(state: SagaState, event: LedgerReached) -> Transition:
+    if event.compensation:
+        why = _expecting_compensation(state, event.step, event.attempt)
+    else:
+        why = _expecting_step(state, event.step, event.attempt)
+    if why:
+        return _refuse(state, why)
+    if state.steps[state.current].waiting_since is None:
+        return _refuse(state, "the step was not waiting for the ledger")
+    new = state.with_step(state.current, waiting_since=None)
+    return Transition(new, note="the ledger answers again")
+
+
 def _resume(state: SagaState, event: ResumeRequested) -> Transition:
     if state.status is not SagaStatus.FAILED:
         return _refuse(state, f"only a failed saga can be resumed; this one is {state.status}")
@@ -206,12 +260,16 @@ def _resume(state: SagaState, event: ResumeRequested) -> Transition:
         # "compensation failed" once the resumed compensation succeeds.
         reason = (state.reason or "").partition(_BECAUSE)[2] or state.reason
         new = replace(state, status=SagaStatus.COMPENSATING, reason=reason).with_step(
-            j, status=StepStatus.DONE, compensation_attempts=attempt, compensation_failures=0
+            j,
+            status=StepStatus.DONE,
+            compensation_attempts=attempt,
+            compensation_failures=0,
+            waiting_since=None,
         )
         return Transition(new, (RunCompensation(cur.name, attempt),), note=note)
     attempt = cur.attempts + 1
     new = replace(state, status=SagaStatus.RUNNING, reason=None).with_step(
-        j, status=StepStatus.PENDING, attempts=attempt, failures=0
+        j, status=StepStatus.PENDING, attempts=attempt, failures=0, waiting_since=None
     )
     return Transition(new, (RunStep(cur.name, attempt),), note=note)
 
@@ -249,7 +307,7 @@ def _compensate_requested(
     new = state
     if state.steps[i].status is StepStatus.PENDING:
         # The attempt in flight, if any, will find the saga compensating and do nothing.
-        new = new.with_step(i, status=StepStatus.FAILED)
+        new = new.with_step(i, status=StepStatus.FAILED, waiting_since=None)
     reason = f"compensation requested by {event.actor}: {event.why}"
     t = _compensate_from(replace(new, reason=reason), i - 1)
     return replace(t, note=reason)

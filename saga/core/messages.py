@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,33 @@ class CompensationFailed:
 
 
 @dataclass(frozen=True)
+class LedgerWait:
+    """A chain step (or its compensation) cannot reach the ledger now; not a failure.
+
+    `since` is when this outage began for the step (the executor keeps the first
+    one it saw); `retry_in` is when to look again, or None when the outage budget
+    is spent, or when no wait can help (a misconfiguration): then an operator
+    decides, and nothing is compensated.
+    """
+
+    step: str
+    attempt: int
+    compensation: bool
+    error: str
+    since: datetime
+    retry_in: float | None
+
+
+@dataclass(frozen=True)
+class LedgerReached:
+    """A chain step that waited for the ledger got through to it again."""
+
+    step: str
+    attempt: int
+    compensation: bool
+
+
+@dataclass(frozen=True)
 class ResumeRequested:
     """Operator: try the failed step or compensation again, with a fresh budget."""
 
@@ -76,6 +104,8 @@ Event = (
     | StepFailed
     | CompensationSucceeded
     | CompensationFailed
+    | LedgerWait
+    | LedgerReached
     | ResumeRequested
     | CompensateRequested
     | MarkedStuck

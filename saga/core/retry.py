@@ -50,3 +50,29 @@ def error_names(exc: BaseException) -> tuple[str, ...]:
         names.append(cls.__qualname__)
         names.append(f"{cls.__module__}.{cls.__qualname__}")
     return tuple(names)
+
+
+@dataclass(frozen=True)
+class OutagePolicy:
+    """How long a chain step waits for a ledger that is unreachable, and how often it looks.
+
+    Separate from RetryPolicy on purpose: an outage is no verdict on the step, so it
+    spends none of the step's business attempts and never leads to compensation.
+    The wait between looks grows with the outage (half the time waited so far),
+    between `first_delay` and `max_delay`; once `budget` seconds have passed since
+    the outage began, the saga goes to an operator.
+    """
+
+    budget: float = 600.0
+    first_delay: float = 1.0
+    max_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.budget <= 0 or self.first_delay <= 0 or self.max_delay < self.first_delay:
+            raise ValueError("outage budget and delays must be positive, max_delay >= first_delay")
+
+    def retry_in(self, waited: float) -> float | None:
+        """Seconds until the next look after `waited` seconds of outage; None: budget spent."""
+        if waited >= self.budget:
+            return None
+        return min(max(self.first_delay, waited / 2), self.max_delay, self.budget - waited)

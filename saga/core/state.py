@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -39,6 +40,9 @@ class StepState:
     compensation_attempts: int = 0
     compensation_failures: int = 0
     last_error: str | None = None
+    # Set while a chain step (or its compensation) waits for an unreachable ledger:
+    # when that outage began. Cleared by any answer that is not an outage.
+    waiting_since: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from saga.core.ledger_faults import Operation, classify
 from saga.fabric.protos import gateway_pb2
 from saga.ledger_port import (
     CommitResult,
@@ -26,18 +27,6 @@ from saga.ledger_port import (
 )
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-
-# Codes where the same call may well succeed later: the peer or network was
-# slow or away, not the request wrong.
-TRANSIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class ErrorDetail:
@@ -74,6 +63,7 @@ class GatewayError(LedgerError):
     """A Gateway call failed with a gRPC status."""
 
     step = "gateway call"
+    operation = Operation.CONNECT
 
     def __init__(
         self,
@@ -90,7 +80,13 @@ class GatewayError(LedgerError):
         text = f"{self.step} failed for transaction {txid}: {code_name}: {status_message}"
         for d in details:
             text += f"; {d.address} ({d.msp_id}): {d.message}"
-        super().__init__(text, txid=txid, retryable=code in TRANSIENT_CODES)
+        fault = classify(
+            self.operation,
+            code.name if code is not None else None,
+            status_message,
+            [d.message for d in details],
+        )
+        super().__init__(text, txid=txid, fault=fault)
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError, txid: str | None) -> GatewayError:
@@ -127,22 +123,26 @@ class EndorseError(GatewayError, EndorseFailed):
     """Endorsement failed: no transaction exists; nothing reached the orderer."""
 
     step = "endorse"
+    operation = Operation.ENDORSE
 
 
 class EvaluateError(GatewayError, EvaluateFailed):
     step = "evaluate"
+    operation = Operation.EVALUATE
 
 
 class SubmitError(GatewayError, SubmitFailed):
     """Submit failed: the envelope may still have been ordered; the outcome is unknown."""
 
     step = "submit"
+    operation = Operation.SUBMIT
 
 
 class CommitStatusError(GatewayError, StatusUnknown):
     """The commit status could not be obtained; the transaction's fate is unknown."""
 
     step = "commit status"
+    operation = Operation.COMMIT_STATUS
 
 
 class CommitError(LedgerError):

@@ -142,6 +142,19 @@ class SqlSagaRepository:
         )
         return {(name, status): count for name, status, count in rows}
 
+    def count_waiting_for_ledger(self) -> dict[str, int]:
+        # Through the partial index ix_saga_steps_waiting: only waiting steps are in it.
+        rows = self._session.execute(
+            select(sagas.c.name, func.count())
+            .select_from(saga_steps.join(sagas, sagas.c.id == saga_steps.c.saga_id))
+            .where(
+                saga_steps.c.waiting_since.is_not(None),
+                sagas.c.status.in_(("running", "compensating")),
+            )
+            .group_by(sagas.c.name)
+        )
+        return {name: count for name, count in rows}
+
     def _records(self, rows: Sequence[Row[Any]]) -> builtins.list[SagaRecord]:
         if not rows:
             return []
@@ -167,6 +180,7 @@ _STEP_FIELDS = (
     "compensation_attempts",
     "compensation_failures",
     "last_error",
+    "waiting_since",
 )
 _STEP_COLUMNS = tuple(saga_steps.c[name].label(f"step_{name}") for name in _STEP_FIELDS)
 
@@ -212,6 +226,7 @@ def _step(row: Row[Any], prefix: str = "") -> StepState:
         compensation_attempts=m[f"{prefix}compensation_attempts"],
         compensation_failures=m[f"{prefix}compensation_failures"],
         last_error=m[f"{prefix}last_error"],
+        waiting_since=m[f"{prefix}waiting_since"],
     )
 
 
@@ -262,5 +277,6 @@ def _step_values(saga_id: str, idx: int, step: StepState, now: datetime) -> dict
         "compensation_attempts": step.compensation_attempts,
         "compensation_failures": step.compensation_failures,
         "last_error": step.last_error,
+        "waiting_since": step.waiting_since,
         "updated_at": now,
     }

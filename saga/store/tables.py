@@ -103,6 +103,8 @@ saga_steps = Table(
     Column("compensation_failures", Integer, nullable=False),
     Column("last_error", Text),
     Column("updated_at", UtcDateTime, nullable=False),
+    # When a chain step began waiting for an unreachable ledger (migration 0006).
+    Column("waiting_since", UtcDateTime),
 )
 
 outbox = Table(
@@ -171,6 +173,13 @@ Index(
     ledger_attempts.c.created_at,
     postgresql_where=ledger_attempts.c.state != "committed",
     sqlite_where=ledger_attempts.c.state != "committed",
+)
+
+Index(
+    "ix_saga_steps_waiting",
+    saga_steps.c.waiting_since,
+    postgresql_where=saga_steps.c.waiting_since.is_not(None),
+    sqlite_where=saga_steps.c.waiting_since.is_not(None),
 )
 
 ALL_TABLES = (sagas, saga_steps, outbox, inbox, saga_history, ledger_attempts)

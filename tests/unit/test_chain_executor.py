@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,10 +20,12 @@ from saga.core.definitions import (
     StepKind,
     chain_key,
 )
-from saga.core.retry import RetryPolicy
+from saga.core.ledger_faults import Operation, classify
+from saga.core.retry import OutagePolicy, RetryPolicy
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
 from saga.orchestrator import OperatorActionRefused, Orchestrator, Outcome
+from saga.ledger_port import EndorseFailed
 from tests.fakes import FakeDatabase, FakeLedger, valid_functions
 
 
@@ -89,17 +92,43 @@ def definition(timeout: float = 30.0, attempts: int = 3) -> SagaDefinition:
     )
 
 
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 6, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 class World:
-    def __init__(self, *, timeout: float = 30.0, attempts: int = 3, ledger: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 30.0,
+        attempts: int = 3,
+        ledger: bool = True,
+        outage: OutagePolicy | None = None,
+    ) -> None:
+        self.clock = Clock()
+        self.outage = outage or OutagePolicy(budget=60.0, first_delay=1.0, max_delay=10.0)
         self.db = FakeDatabase()
         self.ledger = FakeLedger()
         self.registry = Registry([definition(timeout, attempts)])
         self.orch = self.host("host-a") if ledger else Orchestrator(self.registry, self.db.uow)
 
     def host(self, name: str) -> Orchestrator:
-        settings = ChainSettings(recheck_delay=1.0, worker=name)
+        settings = ChainSettings(recheck_delay=1.0, worker=name, outage=self.outage)
         return Orchestrator(
-            self.registry, self.db.uow, ledger=lambda: self.ledger, chain_settings=settings
+            self.registry,
+            self.db.uow,
+            ledger=lambda: self.ledger,
+            chain_settings=settings,
+            clock=self.clock,
         )
 
     def next_message(self) -> StepMessage | None:
@@ -109,7 +138,8 @@ class World:
                 return StepMessage.from_body(row.message.body)
         return None
 
-    def drive(self, *, cut: bool = True, limit: int = 100) -> list[Outcome]:
+    def drive(self, *, cut: bool = True, limit: int = 100, tick: float = 0.0) -> list[Outcome]:
+        """Handle messages until none is left; `tick` seconds pass before each."""
         outcomes = []
         for _ in range(limit):
             message = self.next_message()
@@ -117,6 +147,7 @@ class World:
                 return outcomes
             if cut:
                 self.ledger.cut()
+            self.clock.advance(tick)
             outcomes.append(self.orch.handle(message))
         raise AssertionError(f"saga did not settle in {limit} messages")
 
@@ -293,31 +324,119 @@ def test_business_refusal_fails_for_good_and_compensates_earlier_steps() -> None
     assert w.ledger.valid_txids() == [] and w.attempts() == []
 
 
-def test_ledger_unreachable_with_a_transaction_in_flight_goes_to_an_operator() -> None:
+def test_ledger_unreachable_with_a_transaction_in_flight_waits_then_goes_to_an_operator() -> None:
     w = World(timeout=0.001)
     saga_id = w.start()
     w.ledger.drop_submit_reply = 1
     w.run(2)
     w.ledger.unreachable = True
-    w.drive(cut=False)
+    outcomes = w.drive(cut=False, tick=5.0)
+    assert Outcome.WAITING in outcomes
     record = w.db.saga(saga_id)
     assert record is not None
     assert record.state.status is SagaStatus.FAILED
-    assert "ledger outcome unknown" in (record.state.reason or "")
-    # Not compensated: the transaction may still commit.
+    assert "could not reach the ledger" in (record.state.reason or "")
+    # Not compensated: the transaction may still commit; and no attempt was spent.
     assert [r["action"] for r in w.db.business_rows("events")] == ["do"]
+    assert record.state.steps[1].attempts == 1 and record.state.steps[1].failures == 0
     assert len(w.ledger.prepared) == 1
 
 
-def test_endorsement_unreachable_before_any_attempt_is_not_in_doubt() -> None:
+def test_ledger_outage_spends_no_attempt_and_the_step_completes_when_it_is_back() -> None:
+    w = World(attempts=1)
+    saga_id = w.start()
+    w.run(1)  # the local step
+    w.ledger.unreachable = True
+    for _ in range(8):  # eight looks, 3 s apart: far more than the step's one attempt
+        w.clock.advance(3.0)
+        assert w.orch.handle(w.next_message()) is Outcome.WAITING  # type: ignore[arg-type]
+    record = w.db.saga(saga_id)
+    assert record is not None
+    ledger_step = record.state.steps[1]
+    assert record.state.status is SagaStatus.RUNNING
+    assert (ledger_step.attempts, ledger_step.failures) == (1, 0)
+    assert ledger_step.waiting_since == datetime(2026, 12, 6, 0, 0, 3, tzinfo=UTC)
+    with w.db.uow() as uow:
+        assert uow.sagas.count_waiting_for_ledger() == {"pay": 1}
+    w.ledger.unreachable = False
+    w.drive()
+    record = w.db.saga(saga_id)
+    assert record is not None
+    assert record.state.status is SagaStatus.COMPLETED
+    assert record.state.steps[1].waiting_since is None
+    assert len(w.ledger.valid_txids()) == 1
+    kinds = [h.kind for h in w.db.tables.history if h.saga_id == saga_id]
+    # One history line when the wait began, one when the ledger answered: not one per look.
+    assert kinds.count("waiting for the ledger") == 1
+    assert kinds.count("ledger reached again") == 1
+
+
+def test_the_wait_between_looks_grows_and_is_capped() -> None:
+    policy = OutagePolicy(budget=100.0, first_delay=1.0, max_delay=10.0)
+    assert [policy.retry_in(t) for t in (0, 4, 30, 95, 100)] == [1.0, 2.0, 10.0, 5.0, None]
+    with pytest.raises(ValueError):
+        OutagePolicy(budget=0)
+
+
+def test_outage_budget_spent_before_any_attempt_goes_to_an_operator_uncompensated() -> None:
     w = World(attempts=2)
     saga_id = w.start()
     w.ledger.unreachable = True
-    w.drive(cut=False)
+    w.drive(cut=False, tick=5.0)
+    record = w.db.saga(saga_id)
+    assert record is not None
+    assert record.state.status is SagaStatus.FAILED
+    assert "could not reach the ledger" in (record.state.reason or "")
+    assert [r["action"] for r in w.db.business_rows("events")] == ["do"]
+    # The operator resumes once the ledger is back, and the saga completes.
+    w.ledger.unreachable = False
+    w.orch.resume(saga_id, actor="op", why="peer back")
+    w.drive()
+    assert w.status(saga_id) is SagaStatus.COMPLETED
+
+
+def test_misconfigured_channel_goes_to_an_operator_at_once_naming_the_setting() -> None:
+    w = World()
+    saga_id = w.start()
+
+    def wrong_channel(*args: Any, **kwargs: Any) -> Any:
+        text = "failed to get config for channel [nochannel]: channel does not exist"
+        fault = classify(Operation.ENDORSE, "UNAVAILABLE", text)
+        raise EndorseFailed(text, fault=fault)
+
+    w.ledger.prepare = wrong_channel  # type: ignore[method-assign]
+    outcomes = w.drive(cut=False)
+    assert outcomes.count(Outcome.WAITING) == 1
+    record = w.db.saga(saga_id)
+    assert record is not None
+    assert record.state.status is SagaStatus.FAILED
+    assert "SAGA_FABRIC_CHANNEL" in (record.state.reason or "")
+    assert [r["action"] for r in w.db.business_rows("events")] == ["do"]
+
+
+def test_compensation_waits_out_an_outage_instead_of_failing() -> None:
+    w = World()
+    saga_id = w.start(fail_after=True)
+    while w.status(saga_id) is not SagaStatus.COMPENSATING:
+        w.ledger.cut()
+        w.run(1)
+    w.ledger.unreachable = True  # before the reversal of the ledger step is prepared
+    for _ in range(5):
+        message = w.next_message()
+        if message is None:
+            break
+        w.clock.advance(2.0)
+        w.orch.handle(message)
+    record = w.db.saga(saga_id)
+    assert record is not None
+    assert record.state.status is SagaStatus.COMPENSATING
+    assert record.state.steps[1].waiting_since is not None
+    w.ledger.unreachable = False
+    w.drive()
     record = w.db.saga(saga_id)
     assert record is not None
     assert record.state.status is SagaStatus.COMPENSATED
-    assert "LedgerUnavailable" in (record.state.reason or "")
+    assert [a.purpose for a in w.db.attempts()].count("undo") == 1
 
 
 def test_no_ledger_configured_says_which_settings_to_set() -> None:
@@ -341,7 +460,7 @@ def test_operator_cannot_compensate_a_chain_step_that_gave_up_in_doubt() -> None
     w.ledger.drop_submit_reply = 1
     w.run(2)
     w.ledger.unreachable = True
-    w.drive(cut=False)
+    w.drive(cut=False, tick=5.0)
     assert w.status(saga_id) is SagaStatus.FAILED
     # The step is FAILED, but its transaction is still unknown and may commit.
     with pytest.raises(OperatorActionRefused, match="may still commit"):
