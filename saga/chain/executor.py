@@ -553,6 +553,10 @@ class ChainStepExecutor:
                 "submit outcome unknown",
                 extra={"saga_id": message.saga_id, "txid": prepared.txid, "error": str(exc)},
             )
+            if exc.fault.kind is FaultKind.UNAVAILABLE:
+                # An orderer or gateway away: look again within seconds, under the
+                # outage budget, rather than at the re-check delay.
+                return self._wait(message, definition, verified, exc)
             return self._pending(message, definition, verified, [])
         failpoint("chain.after_submit", message.step, message.phase)
         return self._pending(message, definition, verified, [prepared.txid])
