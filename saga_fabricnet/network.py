@@ -239,6 +239,14 @@ class FabricNetwork:
                 probes.wait_endorsable(client, self.channel, msp_ids, left)
         return time.monotonic() - start
 
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
+        """Both orgs endorse and the ordering service has a leader: what a test waits
+        for after restarting any member. Returns the seconds waited."""
+        start = time.monotonic()
+        self.raft_leader(timeout=timeout)
+        self.wait_endorsable(timeout=max(1.0, timeout - (time.monotonic() - start)))
+        return time.monotonic() - start
+
     def raft_leader(self, timeout: float = 30.0) -> str:
         """The orderer whose metrics say it leads the channel (waits for an election)."""
         deadline = time.monotonic() + timeout

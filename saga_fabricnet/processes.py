@@ -53,6 +53,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _marker(name: str) -> str:
+    """What a member's command line contains: its binary, or the chaincode module."""
+    for binary in ("orderer", "peer"):
+        if name.startswith(binary):
+            return binary
+    return name
+
+
 class ProcessTable:
     def __init__(self, state_file: StateFile) -> None:
         self._state = state_file
@@ -101,7 +109,8 @@ class ProcessTable:
         child = self._children.get(pid)
         if child is not None:
             return child.poll() is None
-        return _proc_alive(pid) and bool(_cmdline(pid))
+        # A pid from an earlier run may since belong to an unrelated process.
+        return _proc_alive(pid) and _marker(name) in _cmdline(pid)
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         child = self._children.get(pid)

@@ -1,0 +1,5 @@
+import sys
+
+from saga_fabricnet.cli import main
+
+sys.exit(main())
