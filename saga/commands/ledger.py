@@ -228,6 +228,17 @@ def _explain(
     for d in exc.details:
         said += f"; {d.address} ({d.msp_id}): {d.message}"
     peer_settings = ("SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER")
+    # A Fabric 2.5 peer answers a query on a channel it has not joined with UNAVAILABLE,
+    # like an unreachable one: "failed to get config for channel : could not get last
+    # config for channel X".
+    if code is grpc.StatusCode.UNAVAILABLE and "config for channel" in said:
+        fail(
+            REFUSED,
+            f"{where} refused the query on channel {s.fabric_channel}: it has no such "
+            f"channel (UNAVAILABLE: {said})",
+            "the peer answered, so the address is right; the channel name is wrong or this "
+            "peer has not joined it; " + _settings_hint(s, "SAGA_FABRIC_CHANNEL"),
+        )
     if code is grpc.StatusCode.UNAVAILABLE:
         check = (
             "check that the peer runs and is reachable from here, and that the profile's peer "
