@@ -16,6 +16,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
+# Official Fabric binaries for the real-network tests (tests/fabric/real), from the
+# archives in ../shared/fabric; a missing archive is an error, not a skipped test.
+[ -f ../shared/fabric/install.sh ] || { echo "../shared/fabric/install.sh is missing (Fabric binaries)" >&2; exit 2; }
+bash ../shared/fabric/install.sh .fabric >/dev/null
+bash ../shared/fabric/install.sh .fabric 3.1.5 >/dev/null
+
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev]'
 exec .venv/bin/python -m scripts.check "$@"
