@@ -212,9 +212,14 @@ def _print_saga(data: dict[str, Any]) -> None:
     if data["reason"]:
         out.print(f"reason: {data['reason']}", highlight=False, soft_wrap=True)
     for s in data["steps"]:
-        if s["current"] and s["waiting_for_ledger_since"] and data["status"] in (
-            "running",
-            "compensating",
+        if (
+            s["current"]
+            and s["waiting_for_ledger_since"]
+            and data["status"]
+            in (
+                "running",
+                "compensating",
+            )
         ):
             out.print(
                 f"[bold yellow]waiting for the ledger[/] since "

@@ -185,9 +185,7 @@ def _compensation_failed(
     cur = state.steps[j]
     failures = cur.compensation_failures + 1
     error = f"{event.error_types[0] if event.error_types else 'Error'}: {event.message}"
-    new = state.with_step(
-        j, compensation_failures=failures, last_error=error, waiting_since=None
-    )
+    new = state.with_step(j, compensation_failures=failures, last_error=error, waiting_since=None)
     if not policy.gives_up(failures, event.error_types):
         attempt = cur.compensation_attempts + 1
         new = new.with_step(j, compensation_attempts=attempt)

@@ -28,6 +28,7 @@ from saga.ledger_port import (
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
+
 @dataclass(frozen=True, slots=True)
 class ErrorDetail:
     """What one peer or orderer said: gateway.ErrorDetail."""

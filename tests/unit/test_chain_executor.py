@@ -24,8 +24,8 @@ from saga.core.ledger_faults import Operation, classify
 from saga.core.retry import OutagePolicy, RetryPolicy
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
-from saga.orchestrator import OperatorActionRefused, Orchestrator, Outcome
 from saga.ledger_port import EndorseFailed
+from saga.orchestrator import OperatorActionRefused, Orchestrator, Outcome
 from tests.fakes import FakeDatabase, FakeLedger, valid_functions
 
 
