@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from saga.fabric import crypto
 from saga_devnet import qscc
 from saga_devnet.chaincodes import Chaincode
 from saga_devnet.config import ChaincodeConfig, OrgConfig
 from saga_devnet.faults import Faults
-from saga_devnet.ledger_store import LedgerStore
+from saga_devnet.ledger_store import LIFECYCLE, LedgerStore, lifecycle_sequence_key
 from saga_devnet.msp import IdentityError, MembershipRegistry, Signer
 from saga_devnet.protos import (
     chaincode_pb2,
@@ -27,7 +28,7 @@ from saga_devnet.protos import (
     rwset_pb2,
 )
 from saga_devnet.rwlock import RWLock
-from saga_devnet.shim_peer import ShimError, Simulation
+from saga_devnet.shim_peer import KVRead, ShimError, Simulation
 
 SYSTEM_CHAINCODES = ("qscc",)
 ERROR_THRESHOLD = 400  # shim.ERRORTHRESHOLD
@@ -75,14 +76,32 @@ def unpack(signed: proposal_pb2.SignedProposal) -> UnpackedProposal:
     return UnpackedProposal(signed, prop, hdr, chdr, shdr, cpp, spec, phash)
 
 
-def build_rwset(namespace: str, sim: Simulation) -> bytes:
-    if not sim.reads and not sim.writes and not sim.range_queries:
+def build_rwset(namespace: str, sim: Simulation, lifecycle: KVRead | None = None) -> bytes:
+    """The TxReadWriteSet, namespaces sorted as Fabric's rwset builder sorts them. A user
+    chaincode's always holds the `_lifecycle` read the peer makes to find the definition."""
+    if not sim.reads and not sim.writes and not sim.range_queries and lifecycle is None:
         return b""
+    txrw = rwset_pb2.TxReadWriteSet(data_model=rwset_pb2.TxReadWriteSet.KV)
+    sets = {namespace: _kv_set(sim)}
+    if lifecycle is not None:
+        read = kv_rwset_pb2.KVRWSet()
+        _add_read(read.reads, lifecycle)
+        sets[LIFECYCLE] = read
+    for ns in sorted(sets):
+        txrw.ns_rwset.add(namespace=ns, rwset=sets[ns].SerializeToString())
+    return txrw.SerializeToString()
+
+
+def _add_read(reads: Any, r: KVRead) -> None:  # a repeated KVRead field
+    read = reads.add(key=r.key)
+    if r.version is not None:
+        read.version.block_num, read.version.tx_num = r.version
+
+
+def _kv_set(sim: Simulation) -> kv_rwset_pb2.KVRWSet:
     kv = kv_rwset_pb2.KVRWSet()
     for r in sim.reads:
-        read = kv.reads.add(key=r.key)
-        if r.version is not None:
-            read.version.block_num, read.version.tx_num = r.version
+        _add_read(kv.reads, r)
     for rq in sim.range_queries:
         info = kv.range_queries_info.add(
             start_key=rq.start_key, end_key=rq.end_key, itr_exhausted=rq.itr_exhausted
@@ -93,9 +112,7 @@ def build_rwset(namespace: str, sim: Simulation) -> bytes:
                 read.version.block_num, read.version.tx_num = r.version
     for w in sim.writes:
         kv.writes.add(key=w.key, value=w.value, is_delete=w.is_delete)
-    txrw = rwset_pb2.TxReadWriteSet(data_model=rwset_pb2.TxReadWriteSet.KV)
-    txrw.ns_rwset.add(namespace=namespace, rwset=kv.SerializeToString())
-    return txrw.SerializeToString()
+    return kv
 
 
 class Endorser:
@@ -198,8 +215,13 @@ class Endorser:
         )
         if sim.status >= ERROR_THRESHOLD and sim.status < ERROR:
             return proposal_response_pb2.ProposalResponse(response=response)
+        lifecycle = None
+        if up.chaincode_name not in SYSTEM_CHAINCODES:
+            key = lifecycle_sequence_key(up.chaincode_name)
+            found = self._store.get_state(LIFECYCLE, key)
+            lifecycle = KVRead(key, found[1] if found else None)
         action = proposal_pb2.ChaincodeAction(
-            results=build_rwset(up.chaincode_name, sim),
+            results=build_rwset(up.chaincode_name, sim, lifecycle),
             events=sim.event or b"",
             response=response,
             chaincode_id=chaincode_pb2.ChaincodeID(name=up.chaincode_name, version=version),

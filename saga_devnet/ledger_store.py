@@ -15,11 +15,23 @@ import os
 import sqlite3
 import struct
 import zlib
+from collections.abc import Iterable
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from saga_devnet import blocks
 from saga_devnet.protos import common_pb2, transaction_pb2
 from saga_devnet.txparse import parse_envelope
+
+lifecycle_db_pb2: Any = import_module("fabric_protos.peer.lifecycle.db_pb2")
+LIFECYCLE = "_lifecycle"
+
+
+def lifecycle_sequence_key(chaincode: str) -> str:
+    """The `_lifecycle` key holding a chaincode's committed sequence (lifecycle/serializer.go)."""
+    return f"namespaces/fields/{chaincode}/Sequence"
+
 
 # length of block bytes, crc32 of them, highest pending seq the block consumed
 _RECORD = struct.Struct(">IIq")
@@ -140,6 +152,20 @@ class LedgerStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def ensure_lifecycle(self, chaincodes: Iterable[str]) -> None:
+        """World state of `_lifecycle` as if each chaincode's definition (sequence 1) had been
+        committed: the key every endorsement reads (lifecycle.ChaincodeEndorsementInfo). The
+        devnet has no lifecycle transactions, so the version is (0, 0), the genesis block's."""
+        for name in chaincodes:
+            self._db.execute(
+                "INSERT OR IGNORE INTO state VALUES (?,?,?,0,0)",
+                (
+                    LIFECYCLE,
+                    lifecycle_sequence_key(name),
+                    lifecycle_db_pb2.StateData(Int64=1).SerializeToString(),
+                ),
+            )
 
     # -- reading ----------------------------------------------------------------------------
 

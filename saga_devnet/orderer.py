@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
-from saga_devnet import blocks
+from saga_devnet import blocks, commit_hash
 from saga_devnet.commit_notifier import CommitNotifier
 from saga_devnet.faults import Faults
 from saga_devnet.ledger_store import LedgerStore
@@ -37,6 +39,7 @@ class Orderer:
         faults: Faults,
         batch_timeout: float,
         max_message_count: int,
+        genesis_config: Callable[[], Any],
     ) -> None:
         self._channel = channel
         self._store = store
@@ -48,11 +51,12 @@ class Orderer:
         self._batch_timeout = batch_timeout
         self._max = max_message_count
         self._wake = asyncio.Event()
+        self._genesis_config = genesis_config
+        self._commit_hash: tuple[int, bytes] | None = None  # (block number, its COMMIT_HASH)
 
     def ensure_genesis(self) -> None:
         if self._store.height == 0:
-            env = blocks.genesis_envelope(self._channel, self._signer)
-            block = blocks.make_block(0, b"", [env], b"\x00", self._signer)
+            block = blocks.genesis_block(self._genesis_config(), self._channel)
             offset, length = self._store.append_block(block, 0)
             self._store.index_block(block, offset, length, 0)
         self._notifier.height = self._store.height
@@ -90,6 +94,15 @@ class Orderer:
                 self._store.recover()
                 await self._notifier.catch_up(self._store.height, self._store.tx_status)
 
+    def _previous_commit_hash(self, number: int) -> bytes:
+        """The chain of commit hashes starts empty at block 1, like kvLedger.commitHash."""
+        if number <= 1:
+            return b""
+        if self._commit_hash is not None and self._commit_hash[0] == number - 1:
+            return self._commit_hash[1]
+        previous = self._store.get_block(number - 1)  # after a restart: as lastPersistedCommitHash
+        return blocks.commit_hash_of(previous) if previous is not None else b""
+
     async def _cut(self) -> None:
         batch = self._store.pending(self._max)
         if not batch:
@@ -99,8 +112,15 @@ class Orderer:
         async with self._lock.exclusive():
             number = self._store.height
             codes = self._validator.validate(number, envelopes)
+            updates = commit_hash.block_updates(number, envelopes, codes)
+            chash = commit_hash.commit_hash(codes, updates, self._previous_commit_hash(number))
             block = blocks.make_block(
-                number, self._store.last_hash(), envelopes, codes, self._signer
+                number,
+                self._store.last_hash(),
+                envelopes,
+                codes,
+                self._signer,
+                commit_hash=chash,
             )
             self._faults.maybe_crash("before_block_write")
             offset, length = self._store.append_block(block, last_seq)
@@ -114,6 +134,7 @@ class Orderer:
                 if txid and txid not in first and self._store.tx_status(txid) is None:
                     first[txid] = codes[txnum]
             self._store.index_block(block, offset, length, last_seq)
+        self._commit_hash = (number, chash)
         self._faults.maybe_crash("after_commit")
         log.info("block %d committed: %d txs, codes %s", number, len(envelopes), list(codes))
         await self._notifier.block_committed(number, first)

@@ -14,6 +14,7 @@ import grpc
 from saga_devnet import cryptogen, profiles
 from saga_devnet.admin_api import AdminApi
 from saga_devnet.chaincodes import Chaincode, make_chaincode
+from saga_devnet.channel_config import channel_config
 from saga_devnet.commit_notifier import CommitNotifier
 from saga_devnet.config import ChaincodeConfig, DevnetConfig, OrgConfig
 from saga_devnet.endorser import Endorser
@@ -59,6 +60,7 @@ class Devnet:
         prepare(directory, cfg)
         self.registry = MembershipRegistry.load(directory, cfg)
         self.store = LedgerStore(directory / "ledger" / cfg.channel)
+        self.store.ensure_lifecycle(cfg.chaincodes)
         self.lock = RWLock()
         self.notifier = CommitNotifier()
         msp_ids = [o.msp_id for o in cfg.orgs]
@@ -86,6 +88,7 @@ class Devnet:
             faults=faults,
             batch_timeout=cfg.batch_timeout,
             max_message_count=cfg.max_message_count,
+            genesis_config=lambda: channel_config(directory, cfg),
         )
         self.endorsers: dict[str, Endorser] = {}
         for org in cfg.orgs:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from saga.fabric import crypto
 from saga_devnet.faults import Faults
-from saga_devnet.ledger_store import LedgerStore
+from saga_devnet.ledger_store import LIFECYCLE, LedgerStore
 from saga_devnet.msp import IdentityError, MembershipRegistry
 from saga_devnet.policy import Rule, is_satisfied
 from saga_devnet.protos import common_pb2, kv_rwset_pb2
@@ -107,8 +107,10 @@ class Validator:
         if rule is None:
             return tx_pb2.INVALID_CHAINCODE
         assert tx.action is not None
-        for ns, _kv in tx.kv_sets():
-            if ns != tx.chaincode_name:
+        for ns, kv in tx.kv_sets():
+            # Besides its own namespace, a transaction may only read `_lifecycle` (the
+            # endorsing peer's read of the chaincode definition).
+            if ns != tx.chaincode_name and (ns != LIFECYCLE or kv.writes):
                 return tx_pb2.ILLEGAL_WRITESET
         signers: dict[bytes, tuple[str, str]] = {}
         for e in tx.endorsements:
