@@ -42,7 +42,7 @@ def _raft(layout: Layout, ports: Ports) -> str:
     return "\n".join(lines)
 
 
-def _bft(layout: Layout, ports: Ports) -> str:
+def _bft(layout: Layout, ports: Ports, batch_timeout: str) -> str:
     lines = ["  OrdererType: BFT", "  ConsenterMapping:"]
     for n, p in enumerate(ports.orderers):
         node = layout.orderer_dir(n)
@@ -56,7 +56,8 @@ def _bft(layout: Layout, ports: Ports) -> str:
     lines += [
         "  SmartBFT:",
         "    RequestBatchMaxCount: 100",
-        "    RequestBatchMaxInterval: 50ms",
+        # BFT cuts a block after this interval, not after BatchTimeout.
+        f"    RequestBatchMaxInterval: {batch_timeout}",
         "    RequestForwardTimeout: 2s",
         "    RequestComplainTimeout: 20s",
         "    RequestAutoRemoveTimeout: 3m0s",
@@ -85,12 +86,9 @@ def render(layout: Layout, options: NetworkOptions, ports: Ports) -> str:
         org2_peer_port=ports.peers[2].listen,
         # BFT orderers exist from Fabric 3.0 and need the V3_0 channel capability.
         channel_capability="V3_0" if bft else "V2_0",
-        consensus=_bft(layout, ports) if bft else _raft(layout, ports),
-        block_validation=(
-            '{Type: ImplicitOrderer, Rule: "SMARTBFT"}'
-            if bft
-            else '{Type: ImplicitMeta, Rule: "ANY Writers"}'
-        ),
+        consensus=_bft(layout, ports, _duration(options.batch_timeout))
+        if bft
+        else _raft(layout, ports),
         batch_timeout=_duration(options.batch_timeout),
         max_message_count=options.max_message_count,
     )

@@ -248,7 +248,8 @@ class FabricNetwork:
         return time.monotonic() - start
 
     def raft_leader(self, timeout: float = 30.0) -> str:
-        """The orderer whose metrics say it leads the channel (waits for an election)."""
+        """The orderer whose metrics (``consensus_etcdraft_is_leader``, or the BFT
+        equivalent) say it leads the channel; waits for an election to finish."""
         deadline = time.monotonic() + timeout
         state = self.state
         while True:
@@ -258,6 +259,8 @@ class FabricNetwork:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no orderer reports itself leader of {self.channel}")
             time.sleep(0.2)
+
+    leader = raft_leader
 
     # -- process control ---------------------------------------------------
 

@@ -1,0 +1,415 @@
+"""The launcher's network as a compose deployment (compose/fabric-network.yml).
+
+Same crypto material, configtx.yaml template, core.yaml edit, external builder,
+chaincode package and admin commands as ``python -m saga_fabricnet up``; what differs is
+where the members are: each runs in its own container and is reached by its compose
+service name (``orderer0.example.com``, ``peer0.org1.example.com``, ``chaincode``)
+instead of 127.0.0.1. The launcher renders 127.0.0.1 addresses; this module gives each
+member a port of its own and turns every ``127.0.0.1:<port>`` (and the profiles'
+``localhost:<port>``) into ``<service>:<port>``.
+
+    python -m saga_fabricnet.compose init       # job fabric-init: material, block, package
+    python -m saga_fabricnet.compose deploy     # job fabric-setup: join, lifecycle, ready
+    python -m saga_fabricnet.compose chaincode  # service chaincode: python -m chaincode
+    python -m saga_fabricnet.compose env peer0.org1.example.com   # a node's environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saga_fabricnet import chaincode_package, configtx, material, nodes, peer_config
+from saga_fabricnet.admin import Admin, AdminCommandFailed
+from saga_fabricnet.material import Layout, Org
+from saga_fabricnet.network import FabricNetwork
+from saga_fabricnet.options import NetworkOptions
+from saga_fabricnet.release import FabricBinaryMissing, FabricRelease
+from saga_fabricnet.state import ORGS, NetworkState, OrdererPorts, PeerPorts, Ports, StateFile
+
+# The official images' tag; compose/fabric-network.yml and compose/Dockerfile use it.
+FABRIC_VERSION = "2.5.16"
+# The shared volume, mounted at the same path in every container: configtx.yaml,
+# core.yaml and the state file hold absolute paths, which must mean the same file
+# to the setup jobs, the nodes, the chaincode and the product's services.
+ROOT = Path("/var/lib/saga/fabricnet")
+# Each node's own ledger volume, where the official images keep it.
+NODE_DATA = "/var/hyperledger/production"
+CHAINCODE_HOST = "chaincode"
+ORDERERS = 3
+READY_TIMEOUT = 180.0
+
+_LOOPBACK = ("127.0.0.1", "localhost")
+_ADDRESS = re.compile(r"\b(?:127\.0\.0\.1|localhost):(\d+)\b")
+# Variables the launcher passes through from its own environment; a container has its own.
+_HOST_ONLY = ("PATH", "HOME", "LANG", "TZ")
+
+
+def ports() -> Ports:
+    """Fixed, and distinct across members although each has its own container: a
+    port then names its member, which is what `readdress` relies on (and the nodes
+    could be published on one host without clashes)."""
+    return Ports(
+        orderers=[
+            OrdererPorts(listen=7050 + 1000 * n, admin=7053 + 1000 * n, operations=9443 + n)
+            for n in range(ORDERERS)
+        ],
+        peers={1: PeerPorts(7051, 7052, 9446), 2: PeerPorts(9051, 9052, 9447)},
+        chaincode=9999,
+    )
+
+
+def orderer_host(n: int) -> str:
+    return Layout(ROOT).orderer_host(n)
+
+
+def peer_host(org: Org) -> str:
+    return org.peer
+
+
+def hosts() -> dict[int, str]:
+    """Port -> the compose service listening on it."""
+    p = ports()
+    table = {p.chaincode: CHAINCODE_HOST}
+    for n, o in enumerate(p.orderers):
+        table.update(dict.fromkeys((o.listen, o.admin, o.operations), orderer_host(n)))
+    for index, peer in p.peers.items():
+        table.update(dict.fromkeys((peer.listen, peer.chaincode, peer.operations), Org(index).peer))
+    return table
+
+
+def services() -> list[str]:
+    """The network's compose services, in start order."""
+    return [*(orderer_host(n) for n in range(ORDERERS)), *(Org(i).peer for i in ORGS)]
+
+
+def readdress(value: str) -> str:
+    """``127.0.0.1:<port>`` / ``localhost:<port>`` -> ``<service>:<port>`` for a
+    member's port; other text (a port no member has) is left alone."""
+    table = hosts()
+
+    def swap(m: re.Match[str]) -> str:
+        host = table.get(int(m.group(1)))
+        return f"{host}:{m.group(1)}" if host else m.group(0)
+
+    return _ADDRESS.sub(swap, value)
+
+
+def readdress_tree(node: Any) -> Any:
+    """`readdress` through a parsed YAML/JSON document, including configtx's
+    ``{Host: 127.0.0.1, Port: n}`` pairs (anchor peers, Raft consenters)."""
+    if isinstance(node, dict):
+        out = {k: readdress_tree(v) for k, v in node.items()}
+        port = out.get("Port")
+        if out.get("Host") in _LOOPBACK and isinstance(port, int) and port in hosts():
+            out["Host"] = hosts()[port]
+        return out
+    if isinstance(node, list):
+        return [readdress_tree(v) for v in node]
+    if isinstance(node, str):
+        return readdress(node)
+    return node
+
+
+def options(channel: str = "mychannel", batch_timeout: float = 2.0) -> NetworkOptions:
+    # Raft on three orderers only: the compose file has three, and BFT needs Fabric 3.
+    return NetworkOptions(channel=channel, orderers=ORDERERS, batch_timeout=batch_timeout)
+
+
+def render_configtx(layout: Layout, opts: NetworkOptions) -> str:
+    """The launcher's configtx.yaml (its template, its profile) with service names."""
+    document = yaml.safe_load(configtx.render(layout, opts, ports()))
+    return yaml.safe_dump(readdress_tree(document), sort_keys=False)
+
+
+def connection_profile(layout: Layout, org: Org) -> dict[str, Any]:
+    """The launcher's connection profile for `org`, naming the peer's service. It has a
+    Fabric CA entry on a port no member has, left as is: no CA runs (cryptogen)."""
+    profile: dict[str, Any] = readdress_tree(
+        material.connection_profile(layout, org, ports().peers[org.index].listen)
+    )
+    return profile
+
+
+class _ImageRelease(FabricRelease):
+    """The binaries inside the official images, which are not on this machine: only
+    their paths and version are needed to derive a node's environment."""
+
+    def binary(self, name: str) -> Path:
+        return self.bin_dir / name
+
+    @cached_property
+    def version(self) -> str:
+        return FABRIC_VERSION
+
+
+def _state(opts: NetworkOptions, package_id: str = "") -> NetworkState:
+    image = _ImageRelease(Path("/usr/local/bin"), Path("/etc/hyperledger/fabric"))
+    return NetworkState(
+        fabric_bin=str(image.bin_dir),
+        fabric_cfg=str(image.cfg_dir),
+        version=image.version,
+        options=opts,
+        ports=ports(),
+        package_id=package_id,
+    )
+
+
+def _containerise(env: dict[str, str], data: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if key in _HOST_ONLY:
+            continue
+        if key.endswith("LISTENADDRESS"):
+            # Listen on the container's interfaces; others dial the service name.
+            value = re.sub(r"^(?:127\.0\.0\.1|localhost)", "0.0.0.0", value)
+        else:
+            value = readdress(value)
+        out[key] = value.replace(str(data), NODE_DATA)
+    return out
+
+
+def node_environment(service: str, opts: NetworkOptions | None = None) -> dict[str, str]:
+    """The environment of an orderer's or peer's container: the launcher's own
+    (nodes.orderer_spec / nodes.peer_env), listening on 0.0.0.0, dialling service
+    names, its ledger in its own volume."""
+    opts = opts or options()
+    layout = Layout(ROOT)
+    state = _state(opts)
+    image = _ImageRelease(Path(state.fabric_bin), Path(state.fabric_cfg))
+    for n in range(ORDERERS):
+        if service == orderer_host(n):
+            env = nodes.orderer_spec(image, layout, state, n).env
+            return _containerise(env, layout.data / nodes.orderer_name(n))
+    for index in ORGS:
+        org = Org(index)
+        if service == org.peer:
+            return _containerise(nodes.peer_env(layout, state, org), layout.data / nodes.peer_name(org))
+    raise ValueError(f"no Fabric node {service!r}; nodes are {', '.join(services())}")
+
+
+# -- job fabric-init -----------------------------------------------------------
+
+
+def init(directory: Path, release: FabricRelease, opts: NetworkOptions) -> NetworkState:
+    """What FabricNetwork.init makes, addressed for compose. Does nothing if done:
+    the job runs again on every `up`, and the volume keeps the network."""
+    state_file = StateFile(directory)
+    if state_file.exists():
+        return state_file.load()
+    layout = Layout(directory)
+    for leftover in (layout.organizations, layout.config, layout.channel_block.parent):
+        shutil.rmtree(leftover, ignore_errors=True)
+    orgs = [Org(i) for i in ORGS]
+    material.generate(release, layout, opts.orderers, orgs)
+    for org in orgs:
+        text = json.dumps(connection_profile(layout, org), indent=4) + "\n"
+        layout.profile(org).write_text(text)
+    peer_config.write_config(release, layout)
+    (layout.config / "configtx.yaml").write_text(render_configtx(layout, opts))
+    layout.channel_block.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [
+            str(release.binary("configtxgen")),
+            *("-profile", configtx.PROFILE, "-channelID", opts.channel),
+            *("-outputBlock", str(layout.channel_block)),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FABRIC_CFG_PATH": str(layout.config)},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"configtxgen failed: {result.stderr or result.stdout}")
+    p = ports()
+    chaincode_package.build(layout.chaincode_package, f"{CHAINCODE_HOST}:{p.chaincode}")
+    package_id = chaincode_package.package_id(release, layout.chaincode_package, layout.config)
+    state = NetworkState(
+        fabric_bin=str(release.bin_dir),
+        fabric_cfg=str(release.cfg_dir),
+        version=release.version,
+        options=opts,
+        ports=p,
+        package_id=package_id,
+    )
+    # Written last: its presence means init finished.
+    state_file.save(state)
+    return state
+
+
+# -- job fabric-setup ----------------------------------------------------------
+
+
+class ComposeAdmin(Admin):
+    """The launcher's admin commands, dialling service names; and safe to run again
+    after a job that failed half-way (compose restarts it on the next `up`)."""
+
+    def peer_env(self, org: Org) -> dict[str, str]:
+        env = super().peer_env(org)
+        env["CORE_PEER_ADDRESS"] = readdress(env["CORE_PEER_ADDRESS"])
+        return env
+
+    def _peer(self, org: Org, args: Sequence[str], what: str) -> str:
+        # Covers the orderer (-o) and --peerAddresses of approveformyorg and commit.
+        return super()._peer(org, [readdress(a) for a in args], what)
+
+    def join_orderer(self, n: int) -> None:
+        admin = self.layout.orderer_admin / "tls"
+        argv = [
+            str(self.release.binary("osnadmin")),
+            *("channel", "join", "--channelID", self.state.options.channel),
+            *("--config-block", str(self.layout.channel_block)),
+            *("-o", f"{orderer_host(n)}:{self.state.ports.orderers[n].admin}"),
+            *("--ca-file", str(self.layout.orderer_tls_ca)),
+            *("--client-cert", str(admin / "client.crt"), "--client-key", str(admin / "client.key")),
+        ]
+        env = {**os.environ, "FABRIC_CFG_PATH": str(self.layout.config)}
+        deadline = time.monotonic() + 30.0
+        while True:
+            # osnadmin exits 0 whatever HTTP status the orderer answered; read it.
+            result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+            output = result.stdout + result.stderr
+            if result.returncode == 0 and (
+                "Status: 201" in output or "channel already exists" in output
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise AdminCommandFailed(f"osnadmin channel join on {orderer_host(n)}: {output}")
+            time.sleep(1.0)
+
+    def join_peer(self, org: Org) -> None:
+        joined = self._peer(org, ["channel", "list"], f"peer channel list on {org.peer}")
+        if self.state.options.channel not in joined.split():
+            super().join_peer(org)
+
+    def committed(self) -> bool:
+        try:
+            self._peer(
+                Org(ORGS[0]),
+                [
+                    *("lifecycle", "chaincode", "querycommitted"),
+                    *("--channelID", self.state.options.channel),
+                    *("--name", chaincode_package.NAME),
+                ],
+                "querycommitted",
+            )
+        except AdminCommandFailed:
+            return False
+        return True
+
+
+def wait_reachable(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
+    """Until each (service, port) accepts a connection: `depends_on` only says the
+    containers started, not that the nodes listen."""
+    deadline = time.monotonic() + timeout
+    for host, port in addresses:
+        while True:
+            try:
+                with socket.create_connection((host, port), timeout=2.0):
+                    break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{host}:{port} not reachable: {exc}") from None
+                time.sleep(1.0)
+
+
+def deploy(directory: Path, timeout: float = READY_TIMEOUT) -> float:
+    """Orderers and peers join the channel, sagafacts goes through the lifecycle, and
+    both orgs endorse; returns the seconds it took. Steps already done are skipped."""
+    start = time.monotonic()
+    net = FabricNetwork.attach(directory)
+    state_file = StateFile(directory)
+    state = state_file.load()
+    admin = ComposeAdmin(net.release, net.layout, state)
+    p = state.ports
+    wait_reachable(
+        [(orderer_host(n), o.admin) for n, o in enumerate(p.orderers)]
+        + [(Org(i).peer, p.peers[i].listen) for i in ORGS],
+        timeout,
+    )
+    orgs = [Org(i) for i in ORGS]
+    if not state.channel_joined:
+        for n in range(len(p.orderers)):
+            admin.join_orderer(n)
+        for org in orgs:
+            admin.join_peer(org)
+        with state_file.update() as s:
+            s.channel_joined = True
+    if not state.deployed:
+        if not admin.committed():
+            for org in orgs:
+                admin.install(org)
+            for org in orgs:
+                admin.approve(org)
+            admin.commit(orgs)
+        with state_file.update() as s:
+            s.deployed = True
+    net.wait_endorsable(timeout=max(1.0, timeout - (time.monotonic() - start)))
+    return time.monotonic() - start
+
+
+# -- command line ----------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m saga_fabricnet.compose",
+        description="The saga_fabricnet network as compose services (compose/fabric-network.yml).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    init_p = sub.add_parser("init", help="crypto material, channel block, configs, package id")
+    init_p.add_argument("--fabric-bin", help="default: $FABRIC_BIN")
+    init_p.add_argument("--fabric-cfg", help="default: $FABRIC_CFG_PATH")
+    init_p.add_argument("--channel", default=os.environ.get("SAGA_FABRIC_CHANNEL") or "mychannel")
+    init_p.add_argument("--batch-timeout", type=float, default=2.0)
+    deploy_p = sub.add_parser(
+        "deploy", help="join the channel, deploy sagafacts, wait until both orgs endorse"
+    )
+    deploy_p.add_argument("--timeout", type=float, default=READY_TIMEOUT)
+    sub.add_parser("chaincode", help="run python -m chaincode under the installed package id")
+    env_p = sub.add_parser("env", help="print a node's container environment (YAML)")
+    env_p.add_argument("service", choices=services())
+    for p in (init_p, deploy_p):
+        p.add_argument("--dir", type=Path, default=ROOT, help=f"the shared volume ({ROOT})")
+    sub.choices["chaincode"].add_argument("--dir", type=Path, default=ROOT)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = _parser().parse_args(argv)
+    try:
+        if opts.command == "init":
+            release = FabricRelease.locate(opts.fabric_bin, opts.fabric_cfg)
+            state = init(opts.dir, release, options(opts.channel, opts.batch_timeout))
+            print(f"Fabric {state.version} network in {opts.dir}: channel {state.options.channel}")
+            print(f"sagafacts package id {state.package_id}", flush=True)
+        elif opts.command == "deploy":
+            seconds = deploy(opts.dir, opts.timeout)
+            print(f"channel joined, sagafacts committed, both orgs endorse ({seconds:.1f} s)")
+        elif opts.command == "chaincode":
+            package_id = StateFile(opts.dir).load().package_id
+            # The peers accept the chaincode only under the id they installed.
+            os.environ["CHAINCODE_ID"] = package_id
+            os.execv(sys.executable, [sys.executable, "-m", "chaincode", "--id", package_id])
+        elif opts.command == "env":
+            print(yaml.safe_dump(node_environment(opts.service), sort_keys=False), end="")
+    except (FabricBinaryMissing, FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
