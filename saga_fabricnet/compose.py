@@ -197,7 +197,9 @@ def node_environment(service: str, opts: NetworkOptions | None = None) -> dict[s
     for index in ORGS:
         org = Org(index)
         if service == org.peer:
-            return _containerise(nodes.peer_env(layout, state, org), layout.data / nodes.peer_name(org))
+            return _containerise(
+                nodes.peer_env(layout, state, org), layout.data / nodes.peer_name(org)
+            )
     raise ValueError(f"no Fabric node {service!r}; nodes are {', '.join(services())}")
 
 
@@ -273,7 +275,12 @@ class ComposeAdmin(Admin):
             *("--config-block", str(self.layout.channel_block)),
             *("-o", f"{orderer_host(n)}:{self.state.ports.orderers[n].admin}"),
             *("--ca-file", str(self.layout.orderer_tls_ca)),
-            *("--client-cert", str(admin / "client.crt"), "--client-key", str(admin / "client.key")),
+            *(
+                "--client-cert",
+                str(admin / "client.crt"),
+                "--client-key",
+                str(admin / "client.key"),
+            ),
         ]
         env = {**os.environ, "FABRIC_CFG_PATH": str(self.layout.config)}
         deadline = time.monotonic() + 30.0
@@ -378,12 +385,13 @@ def _parser() -> argparse.ArgumentParser:
         "deploy", help="join the channel, deploy sagafacts, wait until both orgs endorse"
     )
     deploy_p.add_argument("--timeout", type=float, default=READY_TIMEOUT)
-    sub.add_parser("chaincode", help="run python -m chaincode under the installed package id")
+    chaincode_p = sub.add_parser(
+        "chaincode", help="run python -m chaincode under the package id init computed"
+    )
     env_p = sub.add_parser("env", help="print a node's container environment (YAML)")
     env_p.add_argument("service", choices=services())
-    for p in (init_p, deploy_p):
+    for p in (init_p, deploy_p, chaincode_p):
         p.add_argument("--dir", type=Path, default=ROOT, help=f"the shared volume ({ROOT})")
-    sub.choices["chaincode"].add_argument("--dir", type=Path, default=ROOT)
     return parser
 
 
