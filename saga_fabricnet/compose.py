@@ -12,6 +12,7 @@ member a port of its own and turns every ``127.0.0.1:<port>`` (and the profiles'
     python -m saga_fabricnet.compose deploy     # job fabric-setup: join, lifecycle, ready
     python -m saga_fabricnet.compose chaincode  # service chaincode: python -m chaincode
     python -m saga_fabricnet.compose env peer0.org1.example.com   # a node's environment
+    python -m saga_fabricnet.compose check      # image build: binaries and package files
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import sys
 import time
 from collections.abc import Sequence
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from saga_fabricnet import chaincode_package, configtx, material, nodes, peer_config
+from saga_fabricnet import builder, chaincode_package, configtx, material, nodes, peer_config
 from saga_fabricnet.admin import Admin, AdminCommandFailed
 from saga_fabricnet.material import Layout, Org
 from saga_fabricnet.network import FabricNetwork
@@ -367,6 +369,15 @@ def deploy(directory: Path, timeout: float = READY_TIMEOUT) -> float:
     return time.monotonic() - start
 
 
+def check_install(release: FabricRelease) -> str:
+    """What the jobs need from their image: a whole release, and the package files
+    that are not Python (the configtx template, the builder's scripts)."""
+    resources.files("saga_fabricnet.templates").joinpath("configtx.yaml.tmpl").read_text()
+    for step in builder.STEPS:
+        resources.files("saga_fabricnet.builder").joinpath("bin", step).read_bytes()
+    return release.version
+
+
 # -- command line ----------------------------------------------------------------
 
 
@@ -388,6 +399,9 @@ def _parser() -> argparse.ArgumentParser:
     chaincode_p = sub.add_parser(
         "chaincode", help="run python -m chaincode under the package id init computed"
     )
+    check_p = sub.add_parser("check", help="the Fabric binaries and package files are there")
+    check_p.add_argument("--fabric-bin", help="default: $FABRIC_BIN")
+    check_p.add_argument("--fabric-cfg", help="default: $FABRIC_CFG_PATH")
     env_p = sub.add_parser("env", help="print a node's container environment (YAML)")
     env_p.add_argument("service", choices=services())
     for p in (init_p, deploy_p, chaincode_p):
@@ -411,9 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The peers accept the chaincode only under the id they installed.
             os.environ["CHAINCODE_ID"] = package_id
             os.execv(sys.executable, [sys.executable, "-m", "chaincode", "--id", package_id])
+        elif opts.command == "check":
+            version = check_install(FabricRelease.locate(opts.fabric_bin, opts.fabric_cfg))
+            print(f"Fabric {version} and saga_fabricnet's files are in place")
         elif opts.command == "env":
             print(yaml.safe_dump(node_environment(opts.service), sort_keys=False), end="")
-    except (FabricBinaryMissing, FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
+    except (FabricBinaryMissing, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
