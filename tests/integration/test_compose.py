@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ import pytest
 import yaml
 
 from saga.processes import PROCESS_FILE, load_processes
+from saga_fabricnet import compose as fabricnet_compose
+from saga_fabricnet.compose import FABRIC_VERSION
+from saga_fabricnet.material import Layout, Org
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
 BASE = COMPOSE_DIR / "docker-compose.yml"
@@ -157,3 +161,152 @@ def test_every_secret_in_the_compose_files_comes_from_the_environment() -> None:
                 assert "${" in str(value), (key, value)
                 checked += 1
     assert checked >= 6
+
+
+# -- a real Fabric network as the ledger (compose/fabric-network.yml) --------------
+
+FABRIC_NETWORK = COMPOSE_DIR / "fabric-network.yml"
+SETUP_JOBS = {"fabric-init": "init", "fabric-setup": "deploy"}
+
+
+def _network_services(**env: str) -> dict[str, Any]:
+    return _services({**SECRETS, **env}, BASE, FABRIC_NETWORK)
+
+
+def _mounts(spec: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """target -> (source, "ro" or "rw"), from docker-compose 1's short strings or the
+    long form newer versions print."""
+    out = {}
+    for volume in spec["volumes"]:
+        if isinstance(volume, dict):
+            mode = "ro" if volume.get("read_only") else "rw"
+            out[volume["target"]] = (str(volume["source"]), mode)
+        else:
+            source, target, *rest = str(volume).split(":")
+            out[target] = (source, rest[0] if rest else "rw")
+    return out
+
+
+def test_fabric_network_runs_the_official_images_pinned() -> None:
+    services = _network_services()
+    orderers = [s for s in services if s.startswith("orderer")]
+    peers = [s for s in services if s.startswith("peer")]
+    assert orderers == [f"orderer{n}.example.com" for n in range(3)]
+    assert peers == ["peer0.org1.example.com", "peer0.org2.example.com"]
+    assert [*orderers, *peers] == fabricnet_compose.services()
+    for name in orderers:
+        assert services[name]["image"] == f"hyperledger/fabric-orderer:{FABRIC_VERSION}"
+        assert services[name]["command"] == ["orderer"]
+    for name in peers:
+        assert services[name]["image"] == f"hyperledger/fabric-peer:{FABRIC_VERSION}"
+        assert services[name]["command"] == ["peer", "node", "start"]
+    # The setup image's Fabric CLIs are of the same release as the nodes.
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    assert f"ARG FABRIC_VERSION={FABRIC_VERSION}\n" in dockerfile
+    assert "FROM hyperledger/fabric-tools:${FABRIC_VERSION} AS fabric-tools" in dockerfile
+    assert "FROM app AS fabric-setup" in dockerfile
+    # The orchestrator's image is still the Dockerfile's default (last) stage.
+    assert dockerfile.rstrip().splitlines()[-1] == "FROM app"
+
+
+def test_fabric_nodes_have_the_launchers_environment_with_service_names() -> None:
+    services = _network_services()
+    data_volumes = set()
+    for name in fabricnet_compose.services():
+        node = services[name]
+        env = {k: str(v) for k, v in node["environment"].items()}
+        # `python -m saga_fabricnet.compose env <service>` regenerates a block.
+        assert env == fabricnet_compose.node_environment(name), name
+        assert node["depends_on"]["fabric-init"]["condition"] == "service_completed_successfully"
+        mounts = _mounts(node)
+        assert mounts[str(fabricnet_compose.ROOT)] == ("fabricnet", "ro"), name
+        data_volumes.add(mounts[fabricnet_compose.NODE_DATA][0])
+        assert "ports" not in node, "nothing outside the compose network needs a node"
+    assert len(data_volumes) == len(fabricnet_compose.services()), "a ledger volume each"
+    # TLS everywhere, LevelDB, the gateway on.
+    for name in fabricnet_compose.services():
+        env = services[name]["environment"]
+        if name.startswith("orderer"):
+            assert env["ORDERER_GENERAL_TLS_ENABLED"] == "true"
+            assert env["ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED"] == "true"
+            assert env["ORDERER_GENERAL_BOOTSTRAPMETHOD"] == "none"
+        else:
+            assert env["CORE_PEER_TLS_ENABLED"] == "true"
+            assert env["CORE_PEER_GATEWAY_ENABLED"] == "true"
+            assert env["CORE_LEDGER_STATE_STATEDATABASE"] == "goleveldb"
+            assert (
+                env["CORE_PEER_GOSSIP_EXTERNALENDPOINT"]
+                == f"{name}:{env['CORE_PEER_ADDRESS'].split(':')[1]}"
+            )
+
+
+def test_fabric_setup_jobs_run_saga_fabricnet_compose_commands_that_exist() -> None:
+    services = _network_services(SAGA_FABRIC_CHANNEL="payments")
+    for job, command in SETUP_JOBS.items():
+        spec = services[job]
+        assert spec["command"][:4] == ["python", "-m", "saga_fabricnet.compose", command], job
+        assert spec["build"]["target"] == "fabric-setup", job
+        assert "restart" not in spec, f"{job} is one-shot"
+        assert _mounts(spec)[str(fabricnet_compose.ROOT)] == ("fabricnet", "rw"), job
+        # The same entry point, here, without a container: the command parses.
+        result = subprocess.run(
+            [sys.executable, *spec["command"][1:], "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert command in result.stdout
+    # One channel name for the network and its clients.
+    init = services["fabric-init"]["command"]
+    assert init[init.index("--channel") + 1] == "payments"
+    assert services["api"]["environment"]["SAGA_FABRIC_CHANNEL"] == "payments"
+    # Deployment waits for every node and the chaincode to be started.
+    depends = services["fabric-setup"]["depends_on"]
+    assert set(depends) == {*fabricnet_compose.services(), "chaincode"}
+
+
+def test_chaincode_serves_the_real_network_under_the_computed_package_id() -> None:
+    services = _network_services()
+    chaincode = services["chaincode"]
+    assert chaincode["command"] == ["python", "-m", "saga_fabricnet.compose", "chaincode"]
+    assert chaincode["depends_on"]["fabric-init"]["condition"] == "service_completed_successfully"
+    # The peers dial connection.json's address: this service's name and port.
+    port = fabricnet_compose.ports().chaincode
+    assert fabricnet_compose.CHAINCODE_HOST == "chaincode"
+    assert chaincode["environment"]["CHAINCODE_SERVER_ADDRESS"] == f"0.0.0.0:{port}"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "saga_fabricnet.compose", "chaincode", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert help_text.returncode == 0, help_text.stderr
+    for name in ("devnet", "devnet-profile"):
+        assert services[name].get("profiles") == ["devnet"], name
+
+
+def test_product_services_use_the_network_once_fabric_setup_succeeded() -> None:
+    services = _network_services()
+    layout = Layout(fabricnet_compose.ROOT)
+    org1 = Org(1)
+    for name in SAGA_PROCESSES:
+        spec = services[name]
+        depends = spec["depends_on"]
+        assert depends["fabric-setup"]["condition"] == "service_completed_successfully", name
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["rabbitmq"]["condition"] == "service_healthy", name
+        env = spec["environment"]
+        assert env["SAGA_FABRIC_PROFILE"] == str(layout.profile(org1)), name
+        assert env["SAGA_FABRIC_MSP_DIR"] == str(layout.user_dir(org1) / "msp"), name
+        assert _mounts(spec)[str(fabricnet_compose.ROOT)] == ("fabricnet", "ro"), name
+    # What the base file sets for them is still there (merged, not replaced).
+    assert services["api"]["environment"]["SAGA_API_HOST"] == "0.0.0.0"
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "operator:f"
+
+
+def test_fabric_network_override_still_needs_the_secrets() -> None:
+    env = {k: v for k, v in SECRETS.items() if k != "POSTGRES_PASSWORD"}
+    result = _config(env, BASE, FABRIC_NETWORK)
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr
