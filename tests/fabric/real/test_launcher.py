@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from saga.fabric import EndorseError, SigningIdentity, load_connection_profile
-from saga_fabricnet import FabricBinaryMissing, FabricRelease, NetworkOptions
+from saga_fabricnet import FabricBinaryMissing, FabricNetwork, FabricRelease, NetworkOptions
 from tests.support.fabricnet import (
     REPO,
     TEST_BATCH_TIMEOUT,
@@ -149,3 +149,20 @@ def test_missing_binary_fails_naming_fabric_bin(tmp_path: Path) -> None:
         FabricRelease.locate(folder=tmp_path)
     with pytest.raises(pytest.fail.Exception, match="FABRIC_BIN"):
         fabric_release(tmp_path)
+
+
+def test_failed_up_stops_what_it_started(tmp_path: Path) -> None:
+    real = fabric_release()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for binary in real.bin_dir.iterdir():
+        (fake_bin / binary.name).symlink_to(binary)
+    # An orderer that dies at once: up() must fail and leave no peer running.
+    (fake_bin / "orderer").unlink()
+    (fake_bin / "orderer").write_text("#!/bin/sh\necho broken orderer >&2\nexit 1\n")
+    (fake_bin / "orderer").chmod(0o755)
+    net = FabricNetwork(tmp_path / "net", FabricRelease(fake_bin, real.cfg_dir))
+    with pytest.raises(RuntimeError, match="orderer"):
+        net.up(timeout=60)
+    assert not any(net.running(m) for m in net.members)
+    assert net.state.pids == {}
