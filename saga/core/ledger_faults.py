@@ -85,8 +85,14 @@ _IDENTITY = (
 
 # Order matters: the specific texts first, then the fallbacks by code alone.
 RULES: tuple[_Rule, ...] = (
-    # The chaincode answered (status >= 400 with a payload): its own refusal.
-    _Rule(FaultKind.REFUSED, "the chaincode refused the proposal", ("chaincode response ",)),
+    # The chaincode answered: a 4xx is its refusal; a 5xx its own error, which may
+    # pass (a retry of the step's policy), but is no outage of the network.
+    _Rule(FaultKind.REFUSED, "the chaincode refused the proposal", (r"chaincode response 4\d\d",)),
+    _Rule(
+        FaultKind.REJECTED,
+        "the chaincode failed while simulating the proposal",
+        (r"chaincode response \d+",),
+    ),
     # A misconfiguration hidden under an availability code: no metadata means the
     # chaincode is not defined on the channel, whatever the peers' health.
     _Rule(

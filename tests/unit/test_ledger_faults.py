@@ -29,6 +29,13 @@ CASES = [
         ['chaincode response 409, ALREADY_RECORDED:{"key":"k","txid":"t"}'],
         REFUSED,
     ),
+    (
+        E,
+        "ABORTED",
+        "failed to endorse transaction, see attached details for more info",
+        ["chaincode response 500, something went wrong in the contract"],
+        REJECTED,
+    ),
     # Chaincode process down: the peer cannot launch it, within ~20 ms.
     (
         E,
