@@ -357,9 +357,11 @@ def deploy(directory: Path, timeout: float = READY_TIMEOUT) -> float:
         with state_file.update() as s:
             s.channel_joined = True
     if not state.deployed:
+        # Install (skipped where done) even if a half-finished run committed: a peer
+        # without the package cannot endorse.
+        for org in orgs:
+            admin.install(org)
         if not admin.committed():
-            for org in orgs:
-                admin.install(org)
             for org in orgs:
                 admin.approve(org)
             admin.commit(orgs)
