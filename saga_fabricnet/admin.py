@@ -49,27 +49,31 @@ class Admin:
 
     # -- orderers ----------------------------------------------------------
 
+    def orderer_admin_address(self, n: int) -> str:
+        return f"127.0.0.1:{self.state.ports.orderers[n].admin}"
+
     def join_orderer(self, n: int) -> None:
         admin = self.layout.orderer_admin / "tls"
         argv = [
             str(self.release.binary("osnadmin")),
-            "channel",
-            "join",
-            "--channelID",
-            self.state.options.channel,
-            "--config-block",
-            str(self.layout.channel_block),
-            "-o",
-            f"127.0.0.1:{self.state.ports.orderers[n].admin}",
-            "--ca-file",
-            str(self.layout.orderer_tls_ca),
-            "--client-cert",
-            str(admin / "client.crt"),
-            "--client-key",
-            str(admin / "client.key"),
+            *("channel", "join", "--channelID", self.state.options.channel),
+            *("--config-block", str(self.layout.channel_block)),
+            *("-o", self.orderer_admin_address(n)),
+            *("--ca-file", str(self.layout.orderer_tls_ca)),
+            *("--client-cert", str(admin / "client.crt")),
+            *("--client-key", str(admin / "client.key")),
         ]
         env = {**os.environ, "FABRIC_CFG_PATH": str(self.layout.config)}
-        _retry(lambda: _run(argv, env, f"osnadmin channel join on orderer{n}"))
+        what = f"osnadmin channel join on orderer{n}"
+
+        def join() -> str:
+            output = _run(argv, env, what)
+            # osnadmin exits 0 whatever HTTP status the orderer answered: read it.
+            if "Status: 201" in output or "channel already exists" in output:
+                return output
+            raise AdminCommandFailed(f"{what}: {output.strip()}")
+
+        _retry(join, tries=30)
 
     # -- peers -------------------------------------------------------------
 

@@ -269,34 +269,8 @@ class ComposeAdmin(Admin):
         # Covers the orderer (-o) and --peerAddresses of approveformyorg and commit.
         return super()._peer(org, [readdress(a) for a in args], what)
 
-    def join_orderer(self, n: int) -> None:
-        admin = self.layout.orderer_admin / "tls"
-        argv = [
-            str(self.release.binary("osnadmin")),
-            *("channel", "join", "--channelID", self.state.options.channel),
-            *("--config-block", str(self.layout.channel_block)),
-            *("-o", f"{orderer_host(n)}:{self.state.ports.orderers[n].admin}"),
-            *("--ca-file", str(self.layout.orderer_tls_ca)),
-            *(
-                "--client-cert",
-                str(admin / "client.crt"),
-                "--client-key",
-                str(admin / "client.key"),
-            ),
-        ]
-        env = {**os.environ, "FABRIC_CFG_PATH": str(self.layout.config)}
-        deadline = time.monotonic() + 30.0
-        while True:
-            # osnadmin exits 0 whatever HTTP status the orderer answered; read it.
-            result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
-            output = result.stdout + result.stderr
-            if result.returncode == 0 and (
-                "Status: 201" in output or "channel already exists" in output
-            ):
-                return
-            if time.monotonic() > deadline:
-                raise AdminCommandFailed(f"osnadmin channel join on {orderer_host(n)}: {output}")
-            time.sleep(1.0)
+    def orderer_admin_address(self, n: int) -> str:
+        return f"{orderer_host(n)}:{self.state.ports.orderers[n].admin}"
 
     def join_peer(self, org: Org) -> None:
         joined = self._peer(org, ["channel", "list"], f"peer channel list on {org.peer}")
