@@ -1,10 +1,15 @@
 // The official Fabric Gateway client (@hyperledger/fabric-gateway), unchanged, against a
-// Fabric network: here the devnet. It uses only what the network wrote: a common connection
-// profile and a user's MSP folder (plus the user's TLS client pair under mutual TLS).
+// Fabric network: the devnet or a real one (saga_fabricnet). It uses only what the network
+// wrote: a common connection profile and a user's MSP folder (plus the user's TLS client pair
+// under mutual TLS).
 //
 //   node interop.mjs --profile DIR/.../connection-org1.json \
 //       --msp DIR/.../users/User1@org1.example.com/msp [--tls-client DIR/.../User1@.../tls] \
-//       [--channel mychannel] [--chaincode sagafacts] [--events-chaincode devkv]
+//       [--channel mychannel] [--chaincode sagafacts] [--events-chaincode devkv] \
+//       [--read-key KEY]
+//
+// --read-key: a key another client (the product's Python client) recorded; its record is
+// read with GetRecord and reported as `read`, so the caller can compare what each client sees.
 //
 // Prints one JSON line with what it observed; exits non-zero on the first failed check.
 
@@ -25,6 +30,7 @@ const { values: opts } = parseArgs({
         channel: { type: 'string', default: 'mychannel' },
         chaincode: { type: 'string', default: 'sagafacts' },
         'events-chaincode': { type: 'string' },
+        'read-key': { type: 'string' },
     },
 });
 if (!opts.profile || !opts.msp) {
@@ -112,6 +118,7 @@ async function main() {
     check('endorsed transaction keeps the proposal txid', transaction.getTransactionId() === txid);
     const result = JSON.parse(utf8.decode(transaction.getResult()));
     check('RecordPayment returns the record', result.key === key && result.txid === txid);
+    report.record = result;
     const envelope = transaction.getBytes();
     const commit = await transaction.submit();
     const status = await commit.getStatus();
@@ -163,6 +170,13 @@ async function main() {
     } catch (err) {
         const text = [err.message, ...(err.details ?? []).map((d) => d.message)].join(' ');
         check('bad arguments are refused', err instanceof EndorseError && text.includes('INVALID_ARGUMENT:'), text);
+    }
+
+    // A record another client wrote.
+    if (opts['read-key']) {
+        const raw = await contract.evaluateTransaction('GetRecord', opts['read-key']);
+        check('evaluate GetRecord of --read-key finds its record', raw.length > 0);
+        report.read = JSON.parse(utf8.decode(raw));
     }
 
     // Chaincode events, from a chaincode that emits them.
