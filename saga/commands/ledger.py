@@ -136,6 +136,15 @@ def ping(
     msp_dir: MspDirOpt = None,
     peer: PeerOpt = None,
     channel: ChannelOpt = None,
+    chaincode: Annotated[
+        str | None,
+        typer.Option(
+            "--chaincode",
+            help="Also ask this chaincode (sagafacts convention: a GetRecord query of a probe "
+            "key, read-only) and explain why it does not answer.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the configured Fabric gateway peer for the channel's height; print who answered.
@@ -148,8 +157,12 @@ def ping(
     With SAGA_FABRIC_TLS_CERT and SAGA_FABRIC_TLS_KEY set it connects with mutual
     TLS; a peer that requires it and got no client certificate is named as such.
 
-    Exit codes: 0 answered; 1 the peer did not answer or refused the query;
-    2 no ledger configured or its files do not load.
+    With --chaincode, one more query runs the chaincode itself, so a chaincode
+    that is not running, not committed on the channel, or registered with another
+    package id than the peer installed is told apart from a peer that is away.
+
+    Exit codes: 0 answered; 1 the peer (or the chaincode) did not answer or refused
+    the query; 2 no ledger configured or its files do not load.
     """
     from saga.fabric import GatewayError
 
@@ -182,6 +195,17 @@ def ping(
                     f"{where} answered, but not with the channel's chain info ({exc})",
                     _settings_hint(s, "SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER"),
                 )
+        if chaincode:
+            started = time.perf_counter()
+            try:
+                client.evaluate(
+                    s.fabric_channel, chaincode, "GetRecord", [_PROBE_KEY], timeout=deadline
+                )
+            except GatewayError as exc:
+                _explain_chaincode(exc, s, chaincode, where, deadline)
+            chaincode_ms: float | None = (time.perf_counter() - started) * 1000
+        else:
+            chaincode_ms = None
     result = {
         "peer": name,
         "address": endpoint.address,
@@ -193,6 +217,8 @@ def ping(
         "height": int(info.height),
         "current_block_hash": bytes(info.currentBlockHash).hex(),
         "round_trip_ms": [round(ms, 3) for ms in round_trips],
+        "chaincode": chaincode,
+        "chaincode_round_trip_ms": None if chaincode_ms is None else round(chaincode_ms, 3),
     }
     if as_json:
         print_json(result)
@@ -213,6 +239,50 @@ def ping(
             f"{max(round_trips):.1f} ms",
             highlight=False,
         )
+    if chaincode_ms is not None:
+        out.print(f"  chaincode {chaincode} answered in {chaincode_ms:.1f} ms", highlight=False)
+
+
+# Read-only: GetRecord of a key no saga step ever derives (saga keys are saga:step:purpose).
+_PROBE_KEY = "saga-ledger-ping-probe"
+
+
+def _explain_chaincode(
+    exc: GatewayError, s: Settings, chaincode: str, where: str, deadline: float
+) -> NoReturn:
+    """Why the chaincode did not answer, from what the peer said; exit 1."""
+    import grpc
+
+    from saga.core.ledger_faults import FaultKind
+
+    said = exc.status_message or str(exc)
+    for d in exc.details:
+        said += f"; {d.address} ({d.msp_id}): {d.message}"
+    lowered = said.lower()
+    if exc.code is grpc.StatusCode.DEADLINE_EXCEEDED or "timeout expired" in lowered:
+        fail(
+            REFUSED,
+            f"{where} got no answer from chaincode {chaincode} within {deadline:g}s: {said}",
+            "if the chaincode runs as a service (CCaaS), check that it was started with "
+            "CHAINCODE_ID equal to the package id installed on the peer (peer lifecycle "
+            "chaincode queryinstalled): a peer refuses a chaincode registering with another id "
+            "and logs 'will not accept external chaincode connection'; clients only see this "
+            "deadline. Otherwise the chaincode is overloaded: give a longer --timeout",
+        )
+    if "could not launch chaincode" in lowered or "connection refused" in lowered:
+        fail(
+            REFUSED,
+            f"chaincode {chaincode} is not reachable from {where}: {said}",
+            "start the chaincode server, at the address in its package's connection.json; "
+            "chain steps wait for it (SAGA_CHAIN_OUTAGE_BUDGET) rather than fail",
+        )
+    if exc.fault.kind is FaultKind.MISCONFIGURED:
+        fail(REFUSED, f"chaincode {chaincode} cannot be queried: {said}", exc.fault.meaning)
+    fail(
+        REFUSED,
+        f"chaincode {chaincode} refused the probe query on {where}: {said}",
+        f"{exc.fault.meaning}; the peer itself answered the channel query",
+    )
 
 
 def _explain(
