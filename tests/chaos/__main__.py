@@ -8,7 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from tests.chaos.run import CI_FAULTS, FAULT_KINDS, FULL_FAULTS, ChaosConfig, failures, run, table
+from tests.chaos.ledgers import CHAOS_BATCH_TIMEOUT, FABRIC_VERSIONS, LEDGERS
+from tests.chaos.run import (
+    FAULT_KINDS,
+    ChaosConfig,
+    failures,
+    fault_presets,
+    recovery_table,
+    run,
+    table,
+)
 
 
 def _faults(values: list[str], preset: dict[str, int]) -> dict[str, int]:
@@ -33,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--window", type=int, default=120, help="sagas in flight at most")
     r.add_argument("--poison", type=int, default=3, help="poison messages to publish")
     r.add_argument("--ci-faults", action="store_true", help="every fault kind once (workers 2)")
+    r.add_argument("--ledger", choices=LEDGERS, default="devnet", help="devnet or real Fabric")
+    r.add_argument(
+        "--fabric-version",
+        default="2.5.16",
+        metavar="|".join(FABRIC_VERSIONS) + "|DIR",
+        help="with --ledger fabric: a release under .fabric/ or a release folder",
+    )
+    r.add_argument(
+        "--batch-timeout", type=float, default=CHAOS_BATCH_TIMEOUT, help="Fabric BatchTimeout"
+    )
     r.add_argument(
         "--fault", action="append", default=[], metavar="KIND=N", help="override a fault count"
     )
@@ -47,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "table":
         results = [json.loads(f.read_text()) for f in args.files]
         print(table(results))
+        print()
+        print(recovery_table(results))
         return 0 if all(r.get("ok") for r in results) else 1
 
     def say(text: str) -> None:
@@ -60,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         window=args.window,
         poison=args.poison,
-        faults=_faults(args.fault, CI_FAULTS if args.ci_faults else FULL_FAULTS),
+        faults=_faults(args.fault, fault_presets(args.ledger)[1 if args.ci_faults else 0]),
+        ledger=args.ledger,
+        fabric=args.fabric_version,
+        batch_timeout=args.batch_timeout,
         quiescence_timeout=args.quiescence_timeout,
         workdir=args.dir,
         keep=args.keep,
@@ -70,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(config)
     print()
     print(table([result]))
+    print()
+    print(recovery_table([result]))
     if not result["ok"]:
         print(failures(result))
     print(f"\nseed {result['seed']}; result in {args.out}; logs in {result['workdir']}/logs")

@@ -55,12 +55,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from kombu import Connection, Producer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from saga.audit import LedgerScan, scan_ledger
@@ -74,6 +75,14 @@ from saga.processes import Child, LocalProcessSet, free_port, load_processes, lo
 from saga.processes import select as select_processes
 from saga.store import create_engine
 from saga.store.tables import ledger_attempts, outbox, sagas
+from saga_fabricnet import FabricRelease
+from tests.chaos.ledgers import (
+    CHAOS_BATCH_TIMEOUT,
+    FABRIC_MEMBER,
+    LEDGERS,
+    FabricLedger,
+    fabric_release,
+)
 from tests.chaos.sagas import LEDGER, LEDGER_STEP, LOCAL
 from tests.fault.checks import DECLINED, PAID, REJECTED, doubled_rows, views
 from tests.fault.services import start_postgres, start_rabbitmq, stop_postgres, stop_rabbitmq
@@ -96,7 +105,24 @@ FAULT_KINDS = (
     "postgres_restart",
     "devnet_kill",
     "chaincode_restart",
+    # Ledger outages of 15-25 s (the issue's acceptance run): the chaincode server
+    # (devnet or real network), and on a real network one org's peer (peer0.org2, the
+    # other org's endorser; peer0.org1, the gateway of every product process) and the
+    # Raft leader among three orderers.
+    "chaincode_outage",
+    "peer_outage",
+    "gateway_peer_outage",
+    "orderer_leader_outage",
 )
+BOTH = frozenset(LEDGERS)
+# Where each kind applies: the devnet has no orderers or peers of its own to stop
+# (devnet_kill takes its whole Fabric double down), a real network has no devnet.
+FAULT_LEDGERS: dict[str, frozenset[str]] = {kind: BOTH for kind in FAULT_KINDS} | {
+    "devnet_kill": frozenset({"devnet"}),
+    "peer_outage": frozenset({"fabric"}),
+    "gateway_peer_outage": frozenset({"fabric"}),
+    "orderer_leader_outage": frozenset({"fabric"}),
+}
 FULL_FAULTS: dict[str, int] = {
     "worker_kill": 6,
     "relay_kill": 3,
@@ -106,8 +132,26 @@ FULL_FAULTS: dict[str, int] = {
     "devnet_kill": 2,
     "chaincode_restart": 2,
 }
+FABRIC_FULL_FAULTS: dict[str, int] = {
+    "worker_kill": 6,
+    "relay_kill": 3,
+    "watcher_kill": 3,
+    "rabbitmq_restart": 1,
+    "postgres_restart": 1,
+    "chaincode_outage": 2,
+    "peer_outage": 2,
+    "gateway_peer_outage": 1,
+    "orderer_leader_outage": 2,
+}
 # The CI run: every kind once, workers twice.
-CI_FAULTS: dict[str, int] = {kind: 1 for kind in FAULT_KINDS} | {"worker_kill": 2}
+CI_FAULTS: dict[str, int] = {kind: 1 for kind in FAULT_KINDS if kind in FULL_FAULTS} | {
+    "worker_kill": 2
+}
+# On real Fabric: the process kills and server restarts once, the three outages of
+# the issue's acceptance once each (the gateway peer's outage is in the full run).
+FABRIC_CI_FAULTS: dict[str, int] = {
+    kind: 1 for kind in FAULT_KINDS if kind in FABRIC_FULL_FAULTS
+} | {"worker_kill": 2, "gateway_peer_outage": 0}
 # Seconds a killed process or a stopped server stays down (seeded within).
 DOWNTIME: dict[str, tuple[float, float]] = {
     "worker_kill": (0.5, 3.0),
@@ -117,6 +161,10 @@ DOWNTIME: dict[str, tuple[float, float]] = {
     "postgres_restart": (2.0, 6.0),
     "devnet_kill": (1.0, 4.0),
     "chaincode_restart": (1.0, 4.0),
+    "chaincode_outage": (15.0, 25.0),
+    "peer_outage": (15.0, 25.0),
+    "gateway_peer_outage": (15.0, 25.0),
+    "orderer_leader_outage": (15.0, 25.0),
 }
 KILLED_PROCESS = {
     "worker_kill": "worker",
@@ -124,7 +172,15 @@ KILLED_PROCESS = {
     "watcher_kill": "watcher",
     "devnet_kill": "devnet",
     "chaincode_restart": "chaincode",
+    "chaincode_outage": "chaincode",
 }
+
+
+def fault_presets(ledger: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(full run's fault counts, CI run's) for a ledger."""
+    if ledger == "fabric":
+        return dict(FABRIC_FULL_FAULTS), dict(FABRIC_CI_FAULTS)
+    return dict(FULL_FAULTS), dict(CI_FAULTS)
 
 
 @dataclass
@@ -139,6 +195,23 @@ class ChaosConfig:
     window: int = 120  # sagas in flight at most
     poison: int = 3
     faults: dict[str, int] = field(default_factory=lambda: dict(FULL_FAULTS))
+    ledger: str = "devnet"  # or "fabric": a real network (saga_fabricnet)
+    # With ledger "fabric": a version under .fabric/, a release folder, or a release.
+    fabric: str | Path | FabricRelease = "2.5.16"
+    batch_timeout: float = CHAOS_BATCH_TIMEOUT  # the real network's BatchTimeout
+    # The last sagas held back until every planned fault has fired (None: 0 on the
+    # devnet, as before; on Fabric min(window, sagas // 10), at most 15 % so that the
+    # last fault's 85 % terminal stays reachable). A small run can otherwise finish
+    # its load before a 15-25 s outage starts; held back, sagas still run after the
+    # last outage, and the time to the first completion after it means something.
+    hold_tail: int | None = None
+
+    @property
+    def held_back(self) -> int:
+        if self.hold_tail is not None:
+            return max(0, min(self.hold_tail, int(self.sagas * 0.15)))
+        return min(self.window, self.sagas // 10) if self.ledger == "fabric" else 0
+
     # Faults fire when this fraction of the sagas is terminal (uniform in between).
     fault_span: tuple[float, float] = (0.05, 0.85)
     quiescence_timeout: float = 600.0
@@ -151,6 +224,13 @@ class ChaosConfig:
     @property
     def definitions(self) -> str:
         return {"ours": "tests.chaos.sagas", "naive": "tests.chaos.naive_sagas"}[self.baseline]
+
+    def check(self) -> None:
+        if self.ledger not in LEDGERS:
+            raise ValueError(f"ledger must be one of {LEDGERS}, not {self.ledger!r}")
+        wrong = [k for k, n in self.faults.items() if n and self.ledger not in FAULT_LEDGERS[k]]
+        if wrong:
+            raise ValueError(f"fault kinds {wrong} do not apply to the {self.ledger} ledger")
 
 
 @dataclass(frozen=True)
@@ -232,8 +312,18 @@ class Stack:
         self.config = config
         self.workdir = workdir
         self.settings = settings
-        specs = select_processes(load_processes(), devnet=True, without=["flower"])
-        self.env = local_env(workdir, specs, base=child_env(settings))
+        # With a real network the devnet and its chaincode process are left out (as
+        # `saga up` does when SAGA_FABRIC_PROFILE names a network) and every product
+        # process gets the network's profile and User1@org1's MSP instead.
+        self.fabric: FabricLedger | None = None
+        base = child_env(settings)
+        if config.ledger == "fabric":
+            self.fabric = FabricLedger.create(
+                workdir / "fabricnet", fabric_release(config.fabric), config.batch_timeout
+            )
+            base.update(self.fabric.env())
+        specs = select_processes(load_processes(), devnet=self.fabric is None, without=["flower"])
+        self.env = local_env(workdir, specs, base=base)
         self.procs = LocalProcessSet(
             specs,
             workdir=workdir,
@@ -247,6 +337,12 @@ class Stack:
         self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
 
     def start(self) -> None:
+        if self.fabric is not None:
+            seconds = self.fabric.up()
+            self.config.say(
+                f"[stack] Fabric {self.fabric.version} network up in {seconds:.1f}s "
+                f"({self.fabric.network.dir})"
+            )
         self.procs.start()
         self._thread.start()
 
@@ -275,7 +371,11 @@ class Stack:
         self.stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        self.procs.stop()
+        try:
+            self.procs.stop()
+        finally:
+            if self.fabric is not None:
+                self.fabric.down()
 
     def report(self, lines: int = 12) -> str:
         parts = []
@@ -357,6 +457,18 @@ class FaultRecord:
     seconds: float  # until the service was back (process: restarted by the supervisor)
     target: str
     error: str | None = None
+    # Wall-clock (epoch) seconds the fault began and the service was given back; with
+    # them the result tells how long the product took to complete sagas again.
+    down_at: float = 0.0
+    up_at: float = 0.0
+    # Real network only: seconds from the member's restart until an orderer leads and
+    # both orgs endorse again (the network's own recovery, for comparison).
+    network_ready_after: float | None = None
+    # Filled after the run (see `recovery`): seconds from up_at to the first saga
+    # completed, and to the first chain step done, after it.
+    first_completed_after: float | None = None
+    first_chain_step_after: float | None = None
+    chain_steps_while_down: int | None = None
 
 
 class Injector:
@@ -403,9 +515,28 @@ class Injector:
         record = FaultRecord(
             item.kind, self.progress.terminal, round(started - self.t0, 1), 0.0, ""
         )
+        record.down_at = time.time()
         say = self.config.say
+        fabric = self.stack.fabric
         try:
-            if item.kind == "rabbitmq_restart":
+            if fabric is not None and item.kind in FABRIC_MEMBER:
+                member = fabric.take_down(item.kind)
+                record.target = member
+                say(
+                    f"[fault] {record.started:7.1f}s {item.kind}: {member} down "
+                    f"for {item.downtime:.1f}s"
+                )
+                try:
+                    time.sleep(item.downtime)
+                finally:
+                    fabric.bring_back(member)
+                    record.up_at = time.time()
+                try:
+                    record.network_ready_after = round(fabric.ready_after(), 1)
+                except Exception as exc:  # the network's own trouble, not the product's
+                    record.error = f"network not ready again: {type(exc).__name__}: {exc}"
+                say(f"[fault] {member} back; network ready after {record.network_ready_after}s")
+            elif item.kind == "rabbitmq_restart":
                 record.target = "rabbitmq-server"
                 say(f"[fault] {record.started:7.1f}s stopping RabbitMQ for {item.downtime:.1f}s")
                 try:
@@ -438,7 +569,9 @@ class Injector:
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
             say(f"[fault] {item.kind} FAILED: {record.error}")
-        record.seconds = round(time.monotonic() - started, 1)
+        if not record.up_at:
+            record.up_at = time.time()
+        record.seconds = round(record.up_at - record.down_at, 1)
         return record
 
 
@@ -471,10 +604,15 @@ def run_workload(
     progress: Progress,
     settings: Settings,
     config: ChaosConfig,
+    faults_done: threading.Event | None = None,
 ) -> WorkloadResult:
     result = WorkloadResult()
     started = time.monotonic()
+    tail = len(plans) - config.held_back
     for plan in plans:
+        if plan.index == tail and faults_done is not None and config.held_back:
+            config.say(f"[load] holding the last {config.held_back} sagas until the faults end")
+            faults_done.wait(config.quiescence_timeout)
         if plan.index in poison_at:
             result.poison.append(publish_poison(settings, poison_at[plan.index]))
         # Keep at most `window` sagas in flight: the load lasts as long as the run.
@@ -656,6 +794,71 @@ def run_audit(env: Mapping[str, str], workdir: Path) -> tuple[int, dict[str, Any
     return proc.returncode, data
 
 
+def recovery(engine: Engine, faults: list[FaultRecord]) -> None:
+    """Per fault, from the database: seconds from the service's return to the first
+    ledger saga completed and to the first chain step done (a local saga completes
+    whatever the ledger does, so it says nothing about recovery), and how many chain
+    steps were done while it was down (an orderer leader's stop does not stop the
+    ledger: the other two elect a new leader)."""
+    first_completed = text(
+        "SELECT min(updated_at) FROM sagas WHERE status = 'completed' AND name = :name "
+        "AND updated_at >= :t"
+    )
+    first_step = text(
+        "SELECT min(at) FROM saga_history WHERE kind = 'step succeeded' "
+        "AND detail->>'step' = :step AND at >= :t"
+    )
+    during = text(
+        "SELECT count(*) FROM saga_history WHERE kind = 'step succeeded' "
+        "AND detail->>'step' = :step AND at >= :a AND at < :b"
+    )
+    with engine.connect() as c:
+        for f in faults:
+            up = datetime.fromtimestamp(f.up_at, UTC)
+            done = c.execute(first_completed, {"name": LEDGER, "t": up}).scalar_one()
+            step = c.execute(first_step, {"step": LEDGER_STEP, "t": up}).scalar_one()
+            f.first_completed_after = _seconds_since(done, f.up_at)
+            f.first_chain_step_after = _seconds_since(step, f.up_at)
+            f.chain_steps_while_down = int(
+                c.execute(
+                    during,
+                    {"step": LEDGER_STEP, "a": datetime.fromtimestamp(f.down_at, UTC), "b": up},
+                ).scalar_one()
+            )
+
+
+def _seconds_since(at: datetime | None, epoch: float) -> float | None:
+    return None if at is None else round(at.timestamp() - epoch, 1)
+
+
+def ledger_waits(engine: Engine, ids: list[str]) -> dict[str, Any]:
+    """How the sagas met the outages: how many waited for the ledger (history
+    "waiting for the ledger": one note per wait, so a saga can have several), and how
+    many tries of the chain step failed (an outage must not spend them: guarantee 7)."""
+    waits = text(
+        "SELECT saga_id, count(*) FROM saga_history WHERE kind = 'waiting for the ledger' "
+        "GROUP BY saga_id"
+    )
+    failed = text(
+        "SELECT saga_id, count(*) FROM saga_history WHERE kind IN ('step failed', "
+        "'compensation failed') AND detail->>'step' = :step GROUP BY saga_id"
+    )
+    wanted = set(ids)
+    with engine.connect() as c:
+        waited = {str(r[0]): int(r[1]) for r in c.execute(waits) if str(r[0]) in wanted}
+        tries = {
+            str(r[0]): int(r[1])
+            for r in c.execute(failed, {"step": LEDGER_STEP})
+            if str(r[0]) in wanted
+        }
+    return {
+        "sagas_waited": len(waited),
+        "waits": sum(waited.values()),
+        "chain_step_tries_failed": sum(tries.values()),
+        "sagas_with_failed_chain_tries": sorted(tries)[:20],
+    }
+
+
 def check(
     engine: Engine,
     workload: WorkloadResult,
@@ -673,6 +876,7 @@ def check(
             "lost",
             "stuck",
             "unexpected_outcome",
+            "not_completed_without_business_failure",
             "effects_wrong",
             "doubled_local_writes",
             "step_succeeded_twice",
@@ -707,6 +911,9 @@ def check(
             problems["unexpected_outcome"].append(
                 f"{acc.plan.simulate} expected {acc.plan.expected_status}: {v.line()}"
             )
+            if acc.plan.expected_status == "completed":
+                # No business failure was simulated: an outage (or a fault) ended it.
+                problems["not_completed_without_business_failure"].append(v.line())
         allowed = {"completed": [PAID], "compensated": [DECLINED, REJECTED]}.get(v.status)
         if allowed is not None and v.effects not in allowed:
             problems["effects_wrong"].append(v.line())
@@ -780,10 +987,14 @@ def check(
 
 def run(config: ChaosConfig) -> dict[str, Any]:
     """One chaos run; returns the result (also written to config.out as JSON)."""
+    config.check()
     seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
     config.seed = seed
     say = config.say
-    say(f"chaos run ({config.baseline}): {config.sagas} sagas, seed {seed} (--seed {seed} replays)")
+    say(
+        f"chaos run ({config.baseline}, {config.ledger}): {config.sagas} sagas, seed {seed} "
+        f"(--seed {seed} replays)"
+    )
     rng = random.Random(seed)
     plans = plan_workload(rng, config)
     fault_plan = plan_faults(rng, config)
@@ -827,6 +1038,7 @@ def run(config: ChaosConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "seed": seed,
         "baseline": config.baseline,
+        "ledger_kind": config.ledger,
         "sagas_planned": config.sagas,
         "workdir": str(workdir),
         "config": {
@@ -836,6 +1048,8 @@ def run(config: ChaosConfig) -> dict[str, Any]:
             "resend_share": config.resend_share,
             "window": config.window,
             "faults": config.faults,
+            "fabric": _release_name(config.fabric) if config.ledger == "fabric" else None,
+            "batch_timeout": config.batch_timeout if config.ledger == "fabric" else None,
         },
     }
     injector: Injector | None = None
@@ -854,7 +1068,9 @@ def run(config: ChaosConfig) -> dict[str, Any]:
             backoff=0.3,
             max_backoff=3.0,
         ) as client:
-            workload = run_workload(plans, poison_at, client, progress, settings, config)
+            workload = run_workload(
+                plans, poison_at, client, progress, settings, config, injector.finished
+            )
         say(
             f"[load] done in {workload.seconds:.0f}s: {len(workload.accepted)} accepted, "
             f"{len(workload.refused)} refused, {workload.resends} sent twice"
@@ -871,7 +1087,9 @@ def run(config: ChaosConfig) -> dict[str, Any]:
             f"the last fault ({total:.0f}s into the run)"
         )
         progress.stop()
-        scan = ledger_scan(stack.env, settings.fabric_channel)
+        recovery(engine, injector.done)
+        waits = ledger_waits(engine, list(workload.accepted))
+        scan = ledger_scan(stack.env, stack.env["SAGA_FABRIC_CHANNEL"])
         checked = check(engine, workload, scan, settings, config.baseline)
         audit_rc, audit_data = run_audit(stack.env, workdir)
         result.update(
@@ -897,6 +1115,8 @@ def run(config: ChaosConfig) -> dict[str, Any]:
                     else None,
                 },
                 "ledger": asdict(scan.counts()),
+                "ledger_waits": waits,
+                "fabric_version": stack.fabric.version if stack.fabric else None,
                 "audit": {"exit_code": audit_rc, "counts": audit_data.get("counts", audit_data)},
                 **checked,
             }
@@ -932,6 +1152,10 @@ def run(config: ChaosConfig) -> dict[str, Any]:
     return result
 
 
+def _release_name(value: str | Path | FabricRelease) -> str:
+    return str(value.bin_dir.parent) if isinstance(value, FabricRelease) else str(value)
+
+
 def invariants(result: Mapping[str, Any], config: ChaosConfig) -> dict[str, int]:
     """The counts that must all be 0 (the run exits non-zero otherwise)."""
     counts = dict(result["counts"])
@@ -950,7 +1174,7 @@ def invariants(result: Mapping[str, Any], config: ChaosConfig) -> dict[str, int]
 
 def table(results: list[Mapping[str, Any]]) -> str:
     """The summary table; two results (ours, naive) side by side."""
-    names = [str(r.get("baseline", "?")) for r in results]
+    names = [_column(r) for r in results]
     rows: list[tuple[str, list[str]]] = []
 
     def row(label: str, get: Callable[[Mapping[str, Any]], Any]) -> None:
@@ -981,7 +1205,8 @@ def table(results: list[Mapping[str, Any]]) -> str:
         ),
     )
     for kind in FAULT_KINDS:
-        row(f"fault {kind}", _lookup("faults_by_kind", kind))
+        if any(r.get("faults_by_kind", {}).get(kind) for r in results):
+            row(f"fault {kind}", _lookup("faults_by_kind", kind))
     row("unplanned process restarts", lambda r: r["unplanned_restarts"])
     row(
         "poison injected / in DLQ",
@@ -990,6 +1215,15 @@ def table(results: list[Mapping[str, Any]]) -> str:
     row("lost", lambda r: r["counts"]["lost"])
     row("stuck (not terminal)", lambda r: r["counts"]["stuck"])
     row("unexpected outcome", lambda r: r["counts"]["unexpected_outcome"])
+    row(
+        "  not completed, no business failure",
+        lambda r: r["counts"].get("not_completed_without_business_failure", 0),
+    )
+    row(
+        "sagas that waited for the ledger",
+        lambda r: _pair(r["ledger_waits"]["sagas_waited"], r["ledger_waits"]["waits"]) + " waits",
+    )
+    row("chain step tries failed", lambda r: r["ledger_waits"]["chain_step_tries_failed"])
     row(
         "VALID payments / reversals",
         lambda r: _pair(r["ledger_valid"]["do"], r["ledger_valid"]["undo"]),
@@ -1011,6 +1245,39 @@ def table(results: list[Mapping[str, Any]]) -> str:
         label.ljust(width) + "".join(v.rjust(c) for v, c in zip(values, cols, strict=True))
         for label, values in rows
     ]
+    return "\n".join(lines)
+
+
+def _column(result: Mapping[str, Any]) -> str:
+    ledger = str(result.get("ledger_kind", "devnet"))
+    if result.get("fabric_version"):
+        ledger = f"fabric {result['fabric_version']}"
+    return f"{result.get('baseline', '?')} / {ledger}"
+
+
+def recovery_table(results: list[Mapping[str, Any]]) -> str:
+    """One line per fault: when, what, how long down, and how soon the product
+    completed sagas again (seconds after the service came back)."""
+    lines = []
+    for r in results:
+        lines.append(f"{_column(r)} (seed {r.get('seed')}):")
+        lines.append(
+            "  at (s)  fault                  target                 down (s)  "
+            "net ready  1st ledger saga  1st chain step  chain steps while down"
+        )
+        for f in r.get("faults", []):
+
+            def cell(v: object) -> str:
+                return "-" if v is None else str(v)
+
+            lines.append(
+                f"  {f['started']:6.1f}  {f['kind']:<22} {f['target'][:22]:<22} "
+                f"{f['seconds']:8.1f}  {cell(f.get('network_ready_after')):>9}  "
+                f"{cell(f.get('first_completed_after')):>15}  "
+                f"{cell(f.get('first_chain_step_after')):>14}  "
+                f"{cell(f.get('chain_steps_while_down')):>22}"
+                + (f"  ERROR {f['error']}" if f.get("error") else "")
+            )
     return "\n".join(lines)
 
 
