@@ -88,6 +88,7 @@ def _row(r: SagaRecord, now: datetime) -> dict[str, Any]:
         "updated": iso(r.updated_at),
         "idle": age(r.updated_at, now),
         "reason": state.reason,
+        "waiting_for_ledger_since": iso(step.waiting_since),
     }
 
 
