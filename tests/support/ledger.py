@@ -36,6 +36,10 @@ class LedgerNet:
     def channel(self) -> str:
         return str(self.devnet.config["channel"])
 
+    def profile(self, org: int = 1) -> Path:
+        """The org's connection profile (as RealLedgerNet.profile: one surface for both)."""
+        return self.devnet.profile(org)
+
     def msp_dir(self, org: int = 1) -> Path:
         domain = self.devnet.org(org)["domain"]
         return self.devnet.org_dir(org) / "users" / f"User1@{domain}" / "msp"

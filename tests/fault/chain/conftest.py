@@ -1,8 +1,16 @@
-"""Fixtures of the chain crash-point matrix: the module's devnet + sagafacts chaincode,
-this test's queues and database, and a `ChainStack` per cell.
+"""Fixtures of the chain crash-point matrix: the ledger a cell runs on (the devnet, or a
+real Fabric 2.5 network), this test's queues and database, and a `ChainStack` per cell.
 
-A missing PostgreSQL or RabbitMQ FAILS the cell (the plugins in tests/support do
-that), never skips it; a devnet or chaincode that cannot start fails the fixture.
+Which ledger: every cell runs on the devnet; a cell marked
+`@pytest.mark.ledgers("devnet", "fabric")` runs on real Fabric 2.5 as well (its id
+says which: `test_x[fabric-...]`), `@pytest.mark.ledgers("fabric")` only there. The
+devnet is the module's (tests/support/ledger.py); the real network is ONE for the
+whole package (three Raft orderers, peer0.org1, peer0.org2, sagafacts as a service,
+0.5 s blocks), started by the first cell that needs it: bringing a network up costs
+about as much as five cells. test_matrix_outages.py lists which cell runs where.
+
+A missing PostgreSQL, RabbitMQ or Fabric binary FAILS the cell (the plugins in
+tests/support do that), never skips it; a ledger that cannot start fails the fixture.
 """
 
 from __future__ import annotations
@@ -16,16 +24,69 @@ from sqlalchemy.engine import Engine
 
 from saga.config import Settings
 from saga.store import create_engine
-from tests.fault.chain.stack import ChainStack, stack_settings
+from tests.fault.chain.stack import ChainLedger, ChainStack, stack_settings
+from tests.support.fabricnet import RealLedgerNet, fabric_release, real_network
 from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
 from tests.support.processes import Processes
 
 MakeStack = Callable[..., ChainStack]
+LEDGERS = ("devnet", "fabric")
+# After a cell, a real network must endorse with both orgs and have a Raft leader
+# within this long; a restarted peer needs ~1 s, a new Raft election ~5 s.
+FABRIC_READY_TIMEOUT = 90.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "ledgers(*names): the ledgers a chain matrix cell runs on (devnet, fabric)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "ledger" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("ledgers")
+    names = tuple(marker.args) if marker else ("devnet",)
+    unknown = set(names) - set(LEDGERS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown ledgers {unknown}")
+    metafunc.parametrize("ledger", names, indirect=True)
 
 
 @pytest.fixture
-def net(sagafacts_net: LedgerNet) -> Iterator[LedgerNet]:
-    """The module's devnet, running and with no fault armed, before and after the cell."""
+def ledger(request: pytest.FixtureRequest) -> str:
+    """"devnet" or "fabric": the ledger this cell runs on (set by pytest_generate_tests)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="package")
+def fabric_chain_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealLedgerNet]:
+    # fabric_release() fails the cell (never skips) when the binaries are missing.
+    release = fabric_release()
+    with real_network(tmp_path_factory.mktemp("fabric-chain"), release) as net:
+        yield net
+
+
+def _fabric_whole(net: RealLedgerNet) -> None:
+    """Every member running and the network usable: a cell that failed half-way
+    through an outage must not hand the next cell a network with a member down."""
+    network = net.network
+    for member in network.members:
+        if not network.running(member):
+            network.start(member)
+    network.wait_ready(timeout=FABRIC_READY_TIMEOUT)
+
+
+@pytest.fixture
+def net(ledger: str, request: pytest.FixtureRequest) -> Iterator[ChainLedger]:
+    """The cell's ledger, running and with no fault armed, before and after the cell."""
+    if ledger == "fabric":
+        real: RealLedgerNet = request.getfixturevalue("fabric_chain_net")
+        _fabric_whole(real)
+        yield real
+        _fabric_whole(real)
+        return
+    sagafacts_net: LedgerNet = request.getfixturevalue("sagafacts_net")
     devnet = sagafacts_net.devnet
     if devnet.proc is None or devnet.proc.poll() is not None:
         devnet.start()
@@ -46,7 +107,7 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 def make_stack(
     broker_settings: Settings,
     pg_url: str,
-    net: LedgerNet,
+    net: ChainLedger,
     procs: Processes,
     tmp_path: Path,
     request: pytest.FixtureRequest,

@@ -8,10 +8,12 @@ connection drop. While a cell waits, dead workers are restarted, as a supervisor
 (systemd, Kubernetes) would restart them, with the same environment: the
 failpoints are armed `once*`, so the replacement goes through the point.
 
-Ledger: the module's devnet with the real sagafacts chaincode (tests/support/ledger.py).
-The devnet outlives the cells, so the ledger holds earlier cells' transactions;
-every count here is per saga (by idempotency key) and the audit is limited with
-`since` to the cell's own sagas and transactions.
+Ledger (conftest.py): the module's devnet with the real sagafacts chaincode
+(tests/support/ledger.py), or the package's real Fabric 2.5 network
+(tests/support/fabricnet.py); the stack sees either through `ChainLedger`. The
+ledger outlives the cells, so it holds earlier cells' transactions; every count
+here is per saga (by idempotency key) and the audit is limited with `since` to the
+cell's own sagas and transactions.
 
 What a cell ends with (`ChainStack.verify`):
 - every saga terminal, with its expected status and exactly its business rows
@@ -21,20 +23,24 @@ What a cell ends with (`ChainStack.verify`):
   compensated after the ledger step, 0/0 for a step that never committed);
 - every recorded attempt of a completed step COMMITTED, and the one with code
   VALID is the txid on the ledger;
-- `saga.audit.audit` clean (all five counts zero).
+- `saga.audit.audit` clean (all five counts zero); on real Fabric also the operator's
+  `saga audit --since ... --json` command, over the real blocks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -59,10 +65,17 @@ from tests.fault.checks import (
     payment,
     stuck_report,
 )
+from saga_fabricnet import FabricNetwork
+from tests.fabric.conftest import Devnet
+from tests.support.fabricnet import RealLedgerNet
 from tests.support.ledger import LedgerNet
-from tests.support.processes import Processes, SagaProcess, wait_for
+from tests.support.processes import ROOT, Processes, SagaProcess, saga_env, wait_for
 
 DEFINITIONS = "tests.fault.chain.sagas"
+# Room left in a 64-character order id for "-<index>".
+ORDER_TAG_MAX = 56
+# How long the `saga audit` command may take over the real network's blocks.
+AUDIT_CLI_TIMEOUT = 120.0
 # Where each cell appends its one-line result (JSON), when set.
 RESULTS_ENV = "SAGA_CHAIN_MATRIX_RESULTS"
 
@@ -114,13 +127,30 @@ class CellResult:
         )
 
 
-def stack_settings(base: Settings, net: LedgerNet, **overrides: Any) -> Settings:
+class ChainLedger(Protocol):
+    """What the stack needs of a ledger: LedgerNet (devnet) and RealLedgerNet have it."""
+
+    @property
+    def channel(self) -> str: ...
+
+    def profile(self, org: int = 1) -> Path: ...
+
+    def msp_dir(self, org: int = 1) -> Path: ...
+
+    def gateway(self, org: int = 1) -> GatewayClient: ...
+
+
+def ledger_name(net: ChainLedger) -> str:
+    return "fabric" if isinstance(net, RealLedgerNet) else "devnet"
+
+
+def stack_settings(base: Settings, net: ChainLedger, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "definitions": DEFINITIONS,
         "relay_poll_interval": 0.05,
         "worker_prefetch": 1,
         "log_format": "json",
-        "fabric_profile": str(net.devnet.profile(1)),
+        "fabric_profile": str(net.profile(1)),
         "fabric_msp_dir": str(net.msp_dir(1)),
         "fabric_channel": net.channel,
         "fabric_status_timeout": 1.0,
@@ -137,7 +167,7 @@ class ChainStack:
         self,
         cell: str,
         settings: Settings,
-        net: LedgerNet,
+        net: ChainLedger,
         engine: Engine,
         procs: Processes,
         markers: Path,
@@ -159,6 +189,25 @@ class ChainStack:
         self.restarts = 0
         self.services: list[SagaProcess] = []
         self.orch_ids: list[str] = []
+
+    # -- the ledger -----------------------------------------------------------------
+
+    @property
+    def ledger(self) -> str:
+        """"devnet" or "fabric"."""
+        return ledger_name(self.net)
+
+    @property
+    def devnet(self) -> Devnet:
+        """The devnet, for its fault knobs (devnet-only cells)."""
+        assert isinstance(self.net, LedgerNet), f"cell {self.cell} needs the devnet"
+        return self.net.devnet
+
+    @property
+    def fabric(self) -> FabricNetwork:
+        """The real network, to kill and start its members (real-Fabric cells)."""
+        assert isinstance(self.net, RealLedgerNet), f"cell {self.cell} needs real Fabric"
+        return self.net.network
 
     # -- processes ------------------------------------------------------------------
 
@@ -214,13 +263,23 @@ class ChainStack:
 
     # -- sagas ----------------------------------------------------------------------
 
+    @property
+    def order_tag(self) -> str:
+        """The cell's name as an order id prefix: an order id has at most 64 characters,
+        and a long cell id ("compensation_worker_killed[fabric-chain.before_...]") keeps
+        its head and a digest of the whole, so two cells never share an order id."""
+        if len(self.cell) <= ORDER_TAG_MAX:
+            return self.cell
+        digest = hashlib.sha256(self.cell.encode()).hexdigest()[:8]
+        return f"{self.cell[: ORDER_TAG_MAX - 9]}~{digest}"
+
     def enqueue(
         self, scenarios: Sequence[str], *, saga: str = NAME, expect: Expect | None = None
     ) -> dict[str, Expect]:
         out: dict[str, Expect] = {}
         base = len(self.orch_ids)
         for i, simulate in enumerate(scenarios):
-            saga_id = self.orch.enqueue(saga, payment(self.cell, base + i, simulate)).saga_id
+            saga_id = self.orch.enqueue(saga, payment(self.order_tag, base + i, simulate)).saga_id
             out[saga_id] = expect or expect_for(simulate)
             self.orch_ids.append(saga_id)
         return out
@@ -323,6 +382,8 @@ class ChainStack:
         report = self.audit(scan)
         if not report.clean:
             problems.append(f"audit not clean: {json.dumps(report.as_dict(), default=str)[:3000]}")
+        if self.ledger == "fabric":
+            problems += self.audit_cli()
         assert not problems, "\n".join(problems) + "\n" + self.report(ids)
         states = Counter(f"{r.purpose}:{r.state}" for r in rows)
         result = CellResult(
@@ -346,6 +407,31 @@ class ChainStack:
                 f.write(json.dumps(result.__dict__) + "\n")
         return result
 
+    def audit_cli(self) -> list[str]:
+        """`saga audit --since <cell start> --json`, the operator's command, over the real
+        blocks: exit 0 and clean, with this cell's sagas and chain steps counted."""
+        since = self.since.isoformat()
+        done = subprocess.run(
+            [sys.executable, "-m", "saga", "audit", "--since", since, "--json"],
+            cwd=ROOT,
+            env=saga_env(self.settings),
+            capture_output=True,
+            text=True,
+            timeout=AUDIT_CLI_TIMEOUT,
+        )
+        try:
+            found = json.loads(done.stdout)
+        except ValueError:
+            found = None
+        if done.returncode != 0 or not isinstance(found, dict) or found.get("clean") is not True:
+            return [
+                f"saga audit --since {since}: exit {done.returncode}\n{done.stdout[-3000:]}"
+                f"\n{done.stderr[-2000:]}"
+            ]
+        if not found.get("sagas") or not found.get("chain_steps"):
+            return [f"saga audit --since {since} saw none of the cell's sagas: {found}"]
+        return []
+
     def _wait_settled(self, ids: Sequence[str], timeout: float = 30.0) -> None:
         """Every attempt of the cell's sagas COMMITTED (a stray copy still in flight
         would commit after the scan and escape it)."""
@@ -365,11 +451,13 @@ class ChainStack:
 __all__ = [
     "COMPLETED",
     "DEFINITIONS",
+    "ChainLedger",
     "NEVER_ON_LEDGER",
     "REVERSED",
     "CellResult",
     "ChainStack",
     "Expect",
     "expect_for",
+    "ledger_name",
     "stack_settings",
 ]

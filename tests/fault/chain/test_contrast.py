@@ -65,7 +65,7 @@ def run_naive(stack: ChainStack, order_id: str, **env: str) -> int:
 
 def test_naive_step_duplicates_what_the_protocol_records_once(make_stack: MakeStack) -> None:
     stack = make_stack()
-    devnet = stack.net.devnet
+    devnet = stack.devnet
     since = datetime.now(UTC) - timedelta(seconds=1)
 
     # -- naive: a retry loop, a new transaction and key per try -----------------------

@@ -34,6 +34,7 @@ def _aim(point: str, phase: str) -> str:
     return f"{point}{tags}=once*kill"
 
 
+@pytest.mark.ledgers("devnet", "fabric")
 def test_baseline_no_fault(make_stack: MakeStack) -> None:
     stack = make_stack()
     stack.relay()
@@ -44,6 +45,7 @@ def test_baseline_no_fault(make_stack: MakeStack) -> None:
     stack.verify(expected)
 
 
+@pytest.mark.ledgers("devnet", "fabric")
 @pytest.mark.parametrize("point", FAILPOINTS)
 def test_worker_killed(make_stack: MakeStack, point: str) -> None:
     """SIGKILL at the point on the forward ledger transaction; a supervisor restarts it."""
@@ -58,6 +60,7 @@ def test_worker_killed(make_stack: MakeStack, point: str) -> None:
     assert result.worker_restarts >= 1
 
 
+@pytest.mark.ledgers("devnet", "fabric")
 @pytest.mark.parametrize("point", FAILPOINTS)
 def test_compensation_worker_killed(make_stack: MakeStack, point: str) -> None:
     """reject_order fails the pivot after a VALID ledger step; SIGKILL at the point while

@@ -59,7 +59,7 @@ def test_watcher_killed_with_100_commits_pending(make_stack: MakeStack) -> None:
     watcher is SIGKILLed, the blocks released while no watcher runs, and a new one
     started."""
     stack = make_stack(chain_recheck_delay=0.0)
-    stack.net.devnet.set_faults(stall_commits=True)
+    stack.devnet.set_faults(stall_commits=True)
     stack.relay()
     # No deadline re-drives either while the commits are held back: nothing but
     # the watcher's commit messages moves a saga past its chain step.
@@ -82,7 +82,7 @@ def test_watcher_killed_with_100_commits_pending(make_stack: MakeStack) -> None:
     )
     watcher.kill()
     stack.services.remove(watcher)
-    stack.net.devnet.set_faults(stall_commits=False)
+    stack.devnet.set_faults(stall_commits=False)
     time.sleep(3)  # the blocks commit while no watcher runs
     waiting = sum(1 for r in _do_attempts(stack, ids) if r.state != "committed")
     stack.watcher("--wait-timeout", "120")
@@ -95,7 +95,7 @@ def test_watcher_killed_with_100_commits_pending(make_stack: MakeStack) -> None:
 
 def test_ledger_submit_reply_lost_after_ordering(make_stack: MakeStack) -> None:
     stack = make_stack()
-    stack.net.devnet.set_faults(drop_submit_reply=1)
+    stack.devnet.set_faults(drop_submit_reply=1)
     _standard(stack)
     expected = stack.enqueue(["none"])
     result = stack.verify(expected)
@@ -109,7 +109,7 @@ def test_ledger_submit_reply_lost_after_ordering(make_stack: MakeStack) -> None:
 def test_ledger_commit_status_times_out(make_stack: MakeStack) -> None:
     stack = make_stack()
     # The next CommitStatus calls (watcher's and workers') never answer.
-    stack.net.devnet.set_faults(commit_status_hang=4)
+    stack.devnet.set_faults(commit_status_hang=4)
     _standard(stack)
     expected = stack.enqueue(["none"])
     stack.verify(expected)
@@ -121,7 +121,7 @@ def test_ledger_commit_delayed_beyond_the_step_timeout(make_stack: MakeStack) ->
     """Blocks held 3 x the step's timeout: the step fails in doubt (never compensated,
     never a new transaction), is retried, and completes when the commit lands."""
     stack = make_stack()
-    stack.net.devnet.set_faults(commit_delay=3 * SHORT_TIMEOUT)
+    stack.devnet.set_faults(commit_delay=3 * SHORT_TIMEOUT)
     _standard(stack)
     expected = stack.enqueue(["none"], saga=SHORT, expect=COMPLETED)
     stack.verify(expected, timeout=120)
@@ -146,19 +146,19 @@ def test_ledger_endorsement_refused(make_stack: MakeStack) -> None:
     """Every peer refuses to endorse: nothing is ever submitted, the step fails for
     good after its retries and the saga compensates with no ledger effect at all."""
     stack = make_stack()
-    stack.net.devnet.set_faults(refuse_endorsement="*")
+    stack.devnet.set_faults(refuse_endorsement="*")
     _standard(stack)
     expected = stack.enqueue(["none"], expect=NEVER_ON_LEDGER)
     stack.wait_terminal(list(expected), timeout=120)
     # The knob refuses queries too: lift it so the ledger can be scanned.
-    stack.net.devnet.reset_faults()
+    stack.devnet.reset_faults()
     stack.verify(expected)
     assert _do_attempts(stack, list(expected)) == []
 
 
 def test_ledger_mvcc_conflict_on_the_key(make_stack: MakeStack) -> None:
     stack = make_stack()
-    stack.net.devnet.set_faults(force_mvcc_conflict=1)
+    stack.devnet.set_faults(force_mvcc_conflict=1)
     _standard(stack)
     expected = stack.enqueue(["none"])
     result = stack.verify(expected)
@@ -172,7 +172,7 @@ def test_ledger_devnet_killed_and_restarted_mid_batch(make_stack: MakeStack) -> 
     """Blocks are cut and held (commit_delay) while transactions are submitted; the
     devnet is SIGKILLed with a batch in flight and started again on its data."""
     stack = make_stack()
-    devnet = stack.net.devnet
+    devnet = stack.devnet
     devnet.set_faults(commit_delay=3.0)
     _standard(stack)
     expected = stack.enqueue(["none"] * 5 + ["reject_order"])
@@ -211,6 +211,7 @@ def _publish_copy(stack: ChainStack, saga_id: str) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.ledgers("devnet", "fabric")
 @pytest.mark.parametrize("point", ["chain.after_prepared", "chain.after_submit"])
 def test_two_hosts_same_step(make_stack: MakeStack, point: str, tmp_path: Path) -> None:
     """Worker A (host-a) stops at the point for SLEEP seconds; a copy of the step

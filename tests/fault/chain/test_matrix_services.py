@@ -70,7 +70,7 @@ def _states(stack: ChainStack, ids: list[str]) -> dict[str, int]:
 
 def _run(make_stack: MakeStack, outage: AbstractContextManager[None]) -> None:
     stack = make_stack()
-    stack.net.devnet.set_faults(commit_delay=1.0)
+    stack.devnet.set_faults(commit_delay=1.0)
     stack.relay()
     stack.watcher()
     for _ in range(2):
@@ -98,7 +98,7 @@ def _run(make_stack: MakeStack, outage: AbstractContextManager[None]) -> None:
     with outage:
         time.sleep(OUTAGE_SECONDS)
     back = time.monotonic() - started
-    stack.net.devnet.reset_faults()
+    stack.devnet.reset_faults()
     result = stack.verify(expected, timeout=180, states_at_stop=at_stop, down_seconds=round(back))
     assert all(p.alive() for p in stack.services), stack.procs.report()
     assert result.worker_restarts == 0, "a worker died in the outage"
