@@ -56,6 +56,8 @@ from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
 from saga.store import SqlUnitOfWorkFactory
 from saga.store.tables import ledger_attempts
+from saga_fabricnet import FabricNetwork
+from tests.fabric.conftest import Devnet
 from tests.fault.chain.sagas import LEDGER_STEP
 from tests.fault.checks import (
     PAID,
@@ -65,8 +67,6 @@ from tests.fault.checks import (
     payment,
     stuck_report,
 )
-from saga_fabricnet import FabricNetwork
-from tests.fabric.conftest import Devnet
 from tests.support.fabricnet import RealLedgerNet
 from tests.support.ledger import LedgerNet
 from tests.support.processes import ROOT, Processes, SagaProcess, saga_env, wait_for
@@ -194,7 +194,7 @@ class ChainStack:
 
     @property
     def ledger(self) -> str:
-        """"devnet" or "fabric"."""
+        """ "devnet" or "fabric"."""
         return ledger_name(self.net)
 
     @property
@@ -451,10 +451,10 @@ class ChainStack:
 __all__ = [
     "COMPLETED",
     "DEFINITIONS",
-    "ChainLedger",
     "NEVER_ON_LEDGER",
     "REVERSED",
     "CellResult",
+    "ChainLedger",
     "ChainStack",
     "Expect",
     "expect_for",
