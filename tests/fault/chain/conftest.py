@@ -55,7 +55,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def ledger(request: pytest.FixtureRequest) -> str:
-    """"devnet" or "fabric": the ledger this cell runs on (set by pytest_generate_tests)."""
+    """ "devnet" or "fabric": the ledger this cell runs on (set by pytest_generate_tests)."""
     return str(request.param)
 
 
