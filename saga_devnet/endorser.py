@@ -142,28 +142,47 @@ class Endorser:
         self._faults = faults
 
     def _pre_process(self, up: UnpackedProposal) -> None:
+        """preProcess in core/endorser/endorser.go: UnpackedProposal.Validate (its checks in
+        its order and words, wrapped "error validating proposal: "), then the duplicate txid."""
+        try:
+            self._validate(up)
+        except ProposalRejected as exc:
+            raise ProposalRejected(f"error validating proposal: {exc}") from exc
+        chdr, shdr = up.channel_header, up.signature_header
+        if self._store.tx_status(chdr.tx_id) is not None:
+            raise ProposalRejected(
+                f"duplicate transaction found [{chdr.tx_id}]. Creator [{shdr.creator.hex()}]"
+            )
+
+    def _validate(self, up: UnpackedProposal) -> None:
+        """core/endorser/msgvalidation.go Validate. Identity and signature failures share one
+        generic text on purpose (Fabric hides which, so that nobody can probe channels)."""
         chdr, shdr = up.channel_header, up.signature_header
         if chdr.type != common_pb2.ENDORSER_TRANSACTION:
             raise ProposalRejected(f"invalid header type {common_pb2.HeaderType.Name(chdr.type)}")
+        if chdr.epoch != 0:
+            raise ProposalRejected("epoch is non-zero")
         if len(shdr.nonce) == 0:
-            raise ProposalRejected("invalid nonce specified in the header")
+            raise ProposalRejected("nonce is empty")
+        if len(shdr.creator) == 0:
+            raise ProposalRejected("creator is empty")
+        expected = crypto.compute_txid(shdr.nonce, shdr.creator)
+        if chdr.tx_id != expected:
+            raise ProposalRejected(
+                f"incorrectly computed txid '{chdr.tx_id}' -- expected '{expected}'"
+            )
+        if not up.signed.signature:
+            raise ProposalRejected("empty signature bytes")
         try:
             creator = self._registry.deserialize(shdr.creator)
         except IdentityError as exc:
             raise ProposalRejected(
                 f"access denied: channel [{chdr.channel_id}] creator org unknown, creator is "
-                f"malformed: {exc}"
+                "malformed"
             ) from exc
         if not creator.verify(up.signed.signature, up.signed.proposal_bytes):
             raise ProposalRejected(
                 f"access denied: channel [{chdr.channel_id}] creator org [{creator.msp_id}]"
-            )
-        expected = crypto.compute_txid(shdr.nonce, shdr.creator)
-        if chdr.tx_id != expected:
-            raise ProposalRejected(f"invalid txid. got [{chdr.tx_id}], expected [{expected}]")
-        if self._store.tx_status(chdr.tx_id) is not None:
-            raise ProposalRejected(
-                f"duplicate transaction found [{chdr.tx_id}]. Creator [{shdr.creator.hex()}]"
             )
 
     async def process(

@@ -36,6 +36,9 @@ class Faults:
     # aliveExpirationTimeout (25 s). Before: endorsements sent to it fail (ABORTED); after:
     # the gateway plans without it (FAILED_PRECONDITION when the policy then cannot be met).
     org_down_expiry: float = 25.0
+    # Every orderer is down: Submit gets what a 2.5 gateway answers when no orderer of the
+    # channel's config accepts a connection.
+    orderer_down: bool = False
 
     def __post_init__(self) -> None:
         # When each org in org_down went down (monotonic clock); not a knob of its own.

@@ -88,13 +88,8 @@ async def _call(
 ) -> Outcome:
     """ProcessProposal and the gateway's reading of its result (responseStatus in apiutils.go)."""
     if faults.peer_state(endorser.org.msp_id) != "up":
-        # What Go's grpc reports for a peer whose port refuses connections.
         return Outcome(
-            endorser,
-            None,
-            grpc.StatusCode.UNAVAILABLE,
-            'rpc error: code = Unavailable desc = connection error: desc = "transport: error '
-            f'while dialing: dial tcp {endorser.listen_address}: connect: connection refused"',
+            endorser, None, grpc.StatusCode.UNAVAILABLE, refused_rpc(endorser.listen_address)
         )
     try:
         resp = await asyncio.wait_for(endorser.process(signed), timeout)
@@ -135,8 +130,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         orderer: Orderer,
         notifier: CommitNotifier,
         faults: Faults,
+        orderer_endpoint: str = "",
+        orderer_msp_id: str = "OrdererMSP",
     ) -> None:
         self._local = local
+        # The orderer as the channel config names it (OrdererAddresses), for Submit's details.
+        self._orderer_endpoint = orderer_endpoint
+        self._orderer_msp_id = orderer_msp_id
         self._endorsers = endorsers
         self._channel = channel
         self._policy_of = policy_of
@@ -263,6 +263,19 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.SubmitResponse:
         try:
             self._check_submit(request)
+            if self._faults.orderer_down:
+                # submitNonBFT: every orderer of the channel config tried, each refused.
+                raise RpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "no orderers could successfully process transaction",
+                    [
+                        gateway_pb2.ErrorDetail(
+                            address=self._orderer_endpoint,
+                            msp_id=self._orderer_msp_id,
+                            message=refused_rpc(self._orderer_endpoint),
+                        )
+                    ],
+                )
         except RpcError as err:
             await _abort(context, err)
         self._orderer.submit(request.prepared_transaction.SerializeToString())
@@ -473,6 +486,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
 
 NO_COMBINATION = "no combination of peers can be derived which satisfy the endorsement policy"
+
+
+def refused_rpc(address: str) -> str:
+    """What a 2.5 gateway's gRPC call reports for a peer or orderer whose port refuses
+    connections (grpc-go's words for a failed transport, "Error" capitalised as in 2.5.16;
+    the peer's own chaincode dial in shim_peer.py writes "error")."""
+    return (
+        'rpc error: code = Unavailable desc = connection error: desc = "transport: Error while '
+        f'dialing: dial tcp {address}: connect: connection refused"'
+    )
 
 
 def _no_config(channel: str) -> str:

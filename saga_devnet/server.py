@@ -122,6 +122,8 @@ class Devnet:
             orderer=self.orderer,
             notifier=self.notifier,
             faults=self.faults,
+            orderer_endpoint=f"{self.cfg.host}:{self.cfg.orderer.port}",
+            orderer_msp_id=self.cfg.orderer.msp_id,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
         address = f"{self.cfg.host}:{org.port}"

@@ -130,6 +130,45 @@ def test_tampered_envelope_signature_is_forbidden_by_the_writers_policy(devnet):
     )
 
 
+def test_tampered_proposal_signature_is_the_endorsers_generic_access_denied(devnet):
+    gw = devnet.client(1)
+    p = gw.proposal("devkv", "put", key(), "v")
+    p.signed.signature = p.signed.signature[:-1] + bytes([p.signed.signature[-1] ^ 1])
+    with pytest.raises(grpc.RpcError) as exc:
+        gw.endorse(p)
+    assert exc.value.code() == grpc.StatusCode.ABORTED
+    assert exc.value.details() == (
+        "failed to endorse transaction, see attached details for more info"
+    )
+    (detail,) = error_details(exc.value)
+    assert (detail.msp_id, detail.message) == (
+        "Org1MSP",
+        "error validating proposal: access denied: channel [mychannel] creator org [Org1MSP]",
+    )
+
+
+def test_orderer_down_fails_submit_unavailable_naming_each_orderer(devnet):
+    gw = devnet.client(1)
+    p = gw.proposal("devkv", "put", key(), "v")
+    env = gw.endorse(p)
+    devnet.set_faults(orderer_down=True)
+    with pytest.raises(grpc.RpcError) as exc:
+        gw.submit(p.txid, env, timeout=5)
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert exc.value.details() == "no orderers could successfully process transaction"
+    (detail,) = error_details(exc.value)
+    endpoint = f"127.0.0.1:{devnet.config.get('orderer', {}).get('port', 7050)}"
+    assert (detail.msp_id, detail.address) == ("OrdererMSP", endpoint)
+    assert detail.message == (
+        'rpc error: code = Unavailable desc = connection error: desc = "transport: Error while '
+        f'dialing: dial tcp {endpoint}: connect: connection refused"'
+    )
+    # Nothing was ordered: the same envelope goes through once the orderers are back.
+    devnet.reset_faults()
+    gw.submit(p.txid, env)
+    assert gw.commit_status(p.txid)[0] == transaction_pb2.VALID
+
+
 # -- another org's peer down -------------------------------------------------------------------
 
 
@@ -159,6 +198,10 @@ def test_other_org_down_aborts_then_fails_precondition_once_gossip_forgets_it(de
     )
     (detail,) = error_details(exc.value)
     assert detail.msp_id == "Org2MSP"
+    assert detail.message.startswith(
+        'rpc error: code = Unavailable desc = connection error: desc = "transport: Error while '
+        "dialing: dial tcp 127.0.0.1:"
+    )
     assert detail.message.endswith('connect: connection refused"')
     with pytest.raises(grpc.RpcError) as evaluate:
         gw.evaluate("devkv", "keys", orgs=("Org2MSP",))

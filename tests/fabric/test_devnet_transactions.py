@@ -204,7 +204,9 @@ def test_wrong_txid_is_refused(devnet):
     p.signed.signature = crypto.sign(gw.key, p.signed.proposal_bytes)
     with pytest.raises(grpc.RpcError) as exc:
         gw.endorse(p)
-    assert "invalid txid" in error_details(exc.value)[0].message
+    assert error_details(exc.value)[0].message.startswith(
+        "error validating proposal: incorrectly computed txid"
+    )
 
 
 def test_commit_status_waits_for_the_commit(devnet):
