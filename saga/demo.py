@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from saga.bootstrap import Container
 from saga.config import PREFIX, Settings
 from saga.core.state import SagaStatus
-from saga.demo_ledger import local_ledger
+from saga.demo_ledger import check_ledger, fabric_network_settings, local_ledger
 from saga.examples.order_payment import NAME
 
 if TYPE_CHECKING:
@@ -102,16 +102,24 @@ def run_demo(
     console: Console,
     ledger: bool = False,
     ledger_dir: Path = Path(".saga-demo"),
+    fabric_dir: Path | None = None,
 ) -> DemoSummary:
     """Run the demo; with `ledger`, the v2 saga records each payment on a ledger.
 
-    The ledger is the one SAGA_FABRIC_* names, or else a devnet and the sagafacts
-    chaincode started here (state kept in `ledger_dir`), followed by a watcher.
+    The ledger is, in this order: the launcher's network in `fabric_dir` (`python -m
+    saga_fabricnet up --dir DIR`, already running), the one SAGA_FABRIC_* names, or
+    else a devnet and the sagafacts chaincode started here (state kept in
+    `ledger_dir`). A network that runs already is asked once before anything starts
+    (DemoLedgerError if it does not answer). A watcher follows the commits.
     """
     with ExitStack() as stack:
         if ledger:
             settings = replace(settings, definitions="saga.examples.order_payment_ledger")
-            if not settings.ledger_configured:
+            if fabric_dir is not None:
+                settings = fabric_network_settings(settings, fabric_dir)
+            if settings.ledger_configured:
+                console.print(f"using {check_ledger(settings)}", soft_wrap=True)
+            else:
                 console.print(f"starting a devnet and the sagafacts chaincode in {ledger_dir}…")
                 fabric = stack.enter_context(local_ledger(ledger_dir))
                 settings = replace(
