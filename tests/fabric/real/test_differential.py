@@ -28,8 +28,15 @@ import grpc
 import pytest
 
 from saga.core.ledger_faults import FaultKind, Operation, classify
+from saga.fabric import crypto
 from saga_devnet.chaincode_launcher import free_port, start_chaincode, stop
-from saga_devnet.protos import common_pb2, identities_pb2, ledger_pb2, transaction_pb2
+from saga_devnet.protos import (
+    common_pb2,
+    gateway_pb2,
+    identities_pb2,
+    ledger_pb2,
+    transaction_pb2,
+)
 from saga_devnet.rawclient import Proposal, RawGateway, error_details
 from saga_fabricnet import nodes
 from tests.fabric.conftest import Devnet
@@ -300,7 +307,7 @@ def run_sequence(ledger: Ledger) -> Recorder:
 
     r.base_height = height(gw)
 
-    def proposal(name: str, fn: str, *args: str, client: RawGateway = gw) -> Proposal:
+    def proposal(name: str, fn: str, *args: str | bytes, client: RawGateway = gw) -> Proposal:
         p = client.proposal(CC, fn, *args)
         r.label(p.txid, name)
         return p
@@ -375,14 +382,25 @@ def run_sequence(ledger: Ledger) -> Recorder:
     ]
     for case, fn, args in refusals:
         endorse(f"refusal.{case}", proposal(case, fn, *args), kind=REFUSED)
-    record("reverse_fact", "ReverseFact", "rev-fact-1", "fact-1", "cancelled")
+    # Arguments that are not UTF-8 (the raw client sends bytes as they are).
     endorse(
-        "refusal.already_reversed",
-        proposal("already_reversed", "ReverseFact", "rev-fact-2", "fact-1", "again"),
+        "refusal.not_utf8",
+        proposal("not_utf8", "RecordFact", b"\xff\xfe", "t", "{}"),
         kind=REFUSED,
     )
+    record("reverse_fact", "ReverseFact", "rev-fact-1", "fact-1", "cancelled")
+    record("reverse_payment", "ReversePayment", "rev-pay-1", "pay-1", "refund")
+    later: list[tuple[str, str, tuple[str, ...]]] = [
+        ("already_reversed", "ReverseFact", ("rev-fact-2", "fact-1", "again")),
+        # A retried reversal finds its own record first.
+        ("reversal_already_recorded", "ReverseFact", ("rev-fact-1", "fact-1", "again")),
+        ("reversal_of_itself", "ReversePayment", ("pay-3", "pay-3")),
+    ]
+    for case, fn, args in later:
+        endorse(f"refusal.{case}", proposal(case, fn, *args), kind=REFUSED)
     # A refusal at Evaluate is final on the first peer (not retried on the other org's).
     evaluate("refusal.invalid_key", "GetRecord", "bad key!", kind=REFUSED)
+    evaluate("refusal.get_record_arity", "GetRecord", kind=REFUSED)
 
     # qscc: the chain's height and a transaction that is not there.
     r.call(
@@ -452,6 +470,19 @@ def run_sequence(ledger: Ledger) -> Recorder:
     ps.signed.signature = flip_last_byte(ps.signed.signature)
     endorse("tampered_proposal", ps, kind=REJECTED)
 
+    # A CommitStatus request whose signature does not verify: the channel's Readers policy.
+    def bad_commit_status() -> Any:
+        raw = gateway_pb2.CommitStatusRequest(
+            transaction_id=pt.txid, channel_id=ch, identity=gw.creator
+        ).SerializeToString()
+        signature = flip_last_byte(crypto.sign(gw.key, raw))
+        return gw.stub.CommitStatus(
+            gateway_pb2.SignedCommitStatusRequest(request=raw, signature=signature),
+            timeout=CALL_TIMEOUT,
+        )
+
+    r.call("tampered_commit_status", C, bad_commit_status, kind=REJECTED)
+
     # Unknown channel, on each call.
     lost = ledger.client(1, channel=NO_CHANNEL)
     pc = lost.proposal(CC, "RecordFact", "chan-1", "t", "{}")
@@ -505,7 +536,6 @@ def run_sequence(ledger: Ledger) -> Recorder:
 
     # Outage: the chaincode process is down.
     ledger.chaincode_down()
-    time.sleep(0.5)  # the peer sees its shim stream end
     endorse(
         "chaincode_down",
         proposal("chaincode_down", "RecordFact", "ccd-1", "t", "{}"),
@@ -517,6 +547,14 @@ def run_sequence(ledger: Ledger) -> Recorder:
 
     # Outage: the other org's peer is down. First answer, then each new answer until the
     # gateway no longer plans with it (gossip expiry), within GOSSIP_BUDGET.
+    def evaluate_on_org2(case: str) -> None:
+        r.call(
+            case,
+            V,
+            lambda: gw.evaluate(CC, "GetRecord", "fact-1", orgs=(ORG2,), timeout=CALL_TIMEOUT),
+            kind=UNAVAILABLE,
+        )
+
     ledger.org2_peer_down()
     seen: list[tuple[str, str]] = []
     deadline = time.monotonic() + GOSSIP_BUDGET
@@ -532,10 +570,15 @@ def run_sequence(ledger: Ledger) -> Recorder:
             r.records.pop()  # the same answer again
         else:
             seen.append(answer)
+        if n == 0:
+            # Evaluate aimed at the down org, while gossip still lists its peer.
+            evaluate_on_org2("org2_down.evaluate_on_org2_before_expiry")
         if answer[0] == "FAILED_PRECONDITION" and "no combination" in answer[1]:
             break
         n += 1
         time.sleep(0.25)
+    # And once the gateway no longer plans with it.
+    evaluate_on_org2("org2_down.evaluate_on_org2_after_expiry")
     # The local peer still evaluates alone.
     evaluate("org2_down", "GetRecord", "fact-1")
 
@@ -720,6 +763,12 @@ CLASSIFIER_DISAGREEMENTS: dict[str, tuple[FaultKind, str]] = {
         "Fabric gives a bad proposal signature the same generic text as an identity the "
         "channel does not accept ('access denied: channel [C] creator org [MSP]', on purpose, "
         "msgvalidation.go), which the table's 'access denied' rule sends to an operator",
+    ),
+    "tampered_commit_status": (
+        FaultKind.MISCONFIGURED,
+        "a PERMISSION_DENIED from the Readers policy reads as an identity the channel does "
+        "not accept; CommitStatus is signed with the client's own key, so a bad signature "
+        "there is the same case as the Endorse one above",
     ),
     "no_chaincode.evaluate": (
         FaultKind.UNAVAILABLE,
