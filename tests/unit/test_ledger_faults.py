@@ -170,6 +170,93 @@ CASES = [
         [],
         REJECTED,
     ),
+    # Seen from a real Fabric 2.5.16 network by tests/fabric/real/test_differential.py,
+    # word for word (ports and ids from one run).
+    (
+        V,
+        "UNKNOWN",
+        "evaluate call to endorser returned error: chaincode response 400, "
+        "INVALID_ARGUMENT:GetRecord takes (idem_key), got 0 argument(s)",
+        ["chaincode response 400, INVALID_ARGUMENT:GetRecord takes (idem_key), got 0 argument(s)"],
+        REFUSED,
+    ),
+    (
+        E,
+        "ABORTED",
+        "failed to endorse transaction, see attached details for more info",
+        [
+            "error in simulation: failed to execute transaction b26d6cd7: could not launch "
+            "chaincode sagafacts_1.0:0b7842ef: connection to sagafacts_1.0:0b7842ef failed: "
+            "error cannot create connection for sagafacts_1.0:0b7842ef: error creating grpc "
+            "connection to 127.0.0.1:45281: failed to create new connection: connection error: "
+            'desc = "transport: error while dialing: dial tcp 127.0.0.1:45281: connect: '
+            'connection refused"'
+        ],
+        UNAVAILABLE,
+    ),
+    (
+        E,
+        "ABORTED",
+        "failed to collect enough transaction endorsements, see attached details for more info",
+        [
+            'rpc error: code = Unavailable desc = connection error: desc = "transport: Error '
+            'while dialing: dial tcp 127.0.0.1:54265: connect: connection refused"'
+        ],
+        UNAVAILABLE,
+    ),
+    (
+        E,
+        "FAILED_PRECONDITION",
+        "no combination of peers can be derived which satisfy the endorsement policy: no peer "
+        "combination can satisfy the endorsement policy",
+        [],
+        UNAVAILABLE,
+    ),
+    (
+        V,
+        "UNAVAILABLE",
+        "failed to evaluate transaction, see attached details for more info",
+        [
+            'rpc error: code = Unavailable desc = connection error: desc = "transport: Error '
+            'while dialing: dial tcp 127.0.0.1:54265: connect: connection refused"'
+        ],
+        UNAVAILABLE,
+    ),
+    # Evaluate aimed at an org whose only peer gossip has dropped (the same words as for
+    # a chaincode no peer has: the table waits).
+    (
+        V,
+        "FAILED_PRECONDITION",
+        "no peers available to evaluate chaincode sagafacts in channel mychannel",
+        [],
+        UNAVAILABLE,
+    ),
+    (
+        S,
+        "UNAVAILABLE",
+        "no orderers could successfully process transaction",
+        [
+            'rpc error: code = Unavailable desc = connection error: desc = "transport: Error '
+            f'while dialing: dial tcp 127.0.0.1:{port}: connect: connection refused"'
+            for port in (52029, 47199, 37643)
+        ],
+        UNAVAILABLE,
+    ),
+    (
+        S,
+        "FAILED_PRECONDITION",
+        "failed to get config for channel [nochannel]: could not get last config for channel "
+        "nochannel",
+        [],
+        MISCONFIGURED,
+    ),
+    (
+        C,
+        "PERMISSION_DENIED",
+        "Failed to get policy manager for channel [nochannel]",
+        [],
+        MISCONFIGURED,
+    ),
     # Unrecognised: a definite answer, spent from the step's business retries.
     (E, "ABORTED", "failed to endorse transaction", ["something new"], REJECTED),
     (E, None, "", [], REJECTED),
