@@ -653,6 +653,7 @@ def compare(devnet: list[Observation], fabric: list[Observation]) -> list[str]:
             + "\n".join(difflib.unified_diff(dcases, fcases, "devnet", "fabric", lineterm=""))
         )
     fby = {o["case"]: o for o in fabric}
+    used: set[int] = set()
     for d in devnet:
         f = fby.get(d["case"])
         if f is None or d == f:
@@ -661,15 +662,22 @@ def compare(devnet: list[Observation], fabric: list[Observation]) -> list[str]:
             dv, fv = d.get(key), f.get(key)
             if dv == fv:
                 continue
-            if any(
-                k.case == d["case"] and k.key == key and k.devnet == dv and k.fabric == fv
-                for k in KNOWN_DIFFERENCES
-            ):
+            known = [
+                n
+                for n, k in enumerate(KNOWN_DIFFERENCES)
+                if k.case == d["case"] and k.key == key and k.devnet == dv and k.fabric == fv
+            ]
+            if known:
+                used.update(known)
                 continue
             dtext = json.dumps(dv, indent=1, sort_keys=True).splitlines()
             ftext = json.dumps(fv, indent=1, sort_keys=True).splitlines()
             diff = "\n".join(difflib.unified_diff(dtext, ftext, "devnet", "fabric", lineterm=""))
             problems.append(f"{d['case']} [{key}]:\n{diff}")
+    # A known difference that is gone must leave the list (and the README) too.
+    for n, k in enumerate(KNOWN_DIFFERENCES):
+        if n not in used:
+            problems.append(f"known difference no longer seen, remove it: {k.case} [{k.key}]")
     return problems
 
 
