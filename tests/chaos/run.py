@@ -32,6 +32,15 @@ local business writes once each and every compensation matched to its step,
 per chain step exactly one VALID transaction (none for sagas compensated before
 the ledger step), the DLQ holds exactly the injected poison, `saga audit` exits 0.
 
+`--ledger fabric [--fabric-version 2.5.16|3.1.5|DIR]` runs the same on a REAL
+Fabric network (saga_fabricnet, tests/chaos/ledgers.py) instead of the devnet and
+its chaincode process, every product process pointed at it through SAGA_FABRIC_*;
+its ledger outages (chaincode, peer0.org2, peer0.org1, the Raft leader; 15-25 s
+each) replace devnet_kill. On top of the checks above: per fault, the seconds from
+its end to the first ledger saga completed and chain step done after it, and how
+many sagas waited for the ledger (history "waiting for the ledger") or spent a try
+of their chain step on an outage. The ledger scan reads the real blocks via qscc.
+
 `--baseline naive` runs the same workload and faults with tests.chaos.naive_sagas
 (a ledger step that endorses and submits a new transaction on every try) and
 counts its duplicates the same way (VALID payment transactions per saga beyond one).
@@ -113,6 +122,9 @@ FAULT_KINDS = (
     "peer_outage",
     "gateway_peer_outage",
     "orderer_leader_outage",
+)
+OUTAGES = frozenset(
+    {"chaincode_outage", "peer_outage", "gateway_peer_outage", "orderer_leader_outage"}
 )
 BOTH = frozenset(LEDGERS)
 # Where each kind applies: the devnet has no orderers or peers of its own to stop
@@ -199,18 +211,13 @@ class ChaosConfig:
     # With ledger "fabric": a version under .fabric/, a release folder, or a release.
     fabric: str | Path | FabricRelease = "2.5.16"
     batch_timeout: float = CHAOS_BATCH_TIMEOUT  # the real network's BatchTimeout
-    # The last sagas held back until every planned fault has fired (None: 0 on the
-    # devnet, as before; on Fabric min(window, sagas // 10), at most 15 % so that the
-    # last fault's 85 % terminal stays reachable). A small run can otherwise finish
-    # its load before a 15-25 s outage starts; held back, sagas still run after the
-    # last outage, and the time to the first completion after it means something.
-    hold_tail: int | None = None
-
-    @property
-    def held_back(self) -> int:
-        if self.hold_tail is not None:
-            return max(0, min(self.hold_tail, int(self.sagas * 0.15)))
-        return min(self.window, self.sagas // 10) if self.ledger == "fabric" else 0
+    # Sagas held back for each planned ledger outage and sent when it starts (None: 0
+    # on the devnet, as before; on Fabric min(window, 15 % of the sagas / outages)). Faults
+    # fire one after another and a ledger outage lasts 15-25 s, so by the time a late
+    # one starts the load may have run out and it would meet an idle system. Sent as
+    # the fault starts, these sagas meet it. At most 15 % are held in all, so the
+    # last fault's 85 % terminal stays reachable.
+    hold_per_fault: int | None = None
 
     # Faults fire when this fraction of the sagas is terminal (uniform in between).
     fault_span: tuple[float, float] = (0.05, 0.85)
@@ -224,6 +231,16 @@ class ChaosConfig:
     @property
     def definitions(self) -> str:
         return {"ours": "tests.chaos.sagas", "naive": "tests.chaos.naive_sagas"}[self.baseline]
+
+    def held_per_fault(self) -> int:
+        planned = sum(n for kind, n in self.faults.items() if kind in OUTAGES)
+        if planned == 0:
+            return 0
+        most = int(self.sagas * 0.15) // planned
+        wanted = self.hold_per_fault
+        if wanted is None:
+            wanted = min(self.window, most) if self.ledger == "fabric" else 0
+        return max(0, min(wanted, most))
 
     def check(self) -> None:
         if self.ledger not in LEDGERS:
@@ -486,6 +503,9 @@ class Injector:
         self.config = config
         self.t0 = t0
         self.done: list[FaultRecord] = []
+        # Ledger outages planned and begun (the workload releases held sagas on each).
+        self.outages = sum(1 for p in plan if p.kind in OUTAGES)
+        self.outages_started = 0
         self.finished = threading.Event()
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name="faults", daemon=True)
@@ -506,6 +526,8 @@ class Injector:
                         return
                 if self._abort.wait(item.delay):
                     return
+                if item.kind in OUTAGES:
+                    self.outages_started += 1
                 self.done.append(self._inject(item))
         finally:
             self.finished.set()
@@ -604,15 +626,20 @@ def run_workload(
     progress: Progress,
     settings: Settings,
     config: ChaosConfig,
-    faults_done: threading.Event | None = None,
+    injector: Injector | None = None,
 ) -> WorkloadResult:
     result = WorkloadResult()
     started = time.monotonic()
-    tail = len(plans) - config.held_back
+    hold = config.held_per_fault() if injector is not None else 0
     for plan in plans:
-        if plan.index == tail and faults_done is not None and config.held_back:
-            config.say(f"[load] holding the last {config.held_back} sagas until the faults end")
-            faults_done.wait(config.quiescence_timeout)
+        # Keep `hold` sagas back for each outage not started yet (see ChaosConfig).
+        while (
+            injector is not None
+            and hold
+            and plan.index >= len(plans) - hold * (injector.outages - injector.outages_started)
+            and not injector.finished.wait(0.1)
+        ):
+            pass
         if plan.index in poison_at:
             result.poison.append(publish_poison(settings, poison_at[plan.index]))
         # Keep at most `window` sagas in flight: the load lasts as long as the run.
@@ -1068,9 +1095,7 @@ def run(config: ChaosConfig) -> dict[str, Any]:
             backoff=0.3,
             max_backoff=3.0,
         ) as client:
-            workload = run_workload(
-                plans, poison_at, client, progress, settings, config, injector.finished
-            )
+            workload = run_workload(plans, poison_at, client, progress, settings, config, injector)
         say(
             f"[load] done in {workload.seconds:.0f}s: {len(workload.accepted)} accepted, "
             f"{len(workload.refused)} refused, {workload.resends} sent twice"
