@@ -55,7 +55,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def ledger(request: pytest.FixtureRequest) -> str:
-    """ "devnet" or "fabric": the ledger this cell runs on (set by pytest_generate_tests)."""
+    """The ledger this cell runs on, "devnet" or "fabric" (set by pytest_generate_tests)."""
     return str(request.param)
 
 
@@ -67,14 +67,18 @@ def fabric_chain_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealL
         yield net
 
 
-def _fabric_whole(net: RealLedgerNet) -> None:
+def _fabric_whole(net: RealLedgerNet, *, probe: bool) -> None:
     """Every member running and the network usable: a cell that failed half-way
-    through an outage must not hand the next cell a network with a member down."""
+    through an outage must not hand the next cell a network with a member down.
+    `probe`: wait for a Raft leader and an endorsement by both orgs even when every
+    member runs (after a cell, which may have restarted one); before a cell that is
+    only needed if a member had to be started."""
     network = net.network
-    for member in network.members:
-        if not network.running(member):
-            network.start(member)
-    network.wait_ready(timeout=FABRIC_READY_TIMEOUT)
+    down = [m for m in network.members if not network.running(m)]
+    for member in down:
+        network.start(member)
+    if down or probe:
+        network.wait_ready(timeout=FABRIC_READY_TIMEOUT)
 
 
 @pytest.fixture
@@ -82,9 +86,9 @@ def net(ledger: str, request: pytest.FixtureRequest) -> Iterator[ChainLedger]:
     """The cell's ledger, running and with no fault armed, before and after the cell."""
     if ledger == "fabric":
         real: RealLedgerNet = request.getfixturevalue("fabric_chain_net")
-        _fabric_whole(real)
+        _fabric_whole(real, probe=False)
         yield real
-        _fabric_whole(real)
+        _fabric_whole(real, probe=True)
         return
     sagafacts_net: LedgerNet = request.getfixturevalue("sagafacts_net")
     devnet = sagafacts_net.devnet

@@ -60,6 +60,7 @@ from saga_fabricnet import FabricNetwork
 from tests.fabric.conftest import Devnet
 from tests.fault.chain.sagas import LEDGER_STEP
 from tests.fault.checks import (
+    DECLINED,
     PAID,
     REJECTED,
     check_sagas,
@@ -96,9 +97,14 @@ COMPLETED = Expect("completed", tuple(PAID), 1, 0)
 REVERSED = Expect("compensated", tuple(REJECTED), 1, 1)
 # The ledger step never took effect: nothing to reverse on the ledger.
 NEVER_ON_LEDGER = Expect("compensated", tuple(REJECTED), 0, 0)
+# decline_payment fails the step before the ledger step: compensated without ever
+# reaching the ledger.
+DECLINED_BEFORE_LEDGER = Expect("compensated", tuple(DECLINED), 0, 0)
 
 
 def expect_for(simulate: str) -> Expect:
+    if simulate == "decline_payment":
+        return DECLINED_BEFORE_LEDGER
     return REVERSED if simulate == "reject_order" else COMPLETED
 
 
@@ -450,6 +456,7 @@ class ChainStack:
 
 __all__ = [
     "COMPLETED",
+    "DECLINED_BEFORE_LEDGER",
     "DEFINITIONS",
     "NEVER_ON_LEDGER",
     "REVERSED",

@@ -22,14 +22,14 @@ from saga.audit import scan_ledger
 from saga.failpoints import ENV, MARKERS_ENV
 from tests.fault.chain.conftest import MakeStack
 from tests.fault.chain.sagas import LEDGER_STEP
-from tests.fault.chain.stack import ChainStack
-from tests.support.ledger import CHAINCODE, LedgerNet
+from tests.fault.chain.stack import ChainLedger, ChainStack
+from tests.support.ledger import CHAINCODE
 from tests.support.processes import ROOT, saga_env
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 
-def payments_recorded(net: LedgerNet, since: datetime) -> dict[str, int]:
+def payments_recorded(net: ChainLedger, since: datetime) -> dict[str, int]:
     """order id -> VALID transactions since `since` that created a payment record for it."""
     client = net.gateway()
     try:
