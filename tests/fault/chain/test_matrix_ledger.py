@@ -254,3 +254,7 @@ def test_two_hosts_same_step(make_stack: MakeStack, point: str, tmp_path: Path) 
         if r.get("msg") == "step message handled" and r.get("step") == LEDGER_STEP
     ]
     print(f"worker A's round after waking: {json.dumps([r.get('outcome') for r in handled_a])}")
+    # The race on the step's key, as the blocks show it: every copy of the one txid
+    # (a stale copy that A sent after waking commits DUPLICATE_TXID, code 9).
+    copies = [tx.code for tx in stack.scan().txs if tx.txid == rows[0].txid]
+    print(f"copies of txid {rows[0].txid[:12]} in the blocks, by validation code: {copies}")

@@ -12,7 +12,8 @@ every cell a real network can reproduce. A missing Fabric binary fails, never sk
 | test_matrix: worker_killed[5 chain failpoints]        |   x    |   x    |
 | test_matrix: compensation_worker_killed[5 failpoints] |   x    |   x    |
 | test_matrix_ledger: two_hosts_same_step[2 points]     |   x    |   x    |
-|   (two hosts racing one step: the MVCC race on one key)                  |
+|   (two hosts racing one step's key: both converge on one txid, the stale |
+|   copy commits DUPLICATE_TXID; no second txid, so no MVCC conflict)      |
 | test_matrix_ledger: watcher_killed_with_100_commits_pending | x |       |
 | here: watcher_killed_with_commits_unrecorded          |        |   x    |
 | here: peer_killed_and_restarted[peer0.org1, peer0.org2] |      |   x    |
@@ -32,7 +33,9 @@ Devnet only, because a real network cannot produce the fault on demand: a Submit
 reply lost after the envelope was ordered, CommitStatus calls that never answer,
 blocks held back (commits delayed past the step's timeout, 100 commits held while
 the watcher dies, a batch in flight when the whole ledger dies), a forced
-MVCC_READ_CONFLICT on the step's own first transaction, and every peer refusing to
+MVCC_READ_CONFLICT on the step's own first transaction (the protocol never has two
+txids of one step in flight, so a real network only shows the race as the
+DUPLICATE_TXID above), and every peer refusing to
 endorse as a business refusal (on real Fabric an org's peer that does not answer is
 an OUTAGE, which peer_killed_and_restarted[peer0.org2] covers: the saga must wait,
 not compensate). The RabbitMQ/PostgreSQL restarts spread sagas over every chain
