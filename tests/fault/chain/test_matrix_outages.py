@@ -6,40 +6,43 @@ peer0.org2 = the other org's endorser, sagafacts as chaincode-as-a-service, the
 MAJORITY policy needing both orgs, 0.5 s blocks) takes the place of the devnet for
 every cell a real network can reproduce. A missing Fabric binary fails, never skips.
 
-| cell                                                  | devnet | fabric |
-| ----------------------------------------------------- | ------ | ------ |
-| test_matrix: baseline_no_fault                        |   x    |   x    |
-| test_matrix: worker_killed[5 chain failpoints]        |   x    |   x    |
-| test_matrix: compensation_worker_killed[5 failpoints] |   x    |   x    |
-| test_matrix_ledger: two_hosts_same_step[2 points]     |   x    |   x    |
-|   (two hosts racing one step's key: both converge on one txid, the stale |
-|   copy commits DUPLICATE_TXID; no second txid, so no MVCC conflict)      |
-| test_matrix_ledger: watcher_killed_with_100_commits_pending | x |       |
-| here: watcher_killed_with_commits_unrecorded          |        |   x    |
-| here: peer_killed_and_restarted[peer0.org1, peer0.org2] |      |   x    |
-| here: chaincode_killed_and_restarted                  |        |   x    |
-| here: raft_leader_killed_and_restarted                |        |   x    |
-| here: whole_ledger_one_valid_transaction_per_key      |        |   x    |
-| test_matrix_ledger: ledger_submit_reply_lost_after_ordering |  x |     |
-| test_matrix_ledger: ledger_commit_status_times_out    |   x    |        |
-| test_matrix_ledger: ledger_commit_delayed_beyond_the_step_timeout | x |  |
-| test_matrix_ledger: ledger_endorsement_refused        |   x    |        |
-| test_matrix_ledger: ledger_mvcc_conflict_on_the_key   |   x    |        |
-| test_matrix_ledger: ledger_devnet_killed_and_restarted_mid_batch | x |   |
-| test_matrix_services: rabbitmq / postgres restarted   |   x    |        |
-| test_contrast: naive step vs the protocol             |   x    |        |
+Run only the real-Fabric cells with `pytest tests/fault/chain -k fabric` (~3.5 min).
+
+| cell                                                    | devnet | fabric |
+| ------------------------------------------------------- | ------ | ------ |
+| test_matrix: baseline_no_fault                          |   x    |   x    |
+| test_matrix: worker_killed[5 chain failpoints]          |   x    |   x    |
+| test_matrix: compensation_worker_killed[5 failpoints]   |   x    |   x    |
+| test_matrix_ledger: two_hosts_same_step[2 failpoints] * |   x    |   x    |
+| test_matrix_ledger: watcher_killed_with_100_commits_... |   x    |        |
+| here: watcher_killed_with_commits_unrecorded            |        |   x    |
+| here: peer_killed_and_restarted[peer0.org1, peer0.org2] |        |   x    |
+| here: chaincode_killed_and_restarted                    |        |   x    |
+| here: raft_leader_killed_and_restarted                  |        |   x    |
+| here: whole_ledger_one_valid_transaction_per_key        |        |   x    |
+| test_matrix_ledger: ledger_submit_reply_lost_after_...  |   x    |        |
+| test_matrix_ledger: ledger_commit_status_times_out      |   x    |        |
+| test_matrix_ledger: ledger_commit_delayed_beyond_the... |   x    |        |
+| test_matrix_ledger: ledger_endorsement_refused          |   x    |        |
+| test_matrix_ledger: ledger_mvcc_conflict_on_the_key     |   x    |        |
+| test_matrix_ledger: ledger_devnet_killed_and_restart... |   x    |        |
+| test_matrix_services: rabbitmq / postgres restarted     |   x    |        |
+| test_contrast: naive step vs the protocol               |   x    |        |
+
+* Two hosts racing one step's key: both converge on one txid and the stale copy
+  commits DUPLICATE_TXID (the cell prints the copies). The protocol never has two
+  txids of one step in flight, so the race never becomes an MVCC_READ_CONFLICT on a
+  real network; the devnet forces one (ledger_mvcc_conflict_on_the_key).
 
 Devnet only, because a real network cannot produce the fault on demand: a Submit
 reply lost after the envelope was ordered, CommitStatus calls that never answer,
 blocks held back (commits delayed past the step's timeout, 100 commits held while
 the watcher dies, a batch in flight when the whole ledger dies), a forced
-MVCC_READ_CONFLICT on the step's own first transaction (the protocol never has two
-txids of one step in flight, so a real network only shows the race as the
-DUPLICATE_TXID above), and every peer refusing to
-endorse as a business refusal (on real Fabric an org's peer that does not answer is
-an OUTAGE, which peer_killed_and_restarted[peer0.org2] covers: the saga must wait,
-not compensate). The RabbitMQ/PostgreSQL restarts spread sagas over every chain
-state with the devnet's held blocks; the test_contrast cell needs a lost reply.
+MVCC_READ_CONFLICT, and every peer refusing to endorse as a business refusal (on
+real Fabric an org's peer that does not answer is an OUTAGE, which
+peer_killed_and_restarted[peer0.org2] covers: the saga must wait, not compensate).
+The RabbitMQ/PostgreSQL restarts spread sagas over every chain state with the
+devnet's held blocks; the test_contrast cell needs a lost reply.
 
 What every cell checks (stack.py, `ChainStack.verify`): each saga terminal with its
 expected status and business rows, no local write doubled, per saga exactly the
