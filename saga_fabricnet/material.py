@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from saga_devnet.profiles import profile_document
 from saga_fabricnet.release import FabricRelease
 
 ORDERER_DOMAIN = "example.com"
@@ -159,42 +160,17 @@ def generate(release: FabricRelease, layout: Layout, orderers: int, orgs: list[O
 
 
 def connection_profile(layout: Layout, org: Org, peer_port: int) -> dict[str, Any]:
-    """Same shape as the devnet's ``connection-orgN.json`` (saga_devnet/profiles.py)."""
-    org_dir = layout.org_dir(org)
-    tls_pem = layout.org_tls_ca(org).read_text()
-    ca_pem = (org_dir / "ca" / f"ca.{org.domain}-cert.pem").read_text()
-    ca_name = f"ca.{org.domain}"
-    return {
-        "name": f"fabricnet-{org.name.lower()}",
-        "version": "1.0.0",
-        "client": {
-            "organization": org.name,
-            "connection": {"timeout": {"peer": {"endorser": "300"}}},
-        },
-        "organizations": {
-            org.name: {
-                "mspid": org.msp_id,
-                "peers": [org.peer],
-                "certificateAuthorities": [ca_name],
-            }
-        },
-        "peers": {
-            org.peer: {
-                "url": f"grpcs://localhost:{peer_port}",
-                "tlsCACerts": {"pem": tls_pem},
-                "grpcOptions": {"ssl-target-name-override": org.peer, "hostnameOverride": org.peer},
-            }
-        },
-        # No Fabric CA runs; the entry keeps the test-network shape for tools that read it.
-        "certificateAuthorities": {
-            ca_name: {
-                "url": "https://localhost:7054",
-                "caName": f"ca-{org.name.lower()}",
-                "tlsCACerts": {"pem": [ca_pem]},
-                "httpOptions": {"verify": False},
-            }
-        },
-    }
+    """The devnet's ``connection-orgN.json`` document, for this network's peer."""
+    return profile_document(
+        name=f"fabricnet-{org.name.lower()}",
+        org_name=org.name,
+        msp_id=org.msp_id,
+        domain=org.domain,
+        peer_host=org.peer,
+        peer_port=peer_port,
+        tls_pem=layout.org_tls_ca(org).read_text(),
+        ca_pem=(layout.org_dir(org) / "ca" / f"ca.{org.domain}-cert.pem").read_text(),
+    )
 
 
 def write_profiles(layout: Layout, orgs: list[Org], peer_ports: dict[int, int]) -> None:

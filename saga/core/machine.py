@@ -200,11 +200,15 @@ def _compensation_failed(
 _BECAUSE = "; compensating because "
 
 
-def _ledger_wait(state: SagaState, event: LedgerWait) -> Transition:
+def _expecting_ledger_answer(state: SagaState, event: LedgerWait | LedgerReached) -> str | None:
+    """Why a report about the ledger for (step, attempt) is not awaited, or None if it is."""
     if event.compensation:
-        why = _expecting_compensation(state, event.step, event.attempt)
-    else:
-        why = _expecting_step(state, event.step, event.attempt)
+        return _expecting_compensation(state, event.step, event.attempt)
+    return _expecting_step(state, event.step, event.attempt)
+
+
+def _ledger_wait(state: SagaState, event: LedgerWait) -> Transition:
+    why = _expecting_ledger_answer(state, event)
     if why:
         return _refuse(state, why)
     i = state.current
@@ -234,10 +238,7 @@ def _ledger_wait(state: SagaState, event: LedgerWait) -> Transition:
 
 
 def _ledger_reached(state: SagaState, event: LedgerReached) -> Transition:
-    if event.compensation:
-        why = _expecting_compensation(state, event.step, event.attempt)
-    else:
-        why = _expecting_step(state, event.step, event.attempt)
+    why = _expecting_ledger_answer(state, event)
     if why:
         return _refuse(state, why)
     if state.steps[state.current].waiting_since is None:
