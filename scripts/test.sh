@@ -16,11 +16,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
-# Official Fabric binaries for the real-network tests (tests/fabric/real), from the
-# archives in ../shared/fabric; a missing archive is an error, not a skipped test.
-[ -f ../shared/fabric/install.sh ] || { echo "../shared/fabric/install.sh is missing (Fabric binaries)" >&2; exit 2; }
-bash ../shared/fabric/install.sh .fabric >/dev/null
-bash ../shared/fabric/install.sh .fabric 3.1.5 >/dev/null
+# Official Fabric binaries for the real-network tests (tests/fabric/real, the chain
+# matrix, the chaos run), unpacked into .fabric/ from the project's archive folder:
+# FABRIC_ARCHIVES if set, else ../shared/fabric beside this checkout, else beside the
+# repository this one was cloned from (a CI clone elsewhere). Missing: an error,
+# never a skipped test.
+fabric_archives=""
+origin=$(git config --get remote.origin.url 2>/dev/null || true)
+for dir in "${FABRIC_ARCHIVES:-}" ../shared/fabric ${origin:+"$origin/../shared/fabric"}; do
+  if [ -n "$dir" ] && [ -f "$dir/install.sh" ]; then fabric_archives=$dir; break; fi
+done
+[ -n "$fabric_archives" ] || {
+  echo "Fabric archives not found: set FABRIC_ARCHIVES to the folder holding install.sh and fabric-*-linux-amd64.tar.xz (../shared/fabric here)" >&2
+  exit 2
+}
+bash "$fabric_archives/install.sh" .fabric >/dev/null
+bash "$fabric_archives/install.sh" .fabric 3.1.5 >/dev/null
 
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[dev]'

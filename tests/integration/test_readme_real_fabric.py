@@ -5,7 +5,8 @@ this test) runs in one bash, from the repository's folder, as a reader pastes it
 the same way tests/integration/test_runbooks.py runs runbook blocks (tests/support/
 deployment.py parses the block; every command must exit 0, the first that does not
 fails the test with its README line). The only changes are the ones the section tells
-the reader to make, the three lines marked ``# change me``: the work folder (a fresh
+the reader to make, the four lines marked ``# change me``: the folder of the Fabric
+archives (found as scripts/test.sh finds it), the work folder (a fresh
 temporary one), the PostgreSQL URL (a new, empty database: the block's own `saga db
 upgrade` makes the schema) and the RabbitMQ URL (a new virtual host, so no other
 test's worker takes this test's messages).
@@ -42,6 +43,7 @@ from saga.store import create_engine
 from saga.store.tables import ledger_attempts, sagas
 from saga_fabricnet import FabricNetwork
 from tests.support.deployment import Block, read_blocks
+from tests.support.fabricnet import fabric_archives
 from tests.support.processes import ROOT
 
 README = ROOT / "README.md"
@@ -49,7 +51,7 @@ HEADING = "## Using a real Fabric network"
 MARKER = "<!-- run word for word by tests/integration/test_readme_real_fabric.py -->"
 # `export NAME=VALUE   # change me...`: the lines the section tells the reader to change.
 _CHANGE_ME = re.compile(r"^export (\w+)=(\S+)(\s+# change me\b.*)$", re.M)
-CHANGED = ("WORK", "SAGA_DATABASE_URL", "SAGA_BROKER_URL")
+CHANGED = ("FABRIC_ARCHIVES", "WORK", "SAGA_DATABASE_URL", "SAGA_BROKER_URL")
 BLOCK_TIMEOUT = 240.0
 
 
@@ -224,7 +226,12 @@ def test_readme_real_fabric_section_runs_word_for_word(
     work = tmp_path / "work"  # the section says "it is created": not made here
     commands = substituted(
         section_block(),
-        {"WORK": str(work), "SAGA_DATABASE_URL": database, "SAGA_BROKER_URL": broker_url},
+        {
+            "FABRIC_ARCHIVES": str(fabric_archives()),
+            "WORK": str(work),
+            "SAGA_DATABASE_URL": database,
+            "SAGA_BROKER_URL": broker_url,
+        },
     )
     # A reader's shell: none of the test session's SAGA_* or Fabric settings.
     env = {

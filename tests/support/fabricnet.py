@@ -19,6 +19,7 @@ Options per module: `@pytest.mark.parametrize("real_sagafacts_net",
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,30 @@ FABRIC_25 = REPO / ".fabric" / "fabric-2.5.16"
 FABRIC_31 = REPO / ".fabric" / "fabric-3.1.5"
 # Short blocks: a commit in a test waits ~0.5 s instead of Fabric's sample 2 s.
 TEST_BATCH_TIMEOUT = 0.5
+
+
+def fabric_archives() -> Path:
+    """The folder of Fabric's install.sh and archives, found as scripts/test.sh finds it:
+    FABRIC_ARCHIVES, else ../shared/fabric beside the repository, else beside the
+    repository it was cloned from. Missing: the calling test fails."""
+    candidates = [os.environ.get("FABRIC_ARCHIVES", ""), str(REPO.parent / "shared" / "fabric")]
+    origin = subprocess.run(
+        ["git", "config", "--get", "remote.origin.url"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin:
+        candidates.append(str(Path(origin) / ".." / "shared" / "fabric"))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "install.sh").is_file():
+            return Path(candidate).resolve()
+    pytest.fail(
+        f"no Fabric archives (install.sh) in any of {[c for c in candidates if c]}: "
+        "set FABRIC_ARCHIVES",
+        pytrace=False,
+    )
 
 
 def fabric_release(
