@@ -97,13 +97,15 @@ class LedgerError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only fields would be lost by the default exception pickling,
         # and task queues pickle exceptions across processes.
-        return (_rebuild_ledger_error, (type(self), self.message, self.txid, self.retryable))
+        # The fault travels too: rebuilt from `retryable` alone, a misconfiguration
+        # would come back as a rejection.
+        return (_rebuild_ledger_error, (type(self), self.message, self.txid, self.fault))
 
 
 def _rebuild_ledger_error(
-    cls: type[LedgerError], message: str, txid: str | None, retryable: bool
+    cls: type[LedgerError], message: str, txid: str | None, fault: LedgerFault
 ) -> LedgerError:
-    return cls(message, txid=txid, retryable=retryable)
+    return cls(message, txid=txid, fault=fault)
 
 
 class EndorseFailed(LedgerError):

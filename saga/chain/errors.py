@@ -30,7 +30,9 @@ class EndorsementFailed(ChainStepError):
 
 
 class LedgerUnavailable(ChainStepError):
-    """The ledger could not be reached (endorse, submit or query); may work later."""
+    """The ledger could not be reached. No longer reported: an unreachable ledger makes
+    the step wait under SAGA_CHAIN_OUTAGE_BUDGET (LedgerWait, guarantee 7) instead of
+    failing. Kept so that retry policies and `errors=` lists naming it still load."""
 
 
 class TransactionsInvalid(ChainStepError):

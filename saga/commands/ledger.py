@@ -247,6 +247,14 @@ def ping(
 _PROBE_KEY = "saga-ledger-ping-probe"
 
 
+def _what_was_said(exc: GatewayError) -> str:
+    """The gateway's message and each peer's or orderer's detail, on one line."""
+    said = exc.status_message or str(exc)
+    for d in exc.details:
+        said += f"; {d.address} ({d.msp_id}): {d.message}"
+    return said
+
+
 def _explain_chaincode(
     exc: GatewayError, s: Settings, chaincode: str, where: str, deadline: float
 ) -> NoReturn:
@@ -255,9 +263,7 @@ def _explain_chaincode(
 
     from saga.core.ledger_faults import FaultKind
 
-    said = exc.status_message or str(exc)
-    for d in exc.details:
-        said += f"; {d.address} ({d.msp_id}): {d.message}"
+    said = _what_was_said(exc)
     lowered = said.lower()
     if exc.code is grpc.StatusCode.DEADLINE_EXCEEDED or "timeout expired" in lowered:
         fail(
@@ -294,9 +300,7 @@ def _explain(
     from saga.fabric.connection import may_want_client_certificate
 
     code = exc.code
-    said = exc.status_message or str(exc)
-    for d in exc.details:
-        said += f"; {d.address} ({d.msp_id}): {d.message}"
+    said = _what_was_said(exc)
     peer_settings = ("SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER")
     # A Fabric 2.5 peer answers a query on a channel it has not joined with UNAVAILABLE,
     # like an unreachable one: "failed to get config for channel : could not get last
