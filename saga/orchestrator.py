@@ -165,7 +165,16 @@ class Orchestrator:
     def validate(self, saga: str, payload: object) -> tuple[SagaDefinition, BaseModel]:
         definition = self.registry.get(saga)
         try:
-            model = definition.input_model.model_validate(payload)
+            document = json.dumps(payload, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(
+                saga, [{"loc": (), "msg": f"not a JSON document ({exc})", "type": "json_invalid"}]
+            ) from None
+        try:
+            # Strict JSON mode: a caller's value must be the JSON type the schema
+            # names (`true` is not one cent, "12" is not twelve), while the types
+            # JSON spells as strings (dates, UUIDs) still parse from strings.
+            model = definition.input_model.model_validate_json(document, strict=True)
         except ValidationError as exc:
             raise InvalidInput(saga, [dict(e) for e in exc.errors(include_url=False)]) from None
         return definition, model

@@ -170,6 +170,20 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, list[str] | None]] = [
         "invalid_payload",
         ["payload.amount_cents"],
     ),
+    (
+        "schema: a boolean is not a number of cents",
+        {"body": start({**PAYMENT, "amount_cents": True})},
+        422,
+        "invalid_payload",
+        ["payload.amount_cents"],
+    ),
+    (
+        "schema: a numeric string is not a number of cents",
+        {"body": start({**PAYMENT, "amount_cents": "12"})},
+        422,
+        "invalid_payload",
+        ["payload.amount_cents"],
+    ),
     ("envelope: no saga", {"body": {"payload": PAYMENT}}, 422, "invalid_request", ["saga"]),
     (
         "envelope: payload not an object",

@@ -180,6 +180,12 @@ def test_enqueue_stores_saga_and_first_message(w: World) -> None:
         ({"amount": 1}, "order_id"),
         ({"order_id": "o", "amount": 1, "coupon": "x"}, "coupon"),
         ({"order_id": "o", "amount": "lots"}, "amount"),
+        # Strict JSON types at the door: neither a boolean nor a numeric string
+        # is a number, nor a number a string.
+        ({"order_id": "o", "amount": True}, "amount"),
+        ({"order_id": "o", "amount": "12"}, "amount"),
+        ({"order_id": "o", "amount": 1.5}, "amount"),
+        ({"order_id": 7, "amount": 1}, "order_id"),
     ],
 )
 def test_invalid_input_names_the_field_and_stores_nothing(
