@@ -174,7 +174,9 @@ class Orchestrator:
             # Strict JSON mode: a caller's value must be the JSON type the schema
             # names (`true` is not one cent, "12" is not twelve), while the types
             # JSON spells as strings (dates, UUIDs) still parse from strings.
-            model = definition.input_model.model_validate_json(document, strict=True)
+            model = definition.input_model.model_validate_json(
+                document, strict=not definition.lax_input
+            )
         except ValidationError as exc:
             raise InvalidInput(saga, [dict(e) for e in exc.errors(include_url=False)]) from None
         return definition, model

@@ -148,6 +148,10 @@ class SagaDefinition:
     input_model: type[BaseModel]
     steps: tuple[Step, ...]
     errors: tuple[type[BaseException], ...] = ()
+    # Inputs are validated in pydantic's strict JSON mode: a caller's value must
+    # be the JSON type the schema names. A saga fed by callers that send numbers
+    # as strings may opt into pydantic's lax coercion here, knowingly.
+    lax_input: bool = False
     pivot_index: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -198,6 +199,14 @@ def test_invalid_input_names_the_field_and_stores_nothing(
     assert any(field in e["loc"] for e in info.value.errors)
     assert w.db.commits == 0
     assert w.db.tables.sagas == {} and w.db.tables.outbox == []
+
+
+def test_a_definition_may_opt_into_lax_input(w: World) -> None:
+    lax = replace(w.registry.get("shop"), lax_input=True)
+    orch = Orchestrator(Registry([lax]), w.db.uow, new_id=lambda: "lax")
+    e = orch.enqueue("shop", {"order_id": "o", "amount": "12"})
+    record = w.db.saga(e.saga_id)
+    assert record is not None and record.input == {"order_id": "o", "amount": 12}
 
 
 def test_payload_that_is_not_an_object(w: World) -> None:
