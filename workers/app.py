@@ -127,6 +127,9 @@ def celery_config(settings: Settings, topology: Topology) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_backend": None,
+        # No results are kept, so nothing expires; and with an expiry set, beat adds
+        # Celery's daily `celery.backend_cleanup`, which a saga worker dead-letters.
+        "result_expires": None,
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
