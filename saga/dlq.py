@@ -37,7 +37,8 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from base64 import b64encode
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
@@ -60,11 +61,21 @@ from saga.config import Settings
 
 log = logging.getLogger("saga.dlq")
 
-# How many times `saga dlq replay` sent this message back. It survives a new
-# dead-lettering by the worker's consumer (which keeps every header but its own
-# x-saga-dlq-*); one dead-lettered from inside the task keeps only the task
-# headers, so there the count starts again.
+# How many times `saga dlq replay` sent this message back, and one entry per
+# replay: the dead-lettering it ended (reason, error, at, worker) and who replayed
+# it, when and why. A replay strips the x-saga-dlq-* headers of the dead-lettering
+# it ends, so without these a message that fails again looks new. Both survive a
+# new dead-lettering: the worker's consumer keeps every header but x-saga-dlq-*,
+# a dead-lettering from inside a task carries them from the task's request
+# (workers.dead_letter), RabbitMQ's own keeps every header.
 REPLAYS = "x-saga-replays"
+HISTORY = "x-saga-replay-history"
+CARRIED_HEADERS = (REPLAYS, HISTORY)
+# Headers have a size limit (frame_max); the count above stays exact.
+MAX_HISTORY = 10
+_MAX_HISTORY_REASON = 500
+# Past this many replays a message is refused unless --max-replays says more.
+DEFAULT_MAX_REPLAYS = 3
 # Set by the broker on delivery from a quorum queue, never by a publisher.
 _BROKER_HEADERS = ("x-delivery-count",)
 # Headers of a past dead-lettering; a replayed message starts clean.
@@ -73,10 +84,15 @@ _DEAD_LETTER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-saga-dl
 _NOT_COPIED = ("user_id",)
 
 MAX_BODY_SHOWN = 4096
+# Bytes of a binary body in the one-line summary and in `saga dlq show`'s dump.
+HEX_SUMMARY_BYTES = 32
+HEX_DUMP_BYTES = 256
 _SECRET_KEY = re.compile(
     r"pass(word|wd)?|secret|token|auth|cookie|credential|private|envelope|signature|api.?key",
     re.IGNORECASE,
 )
+# Control characters other than tab, newline and carriage return: not text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]*@")
 _INLINE_SECRET = re.compile(
     r"((?:pass(?:word|wd)?|secret|token|api.?key)\s*[=:]\s*)([^\s,;&\"']+)", re.IGNORECASE
@@ -159,6 +175,14 @@ class DeadLetter:
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     @property
+    def history(self) -> list[dict[str, Any]]:
+        """The earlier dead-letterings, oldest first, each with the replay that ended it."""
+        entries = self.headers.get(HISTORY)
+        if not isinstance(entries, list):
+            return []
+        return [_plain(e) for e in entries if isinstance(e, Mapping)]
+
+    @property
     def saga_id(self) -> str | None:
         return _text(self.step_fields.get("saga_id"))
 
@@ -201,9 +225,16 @@ class DeadLetter:
             "original_routing_key": _text(self.headers.get(DLQ_ROUTING_KEY)),
             "properties": redact(_plain(shown)),
             "headers": redact(_plain(self.headers)),
+            "history": redact(self.history),
             "body": _body_for_display(self.body, self.properties.get("content_encoding")),
             "body_bytes": len(self.body),
+            # Only a body that is not text: a text body is masked, its bytes are not.
+            "body_base64": None if self.text_body is not None else b64encode(self.body).decode(),
         }
+
+    @property
+    def text_body(self) -> str | None:
+        return _decode(self.body, self.properties.get("content_encoding"))
 
 
 @dataclass(frozen=True)
@@ -238,6 +269,16 @@ class PassResult:
     seen: list[DeadLetter] = field(default_factory=list)
     replayed: list[DeadLetter] = field(default_factory=list)
     dropped: list[DeadLetter] = field(default_factory=list)
+    # Selected for a replay but kept: replayed max_replays times already.
+    refused: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Replayer:
+    """Who replays and why, written into each replayed message's history."""
+
+    actor: str
+    why: str
 
 
 Progress = Callable[[int, int], None]
@@ -299,6 +340,8 @@ class DeadLetterQueue:
         self,
         decide: Callable[[DeadLetter], Action],
         progress: Progress | None = None,
+        *,
+        replayer: Replayer | None = None,
     ) -> PassResult:
         """Take every message present now once; keep, replay or drop each as `decide` says."""
         result = PassResult(depth=self.depth())
@@ -320,7 +363,7 @@ class DeadLetterQueue:
                         message,
                         exchange=self.topology.step_exchange,
                         routing_key=self.topology.step_routing_key,
-                        headers=_replayed(message),
+                        headers=_replayed(message, replayer),
                     )
             except Exception as exc:
                 # The message is still unacked: closing the connection returns it.
@@ -378,16 +421,35 @@ def find(
 
 
 def replay(
-    settings: Settings, selection: Selection, progress: Progress | None = None
+    settings: Settings,
+    selection: Selection,
+    progress: Progress | None = None,
+    *,
+    replayer: Replayer | None = None,
+    max_replays: int | None = DEFAULT_MAX_REPLAYS,
 ) -> PassResult:
     """Publish the selected messages to the step exchange (confirmed), then remove them.
 
-    A message that is still poison comes back to the DLQ with a fresh reason.
+    A message that is still poison comes back to the DLQ with a fresh reason, its
+    count and history kept. One replayed `max_replays` times already is kept in
+    place and listed in `refused` (None: no limit).
     """
+    if max_replays is not None and max_replays < 1:
+        raise ValueError(f"max_replays must be at least 1, not {max_replays}")
+    refused: list[DeadLetter] = []
+
+    def decide(message: DeadLetter) -> Action:
+        if not selection.matches(message):
+            return Action.KEEP
+        if max_replays is not None and message.replays >= max_replays:
+            refused.append(message)
+            return Action.KEEP
+        return Action.REPLAY
+
     with DeadLetterQueue(settings) as dlq:
-        return dlq.run_pass(
-            lambda m: Action.REPLAY if selection.matches(m) else Action.KEEP, progress
-        )
+        result = dlq.run_pass(decide, progress, replayer=replayer)
+    result.refused = refused
+    return result
 
 
 def drop(settings: Settings, selection: Selection, progress: Progress | None = None) -> PassResult:
@@ -419,6 +481,7 @@ def record(
             "reason": message.reason,
             "step": message.summary()["step"],
             "attempt": message.summary()["attempt"],
+            "replays": message.replays,
             "why": why,
         }
         log.warning(
@@ -466,20 +529,52 @@ def _kept(message: DeadLetter) -> dict[str, Any]:
     return {k: v for k, v in message.headers.items() if k not in _BROKER_HEADERS}
 
 
-def _replayed(message: DeadLetter) -> dict[str, Any]:
+def _replayed(message: DeadLetter, replayer: Replayer | None) -> dict[str, Any]:
     headers = {
         k: v
         for k, v in message.headers.items()
         if k not in _BROKER_HEADERS and not k.startswith(_DEAD_LETTER_HEADERS)
     }
     headers[REPLAYS] = message.replays + 1
+    entry = {
+        "reason": (message.reason or "")[:_MAX_HISTORY_REASON],
+        "error": message.error or "",
+        "at": message.at or "",
+        "worker": message.worker or "",
+        "replayed_at": datetime.now(UTC).isoformat(),
+        "replayed_by": replayer.actor if replayer else "",
+        "why": replayer.why[:_MAX_HISTORY_REASON] if replayer else "",
+    }
+    kept = [e for e in headers.get(HISTORY) or [] if isinstance(e, Mapping)]
+    headers[HISTORY] = [*kept, entry][-MAX_HISTORY:]
     return headers
 
 
-def _step_fields(body: bytes, encoding: object) -> dict[str, Any]:
+def _decode(body: bytes, encoding: object) -> str | None:
+    """The body as text, or None if it is not text (printing it would garble a terminal).
+
+    "binary" (what a worker writes when a message had no encoding) and unknown
+    codec names are read as UTF-8.
+    """
     try:
-        payload = json.loads(body.decode(encoding if isinstance(encoding, str) else "utf-8"))
-    except (UnicodeDecodeError, LookupError, ValueError):
+        text = body.decode(encoding if isinstance(encoding, str) else "utf-8")
+    except LookupError:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    except UnicodeDecodeError:
+        return None
+    return None if _CONTROL.search(text) else text
+
+
+def _step_fields(body: bytes, encoding: object) -> dict[str, Any]:
+    text = _decode(body, encoding)
+    if text is None:
+        return {}
+    try:
+        payload = json.loads(text)
+    except ValueError:
         return {}
     # A Celery protocol v2 body is [args, kwargs, embed]; the step message is args[0].
     if isinstance(payload, list) and payload and isinstance(payload[0], list) and payload[0]:
@@ -491,10 +586,11 @@ def _step_fields(body: bytes, encoding: object) -> dict[str, Any]:
 
 
 def _body_for_display(body: bytes, encoding: object) -> Any:
-    try:
-        text = body.decode(encoding if isinstance(encoding, str) else "utf-8")
-    except (UnicodeDecodeError, LookupError):
-        return f"<{len(body)} bytes, not text>"
+    text = _decode(body, encoding)
+    if text is None:
+        head = body[:HEX_SUMMARY_BYTES].hex(" ")
+        more = " ..." if len(body) > HEX_SUMMARY_BYTES else ""
+        return f"<{len(body)} bytes, not text: {head}{more}>"
     try:
         return redact(json.loads(text))
     except ValueError:
@@ -503,6 +599,19 @@ def _body_for_display(body: bytes, encoding: object) -> Any:
     if len(text) > MAX_BODY_SHOWN:
         shown += f"... ({len(text) - MAX_BODY_SHOWN} more characters)"
     return shown
+
+
+def hex_dump(body: bytes, limit: int = HEX_DUMP_BYTES) -> list[str]:
+    """Offset, 16 bytes in hex, the printable ones as ASCII; then how many were left out."""
+    lines = []
+    for offset in range(0, min(len(body), limit), 16):
+        chunk = body[offset : offset + 16]
+        left, right = chunk[:8].hex(" "), chunk[8:].hex(" ")
+        shown = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{offset:08x}  {left:<23}  {right:<23}  |{shown}|")
+    if len(body) > limit:
+        lines.append(f"... {len(body) - limit} more byte(s); all of them in --json (body_base64)")
+    return lines
 
 
 def redact(value: Any) -> Any:

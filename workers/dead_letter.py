@@ -4,6 +4,11 @@ The original body and headers are kept, so an operator can read what arrived and
 once the cause is fixed, publish it back to the step exchange. The publish is
 confirmed (the app's transport option `confirm_publish`) and mandatory before the
 caller acks the original; if it fails the caller must not ack.
+
+A message `saga dlq replay` sent back carries its replay count and history
+(saga.dlq.CARRIED_HEADERS); a new dead-lettering keeps them, so the operator sees
+a loop. The consumer passes the message's own headers; a task passes only the
+task headers it rebuilds, so those two are taken from the task's request.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from saga.broker.topology import (
     DLQ_WORKER,
     Topology,
 )
+from saga.dlq import CARRIED_HEADERS
 
 log = logging.getLogger("saga.worker.dlq")
 
@@ -47,7 +53,10 @@ def publish_dead_letter(
     routing_key: str | None,
     message_id: str | None = None,
 ) -> None:
-    dl_headers = {k: v for k, v in (headers or {}).items() if not k.startswith("x-saga-dlq-")}
+    dl_headers = {
+        **_carried_from_task(app, message_id),
+        **{k: v for k, v in (headers or {}).items() if not k.startswith("x-saga-dlq-")},
+    }
     dl_headers.update(
         {
             DLQ_REASON: reason[:MAX_REASON],
@@ -90,6 +99,20 @@ def publish_dead_letter(
             "dead_letter_queue": topology.dead_letter_queue,
         },
     )
+
+
+def _carried_from_task(app: Celery, message_id: str | None) -> dict[str, Any]:
+    """The replay headers of the delivery a running task dead-letters (its own message).
+
+    Celery puts every header of the delivery on the task's request; the consumer,
+    which dead-letters before any task runs, has no current task.
+    """
+    task = app.current_worker_task
+    request = getattr(task, "request", None)
+    if request is None or message_id is None or getattr(request, "id", None) != message_id:
+        return {}
+    carried = {name: getattr(request, name, None) for name in CARRIED_HEADERS}
+    return {name: value for name, value in carried.items() if value is not None}
 
 
 def task_body(args: Any, kwargs: Any) -> bytes:

@@ -184,12 +184,32 @@ def show(
     ):
         fields.add_row(key, "" if details[key] is None else str(details[key]))
     out.print(fields)
+    if details["history"]:
+        out.print("[bold]history[/] (earlier dead-letterings, oldest first, and their replays)")
+        for n, past in enumerate(details["history"], 1):
+            out.print(
+                f"  {n}. {past.get('at') or '?'} on {past.get('worker') or '?'}: "
+                f"{past.get('error') or '?'}: {past.get('reason') or '(no reason recorded)'}\n"
+                f"     replayed {past.get('replayed_at') or '?'} by "
+                f"{past.get('replayed_by') or '?'}: {past.get('why') or ''}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        if details["replays"] > len(details["history"]):
+            out.print(
+                f"  (the {details['replays'] - len(details['history'])} earliest not kept)",
+                highlight=False,
+            )
     out.print("[bold]properties[/]")
     out.print_json(data=details["properties"], default=str)
     out.print("[bold]headers[/]")
     out.print_json(data=details["headers"], default=str)
-    out.print("[bold]body[/]")
-    if isinstance(details["body"], str):
+    out.print(f"[bold]body[/] ({details['body_bytes']} bytes)")
+    if details["body_base64"] is not None:
+        for line in dlq.hex_dump(found.body):
+            out.print(line, markup=False, highlight=False)
+    elif isinstance(details["body"], str):
         out.print(details["body"], markup=False, highlight=False)
     else:
         out.print_json(data=details["body"], default=str)
@@ -256,25 +276,42 @@ def _report(
     as_json: bool,
 ) -> None:
     done = result.replayed if action is dlq.Action.REPLAY else result.dropped
-    found_positions = {m.position for m in done}
-    found_ids = {m.message_id for m in done}
+    found_positions = {m.position for m in [*done, *result.refused]}
+    found_ids = {m.message_id for m in [*done, *result.refused]}
     missing = sorted(
         [str(p) for p in selection.positions - found_positions]
         + [i for i in selection.ids - found_ids]
     )
     verb = "replayed" if action is dlq.Action.REPLAY else "dropped"
+    for m in done:
+        if action is dlq.Action.REPLAY and m.replays:
+            console.print(
+                f"[yellow]warning:[/] #{m.position} {m.message_id or '(no id)'} was replayed "
+                f"{m.replays} time(s) before and was dead-lettered again each time (now: "
+                f"{m.reason or 'no reason recorded'}); unless its cause is fixed it comes back",
+                highlight=False,
+                soft_wrap=True,
+            )
     if as_json:
         print_json(
             {
                 "action": verb,
                 "queue": s.dead_letter_queue,
                 "messages": [m.summary() for m in done],
+                "refused": [m.summary() for m in result.refused],
                 "not_found": missing,
                 "history_not_recorded": unrecorded,
                 "left_in_queue": len(result.seen) - len(done),
             }
         )
     else:
+        for m in result.refused:
+            out.print(
+                f"not replayed #{m.position} {m.message_id or '(no id)'} saga "
+                f"{m.saga_id or '-'}: replayed {m.replays} time(s) already",
+                highlight=False,
+                soft_wrap=True,
+            )
         for m in done:
             out.print(
                 f"{verb} #{m.position} {m.message_id or '(no id)'} saga {m.saga_id or '-'}",
@@ -301,6 +338,16 @@ def _report(
             )
     if missing:
         fail(REFUSED, f"not in {s.dead_letter_queue}: {', '.join(missing)}", "see `saga dlq list`")
+    if result.refused:
+        most = max(m.replays for m in result.refused)
+        fail(
+            REFUSED,
+            f"{len(result.refused)} message(s) left in {s.dead_letter_queue}: replayed "
+            f"{most} time(s) already and dead-lettered again each time, so a replay would "
+            "only loop",
+            "read its history (`saga dlq show POSITION`), fix the cause, then replay it with "
+            f"--max-replays {most + 1}; or drop it",
+        )
     if not done:
         fail(REFUSED, f"no message matched {_describe(selection)}", "see `saga dlq list`")
 
@@ -313,6 +360,14 @@ def replay(
     saga_id: SagaOpt = None,
     reason: ReasonOpt = None,
     every: AllOpt = False,
+    max_replays: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Leave a message in the queue if it was replayed this many times already "
+            "(each time it came back); raise it once the cause is fixed.",
+        ),
+    ] = dlq.DEFAULT_MAX_REPLAYS,
     actor: ActorOpt = None,
     broker: BrokerOpt = None,
     db: DbOpt = None,
@@ -321,7 +376,8 @@ def replay(
     """Send selected messages back to the step exchange, then remove them from the DLQ.
 
     Each is published with a confirm before it is removed; a message that is
-    still poison returns to the DLQ with its new reason. Fix the cause first
+    still poison returns to the DLQ with its new reason, its replay count and
+    history (earlier reasons, who replayed it, when, why). Fix the cause first
     (e.g. deploy the saga definitions the workers lacked). Recorded in the log
     and on the history of the saga each message names.
     """
@@ -329,8 +385,13 @@ def replay(
     reason_text = require_why(why)
     who = actor_name(actor)
     s = settings(db, broker)
+    replayer = dlq.Replayer(actor=who, why=reason_text)
     with _progress("replaying", not as_json) as progress:
-        result = _run(lambda: dlq.replay(s, selection, progress))
+        result = _run(
+            lambda: dlq.replay(
+                s, selection, progress, replayer=replayer, max_replays=max_replays
+            )
+        )
     unrecorded = _record(s, result, dlq.Action.REPLAY, who, reason_text)
     _report(s, result, dlq.Action.REPLAY, selection, unrecorded, as_json)
 

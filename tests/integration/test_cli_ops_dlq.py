@@ -193,7 +193,8 @@ def test_list_and_show_leave_every_message_in_place_in_order_and_mask_secrets(
     assert "hunter2" not in plain and "billing" in plain
 
     binary = _json(["dlq", "show", "6"], settings)
-    assert binary["body"] == "<9 bytes, not text>"
+    assert binary["body"] == "<9 bytes, not text: ff fe 20 62 69 6e 61 72 79>"
+    assert binary["body_base64"] == "//4gYmluYXJ5"
 
     assert "no message at position 9" in _saga(["dlq", "show", "9"], settings, code=1).output
     assert _saga(["dlq", "show"], settings, code=2).exit_code == 2
@@ -275,8 +276,10 @@ def test_replay_and_drop_with_a_real_worker(
         assert set(back) == {"DecodeError", "MalformedMessage"}
         assert "no step 'unknown-step'" in back["MalformedMessage"]["reason"]
         assert back["MalformedMessage"]["saga_id"] == victim
-        # Screened by the worker's consumer, it keeps every header: the count shows.
+        # Screened by the worker's consumer or judged inside the task, each keeps
+        # its replay count.
         assert back["DecodeError"]["replays"] == 1
+        assert back["MalformedMessage"]["replays"] == 1
 
     # Drop asks first; "no" drops nothing.
     refused = _saga(["dlq", "drop", "--all", "--why", "cleanup"], settings, code=1, stdin="n\n")
