@@ -68,6 +68,7 @@ from saga.core.definitions import (
     chain_key,
 )
 from saga.core.ledger_faults import FaultKind
+from saga.core.ledger_parts import part_down
 from saga.core.machine import awaits
 from saga.core.messages import (
     CompensationFailed,
@@ -348,6 +349,8 @@ class ChainStepExecutor:
         definition: SagaDefinition,
         verified: _Verified,
         error: Exception,
+        *,
+        submitted: Sequence[str] = (),
     ) -> str:
         doubt = not verified.settled_without_effect()
         names = error_names(error)
@@ -359,7 +362,9 @@ class ChainStepExecutor:
             # A failed reversal stops the saga for an operator whatever the doubt.
             event = CompensationFailed(message.step, message.attempt, names, text)
         with self._uow() as uow:
-            early = self._check(uow, message, verified)
+            # A resubmission right before giving up is recorded, so the attempt that
+            # `saga show` lists says "submitted" as the failure's reason does.
+            early = self._check(uow, message, verified, submitted)
             if isinstance(early, str):
                 return early
             self._hooks.apply_event(uow, early, definition, message, event, None)
@@ -402,7 +407,7 @@ class ChainStepExecutor:
                 if fault.kind is FaultKind.MISCONFIGURED
                 else self.settings.outage.retry_in(waited)
             )
-            text = f"ledger {fault.kind}: {fault.meaning} ({error})"
+            text = f"ledger {fault.kind}: {_where(error, definition, message)} ({error})"
             event = LedgerWait(
                 message.step,
                 message.attempt,
@@ -462,12 +467,15 @@ class ChainStepExecutor:
             # Nothing went out: the step's transactions are as much in doubt as before,
             # and an outage of the orderer or the gateway is waited out, not judged.
             return self._wait(message, definition, verified, failure)
-        overdue = oldest is not None and self._clock() - oldest > timedelta(seconds=step.timeout)
+        now = self._clock()
+        overdue = oldest is not None and now - oldest > timedelta(seconds=step.timeout)
         if overdue:
-            why = f"transaction(s) {', '.join(txids)} submitted more than {step.timeout:g}s ago"
+            why = _outcome_unknown(step.timeout, [by_txid[t] for t in txids], submitted, now)
             if failure is not None:
                 why += f"; the ledger answered: {failure}"
-            return self._fail(message, definition, verified, LedgerOutcomeUnknown(why))
+            return self._fail(
+                message, definition, verified, LedgerOutcomeUnknown(why), submitted=submitted
+            )
         return self._pending(message, definition, verified, submitted)
 
     def _prepare_new(
@@ -663,3 +671,54 @@ class ChainStepExecutor:
         if self._ledger_factory is None:
             raise LedgerNotConfigured(definition.name, step.name)
         return self._ledger_factory()
+
+
+def _where(error: LedgerError, definition: SagaDefinition, message: StepMessage) -> str:
+    """The part of the network the error shows to be down, else what the fault means.
+
+    A step's last error is what an operator reads first: "chaincode sagafacts is not
+    running" says what to start, where "a peer or the chaincode is unreachable" does not.
+    """
+    call = definition.step(message.step).chain
+    # A Fabric GatewayError carries the gRPC code and each peer's words; the port's
+    # LedgerError only its text.
+    code = getattr(getattr(error, "code", None), "name", None)
+    down = part_down(
+        code,
+        getattr(error, "status_message", "") or str(error),
+        getattr(error, "details", ()),
+        chaincode=call.chaincode if call is not None else None,
+    )
+    return error.fault.meaning if down is None else down.says
+
+
+def _at(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _outcome_unknown(
+    timeout: float,
+    attempts: Sequence[LedgerAttemptRecord],
+    resubmitted: Sequence[str],
+    now: datetime,
+) -> str:
+    """Why the step gives up, in the words of its attempt records (as `saga show` lists them).
+
+    The step's timeout runs from when a transaction was prepared; whether it was
+    ever handed to the orderer is what the record says, not what the timeout assumes.
+    """
+    told = []
+    for a in attempts:
+        prepared = f"prepared {_at(a.created_at)}" if a.created_at else "prepared"
+        if a.submitted_at is not None:
+            sent = f"submitted {_at(a.submitted_at)}"
+        elif a.txid in resubmitted:
+            sent = f"submitted {_at(now)}"
+        else:
+            sent = "no submit recorded: its answer was lost or it never went out"
+        told.append(f"{a.txid} ({prepared}, {sent})")
+    what = "it was" if len(attempts) == 1 else "they were"
+    return (
+        f"outcome of transaction {', '.join(told)} still unknown more than {timeout:g}s after "
+        f"{what} prepared"
+    )

@@ -1,13 +1,19 @@
 """`saga ledger ping`: is the configured Fabric gateway there, and how fast does it answer?
 
-One cheap read through the same client the workers use (built by the Container
-from the SAGA_FABRIC_* settings): the query system chaincode's GetChainInfo on
-the configured channel. It reads the channel's height, so it also proves the
-identity may read that channel; nothing is endorsed or written.
+`saga ledger ping` goes the way a chain step goes, through the same client the
+workers use (built by the Container from the SAGA_FABRIC_* settings): the query
+system chaincode's GetChainInfo on the configured channel (the gateway peer, and
+the identity's right to read the channel), then, for each chaincode the saga
+definitions' chain steps call, a read-only query of it and an endorsement of that
+query that is never submitted (every organisation the endorsement policy needs).
+Nothing is written. Whichever part does not answer is named.
+
+`saga ledger tx TXID` looks one transaction up (saga.audit.tx_lookup).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from importlib import import_module
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -140,11 +146,15 @@ def ping(
         str | None,
         typer.Option(
             "--chaincode",
-            help="Also ask this chaincode (sagafacts convention: a GetRecord query of a probe "
-            "key, read-only) and explain why it does not answer.",
+            help="Ask this chaincode instead of those the saga definitions' chain steps call "
+            "(SAGA_DEFINITIONS); sagafacts convention: a GetRecord query of a probe key.",
             show_default=False,
         ),
     ] = None,
+    gateway_only: Annotated[
+        bool,
+        typer.Option("--gateway-only", help="Ask only the gateway peer, no chaincode."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the configured Fabric gateway peer for the channel's height; print who answered.
@@ -157,12 +167,18 @@ def ping(
     With SAGA_FABRIC_TLS_CERT and SAGA_FABRIC_TLS_KEY set it connects with mutual
     TLS; a peer that requires it and got no client certificate is named as such.
 
-    With --chaincode, one more query runs the chaincode itself, so a chaincode
-    that is not running, not committed on the channel, or registered with another
-    package id than the peer installed is told apart from a peer that is away.
+    Then, as a chain step would, for each chaincode the saga definitions' chain
+    steps call (or the one --chaincode names): one read-only query of it on the
+    gateway peer, and an endorsement of that query, never submitted, which the
+    gateway collects from every organisation the chaincode's endorsement policy
+    needs. So a chaincode that is not running, not committed on the channel, or
+    registered with another package id than the peer installed, and a peer of
+    another organisation that is down, are each told apart from a gateway peer that
+    is away. The orderers are not asked (nothing is submitted).
 
-    Exit codes: 0 answered; 1 the peer (or the chaincode) did not answer or refused
-    the query; 2 no ledger configured or its files do not load.
+    Exit codes: 0 every part answered; 1 the gateway peer, a chaincode or an
+    endorsing organisation did not answer or refused; 2 no ledger configured, its
+    files or the saga definitions do not load.
     """
     from saga.fabric import GatewayError
 
@@ -170,6 +186,12 @@ def ping(
         fabric_profile=profile, fabric_msp_dir=msp_dir, fabric_peer=peer, fabric_channel=channel
     )
     c = _ledger_container(s)
+    if gateway_only:
+        targets: list[tuple[str, str]] = []
+    elif chaincode:
+        targets = [(s.fabric_channel, chaincode)]
+    else:
+        targets = _chain_targets(c, s)
     endpoint, identity = c.fabric_access()
     name = _peer_name(s, endpoint)
     deadline = s.fabric_evaluate_timeout if timeout is None else timeout
@@ -195,17 +217,8 @@ def ping(
                     f"{where} answered, but not with the channel's chain info ({exc})",
                     _settings_hint(s, "SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER"),
                 )
-        if chaincode:
-            started = time.perf_counter()
-            try:
-                client.evaluate(
-                    s.fabric_channel, chaincode, "GetRecord", [_PROBE_KEY], timeout=deadline
-                )
-            except GatewayError as exc:
-                _explain_chaincode(exc, s, chaincode, where, deadline)
-            chaincode_ms: float | None = (time.perf_counter() - started) * 1000
-        else:
-            chaincode_ms = None
+        checked = [_check_chaincode(client, ch, cc, where, deadline) for ch, cc in targets]
+    chaincode_ms = checked[0]["round_trip_ms"] if checked else None
     result = {
         "peer": name,
         "address": endpoint.address,
@@ -217,8 +230,9 @@ def ping(
         "height": int(info.height),
         "current_block_hash": bytes(info.currentBlockHash).hex(),
         "round_trip_ms": [round(ms, 3) for ms in round_trips],
-        "chaincode": chaincode,
-        "chaincode_round_trip_ms": None if chaincode_ms is None else round(chaincode_ms, 3),
+        "chaincode": checked[0]["name"] if checked else None,
+        "chaincode_round_trip_ms": chaincode_ms,
+        "chaincodes": checked,
     }
     if as_json:
         print_json(result)
@@ -239,8 +253,76 @@ def ping(
             f"{max(round_trips):.1f} ms",
             highlight=False,
         )
-    if chaincode_ms is not None:
-        out.print(f"  chaincode {chaincode} answered in {chaincode_ms:.1f} ms", highlight=False)
+    for cc in checked:
+        out.print(
+            f"  chaincode {cc['name']} answered in {cc['round_trip_ms']:.1f} ms; its probe was "
+            f"endorsed by {', '.join(cc['endorsed_by'])} in {cc['endorse_ms']:.1f} ms "
+            "(never submitted)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _chain_targets(c: Container, s: Settings) -> list[tuple[str, str]]:
+    """(channel, chaincode) of every chain step the saga definitions hold, in order."""
+    from saga.config import ConfigError
+
+    try:
+        registry = c.registry
+    except (ConfigError, ImportError) as exc:
+        fail(
+            USAGE,
+            f"the saga definitions do not load, so their chaincodes are unknown: {exc}",
+            _settings_hint(s, "SAGA_DEFINITIONS")
+            + "; or name the chaincode with --chaincode, or give --gateway-only",
+        )
+    found: dict[tuple[str, str], None] = {}
+    for definition in registry:
+        for step in definition.steps:
+            if step.chain is not None:
+                found[(step.chain.channel or s.fabric_channel, step.chain.chaincode)] = None
+    return list(found)
+
+
+def _check_chaincode(
+    client: Any, channel: str, chaincode: str, where: str, deadline: float
+) -> dict[str, Any]:
+    """A read-only query of the chaincode, then an endorsement of it that is never submitted."""
+    from saga.fabric import GatewayError
+
+    started = time.perf_counter()
+    try:
+        client.evaluate(channel, chaincode, "GetRecord", [_PROBE_KEY], timeout=deadline)
+    except GatewayError as exc:
+        _explain_chaincode(exc, chaincode, where, deadline)
+    evaluated = time.perf_counter()
+    try:
+        # The gateway collects this from every organisation the policy needs; the
+        # transaction is dropped here, so nothing reaches an orderer or the ledger.
+        prepared = client.prepare(channel, chaincode, "GetRecord", [_PROBE_KEY], timeout=deadline)
+    except GatewayError as exc:
+        _explain_endorsement(exc, chaincode, where)
+    done = time.perf_counter()
+    return {
+        "name": chaincode,
+        "channel": channel,
+        "round_trip_ms": round((evaluated - started) * 1000, 3),
+        "endorse_ms": round((done - evaluated) * 1000, 3),
+        "endorsed_by": _endorsers(prepared.envelope),
+    }
+
+
+def _endorsers(envelope: bytes) -> list[str]:
+    """The MSP ids that endorsed a prepared transaction."""
+    from saga.fabric.protos import common_pb2, identities_pb2, transaction_pb2
+
+    payload = common_pb2.Payload.FromString(common_pb2.Envelope.FromString(envelope).payload)
+    msp_ids: set[str] = set()
+    for action in transaction_pb2.Transaction.FromString(payload.data).actions:
+        cap = transaction_pb2.ChaincodeActionPayload.FromString(action.payload)
+        for endorsement in cap.action.endorsements:
+            msp_ids.add(identities_pb2.SerializedIdentity.FromString(endorsement.endorser).mspid)
+    return sorted(msp_ids)
 
 
 # Read-only: GetRecord of a key no saga step ever derives (saga keys are saga:step:purpose).
@@ -255,9 +337,7 @@ def _what_was_said(exc: GatewayError) -> str:
     return said
 
 
-def _explain_chaincode(
-    exc: GatewayError, s: Settings, chaincode: str, where: str, deadline: float
-) -> NoReturn:
+def _explain_chaincode(exc: GatewayError, chaincode: str, where: str, deadline: float) -> NoReturn:
     """Why the chaincode did not answer, from what the peer said; exit 1."""
     import grpc
 
@@ -278,7 +358,7 @@ def _explain_chaincode(
     if "could not launch chaincode" in lowered or "connection refused" in lowered:
         fail(
             REFUSED,
-            f"chaincode {chaincode} is not reachable from {where}: {said}",
+            f"chaincode {chaincode} is not running or not reachable from {where}: {said}",
             "start the chaincode server, at the address in its package's connection.json; "
             "chain steps wait for it (SAGA_CHAIN_OUTAGE_BUDGET) rather than fail",
         )
@@ -288,6 +368,30 @@ def _explain_chaincode(
         REFUSED,
         f"chaincode {chaincode} refused the probe query on {where}: {said}",
         f"{exc.fault.meaning}; the peer itself answered the channel query",
+    )
+
+
+def _explain_endorsement(exc: GatewayError, chaincode: str, where: str) -> NoReturn:
+    """Why the probe's endorsement failed, naming the part that is down; exit 1."""
+    from saga.core.ledger_parts import Part, part_down
+
+    said = _what_was_said(exc)
+    code = exc.code.name if exc.code is not None else None
+    down = part_down(code, exc.status_message or str(exc), exc.details, chaincode=chaincode)
+    if down is not None and down.part is Part.ENDORSING_PEER:
+        fail(
+            REFUSED,
+            f"endorsement of chaincode {chaincode} failed: {down.says} "
+            f"({where} answered the query itself): {said}",
+            "start that organisation's peer, or check that the gateway peer reaches it and "
+            "knows it through gossip (anchor peers, CORE_PEER_GOSSIP_EXTERNALENDPOINT); chain "
+            "steps wait for it (SAGA_CHAIN_OUTAGE_BUDGET) rather than fail",
+        )
+    what = f": {down.says}" if down is not None else ""
+    fail(
+        REFUSED,
+        f"endorsement of chaincode {chaincode} through {where} failed{what}: {said}",
+        exc.fault.meaning,
     )
 
 
@@ -341,3 +445,103 @@ def _explain(
         "the peer answered, so the address is right; "
         + _settings_hint(s, "SAGA_FABRIC_CHANNEL", "SAGA_FABRIC_MSP_DIR", "SAGA_FABRIC_MSP_ID"),
     )
+
+
+NOT_FOUND = 3
+
+
+@app.command("tx")
+def tx(
+    txid: Annotated[str, typer.Argument(help="Transaction id (64 hex digits; `saga show ID`).")],
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Seconds to wait for each answer (default: SAGA_FABRIC_EVALUATE_TIMEOUT).",
+            show_default=False,
+        ),
+    ] = None,
+    profile: ProfileOpt = None,
+    msp_dir: MspDirOpt = None,
+    peer: PeerOpt = None,
+    channel: ChannelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Look a transaction up on the ledger: validation code, block, and its key's record.
+
+    Asks the gateway peer (qscc GetTransactionByID and GetBlockByTxID), reads the
+    saga records the transaction writes from its read/write set, and asks the
+    chaincode (GetRecord) what it holds under each of those idempotency keys now:
+    a record written by another txid means another transaction of the step took
+    effect. Read-only.
+
+    Exit codes: 0 the ledger has the transaction (whatever its validation code);
+    3 the ledger has no transaction with this id (never ordered, or not committed
+    yet); 1 the peer or the chaincode did not answer; 2 not a txid, or no ledger
+    configured.
+    """
+    from saga.audit.tx_lookup import TransactionNotFound, check_txid, lookup_transaction
+    from saga.fabric import GatewayError
+
+    try:
+        wanted = check_txid(txid)
+    except ValueError as exc:
+        fail(USAGE, str(exc))
+    s = settings(
+        fabric_profile=profile, fabric_msp_dir=msp_dir, fabric_peer=peer, fabric_channel=channel
+    )
+    c = _ledger_container(s)
+    deadline = s.fabric_evaluate_timeout if timeout is None else timeout
+    endpoint, _ = c.fabric_access()
+    where = f"{_peer_name(s, endpoint)} at {endpoint.address}"
+    with c.query_client() as client:
+        try:
+            found = lookup_transaction(client, s.fabric_channel, wanted, timeout=deadline)
+        except TransactionNotFound:
+            fail(
+                NOT_FOUND,
+                f"transaction {wanted} is not on channel {s.fabric_channel} ({where} has no "
+                "transaction with this id)",
+                "it was never ordered, or is not committed yet: a submitted transaction is "
+                "committed within seconds while the orderers run; a step that recorded it "
+                "resubmits the same envelope when resumed (`saga resume ID`), never a new one",
+            )
+        except GatewayError as exc:
+            from saga.core.ledger_parts import part_down
+
+            code = exc.code.name if exc.code is not None else None
+            down = part_down(code, exc.status_message or str(exc), exc.details)
+            what = down.says if down is not None else exc.fault.meaning
+            fail(
+                REFUSED,
+                f"the ledger did not answer about transaction {wanted}: {what}: "
+                f"{_what_was_said(exc)}",
+                "`saga ledger ping` names the part that is down",
+            )
+    if as_json:
+        print_json(found.as_dict())
+        return
+    state = (
+        "VALID" if found.valid else f"{found.validation_code_name} (invalid: it changed nothing)"
+    )
+    when = f", {found.timestamp.isoformat(timespec='seconds')}" if found.timestamp else ""
+    out.print(
+        f"transaction {found.txid} is {state} in block {found.block} on channel "
+        f"{found.channel} (chaincode {found.chaincode}{when})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if not found.records:
+        out.print("  it writes no saga record", highlight=False)
+    for r in found.records:
+        if r.record is None:
+            said = "no record (nothing took effect under this key)"
+        elif r.written_by == found.txid:
+            said = "written by this transaction"
+        else:
+            said = f"written by transaction {r.written_by}"
+        out.print(f"  record {r.key}: {said}", highlight=False, soft_wrap=True)
+        if r.record is not None:
+            out.print(
+                f"    {json.dumps(r.record, sort_keys=True)}", highlight=False, soft_wrap=True
+            )

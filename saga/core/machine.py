@@ -127,7 +127,8 @@ def _step_failed(definition: SagaDefinition, state: SagaState, event: StepFailed
         new = new.with_step(i, status=StepStatus.FAILED)
         reason = (
             f"step {cur.name!r} gave up with its ledger outcome unknown ({error}); "
-            "nothing was compensated: verify the transaction, then resume"
+            "nothing was compensated: look up each of its transactions (`saga show` lists "
+            "them; `saga ledger tx TXID` says whether one committed), then resume"
         )
         return Transition(replace(new, status=SagaStatus.FAILED, reason=reason))
     if i > definition.pivot_index:
