@@ -20,6 +20,7 @@ from saga.ports import PendingMessage
 from saga.relay import Backoff, run_relay
 from saga.store import SqlOutboxReader, create_engine
 from tests.support.outbox import add_outbox_rows, outbox_ids_in_order, step_body, unpublished
+from tests.support.processes import wait_for
 from tests.support.rabbitmq import drain, message_id_of, queue_depth
 from tests.support.tcp_proxy import TcpProxy
 
@@ -34,12 +35,17 @@ def pending(count: int, start: int = 1) -> list[PendingMessage]:
 
 
 class ListReader:
-    """An OutboxReader over a list: marks only what mark_published names, at claim exit."""
+    """An OutboxReader over a list: marks only what mark_published names, at claim exit.
+
+    Counts the claims of rows that ended in an error (a publish that failed), the
+    evidence that the relay tried while the broker was away.
+    """
 
     def __init__(self, rows: Sequence[PendingMessage]) -> None:
         self.rows = list(rows)
         self.published: set[int] = set()
         self._marking: set[int] = set()
+        self.failed_claims = 0
 
     def claim(self, limit: int) -> Any:
         return self._claim(limit)
@@ -47,7 +53,13 @@ class ListReader:
     @contextmanager
     def _claim(self, limit: int) -> Iterator[Sequence[PendingMessage]]:
         self._marking = set()
-        yield [r for r in self.rows if r.id not in self.published][:limit]
+        rows = [r for r in self.rows if r.id not in self.published][:limit]
+        try:
+            yield rows
+        except BaseException:
+            if rows:
+                self.failed_claims += 1
+            raise
         self.published |= self._marking  # "commit"
 
     def mark_published(self, ids: Sequence[int]) -> None:
@@ -184,7 +196,14 @@ def test_relay_waits_out_a_broker_outage_without_losing_or_marking_rows(
         )
         thread.start()
         try:
-            time.sleep(1.5)
+            # Evidence the relay tried while the broker was away: two publishes failed
+            # (the first, and one retry after the backoff).
+            wait_for(
+                lambda: reader.failed_claims >= 2,
+                timeout=30,
+                what="two failed publishes",
+                interval=0.02,
+            )
             assert reader.published == set()
             proxy.start()
             deadline = time.monotonic() + 30
@@ -193,8 +212,14 @@ def test_relay_waits_out_a_broker_outage_without_losing_or_marking_rows(
                 time.sleep(0.05)
             # Cut it again mid-run: the relay must come back by itself.
             proxy.stop()
+            failed_before = reader.failed_claims
             reader.rows += pending(30, start=100)
-            time.sleep(1.0)
+            wait_for(
+                lambda: reader.failed_claims >= failed_before + 2,
+                timeout=30,
+                what="two failed publishes of the new rows",
+                interval=0.02,
+            )
             assert len(reader.published) == 50
             proxy.start()
             deadline = time.monotonic() + 30

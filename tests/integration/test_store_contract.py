@@ -40,6 +40,7 @@ from saga.store import (
 from saga.store.engine import PING_AFTER_IDLE_SECONDS
 from saga.store.tables import metadata as store_metadata
 from saga.store.tables import outbox
+from tests.support.processes import wait_for
 
 
 def new_id() -> str:
@@ -387,6 +388,16 @@ def test_sagas_without_a_key_do_not_collide(uow: SqlUnitOfWorkFactory) -> None:
         assert sum(u.sagas.count_by_status().values()) == 2
 
 
+def blocked_by(engine: Engine, pid: int) -> int:
+    """How many backends wait on a lock that backend `pid` holds."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND :pid = ANY(pg_blocking_pids(pid))"
+    )
+    with engine.connect() as c:
+        return int(c.execute(query, {"pid": pid}).scalar_one())
+
+
 def test_postgresql_two_concurrent_transactions_with_one_key(pg_url: str) -> None:
     engine = create_engine(pg_url)
     factory = SqlUnitOfWorkFactory(engine)
@@ -395,6 +406,7 @@ def test_postgresql_two_concurrent_transactions_with_one_key(pg_url: str) -> Non
     try:
         with factory() as a:
             a.sagas.add(first)
+            a_pid = a.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
 
             def contender() -> None:
                 try:
@@ -407,7 +419,13 @@ def test_postgresql_two_concurrent_transactions_with_one_key(pg_url: str) -> Non
 
             thread = threading.Thread(target=contender)
             thread.start()
-            time.sleep(0.3)
+            # Evidence the contender reached the key: PostgreSQL shows it blocked by `a`.
+            wait_for(
+                lambda: blocked_by(engine, a_pid),
+                timeout=10,
+                what=f"a backend waiting on a lock of backend {a_pid}",
+                interval=0.02,
+            )
             assert outcome == [], "the second insert should wait for the first transaction"
             a.commit()
             thread.join(10)

@@ -8,8 +8,8 @@ test_watcher_processes.py.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from saga.fabric import AsyncGatewayClient, load_connection_profile
 from saga.ledger_port import MVCC_READ_CONFLICT, VALID
 from saga.store import SqlUnitOfWorkFactory
 from saga.watcher import WatcherConfig, WatcherStats, commit_message_id, run_watcher
-from tests.fabric.conftest import Devnet, module_devnet_factory  # noqa: F401
+from tests.fabric.conftest import Devnet, free_port, module_devnet_factory  # noqa: F401
 from tests.integration.test_watcher_support import (
     attempts,
     chaincode_address,  # noqa: F401
@@ -35,6 +35,7 @@ from tests.integration.test_watcher_support import (
     uow_factory,  # noqa: F401
     wait_until,
 )
+from tests.support.prometheus import at_least, metric
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,13 @@ def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) ->
 
 
 class InProcessWatcher:
+    """`run_watcher` in a thread, its counters readable while it runs on its metrics port."""
+
     def __init__(self, uow: SqlUnitOfWorkFactory, net: Devnet, config: WatcherConfig) -> None:
         endpoint = load_connection_profile(net.profile(1)).endpoint()
         identity = identity_of(net)
+        self.metrics_port = free_port()
+        config = replace(config, metrics_port=self.metrics_port)
         self.stop_event = threading.Event()
         self.stats: WatcherStats | None = None
         self.error: BaseException | None = None
@@ -67,6 +72,21 @@ class InProcessWatcher:
 
         self.thread = threading.Thread(target=main, name="watcher-under-test")
         self.thread.start()
+
+    def wait_for(self, counter: str, floor: float, timeout: float = 20) -> None:
+        """Until the watcher's own `saga_watcher_<counter>` reaches `floor`."""
+        name = f"saga_watcher_{counter}"
+        wait_until(
+            lambda: self.error is None and at_least(self.metrics_port, name, floor),
+            timeout,
+            f"{name} >= {floor} (error: {self.error!r})",
+            every=0.05,
+        )
+
+    def counter(self, counter: str) -> float:
+        value = metric(self.metrics_port, f"saga_watcher_{counter}")
+        assert value is not None, f"the watcher's metrics port lists no {counter}"
+        return value
 
     def stop(self) -> WatcherStats:
         self.stop_event.set()
@@ -146,8 +166,12 @@ def test_watcher_settles_commits_and_writes_one_redrive_per_commit(
 
     # A second watcher (a restart) finds nothing to do and writes nothing.
     again = InProcessWatcher(uow_factory, net, WatcherConfig(poll_interval=0.2))
-    time.sleep(1.5)
-    stats_again = again.stop()
+    try:
+        # Evidence it looked: two whole polls of the store, each finding nothing.
+        again.wait_for("polls_total", 2)
+    finally:
+        stats_again = again.stop()
+    assert stats_again.polls >= 2
     assert stats_again.settled == 0 and stats_again.followed == 0
     assert len(outbox_bodies(engine)) == 21
 
@@ -169,8 +193,8 @@ def test_a_wait_past_its_deadline_redrives_the_step_once_then_the_commit_does(
         watcher = InProcessWatcher(uow_factory, net, config)
         try:
             wait_until(lambda: len(outbox_bodies(engine)) == 1, 20, "a deadline re-drive")
-            # Several more deadlines pass: still rate-limited to one message.
-            time.sleep(3)
+            # Three more deadlines pass (the watcher's count): still one message.
+            watcher.wait_for("deadlines_total", watcher.counter("deadlines_total") + 3)
             [(first_id, body)] = outbox_bodies(engine)
             assert body["saga_id"] == saga.saga_id and body["attempt"] == 1
             assert first_id != commit_message_id(saga.txid)
@@ -183,7 +207,7 @@ def test_a_wait_past_its_deadline_redrives_the_step_once_then_the_commit_does(
         client.close()
     ids = [m for m, _ in outbox_bodies(engine)]
     assert ids == [first_id, commit_message_id(saga.txid)]
-    assert stats.deadlines >= 3
+    assert stats.deadlines >= 4
     assert stats.redriven_deadline == 1 and stats.redriven_commit == 1
 
 
@@ -203,9 +227,9 @@ def test_the_watcher_rides_out_a_peer_crash_and_reconnects(
     config = WatcherConfig(poll_interval=0.2, backoff_initial=0.2, backoff_max=1.0)
     watcher = InProcessWatcher(uow_factory, net, config)
     try:
-        time.sleep(1.0)  # every wait on the wire
+        watcher.wait_for("in_flight", 10)  # every wait on the wire
         net.kill()
-        time.sleep(2.0)
+        watcher.wait_for("peer_errors_total", 1)  # the watcher saw the crash
         # The envelopes were durably queued; the restarted devnet (faults reset)
         # orders and commits them.
         net.start()
