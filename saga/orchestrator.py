@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from saga import metrics
+from saga import metrics, step_report
 from saga.chain.executor import ChainSettings, ChainStepExecutor
 from saga.core.chain import VALID, AttemptState
 from saga.core.definitions import (
@@ -310,6 +310,14 @@ class Orchestrator:
                 )
         return outcome
 
+    def handle_reporting(
+        self, message: StepMessage, *, inline: int = 0
+    ) -> tuple[Outcome, list[step_report.Setback]]:
+        """handle(), and the failures and ledger waits it applied (inline steps included)."""
+        with step_report.collect() as setbacks:
+            outcome = self.handle(message, inline=inline)
+        return outcome, setbacks
+
     def _handle_one(
         self, message: StepMessage, hold: bool, *, taken: bool
     ) -> tuple[Outcome, StepMessage | None]:
@@ -467,6 +475,8 @@ class Orchestrator:
         """
         state = record.state
         t = transition(definition, state, event)
+        if t.accepted:
+            step_report.note(event, t.state)
         if output and message.phase is Phase.DO:
             record.data[message.step] = dict(output)
         record = replace(record, state=t.state, updated_at=_now())

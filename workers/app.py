@@ -13,7 +13,9 @@ What makes a kill safe:
   (retries, dead letters), per-consumer QoS (quorum queues refuse global QoS).
 
 What happens to a message:
-- it ran (or was a duplicate or stale): acked;
+- it ran (or was a duplicate or stale): acked; the task ends SUCCESS, FAILURE,
+  RETRY or SKIPPED as the steps it ran went (workers.step_states), so Flower
+  shows a failed step as failed;
 - it can never run (malformed, unknown saga/step/version, or an unexpected
   error): published to the dead-letter queue with the reason, then acked;
 - the database is unreachable: the task sleeps a capped backoff, then Celery
@@ -44,8 +46,10 @@ from saga.core.errors import SagaError
 from saga.core.step_message import MalformedMessage, StepMessage
 from saga.failpoints import failpoint
 from saga.ports import StoreUnavailable
+from saga.step_report import Setback
 from workers.beat import register_sweep_task
 from workers.dead_letter import publish_dead_letter, task_body
+from workers.step_states import StepFailedError, end_task
 
 log = logging.getLogger("saga.worker")
 
@@ -58,7 +62,9 @@ RETRY_MAX = 10.0
 class StepHandler(Protocol):
     """What a task needs from the orchestrator (saga.orchestrator.Orchestrator)."""
 
-    def handle(self, message: StepMessage, *, inline: int = 0) -> Any: ...
+    def handle_reporting(
+        self, message: StepMessage, *, inline: int = 0
+    ) -> tuple[Any, Sequence[Setback]]: ...
 
 
 OrchestratorFactory = Callable[[], StepHandler]
@@ -185,7 +191,15 @@ def create_celery_app(
     signals.worker_process_shutdown.connect(metrics.on_worker_process_shutdown, weak=False)
     register_sweep_task(app)
 
-    @app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None)
+    @app.task(
+        name=STEP_TASK,
+        bind=True,
+        acks_late=True,
+        max_retries=None,
+        # A failed step is an outcome, recorded on the saga: logged without a traceback.
+        throws=(StepFailedError,),
+        Request="workers.step_states:StepRequest",
+    )
     def run_step(self: Task, *args: Any, **kwargs: Any) -> str:
         return _run_step(app, self, args, kwargs)
 
@@ -200,7 +214,7 @@ def _run_step(app: SagaCelery, task: Task, args: tuple[Any, ...], kwargs: dict[s
         message = StepMessage.from_body(args[0])
         if message.message_id != request.id:
             raise MalformedMessage("task id does not match the step message message_id")
-        outcome = app.saga_orchestrator.get().handle(
+        outcome, setbacks = app.saga_orchestrator.get().handle_reporting(
             message, inline=app.saga_settings.worker_inline_steps
         )
     except Retry:
@@ -230,9 +244,10 @@ def _run_step(app: SagaCelery, task: Task, args: tuple[Any, ...], kwargs: dict[s
             "phase": str(message.phase),
             "attempt": message.attempt,
             "outcome": str(value),
+            "setbacks": len(setbacks),
         },
     )
-    return str(value)
+    return end_task(str(value), setbacks)
 
 
 def _retry_later(task: Task, exc: BaseException) -> Any:
@@ -268,6 +283,7 @@ def _dead_letter_request(
     headers = {
         "lang": "py",
         "task": request.task,
+        "shadow": getattr(request, "shadow", None),
         "id": request.id,
         "root_id": request.root_id,
         "parent_id": request.parent_id,

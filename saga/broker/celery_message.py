@@ -60,13 +60,23 @@ def step_argsrepr(body: Mapping[str, Any]) -> str:
     )
 
 
+def step_task_name(body: Mapping[str, Any]) -> str:
+    """The name Flower and the worker's logs show: which saga, which step, and
+    whether it is the step or its compensation ("order-payment.reserve_funds",
+    "order-payment.reserve_funds.compensate"). Workers still run STEP_TASK: the
+    name travels as Celery's `shadow` header, which names the task in events.
+    """
+    suffix = ".compensate" if body.get("phase") == "undo" else ""
+    return f"{body.get('saga', '?')}.{body.get('step', '?')}{suffix}"
+
+
 def step_task_message(message: PendingMessage, *, origin: str | None = None) -> TaskMessage:
     task_id = message.message_id
     headers: dict[str, Any] = {
         "lang": "py",
         "task": STEP_TASK,
         "id": task_id,
-        "shadow": None,
+        "shadow": step_task_name(message.body),
         "eta": None,
         "expires": None,
         "group": None,
