@@ -16,6 +16,12 @@ Kinds of discrepancy, each a count that must be zero:
   not (a foreign key belongs to no saga).
 - ``duplicate_keys``: more than one VALID transaction created the same key.
 - ``not_terminal``: sagas still running or compensating.
+- ``pending_transactions``: a transaction of a chain step (or its reversal) that
+  has not taken effect, which the database records as prepared or submitted (no
+  commit status learned) and the ledger does not have: its outcome is unknown
+  and it may still commit, which is what a saga that gave up "in doubt" waits
+  on. Once the step took effect (another transaction of it is VALID) a stray one
+  can no longer be VALID (guarantee 3) and is not counted.
 """
 
 from __future__ import annotations
@@ -28,12 +34,20 @@ from typing import Any
 from sqlalchemy import select
 
 from saga.audit.ledger_scan import LedgerScan, LedgerTx, record_writes
+from saga.core.chain import AttemptState
 from saga.core.definitions import Registry, StepKind
 from saga.core.state import SagaState, StepStatus
 from saga.ports import LedgerAttemptRecord, UnitOfWorkFactory
 from saga.store.tables import ledger_attempts, sagas
 
-KINDS = ("done_without_valid", "valid_not_done", "unknown_keys", "duplicate_keys", "not_terminal")
+KINDS = (
+    "done_without_valid",
+    "valid_not_done",
+    "unknown_keys",
+    "duplicate_keys",
+    "not_terminal",
+    "pending_transactions",
+)
 
 # Statuses meaning the step's action took effect at some point.
 _TOOK_EFFECT = (StepStatus.DONE, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED)
@@ -231,6 +245,42 @@ def _check_saga(
                         txids=tuple(valid),
                     )
                 )
+            if not should and not valid:
+                _pending(report, scan, state.saga_id, step.name, purpose, attempts)
+
+
+def _pending(
+    report: AuditReport,
+    scan: LedgerScan,
+    saga_id: str,
+    step: str,
+    purpose: str,
+    attempts: list[LedgerAttemptRecord],
+) -> None:
+    for a in attempts:
+        if a.state is AttemptState.COMMITTED or scan.get(a.txid) is not None:
+            continue
+        prepared = f"prepared {_at(a.created_at)}" if a.created_at else "prepared"
+        sent = (
+            f"submitted {_at(a.submitted_at)}"
+            if a.submitted_at is not None
+            else "no submit recorded"
+        )
+        report.add(
+            Discrepancy(
+                "pending_transactions",
+                f"{prepared}, {sent}; not on the ledger up to block {scan.height - 1}: "
+                f"it may still commit (`saga ledger tx {a.txid}`)",
+                saga_id=saga_id,
+                step=step,
+                purpose=purpose,
+                txids=(a.txid,),
+            )
+        )
+
+
+def _at(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
 
 
 def _should_be_valid(status: StepStatus, purpose: str) -> bool:

@@ -72,7 +72,7 @@ def _audit(
     return audit(uow, None, scan_ledger(client, channel), **kw)
 
 
-def _only(report: AuditReport, **expected: int) -> None:
+def _only(report: AuditReport, **expected: int | None) -> None:
     wanted = {k: 0 for k in report.counts()} | expected
     assert report.counts() == wanted, report.as_dict()
 
@@ -178,12 +178,35 @@ def test_audit_is_clean_after_a_good_run_and_reports_each_discrepancy(
         assert item.saga_id == lost.saga_id and item.txids == (lost.txid,)
 
         # 4. A saga still waiting (its envelope stored, never submitted): not
-        #    terminal; its key is known from the stored envelope.
+        #    terminal, its transaction pending; its key is known from the stored envelope.
         [waiting] = prepared_sagas(uow, client, channel, 1, submit=False)
         report = _audit(uow, client, channel)
-        _only(report, unknown_keys=1, done_without_valid=1, valid_not_done=1, not_terminal=1)
+        _only(
+            report,
+            unknown_keys=1,
+            done_without_valid=1,
+            valid_not_done=1,
+            not_terminal=1,
+            pending_transactions=1,
+        )
         [item] = report.found["not_terminal"] or []
         assert item.saga_id == waiting.saga_id
+        [item] = report.found["pending_transactions"] or []
+        assert (item.saga_id, item.step, item.txids) == (waiting.saga_id, "record", (waiting.txid,))
+        assert "prepared" in item.detail and "no submit recorded" in item.detail
+        assert "not on the ledger" in item.detail
+
+        # 4b. A saga that gave up in doubt (failed, terminal) while its transaction is
+        #     neither committed nor known to the ledger: the audit of that saga alone
+        #     says so instead of counting zeros.
+        [doubt] = prepared_sagas(uow, client, channel, 1, submit=False)
+        set_saga(uow, doubt.saga_id, status=StepStatus.FAILED)
+        alone = _audit(uow, client, channel, saga_id=doubt.saga_id)
+        _only(alone, unknown_keys=None, pending_transactions=1)
+        assert not alone.clean
+        pending = _cli(net, pg_url, "--saga", doubt.saga_id)
+        assert pending.returncode == 1, pending.stdout
+        assert "pending transactions" in pending.stdout and doubt.txid[:12] in pending.stdout
 
         # 5. Two VALID transactions creating one key (only possible outside
         #    sagafacts; scanned in the devkv namespace).
@@ -208,6 +231,7 @@ def test_audit_is_clean_after_a_good_run_and_reports_each_discrepancy(
             "unknown_keys": 1,
             "duplicate_keys": 0,
             "not_terminal": 1,
+            "pending_transactions": 2,
         }
         table = _cli(net, pg_url)
         assert table.returncode == 1 and "unknown keys" in table.stdout
