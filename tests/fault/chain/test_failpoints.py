@@ -30,9 +30,50 @@ def arm(monkeypatch: pytest.MonkeyPatch, spec: str, markers: Path | None = None)
     failpoints.reset()
 
 
-def test_unset_does_nothing() -> None:
+def _call_every_point() -> None:
     for name in failpoints.POINTS:
-        failpoint(name, "x", "do")
+        for tags in [(), ("x", "do"), ("record", "undo")]:
+            assert failpoint(name, *tags) is None
+
+
+def test_unset_does_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unset: every point returns at once, logs nothing and leaves no hit; the same
+    calls with one point armed do act, so the observations below can see a firing."""
+    monkeypatch.setenv(failpoints.MARKERS_ENV, str(tmp_path))
+    caplog.set_level("DEBUG", logger="saga.failpoints")
+    _call_every_point()
+    assert hits(tmp_path) == [] and not (tmp_path / "hits.log").exists()
+    assert caplog.records == []
+
+    arm(monkeypatch, "worker.before_ack=raise(armed)", tmp_path)
+    with pytest.raises(FailpointError, match="armed"):
+        _call_every_point()
+    assert [h["point"] for h in hits(tmp_path)] == ["worker.before_ack"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "failpoint worker.before_ack fired: worker.before_ack=raise(armed)"
+    ]
+
+
+def test_unset_kill_point_leaves_the_process_alive(tmp_path: Path) -> None:
+    """A process passing every point unarmed runs to its end; armed with kill, it dies there."""
+    code = (
+        "from saga.failpoints import POINTS, failpoint\n"
+        "for name in POINTS: failpoint(name, 'x', 'do')\n"
+        "print('ran')"
+    )
+    base = {k: v for k, v in os.environ.items() if k != failpoints.ENV}
+    base[failpoints.MARKERS_ENV] = str(tmp_path)
+    unset = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True)
+    assert (unset.returncode, unset.stdout.strip()) == (0, "ran"), unset.stderr
+    assert hits(tmp_path) == []
+    armed_env = {**base, failpoints.ENV: "chain.after_submit=kill"}
+    armed = subprocess.run(
+        [sys.executable, "-c", code], env=armed_env, capture_output=True, text=True
+    )
+    assert (armed.returncode, armed.stdout) == (-9, "")
+    assert [h["point"] for h in hits(tmp_path)] == ["chain.after_submit"]
 
 
 def test_parse_rejects_unknown_points_and_actions() -> None:
