@@ -451,6 +451,7 @@ def watcher(
             status_interval=status_interval,
             db_threads=max(1, min(4, settings.db_pool_size)),
             metrics_port=settings.metrics_port,
+            metrics_address=settings.metrics_address,
         )
     except ValueError as exc:
         console.print(f"[red]configuration error:[/] {exc}")

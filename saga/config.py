@@ -92,7 +92,11 @@ class Settings:
     log_level: str = "INFO"
     # Port for the Prometheus endpoint of relay, workers and watcher (0 = off);
     # each process on one host needs its own. The API serves GET /metrics instead.
+    # `saga up` takes it as the first of consecutive ports, one per such process.
     metrics_port: int = 0
+    # Address those endpoints listen on. They have no authentication: loopback
+    # unless a scraper on another host must reach them (e.g. 0.0.0.0 in a container).
+    metrics_address: str = "127.0.0.1"
     # Deadline of the broker question (DLQ depth) asked at each API scrape.
     metrics_timeout: float = 2.0
     # Stuck-saga sweeper (`saga beat` runs it every sweep_interval seconds; `saga
@@ -188,6 +192,13 @@ class Settings:
         if self.worker_inline_steps < 0 or self.worker_inline_reserve <= 0:
             raise ConfigError(
                 "SAGA_WORKER_INLINE_STEPS must be >= 0 and SAGA_WORKER_INLINE_RESERVE > 0 seconds"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("SAGA_METRICS_PORT must be a TCP port (0: no metrics endpoint)")
+        if not self.metrics_address.strip():
+            raise ConfigError(
+                "SAGA_METRICS_ADDRESS is empty: give the address metric endpoints listen on "
+                "(127.0.0.1, or 0.0.0.0 for every interface)"
             )
         if self.max_payload_bytes < 1 or self.max_payload_depth < 1:
             raise ConfigError("payload limits must be positive")

@@ -5,16 +5,22 @@ use, because it picks its value storage (in memory, or one mmap file per
 process under PROMETHEUS_MULTIPROC_DIR) when it is imported, and a worker sets
 that directory at start, before its pool forks.
 
-Who exposes what:
+Who exposes what (each process only what it does; a metric is registered at
+its first use, see Instruments):
 
 - workers (`saga worker --metrics-port`): step latency, results, retries,
-  compensations, chain decisions, in multiprocess mode (the pool children write,
-  the main process serves the sum);
+  compensations, chain decisions, sweeper passes, in multiprocess mode (the pool
+  children write, the main process serves the sum);
 - relay and watcher (SAGA_METRICS_PORT, each on its own port): their counters,
   the watcher's commit latency;
-- the API (`GET /metrics`): the store and broker gauges read at scrape time
-  (sagas by name and status, chain transactions in flight, outbox lag, DLQ
-  depth), once for the whole deployment rather than once per worker.
+- the API (`GET /metrics`, bearer token): sagas it enqueued, and the store and
+  broker gauges read at scrape time (sagas by name and status, chain
+  transactions in flight, outbox lag, DLQ depth), the same on every API instance
+  (aggregate them with max, not sum).
+
+Endpoints listen on SAGA_METRICS_ADDRESS (loopback by default): they have no
+authentication. A counter restarts from 0 with its process; Prometheus'
+rate()/increase() count that as a reset, per scrape target.
 
 Call sites use the small functions at the bottom (one line each); they never
 raise into the code they measure.
@@ -22,6 +28,7 @@ raise into the code they measure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -30,10 +37,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -54,126 +60,198 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 COMMIT_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
-@dataclass
-class Instruments:
-    step_seconds: Histogram
-    steps_in_progress: Gauge
-    step_results: Counter
-    step_retries: Counter
-    compensations: Counter
-    sagas_finished: Counter
-    enqueued: Counter
-    inline_steps: Counter
-    chain_decisions: Counter
-    chain_transactions: Counter
-    ledger_waits: Counter
-    commit_seconds: Histogram
-    relay_published: Counter
-    relay_batches: Counter
-    relay_failures: Counter
-    sweeper_redrives: Counter
-    sweeper_stuck: Counter
-    sweeper_attempts: Counter
+T = TypeVar("T")
 
+
+class _Metric(Generic[T]):
+    """An instrument created and registered on first use (see Instruments)."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Instruments | None, owner: type) -> T:
+        if obj is None:
+            raise AttributeError(self.name)
+        return obj.get(self.name, self._make)
+
+
+def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> Callable[[], Counter]:
+    def make() -> Counter:
+        from prometheus_client import Counter
+
+        return Counter(name, doc, list(labels))
+
+    return make
+
+
+def _histogram(
+    name: str, doc: str, labels: Iterable[str], buckets: Iterable[float]
+) -> Callable[[], Histogram]:
+    def make() -> Histogram:
+        from prometheus_client import Histogram
+
+        return Histogram(name, doc, list(labels), buckets=tuple(buckets))
+
+    return make
+
+
+def _live_gauge(name: str, doc: str, labels: Iterable[str]) -> Callable[[], Gauge]:
+    def make() -> Gauge:
+        from prometheus_client import Gauge
+
+        return Gauge(name, doc, list(labels), multiprocess_mode="livesum")
+
+    return make
+
+
+class Instruments:
+    """The process's metric objects, each registered when the process first uses it.
+
+    So a process exports only the metrics of the work it does: a relay has no
+    sweeper counter, the API no relay counter. A zero exported by a process that
+    never does the work would be summed with the real one and read as a second
+    relay that published nothing.
+    """
+
+    step_seconds = _Metric(
+        _histogram(
+            "saga_step_duration_seconds",
+            "Time to handle one step message, by step kind and phase (do/undo)",
+            ["kind", "phase"],
+            STEP_BUCKETS,
+        )
+    )
+    steps_in_progress = _Metric(
+        _live_gauge("saga_steps_in_progress", "Step messages being handled now", ["kind"])
+    )
+    step_results = _Metric(
+        _counter(
+            "saga_step_results_total",
+            "Step and compensation outcomes recorded on sagas",
+            ["saga", "step", "phase", "result"],
+        )
+    )
+    step_retries = _Metric(
+        _counter(
+            "saga_step_retries_total",
+            "Failed step or compensation attempts that were scheduled again",
+            ["saga", "step", "phase"],
+        )
+    )
+    compensations = _Metric(
+        _counter(
+            "saga_compensations_total",
+            "Steps compensated (their compensation succeeded)",
+            ["saga", "step"],
+        )
+    )
+    sagas_finished = _Metric(
+        _counter(
+            "saga_sagas_finished_total", "Sagas that reached a terminal status", ["saga", "status"]
+        )
+    )
+    enqueued = _Metric(_counter("saga_enqueued_total", "Sagas started", ["saga"]))
+    inline_steps = _Metric(
+        _counter(
+            "saga_inline_steps_total",
+            "Step messages a worker took from the outbox and ran itself, never published",
+            ["saga", "step", "phase"],
+        )
+    )
+    chain_decisions = _Metric(
+        _counter(
+            "saga_chain_verify_total",
+            "Verify passes of chain steps, by the decision taken",
+            ["decision"],
+        )
+    )
+    chain_transactions = _Metric(
+        _counter(
+            "saga_chain_transactions_total",
+            "Ledger transactions prepared (new txid) or resubmitted (same envelope)",
+            ["event"],
+        )
+    )
+    ledger_waits = _Metric(
+        _counter(
+            "saga_chain_ledger_waits_total",
+            "Chain steps that found the ledger unreachable and wait (each look counts once), "
+            "by what the ledger answered and whether the step waits on or went to an operator",
+            ["kind", "outcome"],
+        )
+    )
+    commit_seconds = _Metric(
+        _histogram(
+            "saga_chain_commit_latency_seconds",
+            "From submit (or prepare, if the submit was not recorded) to the commit the "
+            "watcher saw",
+            ["result"],
+            COMMIT_BUCKETS,
+        )
+    )
+    relay_published = _Metric(
+        _counter("saga_relay_published_messages_total", "Outbox rows published with a confirm")
+    )
+    relay_batches = _Metric(_counter("saga_relay_batches_total", "Outbox batches published"))
+    relay_failures = _Metric(
+        _counter("saga_relay_failures_total", "Relay batches that failed (retried with backoff)")
+    )
+    sweeper_redrives = _Metric(
+        _counter("saga_sweeper_redrives_total", "Stuck sagas re-driven through the verify path")
+    )
+    sweeper_stuck = _Metric(
+        _counter("saga_sweeper_marked_stuck_total", "Sagas marked for an operator by the sweeper")
+    )
+    sweeper_attempts = _Metric(
+        _counter(
+            "saga_sweeper_attempts_total",
+            "Unsettled ledger attempts of terminal sagas the sweeper settled or gave up",
+            ["result"],
+        )
+    )
+
+    def __init__(self) -> None:
+        self._made: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, make: Callable[[], T]) -> T:
+        made: T | None = self._made.get(name)
+        if made is None:
+            # Two threads registering one name would collide in the registry.
+            with self._lock:
+                made = self._made.get(name)
+                if made is None:
+                    made = self._made[name] = make()
+        return made
+
+    def declare(self, names: Iterable[str]) -> None:
+        """Register these now, so their unlabelled counters are exported from 0 on."""
+        for name in names:
+            getattr(self, name)
+
+
+# What a role's endpoint exports from its start (unlabelled counters: a series that
+# appears only at its first increment loses that increment to rate()).
+ROLE_METRICS: dict[str, tuple[str, ...]] = {
+    "relay": ("relay_published", "relay_batches", "relay_failures"),
+}
 
 _lock = threading.Lock()
 _instruments: Instruments | None = None
 
 
 def instruments() -> Instruments:
-    """The process's metric objects, created (and registered) on first use."""
+    """The process's instruments; each metric is registered at its first use."""
     global _instruments
     if _instruments is None:
         with _lock:
             if _instruments is None:
-                _instruments = _create()
+                _instruments = Instruments()
     return _instruments
-
-
-def _create() -> Instruments:
-    from prometheus_client import Counter, Gauge, Histogram
-
-    return Instruments(
-        step_seconds=Histogram(
-            "saga_step_duration_seconds",
-            "Time to handle one step message, by step kind and phase (do/undo)",
-            ["kind", "phase"],
-            buckets=STEP_BUCKETS,
-        ),
-        steps_in_progress=Gauge(
-            "saga_steps_in_progress",
-            "Step messages being handled now",
-            ["kind"],
-            multiprocess_mode="livesum",
-        ),
-        step_results=Counter(
-            "saga_step_results_total",
-            "Step and compensation outcomes recorded on sagas",
-            ["saga", "step", "phase", "result"],
-        ),
-        step_retries=Counter(
-            "saga_step_retries_total",
-            "Failed step or compensation attempts that were scheduled again",
-            ["saga", "step", "phase"],
-        ),
-        compensations=Counter(
-            "saga_compensations_total",
-            "Steps compensated (their compensation succeeded)",
-            ["saga", "step"],
-        ),
-        sagas_finished=Counter(
-            "saga_sagas_finished_total",
-            "Sagas that reached a terminal status",
-            ["saga", "status"],
-        ),
-        enqueued=Counter("saga_enqueued_total", "Sagas started", ["saga"]),
-        inline_steps=Counter(
-            "saga_inline_steps_total",
-            "Step messages a worker took from the outbox and ran itself, never published",
-            ["saga", "step", "phase"],
-        ),
-        chain_decisions=Counter(
-            "saga_chain_verify_total",
-            "Verify passes of chain steps, by the decision taken",
-            ["decision"],
-        ),
-        chain_transactions=Counter(
-            "saga_chain_transactions_total",
-            "Ledger transactions prepared (new txid) or resubmitted (same envelope)",
-            ["event"],
-        ),
-        ledger_waits=Counter(
-            "saga_chain_ledger_waits_total",
-            "Chain steps that found the ledger unreachable and wait (each look counts once), "
-            "by what the ledger answered and whether the step waits on or went to an operator",
-            ["kind", "outcome"],
-        ),
-        commit_seconds=Histogram(
-            "saga_chain_commit_latency_seconds",
-            "From submit (or prepare, if the submit was not recorded) to the commit the "
-            "watcher saw",
-            ["result"],
-            buckets=COMMIT_BUCKETS,
-        ),
-        relay_published=Counter(
-            "saga_relay_published_messages_total", "Outbox rows published with a confirm"
-        ),
-        relay_batches=Counter("saga_relay_batches_total", "Outbox batches published"),
-        relay_failures=Counter(
-            "saga_relay_failures_total", "Relay batches that failed (retried with backoff)"
-        ),
-        sweeper_redrives=Counter(
-            "saga_sweeper_redrives_total", "Stuck sagas re-driven through the verify path"
-        ),
-        sweeper_stuck=Counter(
-            "saga_sweeper_marked_stuck_total", "Sagas marked for an operator by the sweeper"
-        ),
-        sweeper_attempts=Counter(
-            "saga_sweeper_attempts_total",
-            "Unsettled ledger attempts of terminal sagas the sweeper settled or gave up",
-            ["result"],
-        ),
-    )
 
 
 # -- call sites: one line each, never raising --------------------------------------------
@@ -414,11 +492,19 @@ def queue_depth(broker_url: str, queue: str, timeout: float) -> int | None:
 # -- exposition ---------------------------------------------------------------------------
 
 
-def store_registry(settings: Settings, uow_factory: UnitOfWorkFactory) -> CollectorRegistry:
-    """A registry with this process's metrics and the store/broker gauges (for the API)."""
+def store_registry(
+    settings: Settings, uow_factory: UnitOfWorkFactory, sagas: Iterable[str] = ()
+) -> CollectorRegistry:
+    """A registry with this process's metrics and the store/broker gauges (for the API).
+
+    `sagas`: the names the API enqueues, exported from 0 so the first enqueue after
+    a start is an increase Prometheus sees.
+    """
     from prometheus_client import REGISTRY, CollectorRegistry
 
-    instruments()
+    started = instruments().enqueued
+    for name in sagas:
+        started.labels(name)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Chain(REGISTRY))
     registry.register(
@@ -451,35 +537,48 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def serve(port: int, role: str, *extra: Any, addr: str = "0.0.0.0") -> Any:
+LOOPBACK = "127.0.0.1"
+
+
+def serve(port: int, role: str, *extra: Any, addr: str = LOOPBACK) -> Any:
     """Serve this process's metrics (plus `extra` collectors) on `port`; 0: nothing.
 
-    A port already in use is logged, not fatal: a relay or watcher that cannot
-    expose metrics must still do its work.
+    Without authentication, hence on loopback unless SAGA_METRICS_ADDRESS says
+    otherwise. A port already in use is logged, not fatal: a relay or watcher
+    that cannot expose metrics must still do its work.
     """
     if not port:
         return None
-    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+    from prometheus_client import REGISTRY, CollectorRegistry
 
-    instruments()
+    instruments().declare(ROLE_METRICS.get(role, ()))
     registry: Any = REGISTRY
     if extra:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Chain(REGISTRY))
         for collector in extra:
             registry.register(collector)
+    return _start(port, addr, registry, role)
+
+
+def _start(port: int, addr: str, registry: Any, role: str, **fields: str) -> Any:
+    from prometheus_client import start_http_server
+
     try:
         server, _ = start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
         log.error(
-            "metrics endpoint not started", extra={"role": role, "port": port, "error": str(exc)}
+            "metrics endpoint not started; give this process a free port (SAGA_METRICS_PORT)",
+            extra={"role": role, "address": addr, "port": port, "error": str(exc)},
         )
         return None
-    log.info("metrics endpoint", extra={"role": role, "port": port})
+    log.info("metrics endpoint", extra={"role": role, "address": addr, "port": port, **fields})
     return server
 
 
 # -- multiprocess mode (Celery prefork workers) ----------------------------------------------
+
+_TEMP_PREFIX = "saga-metrics-"
 
 
 def prepare_multiprocess() -> tuple[Path, bool]:
@@ -487,36 +586,66 @@ def prepare_multiprocess() -> tuple[Path, bool]:
 
     Returns the directory and whether we created it (then we remove it at exit).
     An operator-given directory is used as it is: give each `saga worker` its own
-    (counts of every process writing there are summed).
+    (counts of every process writing there are summed). Either way, what a worker
+    that was killed left behind goes now (see drop_dead_files, drop_dead_directories).
     """
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         path = Path(given)
         path.mkdir(parents=True, exist_ok=True)
+        drop_dead_files(path)
         return path, False
-    path = Path(tempfile.mkdtemp(prefix="saga-metrics-"))
+    drop_dead_directories(Path(tempfile.gettempdir()))
+    # The owner's pid in the name: a later worker can tell a dead one's directory.
+    path = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-"))
     os.environ[MULTIPROC_ENV] = str(path)
     return path, True
 
 
-def serve_multiprocess(port: int, directory: Path, addr: str = "0.0.0.0") -> Any:
+def drop_dead_files(directory: Path) -> None:
+    """Remove the files of processes that are gone, before a worker starts.
+
+    prometheus_client sums every file in the directory; a previous worker's
+    counters (one killed before its exit hook) would be added to the new one's
+    forever. Dropping them is a counter reset, which Prometheus' rate() expects
+    of a restarted process. Files of live processes (another worker given the
+    same directory) stay.
+    """
+    for path in directory.glob("*.db"):
+        pid = _pid_of(path.stem)
+        if pid is not None and not _alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def drop_dead_directories(parent: Path) -> None:
+    """Remove the temporary directories of this user's workers that died unannounced."""
+    uid = os.getuid()
+    for path in parent.glob(f"{_TEMP_PREFIX}*-*"):
+        owner = path.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+        try:
+            mine = path.is_dir() and path.stat().st_uid == uid
+        except OSError:
+            continue
+        if mine and owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_of(stem: str) -> int | None:
+    """The pid in a multiprocess file name (counter_123, gauge_livesum_123)."""
+    text = stem.rsplit("_", 1)[-1]
+    return int(text) if text.isdigit() else None
+
+
+def serve_multiprocess(port: int, directory: Path, addr: str = LOOPBACK) -> Any:
     """The worker main process's endpoint: the sum over every pool process's files."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_DeadPidSweep(directory))
     MultiProcessCollector(registry, path=str(directory))
-    try:
-        server, _ = start_http_server(port, addr=addr, registry=registry)
-    except OSError as exc:
-        log.error(
-            "metrics endpoint not started",
-            extra={"role": "worker", "port": port, "error": str(exc)},
-        )
-        return None
-    log.info("metrics endpoint", extra={"role": "worker", "port": port, "dir": str(directory)})
-    return server
+    return _start(port, addr, registry, "worker", dir=str(directory))
 
 
 def on_worker_process_shutdown(**kwargs: Any) -> None:
@@ -549,9 +678,9 @@ class _DeadPidSweep:
 
     def collect(self) -> Iterable[Metric]:
         for path in self._dir.glob("gauge_live*_*.db"):
-            pid_text = path.stem.rsplit("_", 1)[-1]
-            if pid_text.isdigit() and not _alive(int(pid_text)):
-                process_exited(int(pid_text))
+            pid = _pid_of(path.stem)
+            if pid is not None and not _alive(pid):
+                process_exited(pid)
         return []
 
 
@@ -603,7 +732,7 @@ def watcher_collector(stats: Any) -> StatsCollector:
 
 
 @contextmanager
-def worker_endpoint(port: int) -> Iterator[None]:
+def worker_endpoint(port: int, addr: str = LOOPBACK) -> Iterator[None]:
     """Multiprocess metrics for a prefork worker, served by its main process; 0: none.
 
     Entered before the pool forks, so every pool process writes its own files
@@ -613,7 +742,7 @@ def worker_endpoint(port: int) -> Iterator[None]:
         yield
         return
     directory, ours = prepare_multiprocess()
-    server = serve_multiprocess(port, directory)
+    server = serve_multiprocess(port, directory, addr)
     try:
         yield
     finally:
@@ -626,12 +755,16 @@ def worker_endpoint(port: int) -> Iterator[None]:
 class ApiScrape:
     """GET /metrics of the API: its own metrics and the store/broker gauges.
 
-    The registry is built at the first scrape, not with the app.
+    The registry is built at the first scrape, not with the app. `sagas`: the
+    names this API enqueues (their saga_enqueued_total starts at 0).
     """
 
-    def __init__(self, settings: Settings, uow_factory: UnitOfWorkFactory) -> None:
+    def __init__(
+        self, settings: Settings, uow_factory: UnitOfWorkFactory, sagas: Iterable[str] = ()
+    ) -> None:
         self._settings = settings
         self._uow = uow_factory
+        self._sagas = tuple(sagas)
         self._registry: CollectorRegistry | None = None
         self._lock = threading.Lock()
 
@@ -640,6 +773,6 @@ class ApiScrape:
 
         with self._lock:
             if self._registry is None:
-                self._registry = store_registry(self._settings, self._uow)
+                self._registry = store_registry(self._settings, self._uow, self._sagas)
         body, content_type = render(self._registry)
         return Response(body, media_type=content_type)

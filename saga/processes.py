@@ -25,7 +25,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +33,21 @@ import yaml
 
 PROCESS_FILE = Path(__file__).resolve().parents[1] / "compose" / "processes.toml"
 CHAINCODE_ID = "sagafacts_1.0:local"
+# Services serving their own Prometheus endpoint on SAGA_METRICS_PORT (the API
+# serves GET /metrics on its own port behind the token; the others serve none).
+METRICS_SERVICES = frozenset({"relay", "worker", "watcher"})
+# Services whose copies each need a name of their own: a Celery node name per slot
+# (worker1@host), the same after a restart, so Flower shows one worker per slot
+# rather than a new one, and an offline ghost, per restart.
+NAMED_SERVICES = frozenset({"worker"})
+# Settings that name files or directories: relative ones are made absolute before
+# the children start in the working directory.
+PATH_SETTINGS = (
+    "SAGA_FABRIC_PROFILE",
+    "SAGA_FABRIC_MSP_DIR",
+    "SAGA_FABRIC_TLS_CERT",
+    "SAGA_FABRIC_TLS_KEY",
+)
 ORG1_DOMAIN = "org1.example.com"
 ORG2_DOMAIN = "org2.example.com"
 
@@ -207,6 +222,13 @@ class Child:
     def label(self) -> str:
         return f"{self.spec.name}.{self.index}"
 
+    def argv(self) -> list[str]:
+        words = argv(self.spec.command)
+        if self.spec.name in NAMED_SERVICES:
+            # %h: Celery puts the host name in.
+            words += ["--hostname", f"{self.spec.name}{self.index}@%h"]
+        return words
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
@@ -216,7 +238,7 @@ class Child:
         self._log.write(f"--- {time.strftime('%H:%M:%S')} start {self.label}\n".encode())
         self._log.flush()
         self.popen = subprocess.Popen(
-            argv(self.spec.command),
+            self.argv(),
             cwd=cwd,
             env=dict(env),
             stdout=self._log,
@@ -271,13 +293,98 @@ class LocalProcessSet:
         self.ready_timeout = ready_timeout
         self.children: list[Child] = []
         self._stopping = threading.Event()
+        raw = self.env.get("SAGA_METRICS_PORT", "").strip() or "0"
+        if not raw.isdigit() or int(raw) > 65535:
+            raise ProcessSetError(
+                f"SAGA_METRICS_PORT={raw!r}: give the first of consecutive free ports, one per "
+                f"process serving metrics ({', '.join(sorted(METRICS_SERVICES))}), or 0 for none"
+            )
+        self.metrics_base = int(raw)
+        self.metrics_address = self.env.get("SAGA_METRICS_ADDRESS") or "127.0.0.1"
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
 
     def log_path(self, label: str) -> Path:
         return self.workdir / "logs" / f"{label}.log"
 
+    def plan(self) -> list[Child]:
+        """Every copy of every service, in start order, not yet started."""
+        return [
+            Child(spec, i, self.log_path(f"{spec.name}.{i}"))
+            for spec in self.specs
+            if not spec.job
+            for i in range(1, self.scale.get(spec.name, spec.scale) + 1)
+        ]
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Each metrics-serving child's port: SAGA_METRICS_PORT, +1, +2, ... ({}: off).
+
+        Services with one copy come first, so `--scale worker=N` moves no other
+        process's port.
+        """
+        if not self.metrics_base:
+            return {}
+        serving = [c for c in self.plan() if c.spec.name in METRICS_SERVICES]
+        single = [c for c in serving if self.scale.get(c.spec.name, c.spec.scale) == 1]
+        ordered = single + [c for c in serving if c not in single]
+        return {c.label: self.metrics_base + n for n, c in enumerate(ordered)}
+
+    def child_env(self, child: Child) -> dict[str, str]:
+        """The set's environment, with this child's own metrics port (0: none).
+
+        One SAGA_METRICS_PORT shared by every child would let the first bind it and
+        every other log "Address already in use".
+        """
+        env = dict(self.env)
+        port = self.metrics_ports().get(child.label, 0)
+        env["SAGA_METRICS_PORT"] = str(port)
+        if port and child.spec.name == "worker":
+            # Per slot, kept across restarts: the worker drops a dead predecessor's
+            # files at start, and a SIGKILL leaves no temporary directory behind.
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.workdir / "metrics" / child.label)
+        return env
+
+    def check_metrics_ports(self) -> None:
+        """Fail before starting anything if a planned metrics port is taken."""
+        ports = self.metrics_ports()
+        for label, port in ports.items():
+            with socket.socket() as s:
+                try:
+                    s.bind((self.metrics_address, port))
+                except OSError as exc:
+                    raise ProcessSetError(
+                        f"port {port} for {label}'s metrics cannot be used ({exc.strerror}): "
+                        f"set SAGA_METRICS_PORT to the first of {len(ports)} free consecutive "
+                        "ports, or 0 for no metrics endpoints"
+                    ) from None
+
+    def metrics_targets(self) -> list[dict[str, Any]]:
+        """One Prometheus scrape target per metrics-serving child (file_sd format)."""
+        host = self.metrics_address
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return [
+            {"targets": [f"{host}:{port}"], "labels": {"process": label}}
+            for label, port in self.metrics_ports().items()
+        ]
+
+    @property
+    def targets_file(self) -> Path:
+        return self.workdir / "metrics-targets.json"
+
+    def write_metrics_targets(self) -> Path:
+        """metrics-targets.json in the working directory, for Prometheus' file_sd_configs."""
+        path = self.targets_file
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.metrics_targets(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
     def start(self) -> None:
         """Run the jobs, then start the services in order, each `after` its dependencies."""
+        self.check_metrics_ports()
+        if self.metrics_base:
+            self.write_metrics_targets()
+        planned = self.plan()
         ready: set[str] = set()
         for spec in self.specs:
             if spec.job:
@@ -287,9 +394,8 @@ class LocalProcessSet:
                 if dep in {s.name for s in self.specs} and dep not in ready:
                     self._wait_ready(dep)
                     ready.add(dep)
-            for i in range(1, self.scale.get(spec.name, spec.scale) + 1):
-                child = Child(spec, i, self.log_path(f"{spec.name}.{i}"))
-                child.start(self.env, self.workdir)
+            for child in (c for c in planned if c.spec is spec):
+                child.start(self.child_env(child), self.workdir)
                 self.children.append(child)
                 self.say(f"started {child.label} (pid {child.popen.pid if child.popen else '?'})")
         for spec in self.specs:
@@ -346,7 +452,7 @@ class LocalProcessSet:
             elif now >= child.next_start:
                 child.restarts += 1
                 child.next_start = 0.0
-                child.start(self.env, self.workdir)
+                child.start(self.child_env(child), self.workdir)
 
     def status(self) -> list[dict[str, Any]]:
         return [
@@ -375,14 +481,35 @@ class LocalProcessSet:
         self.stop()
 
 
+def absolute_paths(env: Mapping[str, str], cwd: Path) -> dict[str, str]:
+    """`env` with relative file settings made absolute against `cwd`.
+
+    The children run in the working directory (.saga-up/), so a path the operator
+    gave relative to their shell would point inside it. Covers the SAGA_FABRIC_*
+    paths and every SAGA_<setting>_FILE secret; an inline PEM is left as it is.
+    """
+    from saga.config import PREFIX, Settings
+
+    names = set(PATH_SETTINGS) | {f"{PREFIX}{f.name.upper()}_FILE" for f in fields(Settings)}
+    out = dict(env)
+    for name in names:
+        value = out.get(name, "")
+        if value and not value.lstrip().startswith("-----BEGIN ") and not Path(value).is_absolute():
+            out[name] = str(cwd / value)
+    return out
+
+
 def local_env(
     workdir: Path,
     specs: Iterable[ProcessSpec],
     base: Mapping[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
 ) -> dict[str, str]:
-    """The environment of every child: `base` (default: ours), plus the devnet's
-    settings, an API token and the local addresses when they are not given."""
-    env = dict(os.environ if base is None else base)
+    """The environment of every child: `base` (default: ours) with relative paths
+    resolved against `cwd` (default: ours), plus the devnet's settings, an API token
+    and the local addresses when they are not given."""
+    env = absolute_paths(os.environ if base is None else base, cwd or Path.cwd())
     names = {s.name for s in specs}
     if "devnet" in names:
         env.update(devnet_env(workdir))
@@ -433,22 +560,52 @@ def run_up(
     """`saga up`: start the set, print where things are, supervise until `stop`."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    specs = select(
-        load_processes(process_file),
-        devnet=not os.environ.get("SAGA_FABRIC_PROFILE"),
-        without=without,
-    )
+    profile = os.environ.get("SAGA_FABRIC_PROFILE")
+    specs = select(load_processes(process_file), devnet=not profile, without=without)
     env = local_env(workdir, specs)
+    if profile:
+        say(
+            f"SAGA_FABRIC_PROFILE is set: using that network ({env['SAGA_FABRIC_PROFILE']}), "
+            "no devnet or chaincode started; unset it for the local devnet"
+        )
     with LocalProcessSet(specs, workdir=workdir, env=env, scale=scale, say=say) as procs:
         procs.start()
         say(f"logs in {workdir / 'logs'}")
-        if any(s.name == "api" for s in specs):
-            token = "SAGA_API_TOKEN" if os.environ.get("SAGA_API_TOKEN") else workdir / "api-token"
-            say(f"API: http://{readiness_address('api', env, workdir)} (bearer token: {token})")
-        if any(s.name == "flower" for s in specs):
-            say(f"Flower: http://{readiness_address('flower', env, workdir)}")
+        for line in shell_lines(procs, env):
+            say(line)
         say("running; Ctrl-C stops every process")
         procs.supervise(stop)
+
+
+def shell_lines(procs: LocalProcessSet, env: Mapping[str, str]) -> list[str]:
+    """Where things are, and the export line that points the operator's shell (saga
+    commands, the runbooks' curl) at this API. The token is named by its file, so it
+    stays out of terminals and captured output."""
+    names = {s.name for s in procs.specs}
+    workdir = procs.workdir
+    lines: list[str] = []
+    if "api" in names:
+        url = f"http://{readiness_address('api', env, workdir)}"
+        if os.environ.get("SAGA_API_TOKEN"):
+            lines.append(f"API: {url} (bearer token: your SAGA_API_TOKEN)")
+            lines.append(f"export SAGA_API_URL={url}")
+        else:
+            token_file = workdir / "api-token"
+            lines.append(f"API: {url} (bearer token in {token_file})")
+            lines.append(f'export SAGA_API_URL={url} SAGA_API_TOKEN="$(cat {token_file})"')
+        lines.append(f"API metrics: {url}/metrics (bearer token)")
+    targets = procs.metrics_targets()
+    if targets:
+        listed = ", ".join(f"{t['labels']['process']} {t['targets'][0]}" for t in targets)
+        lines.append(f"metrics: {listed} (Prometheus file_sd: {procs.targets_file})")
+    elif names & METRICS_SERVICES:
+        lines.append(
+            "metrics: off for relay, workers and watcher (SAGA_METRICS_PORT=9400 saga up "
+            "gives each its own port from 9400)"
+        )
+    if "flower" in names:
+        lines.append(f"Flower: http://{readiness_address('flower', env, workdir)}")
+    return lines
 
 
 def main(args: list[str] | None = None) -> int:

@@ -86,7 +86,7 @@ def run_relay(
     """
     backoff = backoff or Backoff()
     stats = RelayStats()
-    server = metrics.serve(settings.metrics_port, "relay")
+    server = metrics.serve(settings.metrics_port, "relay", addr=settings.metrics_address)
     batch_size = settings.relay_batch_size
     log.info(
         "relay started",

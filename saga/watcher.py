@@ -116,8 +116,9 @@ class WatcherConfig:
     # Backoff on peer and database outages.
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
-    # Prometheus endpoint of this process (0: none).
+    # Prometheus endpoint of this process (0: none), on SAGA_METRICS_ADDRESS.
     metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1 or self.max_tracked < 1 or self.db_threads < 1:
@@ -224,7 +225,12 @@ class CommitWatcher:
             },
         )
         last_status = time.monotonic()
-        server = metrics.serve(cfg.metrics_port, "watcher", metrics.watcher_collector(self.stats))
+        server = metrics.serve(
+            cfg.metrics_port,
+            "watcher",
+            metrics.watcher_collector(self.stats),
+            addr=cfg.metrics_address,
+        )
         try:
             await self._open_client()
             while not stop.is_set():

@@ -335,6 +335,6 @@ def run_worker(
     pool: str | None = None,
 ) -> None:
     """Run a worker in this process until it is told to stop (blocks)."""
-    with metrics.worker_endpoint(settings.metrics_port):
+    with metrics.worker_endpoint(settings.metrics_port, settings.metrics_address):
         app = create_celery_app(settings, orchestrator_factory, transient_errors=transient_errors)
         app.worker_main(worker_argv(settings, hostname=hostname, pool=pool))

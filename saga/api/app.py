@@ -395,7 +395,7 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
 
     # Behind the bearer token like every other route: the gauges name every saga
     # type and its volumes; Prometheus sends the token (authorization.credentials_file).
-    scrape = metrics.ApiScrape(settings, orchestrator.uow_factory)
+    scrape = metrics.ApiScrape(settings, orchestrator.uow_factory, orchestrator.registry.names())
     app.add_api_route("/metrics", scrape.response, methods=["GET"], include_in_schema=False)
 
     return app

@@ -46,6 +46,12 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
+def saga_families(samples: Samples) -> set[str]:
+    """The saga_* metrics a scrape has samples of (a histogram by its _count)."""
+    names = {n.removesuffix("_count") for n, _ in samples if n.startswith("saga_")}
+    return {n for n in names if not n.endswith(("_bucket", "_sum", "_created"))}
+
+
 def http_get(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return str(r.read().decode())
@@ -139,6 +145,16 @@ def test_worker_relay_and_api_metrics_match_the_database(
     assert total(r, "saga_relay_published_messages_total") + inline == len(published)
     assert total(r, "saga_relay_batches_total") >= 1
     assert total(r, "saga_relay_failures_total") == 0
+    # Each process exports only the work it does: a zero relay or sweeper counter from
+    # a process that never relays or sweeps would be summed with the real one.
+    assert saga_families(r) == {
+        "saga_relay_published_messages_total",
+        "saga_relay_batches_total",
+        "saga_relay_failures_total",
+    }
+    assert not {f for f in saga_families(w) if f.startswith(("saga_relay_", "saga_enqueued"))}, (
+        saga_families(w)
+    )
 
     api = TestClient(create_app(orch, replace(settings, api_token="s3cret")))
     assert api.get("/metrics").status_code == 401
