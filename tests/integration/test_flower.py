@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,9 +25,12 @@ import httpx
 import pytest
 
 from saga.bootstrap import Container
+from saga.broker import AmqpPublisher, Topology
 from saga.config import Settings
+from saga.core.step_message import Phase, StepMessage
 from saga.examples.order_payment import NAME
 from saga.orchestrator import Orchestrator
+from saga.ports import PendingMessage
 from saga.processes import free_port, listening
 from tests.support.processes import Processes, SagaProcess, wait_for
 
@@ -191,13 +195,35 @@ def test_flower_shows_each_step_as_it_went_behind_basic_auth(
     ]
     assert all(t["state"] == "SUCCESS" for r, t in tasks.items() if r.saga_id == sagas.ids["none"])
 
+    # A re-check of a step the saga settled already (the commit watcher's message
+    # came first): a new message for a step attempt no longer awaited. Not work.
+    done = Run(sagas.ids["none"], "confirm_order", "do", 1)
+    recheck = StepMessage(
+        str(uuid.uuid4()), done.saga_id, NAME, 1, done.step, done.attempt, Phase.DO
+    )
+    publisher = AmqpPublisher(settings.broker_url, Topology.from_settings(settings))
+    try:
+        publisher.publish_batch(
+            [PendingMessage(0, recheck.message_id, done.saga_id, recheck.to_body())]
+        )
+    finally:
+        publisher.close()
+    client = httpx.Client(base_url=sagas.url, auth=AUTH, timeout=30)
+
+    def recheck_task() -> dict[str, Any] | None:
+        task: dict[str, Any] = client.get(f"/api/task/info/{recheck.message_id}").json()
+        return task if task.get("state") in FINAL else None
+
+    skipped = wait_for(recheck_task, timeout=60, interval=1, what="the re-check in Flower")
+    assert skipped["state"] == "SKIPPED", skipped
+    assert skipped["name"] == f"{NAME}.confirm_order", skipped
+    assert "stale" in str(skipped["result"]), skipped
+
     for task in tasks.values():
         args = str(task["args"])
         for secret in ("idempotency", "envelope", "payload", "amount_cents", "flower-"):
             assert secret not in args, args
         assert str(task["worker"]).startswith(f"saga-{sagas.worker.pid}@"), task["worker"]
-
-    client = httpx.Client(base_url=sagas.url, auth=AUTH, timeout=30)
 
     def worker_listed() -> list[str] | None:
         listed = client.get("/api/workers", params={"refresh": "1"}).json()
