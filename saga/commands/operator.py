@@ -32,6 +32,37 @@ _HINTS = {
     "resume": "only a failed saga can be resumed; a running one can be retried (`saga retry`)",
     "compensate": "`saga show ID` shows the steps; past the pivot a saga only goes forward",
 }
+# A refusal of `compensate` has several causes; the hint follows the one given (the
+# first fragment of the refusal's text that matches), else the general one above.
+_COMPENSATE_HINTS = (
+    (
+        "may still commit",
+        "look each transaction up with `saga ledger tx TXID`: `saga resume ID` lets the step "
+        "verify them and settle (a VALID one completes it, a pending one is resubmitted "
+        "unchanged); compensate once none can commit any more",
+    ),
+    ("already compensating", "`saga resume ID` retries the compensation that failed"),
+    ("passed its pivot", "past the pivot a saga only goes forward: `saga resume ID`"),
+    (
+        "cannot be compensated",
+        "`saga show ID` says where it stands: nothing is left to compensate in a saga that "
+        "ended; a running or failed one can be",
+    ),
+)
+
+
+def refusal_hint(kind: str, refusal: Exception) -> str:
+    """What to do next about a refused operator action, fitting its reason."""
+    from saga.orchestrator import SagaNotFound
+
+    if isinstance(refusal, SagaNotFound):
+        return "`saga list` shows the sagas and their ids"
+    if kind == "compensate":
+        said = str(refusal)
+        for fragment, hint in _COMPENSATE_HINTS:
+            if fragment in said:
+                return hint
+    return _HINTS[kind]
 
 
 def retry(
@@ -56,7 +87,7 @@ def retry(
     try:
         message = container(settings(db)).orchestrator().retry(saga_id, actor=who, why=reason)
     except (SagaNotFound, OperatorActionRefused) as exc:
-        fail(REFUSED, f"{saga_id}: {exc}", _HINTS["retry"])
+        fail(REFUSED, f"{saga_id}: {exc}", refusal_hint("retry", exc))
     result = {
         "id": saga_id,
         "action": "retry",
@@ -89,7 +120,7 @@ def _operator_action(kind: str, saga_id: str, why: str, actor: str | None, db: s
     try:
         state = action(saga_id, actor=who, why=reason)
     except (SagaNotFound, OperatorActionRefused) as exc:
-        fail(REFUSED, f"{saga_id}: {exc}", _HINTS[kind])
+        fail(REFUSED, f"{saga_id}: {exc}", refusal_hint(kind, exc))
     out.print(
         f"{saga_id}: {state.status} (recorded: {kind} by {who}: {reason})",
         highlight=False,
