@@ -35,9 +35,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from base64 import b64encode
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from base64 import b64encode
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum

@@ -388,9 +388,7 @@ def replay(
     replayer = dlq.Replayer(actor=who, why=reason_text)
     with _progress("replaying", not as_json) as progress:
         result = _run(
-            lambda: dlq.replay(
-                s, selection, progress, replayer=replayer, max_replays=max_replays
-            )
+            lambda: dlq.replay(s, selection, progress, replayer=replayer, max_replays=max_replays)
         )
     unrecorded = _record(s, result, dlq.Action.REPLAY, who, reason_text)
     _report(s, result, dlq.Action.REPLAY, selection, unrecorded, as_json)

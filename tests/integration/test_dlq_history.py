@@ -132,9 +132,7 @@ def test_replay_refuses_a_message_that_only_loops_and_warns_about_one_that_came_
 
 def test_a_binary_body_is_shown_as_hex_and_given_in_full_with_json(settings: Settings) -> None:
     body = bytes(range(256)) + b"\xff" * 44
-    dead_letter(
-        settings, body, {}, reason="cannot decode", content_type="application/octet-stream"
-    )
+    dead_letter(settings, body, {}, reason="cannot decode", content_type="application/octet-stream")
     shown = _json(["dlq", "show", "1"], settings)
     assert shown["body_bytes"] == 300
     assert base64.b64decode(shown["body_base64"]) == body

@@ -55,6 +55,7 @@ from kombu import Connection, Producer
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
+from saga import dlq
 from saga.broker import Topology, step_task_message
 from saga.broker.topology import DLQ_AT, DLQ_ERROR, DLQ_REASON, DLQ_ROUTING_KEY, DLQ_WORKER
 from saga.chain import ChainSettings
@@ -642,9 +643,10 @@ class Situations:
         return self.submitted_valid()
 
     def dead_letters(self) -> dict[str, str]:
-        """Two dead letters: a good step message a worker with older definitions refused
-        (its saga waits), and one naming a saga no database has (dead-lettered by the
-        real worker)."""
+        """Three dead letters: a good step message a worker with older definitions refused
+        (its saga waits); one naming a saga no database has, dead-lettered by the real
+        worker and replayed three times with `saga.dlq.replay` (it came back each time);
+        and a binary body with no headers and no id, dead-lettered by the real worker."""
         d = self.d
         saga_id = self._lost_at("record_payment", "dlq")
         with d.engine.connect() as c:
@@ -700,12 +702,32 @@ class Situations:
                 delivery_mode=2,
                 message_id=forged_task.task_id,
             )
-        wait_for(
-            lambda: _queue_depth(d.settings.broker_url, d.settings.dead_letter_queue) >= 2,
-            timeout=60,
-            what="the forged message dead-lettered by the worker",
-            report=d.report,
-        )
+            producer.publish(
+                b"\x00\x01not a task\xff\xfe",
+                exchange=topology.kombu_step_exchange(),
+                routing_key=topology.step_routing_key,
+                headers={},
+                content_type="application/octet-stream",
+                content_encoding="binary",
+                delivery_mode=2,
+            )
+
+        def all_back() -> None:
+            wait_for(
+                lambda: _queue_depth(d.settings.broker_url, d.settings.dead_letter_queue) >= 3,
+                timeout=60,
+                what="the forged and the binary message dead-lettered by the worker",
+                report=d.report,
+            )
+
+        all_back()
+        for n in range(1, 4):
+            dlq.replay(
+                d.settings,
+                dlq.Selection(ids=frozenset({forged_task.task_id})),
+                replayer=dlq.Replayer(actor="ops-test", why=f"situation: replay {n}"),
+            )
+            all_back()
         self._expect(saga_id, SagaStatus.COMPLETED)
         return {"SAGA_ID": saga_id, "MESSAGE_ID": task.task_id}
 
