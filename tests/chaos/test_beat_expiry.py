@@ -10,7 +10,6 @@ messages an operator must look at; a superseded sweep is not one.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from tests.support.processes import Processes, wait_for
 from tests.support.rabbitmq import queue_depth
 
 pytestmark = [pytest.mark.timeout(120)]
+
+SWEEPS = 5
 
 
 def test_a_sweep_that_waits_longer_than_its_interval_is_not_dead_lettered(
@@ -37,18 +38,21 @@ def test_a_sweep_that_waits_longer_than_its_interval_is_not_dead_lettered(
     with Connection(settings.broker_url) as connection:
         Topology.from_settings(settings).declare_kombu(connection)
     with Processes(tmp_path / "logs") as procs:
-        # Beat and no worker: every sweep waits in the step queue.
+        # Beat and no worker: every sweep waits in the step queue. Beat's own clock
+        # is the evidence of time: when it has published the fifth sweep, the first
+        # has sat at the head of the queue for four intervals, so a TTL of one
+        # interval (what `expires` set) would have dead-lettered three by then.
         beat = procs.spawn("beat", ["saga", "beat"], settings)
         wait_for(
             lambda: (
                 queue_depth(settings.broker_url, settings.step_queue)
                 + queue_depth(settings.broker_url, settings.dead_letter_queue)
-                >= 3
+                >= SWEEPS
             ),
             timeout=60,
-            what="beat to publish three sweeps",
+            what=f"beat to publish {SWEEPS} sweeps",
             report=procs.report,
             alive=[beat],
         )
-        time.sleep(3.0)  # three times the interval: any TTL would have run out
     assert queue_depth(settings.broker_url, settings.dead_letter_queue) == 0
+    assert queue_depth(settings.broker_url, settings.step_queue) >= SWEEPS
