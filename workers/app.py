@@ -247,7 +247,7 @@ def _run_step(app: SagaCelery, task: Task, args: tuple[Any, ...], kwargs: dict[s
             "setbacks": len(setbacks),
         },
     )
-    return end_task(str(value), setbacks)
+    return end_task(message, str(value), setbacks)
 
 
 def _retry_later(task: Task, exc: BaseException) -> Any:

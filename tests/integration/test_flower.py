@@ -261,3 +261,10 @@ def test_a_failure_among_inline_steps_is_not_a_success(
     assert "OrderRejected" in exceptions("reject_order")
     assert "RETRY" in states("flaky_notify"), by_saga[sagas.ids["flaky_notify"]]
     assert "CustomerUnreachable" in exceptions("flaky_notify")
+
+    # The name says which step failed when it is not the one the message asked for.
+    def failed(simulate: str) -> list[str]:
+        return [str(t["name"]) for t in by_saga[sagas.ids[simulate]] if t["state"] == "FAILURE"]
+
+    assert failed("decline_payment") == [f"{NAME}.reserve_funds > record_payment"]
+    assert failed("reject_order") == [f"{NAME}.reserve_funds > confirm_order"]

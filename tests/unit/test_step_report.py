@@ -3,10 +3,12 @@ task turns them into the state Flower shows (over the fakes)."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from celery.exceptions import Retry
 
-from saga.core.step_message import StepMessage
+from saga.core.step_message import Phase, StepMessage
 from saga.orchestrator import Outcome
 from saga.step_report import Setback, Then, collect
 from tests.unit import test_chain_executor as chain
@@ -35,14 +37,16 @@ def test_a_failure_among_inline_steps_is_reported_and_so_are_compensation_retrie
     w.script.then("ship", "do", Declined("no stock"))
     w.script.then("charge", "undo", RuntimeError("bank down"))
     # One delivery runs reserve, charge, ship (fails for good) and compensations inline.
-    outcome, setbacks = w.orch.handle_reporting(first(w), inline=10)
+    message = first(w)
+    outcome, setbacks = w.orch.handle_reporting(message, inline=10)
     assert outcome is Outcome.APPLIED
     assert setbacks == [
         Setback("ship", False, 1, "Declined: no stock", Then.COMPENSATE),
         Setback("charge", True, 1, "RuntimeError: bank down", Then.RETRY),
     ]
-    with pytest.raises(StepFailedError, match=r"ship attempt 1: Declined: no stock"):
-        end_task(str(outcome), setbacks)
+    with pytest.raises(StepFailedError, match=r"ship attempt 1: Declined: no stock") as caught:
+        end_task(message, str(outcome), setbacks)
+    assert caught.value.inline == "ship"  # the delivered message was reserve's
 
 
 def test_a_compensation_failing_for_good_needs_an_operator() -> None:
@@ -92,17 +96,31 @@ def test_nothing_is_collected_outside_a_report() -> None:
     assert outer == []
 
 
+def step(name: str, phase: Phase = Phase.DO) -> StepMessage:
+    return StepMessage("m-1", "s-1", "shop", 1, name, 1, phase)
+
+
 def test_the_task_ends_as_the_steps_went() -> None:
-    assert end_task("applied", []) == "applied"
-    assert end_task("submitted", []) == "submitted"
+    assert end_task(step("ship"), "applied", []) == "applied"
+    assert end_task(step("ship"), "submitted", []) == "submitted"
     retried = Setback("notify", False, 1, "CustomerUnreachable: busy", Then.RETRY)
     with pytest.raises(Retry) as caught:
-        end_task("applied", [retried])
+        end_task(step("notify"), "applied", [retried])
     assert isinstance(caught.value.exc, StepRetriedError)
     assert "notify attempt 1: CustomerUnreachable: busy" in str(caught.value.exc)
+    assert caught.value.exc.inline == ""
     waited = Setback("ledger", True, 2, "ledger unavailable: peer down", Then.WAIT)
-    with pytest.raises(Retry, match="compensation of ledger attempt 2"):
-        end_task("waiting", [waited])
+    with pytest.raises(Retry, match="compensation of ledger attempt 2") as caught:
+        end_task(step("charge", Phase.UNDO), "applied", [waited])
+    assert caught.value.exc.inline == "ledger.compensate"
     for outcome in ("stale", "duplicate"):
         with pytest.raises(NothingToDo, match=outcome):
-            end_task(outcome, [])
+            end_task(step("ship"), outcome, [])
+
+
+def test_the_errors_survive_the_trip_from_the_pool_process() -> None:
+    failed = StepFailedError("charge attempt 1: Declined: no (failed for good)", "charge")
+    back = pickle.loads(pickle.dumps(failed))
+    assert (type(back), str(back), back.inline) == (type(failed), str(failed), "charge")
+    retry = pickle.loads(pickle.dumps(Retry("x", exc=StepRetriedError("x", "notify"))))
+    assert isinstance(retry.exc, StepRetriedError) and retry.exc.inline == "notify"
