@@ -14,15 +14,19 @@ order (a failed compensation's own row rolled back with it), attempts.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from saga.config import Settings
 from saga.examples.order_payment import NAME
 from saga.orchestrator import Orchestrator
+from saga.store.tables import sagas
 from tests.fault.checks import (
+    TERMINAL,
     check_sagas,
     doubled_rows,
     expected_for,
@@ -86,6 +90,16 @@ UNDO_CASES: list[tuple[dict[str, str], str, list[str], list[str], dict[str, Any]
 ]
 
 
+def open_ids(engine: Engine, ids: list[str]) -> set[str]:
+    """The sagas among `ids` not yet in a terminal state."""
+    with engine.connect() as c:
+        return set(
+            c.execute(
+                select(sagas.c.id).where(sagas.c.id.in_(ids), sagas.c.status.not_in(TERMINAL))
+            ).scalars()
+        )
+
+
 @pytest.mark.fault
 def test_compensation_reverse_order_failure_and_forward_retry_with_a_worker_killed(
     settings: Settings,
@@ -126,8 +140,8 @@ def test_compensation_reverse_order_failure_and_forward_retry_with_a_worker_kill
         alive=procs.running(),
     )
     first.kill()
-    at_kill = terminal_count(engine, ids)
-    procs.worker(settings, concurrency=2)
+    open_at_kill = open_ids(engine, ids)
+    second = procs.worker(settings, concurrency=2)
 
     wait_terminal(engine, list(expected), timeout=150, logs=procs.report, alive=procs.running())
     got = check_sagas(engine, expected, reason_contains=reasons)
@@ -146,4 +160,16 @@ def test_compensation_reverse_order_failure_and_forward_retry_with_a_worker_kill
     assert not problems, "\n".join(problems)
     # Every failed saga names why, for the operator.
     assert all(v.reason for v in got.values() if v.status == "failed")
-    print(f"worker SIGKILLed with {at_kill}/{len(ids)} sagas terminal")
+
+    # The kill struck mid-flow: the first worker died of it with sagas still open,
+    # and the second one finished those, compensations included.
+    assert first.returncode == -9, first.tail()
+    assert 0 < len(open_at_kill) <= len(ids) - len(ids) // 4, open_at_kill
+    taken_over = Counter(
+        str(r.get("phase"))
+        for r in second.log_records()
+        if r.get("msg") == "step message handled"
+        and r.get("outcome") == "applied"
+        and r.get("saga_id") in open_at_kill
+    )
+    assert taken_over["do"] > 0 and taken_over["undo"] > 0, (taken_over, second.tail())
