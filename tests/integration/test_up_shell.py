@@ -9,20 +9,25 @@ environment it was given, and a plain HTTP server answering as the API.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from saga.config import Settings
 from saga.processes import (
     LocalProcessSet,
     ProcessSetError,
     ProcessSpec,
     free_port,
+    listening,
     load_processes,
     run_up,
     select,
 )
+from tests.support.processes import ROOT, Processes, wait_for
 
 RECORD_ENV = (
     "import json, os, pathlib; pathlib.Path('seen.json').write_text(json.dumps("
@@ -173,3 +178,48 @@ def test_metrics_ports_from_the_given_first_one_and_a_taken_one_is_a_clear_error
         )
         with pytest.raises(ProcessSetError, match=rf"{port}.*relay\.1.*SAGA_METRICS_PORT"):
             busy.check_metrics_ports()
+
+
+def readme_enqueue_curl() -> str:
+    """The shell block of the README's Enqueue section."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```sh\n", text.index("### Enqueue")) + len("```sh\n")
+    return text[start : text.index("\n```", start)]
+
+
+def test_the_readme_enqueue_curl_is_accepted_by_an_api_behind_a_token(
+    broker_settings: Settings, pg_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = replace(broker_settings, database_url=pg_url, api_port=port, api_token="readme")
+    url = f"http://127.0.0.1:{port}"
+    with Processes(tmp_path / "logs") as procs:
+        api = procs.spawn("api", ["saga", "api"], settings)
+        wait_for(
+            lambda: listening(f"127.0.0.1:{port}"),
+            timeout=60,
+            what="saga api to listen",
+            report=procs.report,
+            alive=[api],
+        )
+        # What the export line of `saga up` sets, and nothing else.
+        env = {"PATH": "/usr/bin:/bin", "SAGA_API_URL": url, "SAGA_API_TOKEN": "readme"}
+        done = subprocess.run(
+            ["bash", "-euc", readme_enqueue_curl()],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer.get("saga_id") and answer.get("created") is True, answer
+
+
+def test_the_working_directory_of_saga_up_is_ignored_by_git() -> None:
+    # It holds the generated API token, logs and devnet keys: never to be committed.
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", ".saga-up/api-token"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, ".saga-up/ is missing from .gitignore"
