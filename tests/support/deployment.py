@@ -66,7 +66,7 @@ from saga.core.state import SagaStatus
 from saga.core.step_message import Phase, StepMessage
 from saga.examples import order_payment
 from saga.fabric import GatewayClient
-from saga.ledger_port import VALID
+from saga.ledger_port import VALID, LedgerError
 from saga.orchestrator import Orchestrator
 from saga.ports import PendingMessage
 from saga.store import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
@@ -394,6 +394,20 @@ class DiesBeforeSubmit:
         return getattr(self._client, name)
 
 
+class SubmitAnswersNo:
+    """The real Gateway client, except that Submit fails with an answer that is no outage
+    (the chain step cannot tell whether its transaction went out)."""
+
+    def __init__(self, client: GatewayClient) -> None:
+        self._client = client
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise LedgerError("orderer proxy closed the stream after the request (injected)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 class PartnerDown(Exception):
     """The notification partner refuses for good (the failed-saga situation)."""
 
@@ -456,6 +470,7 @@ class Situations:
             "healthy": self.healthy,
             "local-step-lost": self.local_step_lost,
             "chain-prepared": self.chain_prepared,
+            "chain-in-doubt": self.chain_in_doubt,
             "compensating-lost": self.compensating_lost,
             "stuck-marked": self.stuck_marked,
             "failed-after-pivot": self.failed_after_pivot,
@@ -580,6 +595,26 @@ class Situations:
         states = [s for _, s, _ in self.d.attempt_states(saga_id)]
         assert states == ["prepared"], states
         self.idle_since(saga_id, timedelta(hours=1))
+        self._expect(saga_id, SagaStatus.COMPLETED)
+        return {"SAGA_ID": saga_id}
+
+    def chain_in_doubt(self) -> dict[str, str]:
+        """Failed in doubt: the chain step's one transaction PREPARED an hour ago (its
+        worker died before Submit), every resubmission since answered with an error that
+        is no outage, and the step gave up with its outcome unknown. The ledger has not
+        got the transaction."""
+        saga_id = self.chain_prepared()["SAGA_ID"]
+        with self.d.engine.begin() as c:
+            c.execute(
+                update(ledger_attempts)
+                .where(ledger_attempts.c.saga_id == saga_id)
+                .values(created_at=datetime.now(UTC) - timedelta(hours=1))
+            )
+        orch = self.orchestrator(ledger=SubmitAnswersNo(self.d.client))
+        orch.retry(saga_id, actor="sweeper", why="idle past its timeout")
+        self.drive(orch, saga_id)
+        assert self.d.status(saga_id) is SagaStatus.FAILED
+        assert [s for _, s, _ in self.d.attempt_states(saga_id)] == ["prepared"]
         self._expect(saga_id, SagaStatus.COMPLETED)
         return {"SAGA_ID": saga_id}
 
