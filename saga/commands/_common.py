@@ -16,6 +16,7 @@ from saga.config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from saga.bootstrap import Container
+    from saga.store.saga_search import SagaFilter, SagaSummary
 
 OK, REFUSED, USAGE = 0, 1, 2
 
@@ -122,3 +123,92 @@ def age(value: datetime | None, now: datetime | None = None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def idle_seconds(value: datetime | None, now: datetime | None = None) -> float | None:
+    """Seconds since `value`, as a number for scripts (`age` is the text for people)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return round(max(0.0, ((now or datetime.now(UTC)) - value).total_seconds()), 1)
+
+
+_FINISHED = ("completed", "compensated")
+
+
+def summary_json(s: SagaSummary, now: datetime | None = None) -> dict[str, Any]:
+    """The fields every saga has in `saga list`, `saga show` and `saga wait` --json.
+
+    A finished saga (completed, compensated) has no current step: `step`, `phase`
+    and `attempt` are null. A failed one's step is the one to fix.
+    """
+    status = str(s.status)
+    finished = status in _FINISHED
+    undo = status == "compensating" or str(s.step_status) == "compensation_failed"
+    return {
+        "id": s.saga_id,
+        "saga": s.name,
+        "version": s.version,
+        "status": status,
+        "reason": s.reason,
+        "idempotency_key": s.idempotency_key,
+        "step": None if finished else s.step,
+        "step_status": None if finished or s.step_status is None else str(s.step_status),
+        "phase": None if finished else ("undo" if undo else "do"),
+        "attempt": None if finished else (s.compensation_attempts if undo else s.attempts),
+        "created": iso(s.created_at),
+        "updated": iso(s.updated_at),
+        "idle_seconds": idle_seconds(s.updated_at, now),
+        "waiting_for_ledger_since": None if finished else iso(s.waiting_since),
+    }
+
+
+WHERE_HELP = (
+    "status=S[,S...], name=N, key=K (idempotency key) or input.FIELD=VALUE (a field of the "
+    "saga's input; dots for nested fields; 1250 matches the number and the string)"
+)
+
+
+def parse_where(values: list[str]) -> SagaFilter:
+    """`--where` terms (all must hold) as a store filter; a bad one fails with usage help."""
+    from saga.store.saga_search import BadFilter, InputField, SagaFilter
+
+    statuses: list[str] = []
+    name = key = None
+    inputs: list[InputField] = []
+    for term in values:
+        field, sep, value = term.partition("=")
+        field = field.strip()
+        try:
+            if sep and field == "status":
+                statuses += parse_status_names(value, "--where status")
+            elif sep and field == "name" and value:
+                name = value
+            elif sep and field == "key" and value:
+                key = value
+            elif sep and field.startswith("input."):
+                inputs.append(InputField.parse(term.strip()[len("input.") :]))
+            else:
+                raise BadFilter("unknown field")
+        except BadFilter as exc:
+            fail(USAGE, f"--where {term}: {exc}", f"give {WHERE_HELP}")
+    return SagaFilter(
+        statuses=tuple(statuses), name=name, idempotency_key=key, inputs=tuple(inputs)
+    )
+
+
+def parse_status_names(text: str, option: str) -> list[str]:
+    """Comma-separated saga statuses, checked."""
+    from saga.core.state import SagaStatus
+
+    known = [str(s) for s in SagaStatus]
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = sorted({n for n in names if n not in known})
+    if unknown or not names:
+        fail(
+            USAGE,
+            f"{option} {', '.join(unknown) or '(empty)'}: no such saga status",
+            f"give one or more of {', '.join(known)}, separated by commas",
+        )
+    return names

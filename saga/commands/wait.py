@@ -1,14 +1,19 @@
-"""`saga wait`: block until a saga reaches a status, for scripts and runbooks.
+"""`saga wait`: block until sagas reach a status, for scripts and runbooks.
 
-It only reads: each poll is one primary-key lookup of the saga row in the store.
+It only reads. However many sagas it waits for, each poll is one query: the
+summaries (saga row and current step) of the sagas not yet settled, by primary
+key (saga.store.saga_search).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -16,18 +21,23 @@ from rich.text import Text
 from saga.commands._common import (
     REFUSED,
     USAGE,
+    WHERE_HELP,
     DbOpt,
     JsonOpt,
     console,
     container,
     fail,
-    iso,
     out,
+    parse_status_names,
+    parse_where,
     print_json,
     settings,
+    summary_json,
 )
 from saga.core.state import SagaStatus
-from saga.ports import SagaRecord
+
+if TYPE_CHECKING:
+    from saga.store.saga_search import SagaSummary
 
 # Exit codes of `saga wait` beyond the shared ones (0 done, 1 not found, 2 usage).
 TIMED_OUT = 3
@@ -35,31 +45,49 @@ ENDED_ELSEWHERE = 4
 
 TERMINAL = tuple(s for s in SagaStatus if s.terminal)
 _ALL = ", ".join(str(s) for s in SagaStatus)
+# A --where selection larger than this is refused: one IN list per poll stays cheap.
+MAX_SAGAS = 10_000
 
 
 def parse_statuses(values: list[str] | None) -> tuple[SagaStatus, ...]:
     """`--status a,b --status c` as statuses in SagaStatus order; none given: the terminal ones."""
-    names = [n.strip().lower() for v in values or () for n in v.split(",") if n.strip()]
-    if not names:
+    if not values:
         return TERMINAL
-    unknown = sorted({n for n in names if n not in {str(s) for s in SagaStatus}})
-    if unknown:
-        fail(
-            USAGE,
-            f"--status {', '.join(unknown)}: no such saga status",
-            f"give one or more of {_ALL}, separated by commas",
-        )
+    names = {n for v in values for n in parse_status_names(v, "--status")}
     return tuple(s for s in SagaStatus if str(s) in names)
 
 
+@dataclass
+class _Watched:
+    """One saga of the wait: where it stands, and whether (and when) it settled."""
+
+    summary: SagaSummary
+    outcome: str | None = None  # "reached", "ended"; None while it may still move
+    after: float | None = None  # seconds into the wait when it settled
+
+
 def wait(
-    saga_id: Annotated[str, typer.Argument(help="Saga id (see `saga list`).")],
+    saga_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Saga ids (see `saga list`); or select them with --where.", show_default=False
+        ),
+    ] = None,
     status: Annotated[
         list[str] | None,
         typer.Option(
             "--status",
             help=f"Statuses to wait for, comma-separated ({_ALL}). "
             "Default: any terminal one (completed, compensated, failed).",
+            show_default=False,
+        ),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            help=f"Also wait for the sagas this selects when the wait starts: {WHERE_HELP}. "
+            "Repeat it: every term must hold.",
             show_default=False,
         ),
     ] = None,
@@ -73,97 +101,203 @@ def wait(
         ),
     ] = None,
     interval: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between two reads of the saga.")
+        float, typer.Option(min=0.05, help="Seconds between two reads of the sagas.")
     ] = 0.5,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Block until the saga reaches one of the given statuses, then print it.
+    """Block until every saga given reaches one of the given statuses, then print them.
 
-    Polls the store. Prints the saga's status when it stops (JSON with --json,
-    also on a timeout). A terminal status that was not asked for ends the wait
-    at once: completed and compensated are final, and a failed saga moves only
-    when an operator resumes or compensates it.
+    Polls the store, one query per poll for all the sagas. Prints each saga's
+    status when it stops (JSON with --json, also on a timeout): one id gives one
+    object; several ids or --where give {outcome, counts, sagas: [...]}. A
+    terminal status that was not asked for settles that saga at once: completed
+    and compensated are final, and a failed saga moves only when an operator
+    resumes or compensates it.
 
-    Exit codes: 0 reached; 1 no such saga; 2 bad option, configuration or store
-    unreachable at the start; 3 timed out (--timeout); 4 the saga ended in a
-    terminal status not asked for.
+    Exit codes: 0 all reached; 1 no such saga (or --where selects none); 2 bad
+    option, configuration or store unreachable at the start; 3 timed out
+    (--timeout) with some not settled; 4 some ended in a terminal status not
+    asked for.
     """
     wanted = parse_statuses(status)
+    given = list(dict.fromkeys(saga_ids or ()))
+    if not given and not where:
+        fail(
+            USAGE,
+            "say which sagas to wait for",
+            "give saga ids or --where (e.g. --where status=failed); see `saga wait --help`",
+        )
+    selection = parse_where(where) if where else None
+    single = len(given) == 1 and selection is None
     c = container(settings(db))
     transient = c.transient_errors
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
 
-    def read() -> SagaRecord | None:
-        with c.uow_factory() as uow:
-            return uow.sagas.get(saga_id)
+    from saga.store.saga_search import BadFilter, matching_ids, summaries
 
     try:
-        record = read()
+        with c.engine.connect() as connection:
+            ids = list(given)
+            if selection is not None:
+                chosen = matching_ids(connection, selection, at_most=MAX_SAGAS)
+                ids += [i for i in chosen if i not in set(given)]
+            found = summaries(connection, ids)
+    except BadFilter as exc:
+        fail(USAGE, f"--where: {exc}", "add --where terms (status=, name=, input.FIELD=)")
     except Exception as exc:  # a bad URL, a server that is down, a schema never migrated
         fail(
             USAGE,
-            f"cannot read saga {saga_id} from the store: {_first_line(exc)}",
+            f"cannot read {_which(given)} from the store: {_first_line(exc)}",
             "check that the database runs and that SAGA_DATABASE_URL (or --db) points at it; "
             "a new database needs `saga db upgrade`",
         )
-    if record is None:
-        fail(REFUSED, f"no saga {saga_id}", "find it with `saga list` (--status, --name)")
+    missing = [i for i in given if i not in found]
+    if missing:
+        fail(
+            REFUSED,
+            f"no saga {', '.join(missing)}",
+            "find it with `saga list` (--status, --name, --key, --input)",
+        )
+    if not ids:
+        fail(
+            REFUSED,
+            f"no saga matches --where {' '.join(where or ())}",
+            "see `saga list` with the same filters",
+        )
 
-    outcome = "reached"
+    watched = {i: _Watched(found[i]) for i in ids}
+    polls = 0
     store_error: str | None = None
+    outcome = "reached"
     with _spinner(enabled=not as_json and console.is_terminal) as show:
         while True:
-            current = record.state.status
-            if current in wanted:
-                break
-            if current.terminal:
-                outcome = "ended"
+            elapsed = time.monotonic() - started
+            for w in watched.values():
+                if w.outcome is None:
+                    if w.summary.status in wanted:
+                        w.outcome, w.after = "reached", elapsed
+                    elif w.summary.status.terminal:
+                        w.outcome, w.after = "ended", elapsed
+            open_ids = [i for i, w in watched.items() if w.outcome is None]
+            if not open_ids:
+                if any(w.outcome == "ended" for w in watched.values()):
+                    outcome = "ended"
                 break
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 outcome = "timeout"
                 break
-            show(_progress_line(record, wanted, now - started, store_error))
+            show(_progress_line(watched, wanted, now - started, store_error))
             time.sleep(interval if deadline is None else min(interval, deadline - now))
+            polls += 1
             try:
-                again = read()
+                with c.engine.connect() as connection:
+                    again = summaries(connection, open_ids)
             except transient as exc:  # a database restart: keep the last state, keep polling
                 store_error = _first_line(exc)
                 continue
             store_error = None
-            if again is None:  # sagas are never deleted, but a restore might lose it
-                fail(REFUSED, f"saga {saga_id} is gone from the store", "see `saga list`")
-            record = again
+            gone = [i for i in open_ids if i not in again]
+            if gone:  # sagas are never deleted, but a restore might lose one
+                fail(REFUSED, f"saga {', '.join(gone)} is gone from the store", "see `saga list`")
+            for i, summary in again.items():
+                watched[i].summary = summary
 
     waited = time.monotonic() - started
-    result = _result(record, wanted, outcome, waited)
-    # Set when the last read failed: the status shown is the last one read.
-    result["store_error"] = store_error
-    if as_json:
-        print_json(result)
+    now_utc = datetime.now(UTC)
+    results = [_result(w, wanted, waited, now_utc) for w in watched.values()]
+    counts = dict(Counter(w.summary.status.value for w in watched.values()))
+    if single:
+        data: dict[str, Any] = {**results[0], "store_error": store_error}
     else:
-        _print_result(result)
+        data = {
+            "outcome": outcome,
+            "wanted": [str(s) for s in wanted],
+            "waited_seconds": round(waited, 3),
+            "polls": polls,
+            "counts": counts,
+            "store_error": store_error,
+            "sagas": results,
+        }
+    if as_json:
+        print_json(data)
+    else:
+        for result in results:
+            _print_result(result)
+        if not single and outcome == "reached":
+            out.print(
+                f"{len(results)} sagas: {_counts(counts)} (waited {waited:.1f}s)",
+                highlight=False,
+            )
+    _exit(outcome, watched, wanted, waited, store_error, single, counts)
+
+
+def _exit(
+    outcome: str,
+    watched: dict[str, _Watched],
+    wanted: tuple[SagaStatus, ...],
+    waited: float,
+    store_error: str | None,
+    single: bool,
+    counts: dict[str, int],
+) -> None:
+    want = "|".join(str(s) for s in wanted)
+    reached = sum(1 for w in watched.values() if w.outcome == "reached")
+    ended = [w for w in watched.values() if w.outcome == "ended"]
+    unreachable = f"; the store did not answer the last read: {store_error}" if store_error else ""
     if outcome == "timeout":
+        if single:
+            (saga_id,) = watched
+            status = watched[saga_id].summary.status
+            fail(
+                TIMED_OUT,
+                f"saga {saga_id} is still {status} after {waited:.1f}s "
+                f"(waited for {want}){unreachable}",
+                f"give a longer --timeout, or see where it stands with `saga show {saga_id}`",
+            )
+        still = Counter(str(w.summary.status) for w in watched.values() if w.outcome is None)
         fail(
             TIMED_OUT,
-            f"saga {saga_id} is still {result['status']} after {waited:.1f}s "
-            f"(waited for {'|'.join(result['wanted'])})"
-            + (f"; the store did not answer the last read: {store_error}" if store_error else ""),
-            f"give a longer --timeout, or see where it stands with `saga show {saga_id}`",
+            f"{reached} of {len(watched)} sagas reached {want} after {waited:.1f}s; "
+            f"still {_counts(dict(still))}"
+            + (f"; ended otherwise: {len(ended)}" if ended else "")
+            + unreachable,
+            "give a longer --timeout, or see where one stands with `saga show ID`",
         )
     if outcome == "ended":
+        failed = any(w.summary.status is SagaStatus.FAILED for w in ended)
+        first = ended[0].summary.saga_id
         hint = (
-            f"it needs an operator: `saga show {saga_id}`, then `saga resume` or `saga compensate`"
-            if record.state.status is SagaStatus.FAILED
+            f"it needs an operator: `saga show {first}`, then `saga resume` or `saga compensate`"
+            if failed
             else "that status is final"
         )
+        if single:
+            fail(
+                ENDED_ELSEWHERE,
+                f"saga {first} ended {ended[0].summary.status}, not {want}",
+                hint,
+            )
+        other = Counter(str(w.summary.status) for w in ended)
         fail(
             ENDED_ELSEWHERE,
-            f"saga {saga_id} ended {result['status']}, not {'|'.join(result['wanted'])}",
+            f"{len(ended)} of {len(watched)} sagas ended in a status not waited for "
+            f"({_counts(dict(other))}), not {want}",
             hint,
         )
+
+
+def _which(ids: list[str]) -> str:
+    if len(ids) == 1:
+        return f"saga {ids[0]}"
+    return "the sagas"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    order = [str(s) for s in SagaStatus]
+    return ", ".join(f"{k}: {counts[k]}" for k in sorted(counts, key=order.index))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -172,25 +306,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _result(
-    record: SagaRecord, wanted: tuple[SagaStatus, ...], outcome: str, waited: float
+    w: _Watched, wanted: tuple[SagaStatus, ...], waited: float, now: datetime
 ) -> dict[str, Any]:
-    state = record.state
     return {
-        "id": state.saga_id,
-        "saga": state.name,
-        "version": state.version,
-        "status": str(state.status),
-        "reason": state.reason,
-        "step": state.steps[state.current].name,
-        "updated": iso(record.updated_at),
-        "outcome": outcome,
+        **summary_json(w.summary, now),
+        "outcome": w.outcome or "timeout",
         "wanted": [str(s) for s in wanted],
-        "waited_seconds": round(waited, 3),
+        "waited_seconds": round(waited if w.after is None else w.after, 3),
     }
 
 
 def _print_result(result: dict[str, Any]) -> None:
-    where = "" if result["outcome"] == "reached" else f" at step {result['step']}"
+    step = result["step"]
+    where = "" if result["outcome"] == "reached" or not step else f" at step {step}"
     out.print(
         f"{result['id']}: {result['status']}{where} (waited {result['waited_seconds']:.1f}s)",
         highlight=False,
@@ -201,18 +329,22 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def _progress_line(
-    record: SagaRecord, wanted: tuple[SagaStatus, ...], elapsed: float, store_error: str | None
+    watched: dict[str, _Watched],
+    wanted: tuple[SagaStatus, ...],
+    elapsed: float,
+    store_error: str | None,
 ) -> str:
-    state = record.state
-    step = state.steps[state.current]
-    attempt = (
-        step.compensation_attempts if state.status is SagaStatus.COMPENSATING else step.attempts
-    )
-    # Short enough for one line of an 80-column terminal; the id is the one given.
-    line = (
-        f"{elapsed:.0f}s  {state.status} at {step.name} #{attempt}  "
-        f"(until {'|'.join(str(s) for s in wanted)})"
-    )
+    until = "|".join(str(s) for s in wanted)
+    if len(watched) == 1:
+        (w,) = watched.values()
+        s = w.summary
+        undo = s.status is SagaStatus.COMPENSATING
+        attempt = s.compensation_attempts if undo else s.attempts
+        # Short enough for one line of an 80-column terminal; the id is the one given.
+        line = f"{elapsed:.0f}s  {s.status} at {s.step} #{attempt}  (until {until})"
+    else:
+        settled = sum(1 for w in watched.values() if w.outcome is not None)
+        line = f"{elapsed:.0f}s  {settled}/{len(watched)} settled  (until {until})"
     if store_error:
         line += f"; store unreachable, retrying ({store_error})"
     return line

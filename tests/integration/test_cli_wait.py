@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from typer.testing import CliRunner
 
@@ -127,7 +128,7 @@ def test_wait_returns_when_a_real_worker_finishes_the_saga(
     # Waiting for completed, the saga compensated: 4, at once, with why.
     (out, err), code = results["declined, want completed"]
     assert code == 4, (out, err)
-    assert f"{declined}: compensated at step" in out
+    assert f"{declined}: compensated (waited " in out
     assert f"saga {declined} ended compensated, not completed" in err
     assert "final" in err
 
@@ -226,3 +227,121 @@ def test_wait_rides_out_a_store_outage(engine: Engine, pg_url: str) -> None:
                 wait.wait()
     assert wait.returncode == 0, (out, err)
     assert json.loads(out)["status"] == "completed"
+
+
+class _Selects:
+    """Counts the SELECTs engines other than the test's own send (the command's reads)."""
+
+    def __init__(self, own: Engine) -> None:
+        self.own = own
+        self.count = 0
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if conn.engine is not self.own and statement.lstrip().upper().startswith("SELECT"):
+            self.count += 1
+
+
+def test_wait_takes_many_ids_and_reads_them_all_in_one_query_per_poll(
+    engine: Engine, pg_url: str
+) -> None:
+    ids = [_enqueue(engine) for _ in range(50)]
+    done = threading.Event()
+
+    def finish() -> None:
+        # In batches, so the wait sees some finished and some not over several polls.
+        for n, saga_id in enumerate(ids):
+            status = SagaStatus.COMPLETED if n % 2 else SagaStatus.COMPENSATED
+            _set(engine, saga_id, status=status)
+            if n % 10 == 9:
+                time.sleep(0.2)
+        done.set()
+
+    selects = _Selects(engine)
+    mover = threading.Thread(target=finish)
+    event.listen(Engine, "before_cursor_execute", selects)
+    mover.start()
+    try:
+        result = _wait_json(
+            pg_url,
+            *ids,
+            "--status",
+            "completed,compensated",
+            "--timeout",
+            "60",
+            "--interval",
+            "0.1",
+        )
+    finally:
+        event.remove(Engine, "before_cursor_execute", selects)
+        mover.join()
+    assert done.is_set()
+    assert result["outcome"] == "reached" and result["counts"] == {
+        "completed": 25,
+        "compensated": 25,
+    }
+    assert [s["id"] for s in result["sagas"]] == ids
+    assert all(s["outcome"] == "reached" for s in result["sagas"])
+    assert result["polls"] >= 2, "it saw the sagas finish over several polls"
+    # The first read, then one statement per poll, whatever the number of sagas.
+    assert selects.count == result["polls"] + 1, (selects.count, result["polls"])
+
+
+def test_wait_on_many_reports_each_and_exits_by_the_worst(engine: Engine, pg_url: str) -> None:
+    good, bad, slow = (_enqueue(engine) for _ in range(3))
+    _set(engine, good, status=SagaStatus.COMPLETED)
+    _set(engine, bad, status=SagaStatus.FAILED, reason="notify_customer: gave up")
+
+    # One ended in a status not waited for, one still running: the timeout wins (3), and
+    # every saga is listed with where it stands.
+    late = _wait(pg_url, good, bad, slow, "--status", "completed", "--timeout", "0.5", code=3)
+    assert f"{good}: completed" in late.stdout and f"{bad}: failed" in late.stdout
+    assert f"{slow}: running" in late.stdout
+    assert "1 of 3 sagas reached completed" in late.stderr and "still running: 1" in late.stderr
+    _set(engine, slow, status=SagaStatus.COMPLETED)
+    ended = _wait_json(pg_url, good, bad, slow, "--status", "completed", code=4)
+    assert ended["outcome"] == "ended" and ended["counts"] == {"completed": 2, "failed": 1}
+    by_id = {s["id"]: s for s in ended["sagas"]}
+    assert by_id[bad]["outcome"] == "ended" and by_id[bad]["reason"] == "notify_customer: gave up"
+
+    # An id that does not exist is refused before any waiting, naming it.
+    missing = _wait(pg_url, good, "no-such-saga", code=1)
+    assert "no saga no-such-saga" in missing.output
+
+
+def test_wait_for_the_sagas_a_filter_selects(engine: Engine, pg_url: str) -> None:
+    running = [_enqueue(engine) for _ in range(3)]
+    other = _enqueue(engine, customer_id="c-2")
+    done = _enqueue(engine)
+    _set(engine, done, status=SagaStatus.COMPLETED)
+
+    # The selection is made once, at the start: the sagas of customer c-1 running now.
+    select = ["--where", "status=running", "--where", "input.customer_id=c-1"]
+    pending = _wait_json(pg_url, *select, "--status", "completed", "--timeout", "0", code=3)
+    assert sorted(s["id"] for s in pending["sagas"]) == sorted(running)
+    assert pending["counts"] == {"running": 3}
+    assert not {other, done} & {s["id"] for s in pending["sagas"]}
+
+    def finish() -> None:
+        time.sleep(0.5)
+        for saga_id in running:
+            _set(engine, saga_id, status=SagaStatus.COMPLETED)
+
+    mover = threading.Thread(target=finish)
+    mover.start()
+    try:
+        result = _wait_json(
+            pg_url, *select, "--status", "completed", "--timeout", "30", "--interval", "0.1"
+        )
+    finally:
+        mover.join()
+    assert result["outcome"] == "reached" and result["counts"] == {"completed": 3}
+    # Ids and a filter together: the union.
+    both = _wait_json(pg_url, other, "--where", "input.customer_id=c-1", "--timeout", "0", code=3)
+    assert {s["id"] for s in both["sagas"]} == {other, *running, done}
+
+    nothing = _wait(pg_url, "--where", "status=compensated", code=1)
+    assert "no saga matches" in nothing.output
+    bad = _wait(pg_url, "--where", "colour=blue", code=2)
+    assert "--where colour=blue" in bad.output and "input.FIELD" in bad.output
+    neither = _wait(pg_url, code=2)
+    assert "give saga ids or --where" in neither.output
