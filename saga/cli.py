@@ -318,7 +318,8 @@ def up(
             scale=parse_scale(scale),
             without=without,
             process_file=Path(process_file) if process_file else PROCESS_FILE,
-            say=console.print,
+            # Unwrapped and literal: the export line is pasted into a shell as it is.
+            say=lambda text: console.print(text, soft_wrap=True, markup=False, highlight=False),
             stop=_stop_event(),
         )
     except (ValueError, ProcessFileError, ProcessSetError) as exc:

@@ -7,6 +7,12 @@ backoff if it dies, as compose's `restart: unless-stopped` would. With no
 SAGA_FABRIC_PROFILE it runs the devnet and the sagafacts chaincode too, on free
 ports, with their state in the working directory.
 
+What the supervisor adds per child: its own metrics port (SAGA_METRICS_PORT is
+the first of a range; metrics-targets.json lists them), a worker's node name and
+multiprocess directory per slot (worker1@host, metrics/worker.1), both kept
+across restarts. Relative file settings are resolved against the caller's
+directory before anything starts, since the children run in the working one.
+
     saga up --scale worker=3                  # Ctrl-C stops everything
     python -m saga.processes devnet-profile SRC DST HOST   # (compose) profile for another host
 """

@@ -223,3 +223,38 @@ def test_the_working_directory_of_saga_up_is_ignored_by_git() -> None:
         ["git", "check-ignore", "-q", ".saga-up/api-token"], cwd=ROOT, check=False
     )
     assert ignored.returncode == 0, ".saga-up/ is missing from .gitignore"
+
+
+def test_saga_up_prints_the_export_line_whole_in_a_narrow_terminal(
+    monkeypatch: pytest.MonkeyPatch, shell: Path
+) -> None:
+    import os
+    import signal
+    import sys
+
+    api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+    env.update(SAGA_API_PORT=str(api_port), COLUMNS="60", PYTHONPATH=str(ROOT))
+    process_file = write_process_file(shell / "processes.toml", api_port)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "saga", "up", "--file", str(process_file)],
+        cwd=shell,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("running;"):
+                break
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+    token_file = shell / ".saga-up" / "api-token"
+    export = f'export SAGA_API_URL=http://127.0.0.1:{api_port} SAGA_API_TOKEN="$(cat {token_file})"'
+    # One line, as typed: a wrapped one would paste as two broken commands.
+    assert export in lines, "\n".join(lines)
