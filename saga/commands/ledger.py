@@ -34,7 +34,7 @@ from saga.config import Settings
 
 if TYPE_CHECKING:
     from saga.bootstrap import Container
-    from saga.fabric import GatewayEndpoint, GatewayError
+    from saga.fabric import GatewayEndpoint, GatewayError, SigningIdentity
 
 # No stubs ship with the protos (see saga.fabric.protos); loaded when a ping runs.
 _LEDGER_PB2 = "fabric_protos.common.ledger_pb2"
@@ -155,6 +155,14 @@ def ping(
         bool,
         typer.Option("--gateway-only", help="Ask only the gateway peer, no chaincode."),
     ] = False,
+    orderers: Annotated[
+        bool,
+        typer.Option(
+            "--orderers",
+            help="Also ask each orderer of the channel's config for the newest block "
+            "(Deliver, read-only; a real Fabric network, not the devnet).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the configured Fabric gateway peer for the channel's height; print who answered.
@@ -174,7 +182,11 @@ def ping(
     needs. So a chaincode that is not running, not committed on the channel, or
     registered with another package id than the peer installed, and a peer of
     another organisation that is down, are each told apart from a gateway peer that
-    is away. The orderers are not asked (nothing is submitted).
+    is away. With --orderers, each orderer the channel's config names is asked for
+    the channel's newest block (its Deliver service, as the configured identity):
+    one that does not answer is named, and fewer than a majority answering means
+    the ordering service cannot order (exit 1). The devnet orders in process and
+    serves no Deliver, so --orderers is for a real network.
 
     Exit codes: 0 every part answered; 1 the gateway peer, a chaincode or an
     endorsing organisation did not answer or refused; 2 no ledger configured, its
@@ -218,6 +230,11 @@ def ping(
                     _settings_hint(s, "SAGA_FABRIC_PROFILE", "SAGA_FABRIC_PEER"),
                 )
         checked = [_check_chaincode(client, ch, cc, where, deadline) for ch, cc in targets]
+        ordering = (
+            _check_orderers(client, s.fabric_channel, identity, endpoint, deadline, where)
+            if orderers
+            else None
+        )
     chaincode_ms = checked[0]["round_trip_ms"] if checked else None
     result = {
         "peer": name,
@@ -233,6 +250,7 @@ def ping(
         "chaincode": checked[0]["name"] if checked else None,
         "chaincode_round_trip_ms": chaincode_ms,
         "chaincodes": checked,
+        "orderers": ordering,
     }
     if as_json:
         print_json(result)
@@ -253,6 +271,21 @@ def ping(
             f"{max(round_trips):.1f} ms",
             highlight=False,
         )
+    if ordering is not None:
+        up = [o for o in ordering if not o["error"]]
+        out.print(
+            f"  {len(up)} of {len(ordering)} orderers answered: "
+            + ", ".join(f"{o['address']} block {o['newest_block']}" for o in up),
+            highlight=False,
+            soft_wrap=True,
+        )
+        for o in ordering:
+            if o["error"]:
+                out.print(
+                    f"  orderer {o['address']} ({o['msp_id']}) did not answer: {o['error']}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
     for cc in checked:
         out.print(
             f"  chaincode {cc['name']} answered in {cc['round_trip_ms']:.1f} ms; its probe was "
@@ -261,6 +294,53 @@ def ping(
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _check_orderers(
+    client: Any,
+    channel: str,
+    identity: SigningIdentity,
+    endpoint: GatewayEndpoint,
+    deadline: float,
+    where: str,
+) -> list[dict[str, Any]]:
+    """Each orderer of the channel's config asked for the newest block; exit 1 without a
+    majority (Raft and BFT order only with one)."""
+    from saga.fabric import GatewayError
+    from saga.fabric.orderers import ask_orderer, channel_orderers
+
+    try:
+        found = channel_orderers(client, channel)
+    except GatewayError as exc:
+        fail(REFUSED, f"{where} did not give the channel's config: {_what_was_said(exc)}")
+    if not found:
+        fail(REFUSED, f"the config of channel {channel} names no orderer endpoint")
+    answers = [
+        ask_orderer(o, identity, channel, client_tls=endpoint, timeout=deadline) for o in found
+    ]
+    rows = [
+        {
+            "address": a.orderer.address,
+            "msp_id": a.orderer.msp_id,
+            "newest_block": a.newest_block,
+            "round_trip_ms": round(a.round_trip_ms, 3),
+            "error": a.error,
+        }
+        for a in answers
+    ]
+    up = sum(1 for a in answers if a.newest_block is not None)
+    down = "; ".join(
+        f"{a.orderer.address} ({a.orderer.msp_id}): {a.error}" for a in answers if a.error
+    )
+    if up <= len(answers) // 2:
+        fail(
+            REFUSED,
+            f"the ordering service cannot order: {up} of {len(answers)} orderers answered "
+            f"(a majority is needed): {down}",
+            "start the orderers that did not answer (their logs say why they stopped); chain "
+            "steps wait for them (SAGA_CHAIN_OUTAGE_BUDGET) rather than fail",
+        )
+    return rows
 
 
 def _chain_targets(c: Container, s: Settings) -> list[tuple[str, str]]:

@@ -185,3 +185,28 @@ def test_ledger_tx_prints_code_block_and_the_record_of_its_key(
     assert f"transaction {missing} is not on channel {channel}" in absent
     not_a_txid = _saga(env, "ledger", "tx", "nope", code=2).output
     assert "64 hexadecimal digits" in not_a_txid
+
+
+def test_ping_with_orderers_asks_each_one_and_names_those_down(
+    real_sagafacts_net: RealLedgerNet,
+) -> None:
+    net = real_sagafacts_net.network
+    env = _env(real_sagafacts_net)
+    height = json.loads(_saga(env, "ledger", "ping", "--json", code=0).stdout)["height"]
+
+    found = json.loads(_saga(env, "ledger", "ping", "--orderers", "--json", code=0).stdout)
+    assert len(found["orderers"]) == len(net.orderers) == 3
+    for answer in found["orderers"]:
+        assert answer["msp_id"] == "OrdererMSP" and answer["error"] == ""
+        assert answer["newest_block"] >= height - 1
+
+    first, second, _ = net.orderers
+    with net.stopped(first, kill=True):
+        # Two of three answer: the service can order; the one that does not is named.
+        one_down = _one_line(_saga(env, "ledger", "ping", "--orderers", code=0).output)
+        assert "2 of 3 orderers answered" in one_down and "did not answer" in one_down
+        with net.stopped(second, kill=True):
+            most_down = _one_line(_saga(env, "ledger", "ping", "--orderers", code=1).output)
+    assert "ordering service cannot order: 1 of 3 orderers answered" in most_down, most_down
+    assert "connection refused" in most_down.lower()
+    net.wait_ready()
