@@ -490,7 +490,9 @@ def audit(
 
     Counts chain steps done without a VALID transaction, VALID transactions for
     steps not done, VALID transactions for keys the database does not know, keys
-    with more than one VALID transaction, and sagas not terminal.
+    with more than one VALID transaction, sagas not terminal, and pending
+    transactions (prepared or submitted, not on the ledger, the step not done).
+    Exit 2 if the ledger cannot be read (nothing is compared then).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
