@@ -188,15 +188,18 @@ def ping(
     the ordering service cannot order (exit 1). The devnet orders in process and
     serves no Deliver, so --orderers is for a real network.
 
-    Exit codes: 0 every part answered; 1 the gateway peer, a chaincode or an
-    endorsing organisation did not answer or refused; 2 no ledger configured, its
-    files or the saga definitions do not load.
+    Exit codes: 0 every part answered; 1 the gateway peer, a chaincode, an
+    endorsing organisation or (with --orderers) a majority of the orderers did not
+    answer or refused; 2 bad options, no ledger configured, its files or the saga
+    definitions do not load.
     """
     from saga.fabric import GatewayError
 
     s = settings(
         fabric_profile=profile, fabric_msp_dir=msp_dir, fabric_peer=peer, fabric_channel=channel
     )
+    if gateway_only and chaincode:
+        fail(USAGE, "--gateway-only asks no chaincode: give --chaincode NAME or --gateway-only")
     c = _ledger_container(s)
     if gateway_only:
         targets: list[tuple[str, str]] = []

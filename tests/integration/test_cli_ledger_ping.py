@@ -150,6 +150,10 @@ def test_ping_failures_name_the_settings_to_check(
     assert "no peer 'peer9.nowhere'" in unknown_peer.output
     assert "SAGA_FABRIC_PEER (now peer9.nowhere)" in unknown_peer.output
 
+    # Options that contradict each other: 2, before any connection.
+    both = _ping(env, "--gateway-only", "--chaincode", "devkv", code=2)
+    assert "--gateway-only asks no chaincode" in both.output
+
     # Nothing listens at the profile's address: 1, UNAVAILABLE, check the profile.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
