@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from saga.commands._common import (
     REFUSED,
+    USAGE,
     DbOpt,
     JsonOpt,
     age,
+    console,
     container,
     fail,
     iso,
@@ -20,6 +23,7 @@ from saga.commands._common import (
     parse_cutoff,
     print_json,
     settings,
+    summary_json,
     table,
 )
 from saga.core.state import SagaStatus
@@ -31,6 +35,19 @@ def list_sagas(
         SagaStatus | None, typer.Option(help="Only sagas in this state.", case_sensitive=False)
     ] = None,
     name: Annotated[str | None, typer.Option(help="Only sagas of this name.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Only the saga with this idempotency key (the caller's)."),
+    ] = None,
+    input_fields: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="Only sagas whose input has FIELD=VALUE, e.g. customer_id=c-17 "
+            "(dots for nested fields; 1250 matches the number and the string). Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
     older_than: Annotated[
         str | None,
         typer.Option(
@@ -39,57 +56,89 @@ def list_sagas(
             "3d) or an ISO time. Lists oldest first, the ones stuck longest at the top.",
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many (a page).")] = 50,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Start after this cursor: the one the previous page printed after `next:`.",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List sagas, newest first (oldest first with --older-than)."""
+    """List sagas, newest progress first (oldest first with --older-than), a page at a time.
+
+    Under the list (on stderr, so --json stays a plain list): how many sagas
+    match in all, per status, and the command for the next page.
+    """
+    from saga.store.saga_search import BadFilter, Cursor, InputField, SagaFilter, search
+
     cutoff = parse_cutoff(older_than, "--older-than") if older_than else None
-    c = container(settings(db))
-    with c.uow_factory() as uow:
-        records = uow.sagas.list(
-            status=str(status) if status else None, name=name, older_than=cutoff, limit=limit
+    try:
+        where = SagaFilter(
+            statuses=(str(status),) if status else (),
+            name=name,
+            idempotency_key=key,
+            older_than=cutoff,
+            inputs=tuple(InputField.parse(f) for f in input_fields or ()),
         )
+        cursor = Cursor.parse(after) if after else None
+    except BadFilter as exc:
+        fail(USAGE, str(exc), "see `saga list --help`")
+    c = container(settings(db))
+    with c.engine.connect() as connection:
+        page = search(connection, where, limit=limit, after=cursor)
     now = datetime.now(UTC)
-    rows = [_row(r, now) for r in records]
+    rows = [summary_json(s, now) for s in page.summaries]
     if as_json:
         print_json(rows)
-        return
+    else:
+        _print_rows(page.summaries, now)
+    _print_totals(len(rows), page, after is not None)
+
+
+def _print_rows(summaries: list[Any], now: datetime) -> None:
     rows_table = table("id", "saga", "status", "step", "attempt", "idle", "reason", ids=("id",))
-    for row in rows:
+    for s in summaries:
+        row = summary_json(s, now)
         rows_table.add_row(
             row["id"],
-            row["saga"],
+            f"{row['saga']} v{row['version']}",
             row["status"],
-            row["step"],
-            str(row["attempt"]),
-            row["idle"],
+            row["step"] or "-",
+            "" if row["attempt"] is None else str(row["attempt"]),
+            age(s.updated_at, now),
             row["reason"] or "",
         )
     out.print(rows_table)
-    if not rows:
-        out.print("no sagas match")
 
 
-def _row(r: SagaRecord, now: datetime) -> dict[str, Any]:
-    state = r.state
-    step = state.steps[state.current]
-    compensating = state.status is SagaStatus.COMPENSATING
-    return {
-        "id": r.saga_id,
-        "saga": f"{state.name} v{state.version}",
-        "name": state.name,
-        "version": state.version,
-        "status": str(state.status),
-        "step": step.name,
-        "phase": "undo" if compensating else "do",
-        "attempt": step.compensation_attempts if compensating else step.attempts,
-        "created": iso(r.created_at),
-        "updated": iso(r.updated_at),
-        "idle": age(r.updated_at, now),
-        "reason": state.reason,
-        "waiting_for_ledger_since": iso(step.waiting_since),
-    }
+def _print_totals(shown: int, page: Any, paging: bool) -> None:
+    order = [str(s) for s in SagaStatus]
+    per_status = ", ".join(
+        f"{k}: {page.by_status[k]}" for k in sorted(page.by_status, key=order.index)
+    )
+    per_status = f" ({per_status})" if per_status else ""
+    if page.total == 0:
+        console.print("no sagas match", highlight=False)
+    elif page.next is not None:
+        console.print(
+            f"showing {shown} of {page.total}{per_status}; next: the same command with "
+            f"--after {page.next.token()}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif paging or shown < page.total:
+        console.print(
+            f"showing {shown} of {page.total}{per_status}, the last page",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        noun = "saga" if page.total == 1 else "sagas"
+        console.print(f"{page.total} {noun}{per_status}", highlight=False, soft_wrap=True)
 
 
 def show(
@@ -162,16 +211,15 @@ def _saga_json(
     attempts: list[LedgerAttemptRecord],
     kinds: dict[str, str],
 ) -> dict[str, Any]:
+    from saga.store.saga_search import SagaSummary
+
     state = record.state
+    summary = summary_json(SagaSummary.of(record))
+    # A finished saga has no current step; a failed one's is the step to fix.
+    marked = summary["step"] is not None
     return {
-        "id": state.saga_id,
-        "saga": state.name,
-        "version": state.version,
-        "status": str(state.status),
-        "reason": state.reason,
-        "current_step": state.steps[state.current].name,
-        "created": iso(record.created_at),
-        "updated": iso(record.updated_at),
+        **summary,
+        "current_step": summary["step"],
         "input": record.input,
         "data": record.data,
         "steps": [
@@ -179,7 +227,7 @@ def _saga_json(
                 "name": s.name,
                 "kind": kinds.get(s.name),
                 "status": str(s.status),
-                "current": i == state.current,
+                "current": marked and i == state.current,
                 "attempts": s.attempts,
                 "failures": s.failures,
                 "compensation_attempts": s.compensation_attempts,
@@ -212,6 +260,20 @@ def _print_saga(data: dict[str, Any]) -> None:
     )
     if data["reason"]:
         out.print(f"reason: {data['reason']}", highlight=False, soft_wrap=True)
+    if data["idempotency_key"]:
+        out.print(
+            f"idempotency key: {data['idempotency_key']}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+    # One line whatever its size: what the caller sent, to grep or paste.
+    out.print(
+        f"input: {json.dumps(data['input'], sort_keys=True)}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
     for s in data["steps"]:
         if (
             s["current"]
@@ -229,7 +291,17 @@ def _print_saga(data: dict[str, Any]) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
-    steps = Table("", "step", "kind", "status", "attempts", "failures", "undo", "last error")
+    # A step name and status are read and typed back whole; the error may wrap.
+    steps = Table(
+        "",
+        Column("step", no_wrap=True),
+        "kind",
+        Column("status", no_wrap=True),
+        "attempts",
+        "failures",
+        "undo",
+        "last error",
+    )
     for s in data["steps"]:
         steps.add_row(
             "▶" if s["current"] else "",

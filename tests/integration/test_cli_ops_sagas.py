@@ -135,7 +135,8 @@ def test_list_filters_by_status_name_age_and_limit(engine: Engine, env: dict[str
 
     row = next(r for r in everything if r["id"] == stuck)
     assert row["step"] == "reserve_funds" and row["attempt"] == 1 and row["version"] == 2
-    assert row["idle"] in ("2h", "3h")
+    # A number of seconds for scripts (the table says 3h).
+    assert 3 * 3600 <= row["idle_seconds"] < 3 * 3600 + 600
 
     table = _saga(["list", "--status", "failed"], env)
     assert failed in table and fresh not in table
@@ -145,6 +146,111 @@ def test_list_filters_by_status_name_age_and_limit(engine: Engine, env: dict[str
     assert bad_age.exit_code == 2 and "10m, 2h" in bad_age.output
     bad_status = runner.invoke(app, ["list", "--status", "stuck"], env=env)
     assert bad_status.exit_code == 2
+
+
+def test_list_finds_by_key_and_input_counts_and_pages_instead_of_stopping(
+    engine: Engine, env: dict[str, str]
+) -> None:
+    orch = _orchestrator(engine)
+    keyed = orch.enqueue(
+        "order-payment", {**PAYMENT, "customer_id": "c-17"}, idempotency_key="shop-9"
+    ).saga_id
+    c17 = [keyed] + [
+        orch.enqueue("order-payment", {**PAYMENT, "customer_id": "c-17"}).saga_id for _ in range(2)
+    ]
+    others = [orch.enqueue("order-payment", PAYMENT).saga_id for _ in range(2)]
+    _set(engine, others[0], status=SagaStatus.FAILED)
+
+    assert [r["id"] for r in _json(["list", "--key", "shop-9"], env)] == [keyed]
+    assert {r["id"] for r in _json(["list", "--input", "customer_id=c-17"], env)} == set(c17)
+    assert (
+        _json(["list", "--input", "amount_cents=1250", "--status", "failed"], env)[0]["id"]
+        == others[0]
+    )
+
+    # Totals and the way on, on stderr (stdout stays the JSON or the table).
+    first = runner.invoke(app, ["list", "--limit", "2", "--json"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "showing 2 of 5 (running: 4, failed: 1)" in first.stderr
+    cursor = first.stderr.split("--after ")[1].split()[0]
+    seen = [r["id"] for r in json.loads(first.stdout)]
+    second = runner.invoke(app, ["list", "--limit", "2", "--after", cursor, "--json"], env=env)
+    seen += [r["id"] for r in json.loads(second.stdout)]
+    assert "showing 2 of 5" in second.stderr and "--after" in second.stderr
+    cursor = second.stderr.split("--after ")[1].split()[0]
+    last = runner.invoke(app, ["list", "--limit", "2", "--after", cursor], env=env)
+    assert last.exit_code == 0, last.output
+    assert "showing 1 of 5" in last.stderr and "the last page" in last.stderr
+    assert "--after" not in last.stderr
+    seen += [i for i in [*c17, *others] if i in last.stdout]
+    assert sorted(seen) == sorted([*c17, *others])
+
+    every = runner.invoke(app, ["list"], env=env)
+    assert "5 sagas (running: 4, failed: 1)" in every.stderr
+
+    row = _json(["list", "--key", "shop-9"], env)[0]
+    assert row["idempotency_key"] == "shop-9" and isinstance(row["idle_seconds"], float)
+    assert row["step"] == "reserve_funds" and row["phase"] == "do"
+
+    for args, needle in (
+        (["--input", "customer_id"], "FIELD=VALUE"),
+        (["--after", "yesterday"], "not a cursor"),
+    ):
+        bad = runner.invoke(app, ["list", *args], env=env)
+        assert bad.exit_code == 2 and needle in bad.output, bad.output
+
+
+def test_show_has_input_and_key_marks_the_step_to_fix_and_shares_the_json_fields(
+    engine: Engine, env: dict[str, str]
+) -> None:
+    orch = _orchestrator(engine)
+    saga_id = orch.enqueue(
+        "order-payment", {**PAYMENT, "customer_id": "c-17"}, idempotency_key="shop-order-1"
+    ).saga_id
+    text = _saga(["show", saga_id], env)
+    assert "idempotency key: shop-order-1" in text
+    assert '"customer_id": "c-17"' in text and '"amount_cents": 1250' in text
+
+    # Same fields, same values, in show, list and wait (idle_seconds moves on).
+    shown = _json(["show", saga_id], env)
+    listed = _json(["list", "--key", "shop-order-1"], env)[0]
+    waited = _json(["wait", saga_id, "--status", "running", "--timeout", "0"], env)
+    for key, value in listed.items():
+        if key != "idle_seconds":
+            assert shown[key] == value, key
+            assert waited[key] == value, key
+    assert shown["input"]["customer_id"] == "c-17"
+    assert shown["idempotency_key"] == "shop-order-1"
+
+    # Compensation of the ledger step failed for good: the marker is on it, the step
+    # to fix (not on the step whose failure started the compensation).
+    with _uow(engine)() as uow:
+        record = uow.sagas.get(saga_id, for_update=True)
+        assert record is not None
+        state = record.state
+        for i in (0, 1):
+            state = state.with_step(i, status=StepStatus.DONE)
+        state = state.with_step(2, status=StepStatus.COMPENSATION_FAILED, last_error="refused")
+        state = state.with_step(3, status=StepStatus.FAILED, last_error="OrderRejected: no")
+        state = replace(state, current=2, status=SagaStatus.FAILED, reason="compensation failed")
+        uow.sagas.save(replace(record, state=state))
+        uow.commit()
+    failed = _json(["show", saga_id], env)
+    assert [s["name"] for s in failed["steps"] if s["current"]] == ["record_on_ledger"]
+    assert (failed["step"], failed["step_status"], failed["phase"]) == (
+        "record_on_ledger",
+        "compensation_failed",
+        "undo",
+    )
+    marked = [line for line in _saga(["show", saga_id], env).splitlines() if "▶" in line]
+    assert len(marked) == 1 and "record_on_ledger" in marked[0]
+
+    # Finished: no step is current, no marker.
+    _set(engine, saga_id, status=SagaStatus.COMPENSATED, current=0)
+    done = _json(["show", saga_id], env)
+    assert not any(s["current"] for s in done["steps"])
+    assert done["current_step"] is None and done["step"] is None
+    assert "▶" not in _saga(["show", saga_id], env)
 
 
 def test_show_gives_the_step_timeline_every_ledger_attempt_and_the_history(
