@@ -416,8 +416,35 @@ def _partner_down(ctx: Any) -> None:
     raise PartnerDown(f"mail partner rejected order {ctx.input.order_id}: account suspended")
 
 
-def _registry(*, notify_fails: bool = False) -> Registry:
+def _refused_reversal(ctx: Any) -> list[str]:
+    # A control character: the chaincode refuses the reversal (INVALID_ARGUMENT) for good.
+    return [f"saga {ctx.saga_id} compensated\x07"]
+
+
+def _reversal_refused(registry: Registry) -> Registry:
+    """The ledger saga, whose reversal of record_on_ledger the chaincode refuses, with no
+    retry (in this process only; the deployment's workers send a good reversal)."""
+    broken = Registry()
+    broken.add(registry.get(order_payment.NAME, 1))
+    definition = registry.get(order_payment.NAME, 2)
+    steps = tuple(
+        replace(
+            s,
+            chain=replace(s.chain, undo_args=_refused_reversal),
+            compensation_retry=RetryPolicy(max_attempts=1),
+        )
+        if s.name == LEDGER_STEP and s.chain is not None
+        else s
+        for s in definition.steps
+    )
+    broken.add(replace(definition, steps=steps))
+    return broken
+
+
+def _registry(*, notify_fails: bool = False, reversal_refused: bool = False) -> Registry:
     registry = order_payment.register_with_ledger(Registry())
+    if reversal_refused:
+        return _reversal_refused(registry)
     if not notify_fails:
         return registry
     # The same saga, whose notification partner refuses for good (in this process only).
@@ -474,6 +501,7 @@ class Situations:
             "compensating-lost": self.compensating_lost,
             "stuck-marked": self.stuck_marked,
             "failed-after-pivot": self.failed_after_pivot,
+            "compensation-failed": self.compensation_failed,
             "submitted-valid": self.submitted_valid,
             "submitted-valid-watcher": self.submitted_valid_watcher,
             "dead-letters": self.dead_letters,
@@ -501,12 +529,17 @@ class Situations:
     # -- driving a saga in process -----------------------------------------------------
 
     def orchestrator(
-        self, *, ledger: Any = None, recheck_delay: float = 0.3, notify_fails: bool = False
+        self,
+        *,
+        ledger: Any = None,
+        recheck_delay: float = 0.3,
+        notify_fails: bool = False,
+        reversal_refused: bool = False,
     ) -> Orchestrator:
         d = self.d
         client = ledger if ledger is not None else d.client
         return Orchestrator(
-            _registry(notify_fails=notify_fails),
+            _registry(notify_fails=notify_fails, reversal_refused=reversal_refused),
             SqlUnitOfWorkFactory(d.engine),
             transient_errors=TRANSIENT_ERRORS,
             ledger=lambda: client,
@@ -653,6 +686,23 @@ class Situations:
         self.drive(orch, saga_id)
         assert self.d.status(saga_id) is SagaStatus.FAILED
         self._expect(saga_id, SagaStatus.COMPLETED)
+        return {"SAGA_ID": saga_id}
+
+    def compensation_failed(self) -> dict[str, str]:
+        """Failed while going back: the order was rejected at confirm_order (the business
+        cause), and the reversal of record_on_ledger was refused for good (the step to
+        fix, compensation_failed). The refusal is mended: resumed, it compensates."""
+        orch = self.orchestrator(reversal_refused=True)
+        saga_id = orch.enqueue(
+            order_payment.NAME, {**payment("refused"), "simulate": "reject_order"}
+        ).saga_id
+        self.drive(orch, saga_id)
+        record, _ = orch.get(saga_id)
+        state = record.state
+        current = state.steps[state.current]
+        assert state.status is SagaStatus.FAILED, state
+        assert (current.name, str(current.status)) == (LEDGER_STEP, "compensation_failed")
+        self._expect(saga_id, SagaStatus.COMPENSATED)
         return {"SAGA_ID": saga_id}
 
     def submitted_valid(self) -> dict[str, str]:
