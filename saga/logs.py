@@ -47,9 +47,19 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
+# Alembic logs one INFO line per built-in plugin whenever the store is first
+# imported, in every process, migrations or not: noise around an operator
+# command's one useful line. Kept at DEBUG; its migration lines ("Running upgrade
+# ...") come from alembic.runtime.migration and stay.
+_QUIET_BELOW_DEBUG = ("alembic.runtime.plugins",)
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _QUIET_BELOW_DEBUG:
+        quiet = root.level > logging.DEBUG
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)

@@ -145,3 +145,30 @@ def test_demo_with_ledger_records_each_payment_once_and_audits_clean(
     assert "ledger: 40 transactions" in out, out
     assert "audit clean" in out, out
     assert (tmp_path / ".saga-demo" / "devnet" / "ledger").is_dir()
+
+
+def test_operator_commands_print_no_alembic_plugin_lines(
+    broker_settings: Settings, pg_url: str, tmp_path: Path
+) -> None:
+    """`saga dlq replay` sets up logging at SAGA_LOG_LEVEL=INFO and then loads the store:
+    its one useful line must not drown in Alembic's plugin setup lines."""
+    env = {
+        **_clean_env(),
+        "SAGA_LOG_LEVEL": "INFO",
+        "SAGA_DATABASE_URL": pg_url,
+        "SAGA_BROKER_URL": broker_settings.broker_url,
+        "SAGA_STEP_QUEUE": broker_settings.step_queue,
+        "SAGA_DEAD_LETTER_QUEUE": broker_settings.dead_letter_queue,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "saga", "dlq", "replay", "--all", "--why", "test"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # An empty dead-letter queue: 1, "no message matched"; after the store was loaded.
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "0 message(s) replayed" in proc.stdout and "no message matched" in proc.stderr
+    assert "alembic" not in proc.stderr, proc.stderr
