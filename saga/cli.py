@@ -70,10 +70,19 @@ def _stop_event() -> threading.Event:
 
 @app.command()
 def config() -> None:
-    """Print the settings in effect (secrets masked) and where each comes from."""
+    """Print the settings in effect (secrets masked) and where each comes from.
+
+    Each line is VAR=VALUE  (environment | file PATH, VAR_FILE | default).
+    """
     settings = _settings()
     for key, value in settings.redacted().items():
-        out.print(f"{key}={value}")
+        if key in os.environ:
+            source = "environment"
+        elif f"{key}_FILE" in os.environ:
+            source = f"file {os.environ[key + '_FILE']}, {key}_FILE"
+        else:
+            source = "default"
+        out.print(f"{key}={value}  ({source})", highlight=False, soft_wrap=True, markup=False)
 
 
 @db_app.command("upgrade")

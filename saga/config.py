@@ -287,7 +287,8 @@ class Settings:
             elif isinstance(value, str) and "://" in value and "@" in value:
                 scheme, rest = value.split("://", 1)
                 creds, host = rest.rsplit("@", 1)
-                user = creds.split(":", 1)[0]
-                value = f"{scheme}://{user}:***@{host}"
+                user, has_password, _ = creds.partition(":")
+                # No password in the URL: nothing to hide, and *** would suggest one.
+                value = f"{scheme}://{user}{':***' if has_password else ''}@{host}"
             out[PREFIX + f.name.upper()] = value
         return out

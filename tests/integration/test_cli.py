@@ -60,6 +60,35 @@ def test_config_masks_secrets() -> None:
     assert "SAGA_API_TOKEN=***" in result.output
 
 
+def test_config_says_where_each_value_comes_from_and_masks_only_real_passwords(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    result = runner.invoke(
+        app,
+        ["config"],
+        env={
+            "SAGA_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+            "SAGA_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+            "SAGA_API_TOKEN_FILE": str(secret),
+            "SAGA_LOG_LEVEL": "WARNING",
+        },
+    )
+    assert result.exit_code == 0, result.output
+    lines = {line.split("=", 1)[0]: line for line in result.stdout.splitlines() if "=" in line}
+    # No password in the URL: nothing to mask.
+    assert lines["SAGA_DATABASE_URL"].startswith(
+        "SAGA_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test"
+    )
+    assert "(environment)" in lines["SAGA_DATABASE_URL"]
+    assert "guest:***@" in lines["SAGA_BROKER_URL"] and ":guest@" not in result.stdout
+    assert "SAGA_API_TOKEN=***" in lines["SAGA_API_TOKEN"]
+    assert f"(file {secret}, SAGA_API_TOKEN_FILE)" in lines["SAGA_API_TOKEN"]
+    assert "from-a-file" not in result.stdout
+    assert "(default)" in lines["SAGA_STEP_QUEUE"]
+
+
 def _saga(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "saga", *args],
