@@ -386,11 +386,14 @@ class CommitWatcher:
                         redrive_message(saga.state, command, commit_message_id(record.txid))
                     )
                     redriven = True
+            # The step message is the normal path after a commit, not a re-drive:
+            # "redriven" on the history is kept for the deadline's re-drive.
+            woke = "sent" if redriven else "none (the saga no longer waits for this attempt)"
             _note(
                 uow,
                 record,
                 "ledger committed",
-                {"code": result.code_name, "block": result.block_number, "redriven": redriven},
+                {"code": result.code_name, "block": result.block_number, "step_message": woke},
             )
             uow.commit()
             return Settled(first=True, redriven=redriven)
