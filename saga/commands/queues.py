@@ -85,8 +85,10 @@ def queues(broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
 
     Asks RabbitMQ with a passive declare (nothing is created or consumed).
     Messages are the ready ones: a message a worker holds unacknowledged is not
-    counted. Consumers of the step queue are worker processes (each prefetching
-    SAGA_WORKER_PREFETCH); the dead-letter queue normally has none.
+    counted. Consumers of the step queue are workers, one per `saga worker` command
+    (a Celery node), whatever its --concurrency: its processes share that one
+    consumer, which prefetches SAGA_WORKER_PREFETCH messages per process. The
+    dead-letter queue normally has none.
 
     Exit codes: 0 both queues exist; 1 a queue does not exist yet (it is still
     listed); 2 not RabbitMQ, or RabbitMQ unreachable.
@@ -123,6 +125,7 @@ def _print(stats: list[QueueStats]) -> None:
     rows.add_column("queue", no_wrap=True)  # a name is copied into the next command
     rows.add_column("role", no_wrap=True)
     rows.add_column("messages", justify="right", no_wrap=True)
+    # Workers (`saga worker` commands), not processes: RabbitMQ's count.
     rows.add_column("consumers", justify="right", no_wrap=True)
     for q in stats:
         rows.add_row(q.queue, q.role, _count(q.messages), _count(q.consumers))

@@ -145,3 +145,11 @@ def test_queues_says_what_to_fix_when_there_is_no_rabbitmq(
     assert expected in result.output
     assert "SAGA_BROKER_URL" in result.output
     assert "secret" not in result.output
+
+
+def test_queues_says_a_consumer_is_a_worker_command_not_a_process() -> None:
+    """RabbitMQ counts one consumer per `saga worker` (a Celery node), whatever its
+    -c: the child processes share the node's consumer and prefetch."""
+    text = " ".join(runner.invoke(app, ["queues", "--help"]).stdout.split())
+    assert "one per `saga worker` command" in text
+    assert "are worker processes" not in text
