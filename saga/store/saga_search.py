@@ -277,14 +277,9 @@ def _pg_input(field: InputField) -> ColumnElement[bool]:
     def nested(value: Any) -> dict[str, Any]:
         for name in reversed(names):
             value = {name: value}
-        return value  # type: ignore[no-any-return]
+        return value
 
-    return or_(
-        *(
-            sagas.c.input.op("@>")(literal(nested(v), JSONB()))  # type: ignore[misc]
-            for v in field.candidates()
-        )
-    )
+    return or_(*(sagas.c.input.op("@>")(literal(nested(v), JSONB())) for v in field.candidates()))
 
 
 def _sqlite_input(field: InputField) -> ColumnElement[bool]:
@@ -304,7 +299,7 @@ def _sqlite_input(field: InputField) -> ColumnElement[bool]:
     return or_(*options)
 
 
-def _summary(row: Row[Any]) -> SagaSummary:
+def _summary(row: Row[Any] | Any) -> SagaSummary:
     return SagaSummary(
         saga_id=row.id,
         name=row.name,
