@@ -7,7 +7,6 @@ cell killed) before and after each cell.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from sqlalchemy import select
 
 from saga.broker import AmqpPublisher, Topology
 from saga.failpoints import hits
-from saga.ledger_port import VALID
+from saga.ledger_port import DUPLICATE_TXID, VALID
 from saga.ports import PendingMessage
 from saga.store.tables import outbox, saga_history
 from tests.fault.chain.conftest import MakeStack
@@ -53,6 +52,11 @@ def _watcher_tracked(watcher: SagaProcess) -> int:
     return int(tracked[-1]) if tracked else 0
 
 
+def _valid_on_ledger(stack: ChainStack, txids: set[str]) -> int:
+    scan = stack.scan()
+    return sum(1 for txid in txids if (tx := scan.get(txid)) is not None and tx.valid)
+
+
 def test_watcher_killed_with_100_commits_pending(make_stack: MakeStack) -> None:
     """No re-check messages (SAGA_CHAIN_RECHECK_DELAY=0): the watcher alone re-drives
     the chain steps. Commits are held back until 100 are pending and followed; the
@@ -83,10 +87,19 @@ def test_watcher_killed_with_100_commits_pending(make_stack: MakeStack) -> None:
     watcher.kill()
     stack.services.remove(watcher)
     stack.devnet.set_faults(stall_commits=False)
-    time.sleep(3)  # the blocks commit while no watcher runs
+    # The blocks commit while no watcher runs: wait until the ledger shows every one.
+    txids = {r.txid for r in _do_attempts(stack, ids)}
+    wait_for(
+        lambda: _valid_on_ledger(stack, txids) == len(txids),
+        timeout=60,
+        what=f"the {len(txids)} held transactions to commit VALID while no watcher runs",
+        report=lambda: stack.report(ids),
+        interval=0.5,
+    )
     waiting = sum(1 for r in _do_attempts(stack, ids) if r.state != "committed")
     stack.watcher("--wait-timeout", "120")
     stack.verify(expected, timeout=120, pending_when_killed=100, unrecorded_at_restart=waiting)
+    assert len(txids) == 100
     assert waiting == 100  # nothing recorded the commits while the watcher was dead
 
 
@@ -129,17 +142,24 @@ def test_ledger_commit_delayed_beyond_the_step_timeout(make_stack: MakeStack) ->
     rows = _do_attempts(stack, ids)
     assert len(rows) == 1 and rows[0].code == VALID, rows
     with stack.engine.connect() as c:
-        failed = [
-            (r.detail or {}).get("error")
+        failures = [
+            ((r.detail or {}).get("error"), r.at)
             for r in c.execute(
                 select(saga_history).where(
                     saga_history.c.saga_id == ids[0], saga_history.c.kind == "step failed"
                 )
             )
         ]
+    failed = [error for error, _ in failures]
     # The timeout did fire: the step failed in doubt (and was retried, not compensated).
     assert "LedgerOutcomeUnknown" in failed, failed
-    print(f"step failures before the delayed commit landed: {failed}")
+    # ... before the delayed commit landed: the block came more than the step's
+    # timeout after the submit, and the in-doubt failure was recorded before it.
+    [row] = rows
+    assert row.submitted_at is not None and row.committed_at is not None, row
+    assert (row.committed_at - row.submitted_at).total_seconds() > SHORT_TIMEOUT, row
+    in_doubt = min(at for error, at in failures if error == "LedgerOutcomeUnknown")
+    assert in_doubt < row.committed_at, (failures, row)
 
 
 def test_ledger_endorsement_refused(make_stack: MakeStack) -> None:
@@ -236,8 +256,21 @@ def test_two_hosts_same_step(make_stack: MakeStack, point: str, tmp_path: Path) 
     b = stack.worker(hostname="saga@host-b")
     stack.wait_terminal(ids, timeout=60)
     finished_before_a_woke = time.time() < a_wakes
-    # Let A wake up and finish its stale round before the ledger is counted.
-    time.sleep(max(0.0, a_wakes - time.time()) + 3.0)
+
+    def a_rounds() -> list[Any]:
+        return [
+            r.get("outcome")
+            for r in a.log_records()
+            if r.get("msg") == "step message handled" and r.get("step") == LEDGER_STEP
+        ]
+
+    # A wakes up and finishes its stale round before the ledger is counted.
+    wait_for(
+        a_rounds,
+        timeout=sleep + 60,
+        what="worker A to finish its round after waking",
+        report=lambda: stack.report(ids),
+    )
     result = stack.verify(
         expected, finished_before_a_woke=finished_before_a_woke, message_id=body["message_id"]
     )
@@ -248,13 +281,21 @@ def test_two_hosts_same_step(make_stack: MakeStack, point: str, tmp_path: Path) 
     handled_b = [r for r in b.log_records() if r.get("msg") == "step message handled"]
     assert any(r.get("step") == LEDGER_STEP for r in handled_b), b.tail()
     assert a.alive()
-    handled_a = [
-        r
-        for r in a.log_records()
-        if r.get("msg") == "step message handled" and r.get("step") == LEDGER_STEP
-    ]
-    print(f"worker A's round after waking: {json.dumps([r.get('outcome') for r in handled_a])}")
-    # The race on the step's key, as the blocks show it: every copy of the one txid
-    # (a stale copy that A sent after waking commits DUPLICATE_TXID, code 9).
-    copies = [tx.code for tx in stack.scan().txs if tx.txid == rows[0].txid]
-    print(f"copies of txid {rows[0].txid[:12]} in the blocks, by validation code: {copies}")
+    # A's stale round found B's: the same message, already handled, is dropped.
+    assert a_rounds() == ["duplicate"], (a_rounds(), a.tail())
+    # The race on the step's key, as the blocks show it: every copy of the one txid.
+    # Stopped after PREPARED, A sends the stored envelope when it wakes, and that
+    # copy commits DUPLICATE_TXID; stopped after Submit, A sends nothing more.
+    expected_copies = [VALID, DUPLICATE_TXID] if point == "chain.after_prepared" else [VALID]
+
+    def copies() -> list[int]:
+        return [tx.code for tx in stack.scan().txs if tx.txid == rows[0].txid]
+
+    wait_for(
+        lambda: len(copies()) >= len(expected_copies),
+        timeout=30,
+        what=f"{len(expected_copies)} copies of txid {rows[0].txid[:12]} in the blocks",
+        report=lambda: stack.report(ids),
+    )
+    found = copies()
+    assert found == expected_copies, (found, stack.report(ids))
