@@ -43,9 +43,17 @@ READY_TIMEOUT = 60.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each socket stays bound until all are chosen, so the
+    kernel cannot hand the same ephemeral port out twice (it did, in CI)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 class Devnet:
@@ -55,9 +63,10 @@ class Devnet:
         self.dir = directory
         self.faults: list[str] = list(overrides.pop("faults", []))
         orgs = [dict(o) for o in overrides.pop("orgs", DEFAULT_ORGS)]
-        for org in orgs:
-            org.setdefault("port", free_port())
-        self.admin_port = free_port()
+        ports = free_ports(len(orgs) + 1)
+        for org, port in zip(orgs, ports, strict=False):
+            org.setdefault("port", port)
+        self.admin_port = ports[-1]
         self.config: dict[str, Any] = {
             "channel": "mychannel",
             "batch_timeout": 0.5,

@@ -131,7 +131,7 @@ def test_no_progress_after_the_redrive_budget_marks_the_saga_for_an_operator(
     assert s.sweep().marked_stuck == []  # terminal now: left to the operator
 
     out = CliRunner().invoke(cli, ["list", "--status", "failed", "--json", "--db", pg_url])
-    listed = json.loads(out.output)
+    listed = json.loads(out.stdout)  # totals go to stderr
     assert [r["id"] for r in listed] == [saga_id]
     assert listed[0]["reason"].startswith("stuck: ")
 
