@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from saga.core.state import SagaStatus
-from tests.unit.test_chain_executor import World
+from tests.support.chain_world import World
 
 
 def test_the_in_doubt_reason_matches_the_attempt_record_and_names_the_lookup() -> None:

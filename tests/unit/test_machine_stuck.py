@@ -13,7 +13,7 @@ from saga.core.messages import (
     StepSucceeded,
 )
 from saga.core.state import SagaStatus, StepStatus
-from tests.unit.test_machine import FATAL, Run
+from tests.support.machine_run import FATAL, Run
 
 
 def test_stuck_forward_fails_the_step_and_resume_runs_it_again() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from saga.commands.operator import refusal_hint
 from saga.orchestrator import OperatorActionRefused, SagaNotFound
-from tests.unit.test_chain_executor import World
+from tests.support.chain_world import World
 
 
 def _refusal(w: World, saga_id: str) -> OperatorActionRefused:

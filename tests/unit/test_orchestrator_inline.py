@@ -12,7 +12,7 @@ from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import Phase, StepMessage
 from saga.orchestrator import Outcome
 from saga.ports import StoreUnavailable
-from tests.unit.test_orchestrator import ORDER, Declined, DriverGone, World
+from tests.support.orchestrator_world import ORDER, Declined, DriverGone, World
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from celery.exceptions import Retry
 from saga.core.step_message import Phase, StepMessage
 from saga.orchestrator import Outcome
 from saga.step_report import Setback, Then, collect
-from tests.unit import test_chain_executor as chain
-from tests.unit.test_orchestrator import ORDER, Declined, World
+from tests.support import chain_world as chain
+from tests.support.orchestrator_world import ORDER, Declined, World
 from workers.step_states import NothingToDo, StepFailedError, StepRetriedError, end_task
 
 
