@@ -1,4 +1,4 @@
-"""Start the sagafacts chaincode (``python -m chaincode``, chaincode-as-a-service)
+"""Start the sagafacts chaincode (``python -m sagafacts_chaincode``, chaincode-as-a-service)
 as a child process, for the demo's local ledger and the tests.
 
     with chaincode_running(f"127.0.0.1:{free_port()}", "sagafacts_1.0:x", log) as proc:
@@ -84,7 +84,15 @@ def start_chaincode(
     """
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chaincode", "--id", chaincode_id, "--address", address],
+            [
+                sys.executable,
+                "-m",
+                "sagafacts_chaincode",
+                "--id",
+                chaincode_id,
+                "--address",
+                address,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=new_session,

@@ -66,7 +66,7 @@ class DevnetConfig:
     )
     chaincodes: dict[str, ChaincodeConfig] = field(
         default_factory=lambda: {
-            # The product's chaincode, where `python -m chaincode` listens by default.
+            # The product's chaincode, where `python -m sagafacts_chaincode` listens by default.
             "sagafacts": ChaincodeConfig(address="127.0.0.1:9999"),
             "devkv": ChaincodeConfig(builtin="kv"),
         }

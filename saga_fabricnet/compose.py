@@ -10,7 +10,7 @@ member a port of its own and turns every ``127.0.0.1:<port>`` (and the profiles'
 
     python -m saga_fabricnet.compose init       # job fabric-init: material, block, package
     python -m saga_fabricnet.compose deploy     # job fabric-setup: join, lifecycle, ready
-    python -m saga_fabricnet.compose chaincode  # service chaincode: python -m chaincode
+    python -m saga_fabricnet.compose chaincode  # service chaincode: python -m sagafacts_chaincode
     python -m saga_fabricnet.compose env peer0.org1.example.com   # a node's environment
     python -m saga_fabricnet.compose check      # image build: binaries and package files
 """
@@ -373,7 +373,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     deploy_p.add_argument("--timeout", type=float, default=READY_TIMEOUT)
     chaincode_p = sub.add_parser(
-        "chaincode", help="run python -m chaincode under the package id init computed"
+        "chaincode", help="run python -m sagafacts_chaincode under the package id init computed"
     )
     check_p = sub.add_parser("check", help="the Fabric binaries and package files are there")
     check_p.add_argument("--fabric-bin", help="default: $FABRIC_BIN")
@@ -400,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             package_id = StateFile(opts.dir).load().package_id
             # The peers accept the chaincode only under the id they installed.
             os.environ["CHAINCODE_ID"] = package_id
-            os.execv(sys.executable, [sys.executable, "-m", "chaincode", "--id", package_id])
+            os.execv(
+                sys.executable, [sys.executable, "-m", "sagafacts_chaincode", "--id", package_id]
+            )
         elif opts.command == "check":
             version = check_install(FabricRelease.locate(opts.fabric_bin, opts.fabric_cfg))
             print(f"Fabric {version} and saga_fabricnet's files are in place")

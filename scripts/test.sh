@@ -34,5 +34,5 @@ bash "$fabric_archives/install.sh" .fabric >/dev/null
 bash "$fabric_archives/install.sh" .fabric 3.1.5 >/dev/null
 
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/pip install -q -e '.[dev]' -e ./chaincode
 exec .venv/bin/python -m scripts.check "$@"

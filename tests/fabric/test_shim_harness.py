@@ -60,10 +60,10 @@ def chaincode_process(
     cc_id: str = CC_ID,
     extra: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Run ``python -m chaincode`` (or ``argv``) and yield (process, address)."""
+    """Run ``python -m sagafacts_chaincode`` (or ``argv``) and yield (process, address)."""
     port = port or free_port()
     address = f"127.0.0.1:{port}"
-    cmd = list(argv or [sys.executable, "-m", "chaincode"])
+    cmd = list(argv or [sys.executable, "-m", "sagafacts_chaincode"])
     cmd += ["--id", cc_id, "--address", address, *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINCODE_")}
     # A file, not a pipe: a chaincode blocked on a full stderr pipe stops answering.

@@ -55,7 +55,7 @@ PROBE = r"""
 import asyncio, logging, os, sys
 from fabric_chaincode_python.fabric_shim.interfaces import Chaincode
 from fabric_protos.peer import proposal_response_pb2 as pr
-from chaincode.server import serve
+from sagafacts_chaincode.server import serve
 
 def ok(payload=b""):
     return pr.Response(status=200, payload=payload)

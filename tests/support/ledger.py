@@ -6,7 +6,7 @@
         client = sagafacts_net.gateway()       # GatewayClient as User1@org1, the product's adapter
         sagafacts_net.devnet.set_faults(drop_submit_reply=1)
 
-The chaincode runs as `python -m chaincode` (chaincode-as-a-service) and the
+The chaincode runs as `python -m sagafacts_chaincode` (chaincode-as-a-service) and the
 devnet dials it; endorsement needs both orgs, as on a MAJORITY-policy network.
 """
 

@@ -1,6 +1,6 @@
 """Run the saga-facts chaincode as a service (the peer dials it).
 
-    python -m chaincode --id sagafacts_1.0:<hash> --address 0.0.0.0:9999
+    python -m sagafacts_chaincode --id sagafacts_1.0:<hash> --address 0.0.0.0:9999
 
 Every option falls back to an environment variable, so the same image runs
 under a real peer's ``ccaas`` external builder and under the devnet:
@@ -40,7 +40,9 @@ def _read(path: str | None, what: str) -> bytes | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
-    parser = argparse.ArgumentParser(prog="python -m chaincode", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sagafacts_chaincode", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--id", default=env.get("CHAINCODE_ID"), help="chaincode package id")
     parser.add_argument("--address", default=env.get("CHAINCODE_SERVER_ADDRESS"))
     parser.add_argument("--tls-cert", default=env.get("CHAINCODE_TLS_CERT"))
@@ -62,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     level = getattr(logging, str(opts.log_level).upper(), logging.WARNING)
     # Importing the shim configures the root logger at DEBUG; set ours afterwards.
-    from chaincode.contract import SagaFactsChaincode
-    from chaincode.server import serve
+    from sagafacts_chaincode.contract import SagaFactsChaincode
+    from sagafacts_chaincode.server import serve
 
     logging.getLogger().setLevel(level)
     shim_log = logging.getLogger("asyncio")

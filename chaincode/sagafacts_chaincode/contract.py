@@ -1,4 +1,4 @@
-"""The chaincode as fabric-chaincode-python runs it; Invoke dispatches to chaincode.facts."""
+"""The chaincode as fabric-chaincode-python runs it; Invoke dispatches to .facts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from fabric_chaincode_python.fabric_shim.interfaces import Chaincode
 from fabric_protos.peer import chaincode_shim_pb2, proposal_response_pb2
 
-from chaincode import facts
+from sagafacts_chaincode import facts
 
 log = logging.getLogger(__name__)
 
