@@ -20,24 +20,26 @@ import pytest
 from saga.client import BadRequestError, InvalidPayloadError, LocalSagaClient, SagaClient
 from saga.core.definitions import MAX_STEPS, SagaDefinition, Step
 from saga.core.errors import DefinitionError
-from tests.integration.test_api_http import api, assert_error, http, post, start  # noqa: F401
-from tests.integration.test_api_support import (
+from tests.support.api import (
     NOTHING,
     PAYMENT,
     Instance,
     Ping,
+    assert_error,
     counts,
+    post,
     serving,
+    start,
 )
 
 
 @pytest.fixture
-def served(api: Instance) -> Iterator[str]:  # noqa: F811
+def served(api: Instance) -> Iterator[str]:
     with serving(api.app) as (server,):
         yield server.url
 
 
-def test_a_definition_version_in_the_request_is_refused(http: Any, api: Instance) -> None:  # noqa: F811
+def test_a_definition_version_in_the_request_is_refused(http: Any, api: Instance) -> None:
     """Case: unknown definition version via the API. The API starts the latest version
     and accepts no version field, so any version (known or not) is an unknown field."""
     r = post(http, {**start(), "version": 99})
@@ -47,13 +49,13 @@ def test_a_definition_version_in_the_request_is_refused(http: Any, api: Instance
 
 
 @pytest.mark.parametrize("saga", [7, None, ["order-payment"], {"name": "order-payment"}])
-def test_a_saga_name_of_the_wrong_type_is_refused(http: Any, api: Instance, saga: Any) -> None:  # noqa: F811
+def test_a_saga_name_of_the_wrong_type_is_refused(http: Any, api: Instance, saga: Any) -> None:
     """Case: wrong types (the envelope's saga name is not a string)."""
     assert_error(post(http, {"saga": saga, "payload": PAYMENT}), 422, "invalid_request", ["saga"])
     assert counts(api.engine) == NOTHING
 
 
-def test_an_empty_json_object_names_both_missing_fields(http: Any, api: Instance) -> None:  # noqa: F811
+def test_an_empty_json_object_names_both_missing_fields(http: Any, api: Instance) -> None:
     """Case: missing fields (the whole envelope)."""
     body = assert_error(post(http, {}), 422, "invalid_request")
     assert sorted(body["fields"]) == ["payload", "saga"]
@@ -62,7 +64,7 @@ def test_an_empty_json_object_names_both_missing_fields(http: Any, api: Instance
 
 def test_an_idempotency_key_that_is_not_utf8_is_refused_over_http(
     served: str,
-    api: Instance,  # noqa: F811
+    api: Instance,
 ) -> None:
     """Case: invalid UTF-8 (in the Idempotency-Key header, over a real socket; the
     in-process test client re-encodes header bytes, so it cannot show this)."""
@@ -76,7 +78,7 @@ def test_an_idempotency_key_that_is_not_utf8_is_refused_over_http(
     assert counts(api.engine) == NOTHING
 
 
-def test_invalid_utf8_in_a_json_key_is_refused_over_http(served: str, api: Instance) -> None:  # noqa: F811
+def test_invalid_utf8_in_a_json_key_is_refused_over_http(served: str, api: Instance) -> None:
     """Case: invalid UTF-8 (inside an object key, not a value)."""
     raw = b'{"saga": "order-payment", "payload": {"order_\xff": 1}}'
     r = httpx.post(
@@ -93,7 +95,7 @@ def test_invalid_utf8_in_a_json_key_is_refused_over_http(served: str, api: Insta
 
 
 @pytest.fixture(params=["http", "local"])
-def client(request: pytest.FixtureRequest, api: Instance, served: str) -> Iterator[Any]:  # noqa: F811
+def client(request: pytest.FixtureRequest, api: Instance, served: str) -> Iterator[Any]:
     if request.param == "local":
         yield LocalSagaClient(api.orchestrator, api.settings)
         return
@@ -113,7 +115,7 @@ def client(request: pytest.FixtureRequest, api: Instance, served: str) -> Iterat
 )
 def test_the_client_refuses_a_payload_json_cannot_carry(
     client: Any,
-    api: Instance,  # noqa: F811
+    api: Instance,
     payload: dict[Any, Any],
     fields: list[str] | None,
 ) -> None:
@@ -130,7 +132,7 @@ def test_the_client_refuses_a_payload_json_cannot_carry(
 @pytest.mark.parametrize("payload", [[PAYMENT], "order", 12], ids=["list", "str", "int"])
 def test_the_client_refuses_a_payload_that_is_not_an_object(
     client: Any,
-    api: Instance,  # noqa: F811
+    api: Instance,
     payload: Any,
 ) -> None:
     """Case: wrong types, from the Python client (the payload is not a JSON object)."""

@@ -16,16 +16,17 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from saga.broker.topology import DLQ_ERROR, DLQ_REASON
+from saga.adapters.rabbitmq.topology import DLQ_ERROR, DLQ_REASON
+from saga.adapters.sql import create_engine
+from saga.adapters.sql.tables import inbox, outbox, saga_history, sagas
 from saga.config import Settings
 from saga.core.state import SagaStatus
 from saga.examples.order_payment import NAME
-from saga.store import create_engine
-from saga.store.tables import inbox, outbox, saga_history, sagas
-from tests.integration.test_dlq_poison import publish_to_step_queue, task_headers, v2_body
+from tests.support.broker_messages import publish_to_step_queue, task_headers, v2_body
 from tests.support.outbox import step_body
 from tests.support.rabbitmq import drain, queue_depth
-from tests.support.workers import celery_worker, orchestrator, relay_thread, wait_until
+from tests.support.waiting import wait_for
+from tests.support.workers import celery_worker, orchestrator, relay_thread
 
 
 def cases(victim: str) -> dict[str, tuple[dict[str, Any], str, str]]:
@@ -106,7 +107,7 @@ def test_bad_broker_messages_are_dead_lettered_with_their_reason(
         bad = cases(victim)
         with celery_worker(settings, log) as worker:
             publish_to_step_queue(settings, [publish for publish, _, _ in bad.values()])
-            wait_until(
+            wait_for(
                 lambda: queue_depth(settings.broker_url, settings.dead_letter_queue) == len(bad),
                 timeout=60,
                 what="every bad message in the dead-letter queue",
@@ -124,7 +125,7 @@ def test_bad_broker_messages_are_dead_lettered_with_their_reason(
                 )
             # The worker is alive and still runs good messages.
             with relay_thread(settings, engine):
-                wait_until(
+                wait_for(
                     lambda: orch.get(victim)[0].state.status.terminal,
                     timeout=60,
                     what="the good saga to finish",

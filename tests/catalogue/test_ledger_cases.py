@@ -19,17 +19,17 @@ from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
 from sqlalchemy.engine import Engine
 
-from saga.chain import ChainSettings
-from saga.core.ledger_faults import FaultKind
-from saga.core.state import SagaStatus
-from saga.fabric import (
+from saga.adapters.fabric import (
     CommitStatusError,
     EndorseError,
     GatewayClient,
     GatewayEndpoint,
     SigningIdentity,
 )
-from saga.ledger_port import StatusUnknown
+from saga.app.chain import ChainSettings
+from saga.core.ledger_faults import FaultKind
+from saga.core.state import SagaStatus
+from saga.ports.ledger import StatusUnknown
 from tests.catalogue.ledger_support import (
     CodedGateway,
     attempt_count,
@@ -48,8 +48,7 @@ from tests.fabric.client_fixtures import (
     TlsSet,
     new_identity,
 )
-from tests.fabric.conftest import devnet  # noqa: F401
-from tests.integration.test_chain_ledger import engine, run  # noqa: F401
+from tests.support.outbox import drive_outbox
 
 CHANNEL = "mychannel"
 # The bytes of a field header promising more than follows: a truncated message.
@@ -116,7 +115,7 @@ def test_truncated_commit_status_is_status_unknown(identity: SigningIdentity) ->
 
 
 def test_garbage_endorsement_fails_the_chain_step_and_stores_no_attempt(
-    engine: Engine,  # noqa: F811
+    engine: Engine,
     identity: SigningIdentity,
 ) -> None:
     """Case: a truncated protobuf from the ledger, through a chain step: the step fails
@@ -127,7 +126,7 @@ def test_garbage_endorsement_fails_the_chain_step_and_stores_no_attempt(
     with raw_gateway({"Endorse": garbage}) as address, connect(address, identity) as client:
         orch = chain_orchestrator(engine, lambda: client)
         saga_id = orch.enqueue("catalogue-fact", {"ref": "r-1"}).saga_id
-        run(orch, engine, timeout=30)
+        drive_outbox(orch, engine, timeout=30)
     record, _ = orch.get(saga_id)
     assert record.state.status is SagaStatus.COMPENSATED
     assert attempt_count(engine) == 0
@@ -140,7 +139,7 @@ def test_garbage_endorsement_fails_the_chain_step_and_stores_no_attempt(
 
 @pytest.mark.parametrize("code", [254, 255, 9999])
 def test_unexpected_validation_code_is_final_invalid_then_verified(
-    engine: Engine,  # noqa: F811
+    engine: Engine,
     identity: SigningIdentity,
     code: int,
 ) -> None:
@@ -151,7 +150,7 @@ def test_unexpected_validation_code_is_final_invalid_then_verified(
     with GatewayServer(servicer) as server, connect(server.address, identity) as client:
         orch = chain_orchestrator(engine, lambda: client)
         saga_id = orch.enqueue("catalogue-fact", {"ref": f"r-{code}"}).saga_id
-        run(orch, engine, timeout=30)
+        drive_outbox(orch, engine, timeout=30)
     record, _ = orch.get(saga_id)
     assert record.state.status is SagaStatus.COMPLETED
     rows = attempt_rows(engine)
@@ -165,7 +164,7 @@ def test_unexpected_validation_code_is_final_invalid_then_verified(
 
 
 def test_a_ledger_that_only_answers_unknown_codes_does_not_loop_for_ever(
-    engine: Engine,  # noqa: F811
+    engine: Engine,
     identity: SigningIdentity,
 ) -> None:
     """Case: a ledger answer with an unexpected validation code, every time: the step
@@ -175,7 +174,7 @@ def test_a_ledger_that_only_answers_unknown_codes_does_not_loop_for_ever(
     with GatewayServer(servicer) as server, connect(server.address, identity) as client:
         orch = chain_orchestrator(engine, lambda: client)
         saga_id = orch.enqueue("catalogue-fact", {"ref": "r-loop"}).saga_id
-        run(orch, engine, timeout=60)
+        drive_outbox(orch, engine, timeout=60)
     record, _ = orch.get(saga_id)
     assert record.state.status is SagaStatus.COMPENSATED, record.state
     rows = attempt_rows(engine)
@@ -205,7 +204,7 @@ def _refusal(text: str) -> Failure:
     ids=["business-refusal", "unrecognised-refusal"],
 )
 def test_chaincode_error_response_fails_the_step_with_its_reason(
-    engine: Engine,  # noqa: F811
+    engine: Engine,
     identity: SigningIdentity,
     text: str,
     error: str,
@@ -216,7 +215,7 @@ def test_chaincode_error_response_fails_the_step_with_its_reason(
     with GatewayServer(servicer) as server, connect(server.address, identity) as client:
         orch = chain_orchestrator(engine, lambda: client)
         saga_id = orch.enqueue("catalogue-fact", {"ref": "r-refused"}).saga_id
-        run(orch, engine, timeout=30)
+        drive_outbox(orch, engine, timeout=30)
     record, _ = orch.get(saga_id)
     assert record.state.status is SagaStatus.COMPENSATED
     assert attempt_count(engine) == 0
@@ -290,8 +289,8 @@ def test_an_expired_client_certificate_is_refused_under_mutual_tls(
 
 
 @pytest.fixture(scope="module")
-def devnet_gateway(devnet: Any) -> Iterator[GatewayEndpoint]:  # noqa: F811
-    from saga.fabric import load_connection_profile
+def devnet_gateway(devnet: Any) -> Iterator[GatewayEndpoint]:
+    from saga.adapters.fabric import load_connection_profile
 
     yield load_connection_profile(devnet.profile(1)).endpoint()
 
@@ -320,18 +319,18 @@ def _assert_identity_refused(error: EndorseError) -> None:
     assert "SAGA_FABRIC_MSP_ID" in error.fault.meaning
 
 
-def test_an_expired_identity_is_refused_at_endorsement(devnet: Any) -> None:  # noqa: F811
+def test_an_expired_identity_is_refused_at_endorsement(devnet: Any) -> None:
     """Case: expired certificate of the signing identity (issued by the org's real CA):
     refused like an unknown identity, the expiry named in the peer's log only."""
-    from saga.fabric import load_connection_profile
-    from saga.fabric.identity import SigningIdentity as Identity
+    from saga.adapters.fabric import load_connection_profile
+    from saga.adapters.fabric.identity import SigningIdentity as Identity
 
     ca_dir = devnet.org_dir(1) / "ca"
     ca_cert = next(p for p in ca_dir.iterdir() if p.name.endswith("-cert.pem"))
     ca_key = ca_dir / "priv_sk"
     from cryptography import x509
 
-    from saga.fabric import crypto
+    from saga.adapters.fabric import crypto
 
     ca = CertAuthority(
         "ca.org1",

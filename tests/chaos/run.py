@@ -3,7 +3,7 @@
     python -m tests.chaos run [--sagas 2000] [--seed N] [--baseline naive] [--out chaos.json]
 
 The stack is the deployment's own process set (compose/processes.toml through
-saga.processes.LocalProcessSet, as `saga up` runs it): migrate, the sagafacts
+saga.entrypoints.processes.LocalProcessSet, as `saga up` runs it): migrate, the sagafacts
 chaincode, a devnet on free ports, the HTTP API, the relay, `--workers` Celery
 workers (prefork), the commit watcher and beat (the sweeper), on the real
 PostgreSQL (a database of its own, dropped after) and RabbitMQ (queues of their
@@ -73,17 +73,17 @@ from kombu import Connection, Producer
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
-from saga.audit import LedgerScan, scan_ledger
-from saga.broker import Topology
+from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
+from saga.adapters.fabric.ledger_scan import LedgerScan, scan_ledger
+from saga.adapters.rabbitmq import Topology
+from saga.adapters.sql import create_engine
+from saga.adapters.sql.tables import ledger_attempts, outbox, sagas
+from saga.app.dlq import browse
 from saga.client import SagaClient, SagaClientError
 from saga.config import PREFIX, Settings
 from saga.core.definitions import chain_key
-from saga.dlq import browse
-from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
-from saga.processes import Child, LocalProcessSet, free_port, load_processes, local_env
-from saga.processes import select as select_processes
-from saga.store import create_engine
-from saga.store.tables import ledger_attempts, outbox, sagas
+from saga.entrypoints.processes import Child, LocalProcessSet, load_processes, local_env
+from saga.entrypoints.processes import select as select_processes
 from saga_fabricnet import FabricRelease
 from tests.chaos.ledgers import (
     CHAOS_BATCH_TIMEOUT,
@@ -95,7 +95,8 @@ from tests.chaos.ledgers import (
 from tests.chaos.sagas import LEDGER, LEDGER_STEP, LOCAL
 from tests.fault.checks import DECLINED, PAID, REJECTED, doubled_rows, views
 from tests.fault.services import start_postgres, start_rabbitmq, stop_postgres, stop_rabbitmq
-from tests.integration.test_dlq_poison import poison_cases
+from tests.support.broker_messages import poison_cases
+from tests.support.ports import free_port
 from tests.support.postgres import ADMIN_URL
 from tests.support.processes import ROOT
 from tests.support.rabbitmq import AMQP_URL, delete_topology, queue_depth
@@ -410,7 +411,8 @@ class Stack:
 
 def child_env(settings: Settings) -> dict[str, str]:
     """Every Settings field as SAGA_*, the repository on PYTHONPATH (the definitions
-    live in tests/chaos), the devnet's SAGA_FABRIC_* left to saga.processes.local_env."""
+    live in tests/chaos), the devnet's SAGA_FABRIC_* left to
+    saga.entrypoints.processes.local_env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
     env.update({PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in fields(settings)})
     for name in ("SAGA_FABRIC_PROFILE", "SAGA_FABRIC_MSP_DIR", "SAGA_FABRIC_MSP_ID"):

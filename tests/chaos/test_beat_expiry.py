@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from saga.broker import Topology
+from saga.adapters.rabbitmq import Topology
 from saga.config import Settings
-from tests.support.processes import Processes, wait_for
+from tests.support.processes import Processes
 from tests.support.rabbitmq import queue_depth
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.timeout(120)]
 

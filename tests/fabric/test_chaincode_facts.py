@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from saga_devnet.shim_peer import ChaincodeClient, KVRead, Simulation
-from tests.fabric.test_shim_harness import (
+from tests.support.shim import (
     CC_ID,
     CC_NAME,
     MemoryState,

@@ -1,6 +1,6 @@
 """The Gateway client against the devnet process, using only the material it wrote.
 
-Uses the ``devnet`` fixture of tests/fabric/conftest.py (a real devnet process,
+Uses the ``devnet`` fixture of tests/support/devnet.py (a real devnet process,
 TLS, two orgs, builtin ``devkv`` chaincode with a majority policy).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from saga.fabric import (
+from saga.adapters.fabric import (
     AsyncGatewayClient,
     EndorseError,
     EvaluateError,
@@ -22,7 +22,7 @@ from saga.fabric import (
     SigningIdentity,
     load_connection_profile,
 )
-from saga.fabric.errors import SubmitError
+from saga.adapters.fabric.errors import SubmitError
 
 
 def _connect(devnet: Any, n: int = 1) -> tuple[GatewayClient, Any]:

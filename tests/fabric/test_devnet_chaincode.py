@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from saga_devnet.chaincode_launcher import chaincode_running, free_port
+from saga_devnet.chaincode_launcher import chaincode_running
 from saga_devnet.protos import transaction_pb2
 from saga_devnet.rawclient import error_details
+from tests.support.ports import free_port
 
 CC_NAME = "sagafacts"
 CC_ID = "sagafacts_1.0:devnet"

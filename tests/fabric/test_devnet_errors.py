@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from saga_devnet.chaincode_launcher import chaincode_running, free_port
+from saga_devnet.chaincode_launcher import chaincode_running
 from saga_devnet.protos import gateway_pb2, transaction_pb2
 from saga_devnet.rawclient import RawGateway, error_details
+from tests.support.ports import free_port
 
 NO_COMBINATION = "no combination of peers can be derived which satisfy the endorsement policy"
 CC_NAME = "sagafacts"

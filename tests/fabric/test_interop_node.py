@@ -8,7 +8,7 @@ shim, the real networks (``saga_fabricnet``: official peer and orderer binaries,
 through the chaincode lifecycle. One test body, parametrized over the ledger and over
 TLS / mutual TLS:
 
-- the Python client (``saga.fabric.GatewayClient``) records a payment; the Node client
+- the Python client (``saga.adapters.fabric.GatewayClient``) records a payment; the Node client
   reads it (``--read-key``) and sees the same record;
 - the Node client evaluates, submits, reads commit status and qscc, resubmits its
   envelope, is refused a second transaction for its key; the Python client then reads
@@ -36,16 +36,21 @@ from typing import Any
 
 import pytest
 
-from saga.fabric import EndorseError, GatewayClient, SigningIdentity, load_connection_profile
-from saga.ledger_port import VALID
+from saga.adapters.fabric import (
+    EndorseError,
+    GatewayClient,
+    SigningIdentity,
+    load_connection_profile,
+)
+from saga.ports.ledger import VALID
 from saga_fabricnet import NetworkOptions
-from tests.fabric.test_shim_harness import chaincode_process
 from tests.support.fabricnet import (
     TEST_BATCH_TIMEOUT,
     fabric_31_release,
     fabric_release,
     real_network,
 )
+from tests.support.shim import chaincode_process
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 CC_NAME = "sagafacts"

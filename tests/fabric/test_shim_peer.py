@@ -40,7 +40,7 @@ from saga_devnet.shim_peer import (
     ShimError,
     Simulation,
 )
-from tests.fabric.test_shim_harness import (
+from tests.support.shim import (
     CC_NAME,
     MemoryState,
     chaincode_process,

@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from saga.adapters.sql.tables import outbox, saga_history, saga_steps, sagas
+from saga.app.orchestrator import Orchestrator
 from saga.examples.order_payment import NAME
 from saga.examples.order_payment_tables import order_payment_events
-from saga.orchestrator import Orchestrator
-from saga.store.tables import outbox, saga_history, saga_steps, sagas
-from tests.support.processes import SagaProcess, wait_for
+from tests.support.processes import SagaProcess
+from tests.support.waiting import wait_for
 
 TERMINAL = ("completed", "compensated", "failed")
 

@@ -21,10 +21,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from saga.adapters.sql.tables import sagas
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.examples.order_payment import NAME
-from saga.orchestrator import Orchestrator
-from saga.store.tables import sagas
 from tests.fault.checks import (
     TERMINAL,
     check_sagas,
@@ -35,7 +35,8 @@ from tests.fault.checks import (
     wait_terminal,
 )
 from tests.fault.fault_sagas import FAULT_UNDO
-from tests.support.processes import Processes, wait_for
+from tests.support.processes import Processes
+from tests.support.waiting import wait_for
 
 ABC = ["a", "b", "c"]
 UNDONE = [*ABC, "undo_c", "undo_b", "undo_a"]

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from saga.adapters.sql.tables import outbox
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.core.step_message import StepMessage
-from saga.orchestrator import Orchestrator
-from saga.store.tables import outbox
 from tests.fault.checks import (
     check_sagas,
     doubled_rows,
@@ -31,7 +31,8 @@ from tests.fault.checks import (
     wait_terminal,
 )
 from tests.fault.fault_sagas import FAULT_PAYMENT
-from tests.support.processes import Processes, read_marker, wait_for
+from tests.support.processes import Processes, read_marker
+from tests.support.waiting import wait_for
 
 
 def outbox_rows(engine: Engine, saga_id: str) -> dict[str, tuple[bool, bool]]:

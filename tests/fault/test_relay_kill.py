@@ -20,11 +20,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from saga.adapters.sql.tables import outbox
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
-from saga.orchestrator import Orchestrator
-from saga.store.tables import outbox
 from tests.fault.checks import check_sagas, doubled_rows, enqueue_mix, open_count, wait_terminal
-from tests.support.processes import Processes, SagaProcess, wait_for
+from tests.support.processes import Processes, SagaProcess
+from tests.support.waiting import wait_for
 
 KILLS = 6
 

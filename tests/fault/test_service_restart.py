@@ -22,8 +22,8 @@ from dataclasses import replace
 import pytest
 from sqlalchemy.engine import Engine, make_url
 
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
-from saga.orchestrator import Orchestrator
 from tests.fault.checks import (
     check_sagas,
     doubled_rows,
@@ -38,9 +38,10 @@ from tests.fault.services import (
     start_postgres,
     start_rabbitmq,
 )
-from tests.support.processes import Processes, SagaProcess, wait_for
+from tests.support.processes import Processes, SagaProcess
 from tests.support.rabbitmq import queue_depth
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
 
 SAGAS = 200
 OUTAGE_SECONDS = 4.0

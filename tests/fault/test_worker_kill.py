@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.examples.order_payment import NAME
-from saga.orchestrator import Orchestrator
 from tests.fault.checks import (
     check_sagas,
     doubled_rows,
@@ -40,8 +40,9 @@ from tests.fault.checks import (
     wait_terminal,
 )
 from tests.fault.fault_sagas import FAULT_PAYMENT
-from tests.support.processes import Processes, SagaProcess, read_marker, wait_for
+from tests.support.processes import Processes, SagaProcess, read_marker
 from tests.support.rabbitmq import queue_depth
+from tests.support.waiting import wait_for
 
 SCENARIOS = ("none", "none", "decline_payment", "reject_order", "flaky_notify")
 

@@ -23,15 +23,15 @@ from saga.client import (
     UnauthorizedError,
     UnknownSagaError,
 )
-from tests.integration.test_api_support import (
+from tests.support.api import (
     PAYMENT,
     Balancer,
     Instance,
     counts,
-    free_port,
     instance,
     serving,
 )
+from tests.support.ports import free_port
 
 TOKEN = "client-test-token"
 

@@ -15,56 +15,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from saga.core.state import SagaStatus
-from tests.integration.test_api_support import (
+from tests.support.api import (
+    JSON,
     NOTHING,
     PAYMENT,
     Counts,
     Instance,
+    assert_error,
     counts,
     drain,
     instance,
+    post,
+    start,
 )
-
-JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def api(store_url: str) -> Iterator[Instance]:
-    inst = instance(store_url, max_payload_bytes=2048, max_payload_depth=6)
-    yield inst
-    inst.engine.dispose()
-
-
-@pytest.fixture
-def http(api: Instance) -> Iterator[TestClient]:
-    with TestClient(api.app) as client:
-        yield client
-
-
-def post(http: TestClient, body: Any, key: str | bytes | None = "key-1", **headers: str) -> Any:
-    hdrs: dict[str, str | bytes] = dict(JSON)
-    if key is not None:
-        hdrs["Idempotency-Key"] = key
-    hdrs.update(headers)
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return http.post("/sagas", content=content, headers=hdrs)
-
-
-def start(payload: dict[str, Any] | None = None, saga: str = "order-payment") -> dict[str, Any]:
-    return {"saga": saga, "payload": PAYMENT if payload is None else payload}
-
-
-def assert_error(response: Any, status: int, code: str, fields: list[str] | None = None) -> Any:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert body["error"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    assert isinstance(body["fields"], list)
-    if fields is not None:
-        assert body["fields"] == fields, body
-    return body
-
 
 # -- creating -----------------------------------------------------------------------
 

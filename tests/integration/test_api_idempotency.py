@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.integration.test_api_support import (
+from tests.support.api import (
     PAYMENT,
     Instance,
     counts,

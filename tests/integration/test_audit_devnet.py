@@ -17,34 +17,32 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from saga.audit import AuditReport, audit, ledger_counts, scan_ledger
+from saga.adapters.fabric import GatewayClient
+from saga.adapters.fabric.crypto import compute_txid, new_nonce
+from saga.adapters.fabric.ledger_scan import ledger_counts, scan_ledger
+from saga.adapters.fabric.proposal import build_proposal
+from saga.adapters.sql import SqlUnitOfWorkFactory
+from saga.app.audit import AuditReport, audit
 from saga.core.chain import AttemptState
 from saga.core.state import StepStatus
-from saga.fabric import GatewayClient
-from saga.fabric.crypto import compute_txid, new_nonce
-from saga.fabric.proposal import build_proposal
-from saga.ledger_port import VALID
-from saga.ports import LedgerAttemptRecord
-from saga.store import SqlUnitOfWorkFactory
-from tests.fabric.conftest import Devnet, module_devnet_factory  # noqa: F401
-from tests.integration.test_watcher_support import (
+from saga.ports.ledger import VALID
+from saga.ports.store import LedgerAttemptRecord
+from tests.support.devnet import Devnet
+from tests.support.watcher import (
     REPO,
     ChainSaga,
     add_waiting_saga,
-    chaincode_address,  # noqa: F401
-    engine,  # noqa: F401
     gateway,
     msp_dir,
     new_saga_id,
     prepared_sagas,
     sagafacts_net,
     set_saga,
-    uow_factory,  # noqa: F401
 )
 
 
 @pytest.fixture(scope="module")
-def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) -> Devnet:  # noqa: F811
+def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) -> Devnet:
     return sagafacts_net(module_devnet_factory, chaincode_address, batch_timeout=0.3)
 
 
@@ -113,8 +111,8 @@ def _devkv_record(client: GatewayClient, channel: str, key: str) -> str:
 
 def test_audit_is_clean_after_a_good_run_and_reports_each_discrepancy(
     net: Devnet,
-    engine: Engine,  # noqa: F811
-    uow_factory: SqlUnitOfWorkFactory,  # noqa: F811
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
     pg_url: str,
 ) -> None:
     channel = net.config["channel"]

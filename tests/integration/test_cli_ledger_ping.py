@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from saga.cli import app
-from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
-from tests.fabric.conftest import Devnet, devnet, devnet_factory  # noqa: F401
+from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
+from saga.entrypoints.cli.main import app
+from tests.support.devnet import Devnet
 
 runner = CliRunner()
 # The environment of the shell running the tests must not leak into a command.
@@ -85,7 +85,7 @@ def silent_port() -> Iterator[int]:
     server.close()
 
 
-def test_ping_names_the_peer_and_reads_the_channel_height(devnet: Devnet) -> None:  # noqa: F811
+def test_ping_names_the_peer_and_reads_the_channel_height(devnet: Devnet) -> None:
     env = _env(devnet)
     org = devnet.org(1)
     first = json.loads(_ping(env, "--json").stdout)
@@ -131,7 +131,7 @@ def test_ping_names_the_peer_and_reads_the_channel_height(devnet: Devnet) -> Non
 
 
 def test_ping_failures_name_the_settings_to_check(
-    devnet: Devnet,  # noqa: F811
+    devnet: Devnet,
     tmp_path: Path,
     silent_port: int,
 ) -> None:
@@ -185,7 +185,7 @@ def test_ping_failures_name_the_settings_to_check(
 
 
 def test_ping_with_mutual_tls_needs_the_client_pair_and_says_so(
-    devnet_factory: Callable[..., Devnet],  # noqa: F811
+    devnet_factory: Callable[..., Devnet],
     tmp_path: Path,
 ) -> None:
     net = devnet_factory(mutual_tls=True)

@@ -7,7 +7,6 @@ and run by it. Reading the queue must never lose, reorder or wear out a message.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,27 +15,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Producer
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from saga.broker import Topology, step_task_message
-from saga.broker.topology import DLQ_AT, DLQ_ERROR, DLQ_REASON, DLQ_ROUTING_KEY, DLQ_WORKER
-from saga.cli import app
+from saga.adapters.rabbitmq import step_task_message
+from saga.adapters.rabbitmq.topology import (
+    DLQ_REASON,
+)
+from saga.adapters.sql import create_engine
+from saga.adapters.sql.tables import outbox
 from saga.config import Settings
 from saga.core.state import SagaStatus
+from saga.entrypoints.cli.main import app
 from saga.examples.order_payment import NAME
-from saga.ports import PendingMessage
-from saga.store import create_engine
-from saga.store.tables import outbox
-from tests.integration.test_dlq_poison import poison_cases, publish_to_step_queue
-from tests.support.outbox import step_body
+from saga.ports.broker import PendingMessage
+from tests.support.broker_messages import poison_cases, publish_to_step_queue
+from tests.support.dlq import (
+    PAYMENT,
+    cli_env,
+    dead_letter,
+    saga_cli,
+    saga_cli_json,
+    step_message_body,
+)
 from tests.support.rabbitmq import drain, queue_depth
-from tests.support.workers import celery_worker, orchestrator, relay_thread, wait_until
-
-PAYMENT = {"order_id": "o", "customer_id": "c", "amount_cents": 5, "currency": "EUR"}
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+from tests.support.waiting import wait_for
+from tests.support.workers import celery_worker, orchestrator, relay_thread
 
 runner = CliRunner()
 
@@ -53,81 +58,13 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        "SAGA_DATABASE_URL": settings.database_url,
-        "SAGA_BROKER_URL": settings.broker_url,
-        "SAGA_STEP_QUEUE": settings.step_queue,
-        "SAGA_DEAD_LETTER_QUEUE": settings.dead_letter_queue,
-        "SAGA_LOG_LEVEL": "INFO",
-        "SAGA_LOG_FORMAT": "json",
-    }
-
-
-def _saga(args: list[str], settings: Settings, code: int = 0, stdin: str | None = None) -> Any:
-    # The commands point logging at the runner's stderr, which is closed after;
-    # the relay thread of the test keeps logging.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        result = runner.invoke(app, args, env=_env(settings), input=stdin)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    assert result.exit_code == code, (args, result.output)
-    return result
-
-
-def _json(args: list[str], settings: Settings) -> Any:
-    return json.loads(_saga([*args, "--json"], settings).stdout)
-
-
-def dead_letter(
-    settings: Settings,
-    body: bytes,
-    headers: dict[str, Any],
-    *,
-    reason: str,
-    message_id: str | None = None,
-    content_type: str = "application/json",
-) -> None:
-    """Put a message in the DLQ as a worker would: original body and headers plus the reason."""
-    topology = Topology.from_settings(settings)
-    dl_headers = {
-        **headers,
-        DLQ_REASON: reason,
-        DLQ_ERROR: "MalformedMessage",
-        DLQ_AT: datetime.now(UTC).isoformat(),
-        DLQ_ROUTING_KEY: settings.step_queue,
-        DLQ_WORKER: "worker-test",
-    }
-    with Connection(settings.broker_url) as connection:
-        topology.declare_kombu(connection)
-        Producer(connection.default_channel).publish(
-            body,
-            exchange=topology.kombu_dead_letter_exchange(),
-            routing_key=topology.dead_letter_routing_key,
-            headers=dl_headers,
-            content_type=content_type,
-            content_encoding="utf-8",
-            delivery_mode=2,
-            message_id=message_id,
-        )
-
-
-def _step_message(saga_id: str, **fields: Any) -> tuple[bytes, dict[str, Any], str]:
-    body = step_body(saga_id, **fields)
-    task = step_task_message(PendingMessage(0, body["message_id"], saga_id, body))
-    return task.body, task.headers, task.task_id
-
-
 def test_list_and_show_leave_every_message_in_place_in_order_and_mask_secrets(
     settings: Settings,
 ) -> None:
     saga_ids = [str(uuid.uuid4()) for _ in range(4)]
     ids = []
     for i, saga_id in enumerate(saga_ids):
-        body, headers, task_id = _step_message(saga_id, step=f"step-{i}", attempt=i + 1)
+        body, headers, task_id = step_message_body(saga_id, step=f"step-{i}", attempt=i + 1)
         dead_letter(settings, body, headers, reason=f"reason {i}", message_id=task_id)
         ids.append(task_id)
     secret = json.dumps(
@@ -152,7 +89,7 @@ def test_list_and_show_leave_every_message_in_place_in_order_and_mask_secrets(
         content_type="application/octet-stream",
     )
 
-    first = _json(["dlq", "list"], settings)
+    first = saga_cli_json(["dlq", "list"], settings)
     assert [m["message_id"] for m in first] == [*ids, "secret-1", None]
     assert [m["position"] for m in first] == [1, 2, 3, 4, 5, 6]
     top = first[0]
@@ -169,13 +106,13 @@ def test_list_and_show_leave_every_message_in_place_in_order_and_mask_secrets(
     # Quorum queues count every requeue as a delivery (RabbitMQ < 4.3) and drop a
     # message at the default limit of 20 (4.x): 21 reads must change nothing.
     for _ in range(21):
-        assert _json(["dlq", "list"], settings) == first
+        assert saga_cli_json(["dlq", "list"], settings) == first
     assert queue_depth(settings.broker_url, settings.dead_letter_queue) == 6
 
-    text = _saga(["dlq", "list"], settings).stdout
+    text = saga_cli(["dlq", "list"], settings).stdout
     assert ids[0] in text and saga_ids[3] in text and "6 message(s)" in text
 
-    shown = _json(["dlq", "show", "2"], settings)
+    shown = saga_cli_json(["dlq", "show", "2"], settings)
     assert shown["message_id"] == ids[1] and shown["step"] == "step-1"
     assert shown["headers"][DLQ_REASON] == "reason 1"
     assert shown["headers"]["task"] == "saga.run_step"
@@ -183,22 +120,22 @@ def test_list_and_show_leave_every_message_in_place_in_order_and_mask_secrets(
     assert shown["body"][0][0]["saga_id"] == saga_ids[1]
     assert shown["properties"]["content_type"] == "application/json"
 
-    masked = _json(["dlq", "show", "--id", "secret-1"], settings)
+    masked = saga_cli_json(["dlq", "show", "--id", "secret-1"], settings)
     dumped = json.dumps(masked)
     for leaked in ("hunter2", "s3cr3t", "abc123", "k-999", "Bearer xyz"):
         assert leaked not in dumped, leaked
     assert masked["body"]["password"] == "***" and masked["headers"]["x-app"] == "billing"
     assert "amqp://svc:***@rabbit" in masked["body"]["note"]
-    plain = _saga(["dlq", "show", "--id", "secret-1"], settings).stdout
+    plain = saga_cli(["dlq", "show", "--id", "secret-1"], settings).stdout
     assert "hunter2" not in plain and "billing" in plain
 
-    binary = _json(["dlq", "show", "6"], settings)
+    binary = saga_cli_json(["dlq", "show", "6"], settings)
     assert binary["body"] == "<9 bytes, not text: ff fe 20 62 69 6e 61 72 79>"
     assert binary["body_base64"] == "//4gYmluYXJ5"
 
-    assert "no message at position 9" in _saga(["dlq", "show", "9"], settings, code=1).output
-    assert _saga(["dlq", "show"], settings, code=2).exit_code == 2
-    assert _json(["dlq", "list"], settings) == first
+    assert "no message at position 9" in saga_cli(["dlq", "show", "9"], settings, code=1).output
+    assert saga_cli(["dlq", "show"], settings, code=2).exit_code == 2
+    assert saga_cli_json(["dlq", "list"], settings) == first
 
     # The messages are untouched: same bodies, no delivery count worn down.
     got = drain(settings.broker_url, settings.dead_letter_queue, expect=6)
@@ -236,10 +173,13 @@ def test_replay_and_drop_with_a_real_worker(
     log = tmp_path / "worker.log"
     with celery_worker(settings, log), relay_thread(settings, engine):
         publish_to_step_queue(settings, [cases["unknown-step"][0], cases["not-json"][0]])
-        depth = lambda: queue_depth(settings.broker_url, settings.dead_letter_queue)  # noqa: E731
-        wait_until(lambda: depth() == 3, timeout=60, what="two poison messages", log=log)
 
-        listed = _json(["dlq", "list"], settings)
+        def depth() -> int:
+            return queue_depth(settings.broker_url, settings.dead_letter_queue)
+
+        wait_for(lambda: depth() == 3, timeout=60, what="two poison messages", log=log)
+
+        listed = saga_cli_json(["dlq", "list"], settings)
         assert listed[0]["message_id"] == task.task_id and listed[0]["saga_id"] == good_saga
         by_reason = {m["error"]: m for m in listed[1:]}
         assert set(by_reason) == {"MalformedMessage", "DecodeError"}
@@ -250,12 +190,12 @@ def test_replay_and_drop_with_a_real_worker(
         assert "not JSON" in by_reason["DecodeError"]["reason"]
 
         # The good message, replayed, runs the saga to its end.
-        result = _json(
+        result = saga_cli_json(
             ["dlq", "replay", "--id", task.task_id, "--why", "definitions deployed"], settings
         )
         assert [m["message_id"] for m in result["messages"]] == [task.task_id]
         assert result["left_in_queue"] == 2
-        wait_until(
+        wait_for(
             lambda: orch.get(good_saga)[0].state.status.terminal,
             timeout=60,
             what="the replayed saga to finish",
@@ -268,11 +208,11 @@ def test_replay_and_drop_with_a_real_worker(
         assert replayed.detail["message_id"] == task.task_id and replayed.actor
 
         # Messages that are still poison come back, each with its reason.
-        run = _saga(["dlq", "replay", "--all", "--why", "try again"], settings)
+        run = saga_cli(["dlq", "replay", "--all", "--why", "try again"], settings)
         assert "2 message(s) replayed" in run.stdout
         assert "dead letter replayed" in run.stderr  # the structured log lines
-        wait_until(lambda: depth() == 2, timeout=60, what="the poison to come back", log=log)
-        back = {m["error"]: m for m in _json(["dlq", "list"], settings)}
+        wait_for(lambda: depth() == 2, timeout=60, what="the poison to come back", log=log)
+        back = {m["error"]: m for m in saga_cli_json(["dlq", "list"], settings)}
         assert set(back) == {"DecodeError", "MalformedMessage"}
         assert "no step 'unknown-step'" in back["MalformedMessage"]["reason"]
         assert back["MalformedMessage"]["saga_id"] == victim
@@ -282,25 +222,27 @@ def test_replay_and_drop_with_a_real_worker(
         assert back["MalformedMessage"]["replays"] == 1
 
     # Drop asks first; "no" drops nothing.
-    refused = _saga(["dlq", "drop", "--all", "--why", "cleanup"], settings, code=1, stdin="n\n")
+    refused = saga_cli(["dlq", "drop", "--all", "--why", "cleanup"], settings, code=1, stdin="n\n")
     assert "nothing dropped" in refused.output
     assert depth() == 2
-    assert _saga(["dlq", "drop", "--why", "x"], settings, code=2).exit_code == 2
-    missing = _saga(["dlq", "drop", "7", "--yes", "--why", "x"], settings, code=1)
+    assert saga_cli(["dlq", "drop", "--why", "x"], settings, code=2).exit_code == 2
+    missing = saga_cli(["dlq", "drop", "7", "--yes", "--why", "x"], settings, code=1)
     assert "not in" in missing.output and depth() == 2
 
-    dropped = _json(["dlq", "drop", "--saga", victim, "--yes", "--why", "forged step"], settings)
+    dropped = saga_cli_json(
+        ["dlq", "drop", "--saga", victim, "--yes", "--why", "forged step"], settings
+    )
     assert [m["saga_id"] for m in dropped["messages"]] == [victim]
     _, history = orch.get(victim)
     entry = next(h for h in history if h.kind == "dead letter dropped")
     assert entry.detail["why"] == "forged step" and entry.detail["step"] == "unknown-step"
 
-    everything = _saga(
+    everything = saga_cli(
         ["dlq", "drop", "--all", "--why", "not JSON, nobody's"], settings, stdin="y\n"
     )
     assert "1 message(s) dropped" in everything.stdout
     assert depth() == 0
-    assert _json(["dlq", "list"], settings) == []
+    assert saga_cli_json(["dlq", "list"], settings) == []
 
 
 def _pending_bodies(engine: Engine) -> list[dict[str, Any]]:
@@ -311,9 +253,9 @@ def _pending_bodies(engine: Engine) -> list[dict[str, Any]]:
 
 def test_dlq_commands_say_what_to_do_without_rabbitmq(settings: Settings) -> None:
     embedded = replace(settings, broker_url="embedded+sqlite:///broker.sqlite3")
-    result = runner.invoke(app, ["dlq", "list"], env=_env(embedded))
+    result = runner.invoke(app, ["dlq", "list"], env=cli_env(embedded))
     assert result.exit_code == 2 and "need RabbitMQ" in result.output
     down = replace(settings, broker_url="amqp://guest:secret@127.0.0.1:1//")
-    result = runner.invoke(app, ["dlq", "list", "--json"], env=_env(down))
+    result = runner.invoke(app, ["dlq", "list", "--json"], env=cli_env(down))
     assert result.exit_code == 2 and "cannot reach RabbitMQ" in result.output
     assert "secret" not in result.output

@@ -24,15 +24,17 @@ from typing import Any
 import httpx
 import pytest
 
+from saga.adapters.rabbitmq import AmqpPublisher, Topology
+from saga.app.orchestrator import Orchestrator
 from saga.bootstrap import Container
-from saga.broker import AmqpPublisher, Topology
 from saga.config import Settings
 from saga.core.step_message import Phase, StepMessage
+from saga.entrypoints.processes import listening
 from saga.examples.order_payment import NAME
-from saga.orchestrator import Orchestrator
-from saga.ports import PendingMessage
-from saga.processes import free_port, listening
-from tests.support.processes import Processes, SagaProcess, wait_for
+from saga.ports.broker import PendingMessage
+from tests.support.ports import free_port
+from tests.support.processes import Processes, SagaProcess
+from tests.support.waiting import wait_for
 
 AUTH = ("operator", "flower-test-secret")
 SIMULATIONS = ("none", "decline_payment", "reject_order", "flaky_notify")
@@ -60,7 +62,7 @@ def start_flower(procs: Processes, settings: Settings) -> tuple[SagaProcess, str
     port = free_port()
     flower = procs.spawn(
         "flower",
-        ["celery", "-A", "workers.main", "flower"],
+        ["celery", "-A", "saga.entrypoints.celery.main", "flower"],
         settings,
         # The product's way: options from FLOWER_* variables, never the command line.
         FLOWER_BASIC_AUTH=":".join(AUTH),

@@ -16,17 +16,18 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from saga.api.app import create_app
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import outbox, saga_steps, sagas
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.core.definitions import Registry
 from saga.core.state import SagaStatus
+from saga.entrypoints.http.app import create_app
 from saga.examples import order_payment
 from saga.examples.order_payment import NAME
-from saga.orchestrator import Orchestrator
-from saga.store import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import outbox, saga_steps, sagas
-from tests.fabric.conftest import free_port
-from tests.support.processes import Processes, wait_for
+from tests.support.ports import free_port
+from tests.support.processes import Processes
+from tests.support.waiting import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -19,16 +19,17 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory
+from saga.adapters.sql.tables import ALL_TABLES, inbox, outbox
+from saga.app.orchestrator import IdempotencyConflict, Orchestrator, Outcome
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.retry import RetryPolicy
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
 from saga.examples import order_payment
 from saga.examples.order_payment_tables import order_payment_events
-from saga.orchestrator import IdempotencyConflict, Orchestrator, Outcome
-from saga.ports import StoreUnavailable
-from saga.store import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory
-from saga.store.tables import ALL_TABLES, inbox, outbox
+from saga.ports.store import StoreUnavailable
+from tests.support.outbox import drive_outbox
 
 # -- a saga whose failures the example cannot show ------------------------------
 
@@ -121,7 +122,7 @@ def orchestrator(store_engine: Engine) -> Orchestrator:
 
 
 def deliveries(engine: Engine, *, timeout: float = 30.0) -> Iterator[StepMessage]:
-    """Every outbox message in publish order, until no row is left unpublished."""
+    """The outbox messages in publish order (taken off the outbox), for a test to handle."""
     reader = SqlOutboxReader(engine)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,10 +138,7 @@ def deliveries(engine: Engine, *, timeout: float = 30.0) -> Iterator[StepMessage
 
 
 def run(orchestrator: Orchestrator, engine: Engine) -> Counter[Outcome]:
-    outcomes: Counter[Outcome] = Counter()
-    for message in deliveries(engine):
-        outcomes[orchestrator.handle(message)] += 1
-    return outcomes
+    return Counter(drive_outbox(orchestrator, engine, batch=50, idle=0.01))
 
 
 def payment(order: str, simulate: str = "none") -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The compose deployment's process set, run locally from the same list
-(compose/processes.toml) by `saga.processes`: migrate, chaincode, devnet, api,
+(compose/processes.toml) by `saga.entrypoints.processes`: migrate, chaincode, devnet, api,
 relay, three workers, watcher, beat and flower, against the real PostgreSQL and
 RabbitMQ and a devnet on free ports. Sagas of the ledger example go in through
 the HTTP API with the bearer token; every one ends terminal, each business
@@ -30,9 +30,10 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from saga.adapters.sql import create_engine
+from saga.adapters.sql.tables import ledger_attempts, outbox, saga_steps, sagas
 from saga.config import PREFIX, Settings
-from saga.examples.order_payment import NAME, effects
-from saga.processes import (
+from saga.entrypoints.processes import (
     LocalProcessSet,
     ProcessSpec,
     free_port,
@@ -40,9 +41,9 @@ from saga.processes import (
     local_env,
     select,
 )
-from saga.store import create_engine
-from saga.store.tables import ledger_attempts, outbox, saga_steps, sagas
-from tests.support.processes import ROOT, wait_for
+from saga.examples.order_payment import NAME, effects
+from tests.support.processes import ROOT
+from tests.support.waiting import wait_for
 
 TOKEN = "local-set-token"
 SCENARIOS = ["none", "decline_payment", "none", "reject_order", "flaky_notify", "none"]

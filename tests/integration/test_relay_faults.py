@@ -7,17 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from saga.adapters.sql import create_engine
 from saga.config import Settings
-from saga.store import create_engine
 from tests.support.outbox import add_outbox_rows, unpublished
 from tests.support.rabbitmq import drain, message_id_of
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,14 +43,6 @@ def relay_process(settings: Settings, **env: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def stop(process: subprocess.Popen[str]) -> dict[str, int]:
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=30)
@@ -70,7 +62,7 @@ def test_relay_killed_between_publish_and_mark_only_duplicates(
         pause_file = tmp_path / "paused"
         victim = relay_process(settings, SAGA_TEST_RELAY_PAUSE_FILE=str(pause_file))
         try:
-            wait_for(pause_file.exists, what="the relay to reach the pause point")
+            wait_for(pause_file.exists, timeout=60, what="the relay to reach the pause point")
         finally:
             victim.kill()  # SIGKILL: no cleanup, no mark
             victim.wait(timeout=10)
@@ -81,7 +73,7 @@ def test_relay_killed_between_publish_and_mark_only_duplicates(
 
         survivor = relay_process(settings)
         try:
-            wait_for(lambda: unpublished(engine) == 0, what="the outbox to drain")
+            wait_for(lambda: unpublished(engine) == 0, timeout=60, what="the outbox to drain")
         finally:
             stats = stop(survivor)
         assert stats["published"] == 120
@@ -106,7 +98,7 @@ def test_two_relays_at_once_publish_every_row_once(broker_settings: Settings, pg
         ids = add_outbox_rows(engine, 3000)
         relays = [relay_process(settings), relay_process(settings)]
         try:
-            wait_for(lambda: unpublished(engine) == 0, what="the outbox to drain")
+            wait_for(lambda: unpublished(engine) == 0, timeout=60, what="the outbox to drain")
         finally:
             stats = [stop(r) for r in relays]
         assert sum(s["published"] for s in stats) == 3000

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from saga.broker import STEP_TASK, AmqpPublisher, KombuPublisher, PublishFailed, Topology
+from saga.adapters.rabbitmq import STEP_TASK, AmqpPublisher, KombuPublisher, PublishFailed, Topology
+from saga.adapters.sql import SqlOutboxReader, create_engine
+from saga.app.relay import Backoff, run_relay
 from saga.config import Settings
-from saga.ports import PendingMessage
-from saga.relay import Backoff, run_relay
-from saga.store import SqlOutboxReader, create_engine
+from saga.ports.broker import PendingMessage
 from tests.support.outbox import add_outbox_rows, outbox_ids_in_order, step_body, unpublished
-from tests.support.processes import wait_for
 from tests.support.rabbitmq import drain, message_id_of, queue_depth
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
 
 
 def pending(count: int, start: int = 1) -> list[PendingMessage]:

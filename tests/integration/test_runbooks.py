@@ -32,7 +32,7 @@ from tests.support.deployment import (
     run_block,
     runbook_paths,
 )
-from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+from tests.support.ledger import LedgerNet
 from tests.support.processes import Processes
 from tests.support.rabbitmq import delete_topology
 

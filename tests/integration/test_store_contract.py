@@ -19,17 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Engine
 
-from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
-from saga.examples.order_payment_tables import metadata as example_metadata
-from saga.examples.order_payment_tables import order_payment_events
-from saga.ports import (
-    DuplicateIdempotencyKey,
-    HistoryEntry,
-    OutboxMessage,
-    SagaRecord,
-    StoreUnavailable,
-)
-from saga.store import (
+from saga.adapters.sql import (
     ConcurrentDelivery,
     SqlOutboxReader,
     SqlUnitOfWorkFactory,
@@ -37,10 +27,20 @@ from saga.store import (
     create_engine,
     purge,
 )
-from saga.store.engine import PING_AFTER_IDLE_SECONDS
-from saga.store.tables import metadata as store_metadata
-from saga.store.tables import outbox
-from tests.support.processes import wait_for
+from saga.adapters.sql.engine import PING_AFTER_IDLE_SECONDS
+from saga.adapters.sql.tables import metadata as store_metadata
+from saga.adapters.sql.tables import outbox
+from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
+from saga.examples.order_payment_tables import metadata as example_metadata
+from saga.examples.order_payment_tables import order_payment_events
+from saga.ports.store import (
+    DuplicateIdempotencyKey,
+    HistoryEntry,
+    OutboxMessage,
+    SagaRecord,
+    StoreUnavailable,
+)
+from tests.support.waiting import wait_for
 
 
 def new_id() -> str:

@@ -9,15 +9,16 @@ from pathlib import Path
 
 from sqlalchemy import delete, update
 
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import outbox, sagas
+from saga.app.orchestrator import Orchestrator
+from saga.app.sweeper import REDRIVE
 from saga.config import Settings
 from saga.core.definitions import Registry
 from saga.core.state import SagaStatus
 from saga.examples import order_payment
-from saga.orchestrator import Orchestrator
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import outbox, sagas
-from saga.sweeper import REDRIVE
-from tests.support.processes import Processes, wait_for
+from tests.support.processes import Processes
+from tests.support.waiting import wait_for
 
 
 def test_beat_schedules_the_sweep_and_a_worker_redrives_a_lost_saga(

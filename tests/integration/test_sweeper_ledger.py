@@ -7,7 +7,6 @@ resubmits the stored envelope. Exactly one VALID transaction results.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,18 +15,18 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 
-from saga.chain import ChainSettings
+from saga.adapters.fabric import GatewayClient
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import ledger_attempts, sagas
+from saga.app.chain import ChainSettings
+from saga.app.orchestrator import Orchestrator
+from saga.app.sweeper import ATTEMPT_GIVEN_UP, ATTEMPT_SETTLED, NOT_VALIDATED, SweepConfig, Sweeper
 from saga.core.definitions import Registry
 from saga.core.state import SagaStatus
-from saga.core.step_message import StepMessage
 from saga.examples import order_payment
-from saga.fabric import GatewayClient
-from saga.orchestrator import Orchestrator
-from saga.store import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import ledger_attempts, sagas
-from saga.sweeper import ATTEMPT_GIVEN_UP, ATTEMPT_SETTLED, NOT_VALIDATED, SweepConfig, Sweeper
-from tests.integration.test_chain_ledger import one_valid
-from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+from tests.support.chain_ledger import one_valid
+from tests.support.ledger import LedgerNet
+from tests.support.outbox import drive_outbox
 
 STEP = "record_on_ledger"
 
@@ -67,21 +66,6 @@ def client(sagafacts_net: LedgerNet) -> Iterator[GatewayClient]:
     yield sagafacts_net.gateway()
 
 
-def drive(orch: Orchestrator, engine: Engine, timeout: float = 90.0) -> None:
-    reader = SqlOutboxReader(engine)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with reader.claim(20) as batch:
-            reader.mark_published([p.id for p in batch])
-        for pending in batch:
-            orch.handle(StepMessage.from_body(pending.body))
-        if not batch:
-            if reader.pending_count() == 0:
-                return
-            time.sleep(0.05)
-    raise AssertionError("outbox not drained")
-
-
 def payment(order: str) -> dict[str, Any]:
     return {"order_id": order, "customer_id": "c-1", "amount_cents": 700, "currency": "EUR"}
 
@@ -99,7 +83,7 @@ def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transactio
     )
     saga_id = orch.enqueue(order_payment.NAME, payment("sweep-1")).saga_id
     with pytest.raises(WorkerGone):
-        drive(orch, engine)
+        drive_outbox(orch, engine, timeout=90.0)
     with engine.connect() as c:
         rows = list(c.execute(select(ledger_attempts.c.txid, ledger_attempts.c.state)))
     assert [r.state for r in rows] == ["prepared"]
@@ -113,7 +97,7 @@ def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transactio
     ledger.armed = False
     sweeper = Sweeper(orch.uow_factory, orch.registry, SweepConfig(grace=60), ledger=lambda: client)
     assert sweeper.sweep().redriven == [saga_id]
-    drive(orch, engine)
+    drive_outbox(orch, engine, timeout=90.0)
 
     assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED
     txid = one_valid(engine, client, sagafacts_net.channel, saga_id, "do")
@@ -134,7 +118,7 @@ def test_unsettled_attempts_of_terminal_sagas_are_settled_or_given_up(
         chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
     )
     saga_id = orch.enqueue(order_payment.NAME, payment("sweep-2")).saga_id
-    drive(orch, engine)
+    drive_outbox(orch, engine, timeout=90.0)
     assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     with engine.begin() as c:

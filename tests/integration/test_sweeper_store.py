@@ -7,7 +7,6 @@ for an hour" by moving the saga's updated_at back, so the real clock is used.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,16 +16,17 @@ from sqlalchemy import delete, text, update
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from saga.cli import app as cli
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import outbox, sagas
+from saga.app.orchestrator import Orchestrator
+from saga.app.sweeper import REDRIVE, STUCK, SweepConfig, Sweeper, candidates_query
 from saga.core.definitions import Registry
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
+from saga.entrypoints.cli.main import app as cli
 from saga.examples import order_payment
 from saga.examples.order_payment import NAME
-from saga.orchestrator import Orchestrator
-from saga.store import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import outbox, sagas
-from saga.sweeper import REDRIVE, STUCK, SweepConfig, Sweeper, candidates_query
+from tests.support.outbox import drive_outbox
 
 PAYMENT = {"order_id": "o-1", "customer_id": "c-1", "amount_cents": 500, "currency": "EUR"}
 
@@ -65,23 +65,6 @@ def idle_for(engine: Engine, saga_id: str, seconds: float) -> None:
         )
 
 
-def drive(orch: Orchestrator, engine: Engine, *, timeout: float = 30.0) -> list[str]:
-    """Publish-and-handle every outbox row until none is left (a relay and a worker)."""
-    reader = SqlOutboxReader(engine)
-    outcomes: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with reader.claim(20) as batch:
-            reader.mark_published([p.id for p in batch])
-        for pending in batch:
-            outcomes.append(str(orch.handle(StepMessage.from_body(pending.body))))
-        if not batch:
-            if reader.pending_count() == 0:
-                return outcomes
-            time.sleep(0.05)
-    raise AssertionError(f"outbox not drained in {timeout}s: {outcomes}")
-
-
 def test_a_saga_whose_message_was_lost_is_redriven_once_and_completes(
     orch: Orchestrator, engine: Engine
 ) -> None:
@@ -97,7 +80,7 @@ def test_a_saga_whose_message_was_lost_is_redriven_once_and_completes(
     # even asked directly, the rate limit holds a second one back.
     assert s.sweep().redriven == []
     assert s.sweep(saga_id=saga_id).rate_limited == 1
-    drive(orch, engine)
+    drive_outbox(orch, engine)
 
     record, history = orch.get(saga_id)
     assert record.state.status is SagaStatus.COMPLETED
@@ -137,7 +120,7 @@ def test_no_progress_after_the_redrive_budget_marks_the_saga_for_an_operator(
 
     # The operator's way out: resume runs the step again with a fresh attempt.
     orch.resume(saga_id, actor="ops", why="message lost; re-run")
-    drive(orch, engine)
+    drive_outbox(orch, engine)
     assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED
 
 
@@ -159,7 +142,7 @@ def test_a_compensating_saga_is_redriven_with_its_compensation(
     with engine.connect() as c:
         body = c.execute(text("select body from outbox where saga_id = :s"), {"s": saga_id}).one()
     assert body[0]["phase"] == "undo" and body[0]["step"] == "reserve_funds"
-    drive(orch, engine)
+    drive_outbox(orch, engine)
     assert orch.get(saga_id)[0].state.status is SagaStatus.COMPENSATED
 
 
@@ -180,7 +163,7 @@ def test_saga_sweep_command_redrives_a_lost_message(
     result = CliRunner().invoke(cli, ["sweep", "--db", pg_url, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["redriven"] == [saga_id]
-    drive(orch, engine)
+    drive_outbox(orch, engine)
     assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED
 
 

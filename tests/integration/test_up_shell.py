@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from saga.config import Settings
-from saga.processes import (
+from saga.entrypoints.processes import (
     LocalProcessSet,
     ProcessSetError,
     ProcessSpec,
@@ -27,7 +27,8 @@ from saga.processes import (
     run_up,
     select,
 )
-from tests.support.processes import ROOT, Processes, wait_for
+from tests.support.processes import ROOT, Processes
+from tests.support.waiting import wait_for
 
 RECORD_ENV = (
     "import json, os, pathlib; pathlib.Path('seen.json').write_text(json.dumps("

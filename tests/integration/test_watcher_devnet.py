@@ -15,16 +15,17 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from saga.adapters.fabric import AsyncGatewayClient, load_connection_profile
+from saga.adapters.sql import SqlUnitOfWorkFactory
+from saga.app.watcher import WatcherConfig, WatcherStats, commit_message_id, run_watcher
 from saga.core.state import StepStatus
-from saga.fabric import AsyncGatewayClient, load_connection_profile
-from saga.ledger_port import MVCC_READ_CONFLICT, VALID
-from saga.store import SqlUnitOfWorkFactory
-from saga.watcher import WatcherConfig, WatcherStats, commit_message_id, run_watcher
-from tests.fabric.conftest import Devnet, free_port, module_devnet_factory  # noqa: F401
-from tests.integration.test_watcher_support import (
+from saga.ports.ledger import MVCC_READ_CONFLICT, VALID
+from tests.support.devnet import Devnet
+from tests.support.ports import free_port
+from tests.support.prometheus import at_least, metric
+from tests.support.waiting import wait_for
+from tests.support.watcher import (
     attempts,
-    chaincode_address,  # noqa: F401
-    engine,  # noqa: F401
     gateway,
     identity_of,
     outbox_bodies,
@@ -32,15 +33,12 @@ from tests.integration.test_watcher_support import (
     set_saga,
     submit_stored,
     unsettled_count,
-    uow_factory,  # noqa: F401
-    wait_until,
 )
-from tests.support.prometheus import at_least, metric
 
 
 @pytest.fixture(scope="module")
-def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) -> Devnet:  # noqa: F811
-    from tests.integration.test_watcher_support import sagafacts_net
+def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) -> Devnet:
+    from tests.support.watcher import sagafacts_net
 
     return sagafacts_net(module_devnet_factory, chaincode_address, batch_timeout=0.3)
 
@@ -76,7 +74,7 @@ class InProcessWatcher:
     def wait_for(self, counter: str, floor: float, timeout: float = 20) -> None:
         """Until the watcher's own `saga_watcher_<counter>` reaches `floor`."""
         name = f"saga_watcher_{counter}"
-        wait_until(
+        wait_for(
             lambda: self.error is None and at_least(self.metrics_port, name, floor),
             timeout,
             f"{name} >= {floor} (error: {self.error!r})",
@@ -106,8 +104,8 @@ def _messages_by_saga(db: Engine) -> dict[str, list[tuple[str, dict[str, Any]]]]
 
 def test_watcher_settles_commits_and_writes_one_redrive_per_commit(
     net: Devnet,
-    engine: Engine,  # noqa: F811
-    uow_factory: SqlUnitOfWorkFactory,  # noqa: F811
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
 ) -> None:
     channel = net.config["channel"]
     client = gateway(net)
@@ -131,7 +129,7 @@ def test_watcher_settles_commits_and_writes_one_redrive_per_commit(
 
     watcher = InProcessWatcher(uow_factory, net, WatcherConfig(poll_interval=0.2))
     try:
-        wait_until(lambda: unsettled_count(engine) == 0, 60, "every attempt settled")
+        wait_for(lambda: unsettled_count(engine) == 0, 60, "every attempt settled")
     finally:
         stats = watcher.stop()
 
@@ -178,8 +176,8 @@ def test_watcher_settles_commits_and_writes_one_redrive_per_commit(
 
 def test_a_wait_past_its_deadline_redrives_the_step_once_then_the_commit_does(
     net: Devnet,
-    engine: Engine,  # noqa: F811
-    uow_factory: SqlUnitOfWorkFactory,  # noqa: F811
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
 ) -> None:
     """A PREPARED envelope that never reached the orderer (the worker died before
     Submit): the watcher re-drives the step so the verify path resubmits it."""
@@ -192,7 +190,7 @@ def test_a_wait_past_its_deadline_redrives_the_step_once_then_the_commit_does(
         )
         watcher = InProcessWatcher(uow_factory, net, config)
         try:
-            wait_until(lambda: len(outbox_bodies(engine)) == 1, 20, "a deadline re-drive")
+            wait_for(lambda: len(outbox_bodies(engine)) == 1, 20, "a deadline re-drive")
             # Three more deadlines pass (the watcher's count): still one message.
             watcher.wait_for("deadlines_total", watcher.counter("deadlines_total") + 3)
             [(first_id, body)] = outbox_bodies(engine)
@@ -200,7 +198,7 @@ def test_a_wait_past_its_deadline_redrives_the_step_once_then_the_commit_does(
             assert first_id != commit_message_id(saga.txid)
             # What the verify path would do: resubmit the same stored envelope.
             submit_stored(uow_factory, client, saga)
-            wait_until(lambda: unsettled_count(engine) == 0, 20, "the commit")
+            wait_for(lambda: unsettled_count(engine) == 0, 20, "the commit")
         finally:
             stats = watcher.stop()
     finally:
@@ -213,8 +211,8 @@ def test_a_wait_past_its_deadline_redrives_the_step_once_then_the_commit_does(
 
 def test_the_watcher_rides_out_a_peer_crash_and_reconnects(
     net: Devnet,
-    engine: Engine,  # noqa: F811
-    uow_factory: SqlUnitOfWorkFactory,  # noqa: F811
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
 ) -> None:
     """Last in the module: it SIGKILLs the module's devnet (and starts it again)."""
     channel = net.config["channel"]
@@ -233,7 +231,7 @@ def test_the_watcher_rides_out_a_peer_crash_and_reconnects(
         # The envelopes were durably queued; the restarted devnet (faults reset)
         # orders and commits them.
         net.start()
-        wait_until(lambda: unsettled_count(engine) == 0, 60, "all settled after the crash")
+        wait_for(lambda: unsettled_count(engine) == 0, 60, "all settled after the crash")
     finally:
         stats = watcher.stop()
     assert {m for m, _ in outbox_bodies(engine)} == {commit_message_id(s.txid) for s in sagas}

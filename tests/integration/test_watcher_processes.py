@@ -15,27 +15,24 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from saga.ledger_port import VALID
-from saga.store import SqlUnitOfWorkFactory
-from saga.watcher import commit_message_id
-from tests.fabric.conftest import Devnet, module_devnet_factory  # noqa: F401
-from tests.integration.test_watcher_support import (
+from saga.adapters.sql import SqlUnitOfWorkFactory
+from saga.app.watcher import commit_message_id
+from saga.ports.ledger import VALID
+from tests.support.devnet import Devnet
+from tests.support.waiting import wait_for
+from tests.support.watcher import (
     WatcherProcess,
     attempts,
-    chaincode_address,  # noqa: F401
-    engine,  # noqa: F401
     gateway,
     outbox_bodies,
     prepared_sagas,
     sagafacts_net,
     unsettled_count,
-    uow_factory,  # noqa: F401
-    wait_until,
 )
 
 
 @pytest.fixture(scope="module")
-def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) -> Devnet:  # noqa: F811
+def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) -> Devnet:
     # Bigger blocks: hundreds of transactions commit in a few blocks once released.
     return sagafacts_net(
         module_devnet_factory, chaincode_address, batch_timeout=0.5, max_message_count=200
@@ -62,8 +59,8 @@ def _one_message_per_commit(db: Engine, txids: set[str]) -> None:
 
 def test_one_watcher_follows_600_pending_commits(
     net: Devnet,
-    engine: Engine,  # noqa: F811
-    uow_factory: SqlUnitOfWorkFactory,  # noqa: F811
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
     pg_url: str,
     tmp_path: Path,
 ) -> None:
@@ -90,7 +87,7 @@ def test_one_watcher_follows_600_pending_commits(
         "0.5",
     )
     try:
-        wait_until(
+        wait_for(
             lambda: any(
                 s["tracked"] == count and s["in_flight"] == 400 for s in _status_lines(log)
             ),
@@ -100,7 +97,7 @@ def test_one_watcher_follows_600_pending_commits(
         assert unsettled_count(engine) == count
         released = time.monotonic()
         net.set_faults(stall_commits=False)
-        wait_until(lambda: unsettled_count(engine) == 0, 120, "all 600 settled")
+        wait_for(lambda: unsettled_count(engine) == 0, 120, "all 600 settled")
         settle_seconds = time.monotonic() - released
     finally:
         net.reset_faults()
@@ -119,8 +116,8 @@ def test_one_watcher_follows_600_pending_commits(
 
 def test_a_watcher_killed_with_commits_pending_loses_nothing_on_restart(
     net: Devnet,
-    engine: Engine,  # noqa: F811
-    uow_factory: SqlUnitOfWorkFactory,  # noqa: F811
+    engine: Engine,
+    uow_factory: SqlUnitOfWorkFactory,
     pg_url: str,
     tmp_path: Path,
 ) -> None:
@@ -132,7 +129,7 @@ def test_a_watcher_killed_with_commits_pending_loses_nothing_on_restart(
         sagas = prepared_sagas(uow_factory, client, channel, count, threads=6)
         log = tmp_path / "watcher-1.log"
         first = WatcherProcess(net, pg_url, log, "--status-interval", "0.3")
-        wait_until(
+        wait_for(
             lambda: any(s["tracked"] == count for s in _status_lines(log)),
             60,
             "the first watcher following all 150",
@@ -140,7 +137,7 @@ def test_a_watcher_killed_with_commits_pending_loses_nothing_on_restart(
         # Release the blocks and kill the watcher while it records them: some
         # commits are recorded, the rest happen while no watcher runs.
         net.set_faults(stall_commits=False)
-        wait_until(lambda: unsettled_count(engine) < count, 30, "the first commit recorded")
+        wait_for(lambda: unsettled_count(engine) < count, 30, "the first commit recorded")
         first.kill()
         settled_before_kill = count - unsettled_count(engine)
         # Every commit lands on the ledger while no watcher runs.
@@ -153,7 +150,7 @@ def test_a_watcher_killed_with_commits_pending_loses_nothing_on_restart(
 
     second = WatcherProcess(net, pg_url, tmp_path / "watcher-2.log")
     try:
-        wait_until(lambda: unsettled_count(engine) == 0, 60, "the restarted watcher settling all")
+        wait_for(lambda: unsettled_count(engine) == 0, 60, "the restarted watcher settling all")
     finally:
         stats = second.stop()
     _one_message_per_commit(engine, {s.txid for s in sagas})

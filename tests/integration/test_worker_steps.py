@@ -8,15 +8,16 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from saga.broker import AmqpPublisher, Topology
+from saga.adapters.rabbitmq import AmqpPublisher, Topology
+from saga.adapters.sql import create_engine
+from saga.adapters.sql.tables import outbox
 from saga.config import Settings
 from saga.core.state import SagaStatus
 from saga.examples.order_payment import NAME, effects
-from saga.ports import PendingMessage
-from saga.store import create_engine
-from saga.store.tables import outbox
+from saga.ports.broker import PendingMessage
 from tests.support.rabbitmq import queue_depth
-from tests.support.workers import celery_worker, orchestrator, relay_thread, wait_until
+from tests.support.waiting import wait_for
+from tests.support.workers import celery_worker, orchestrator, relay_thread
 
 COMPLETED_EFFECTS = ["reserve", "payment", "confirm", "notify"]
 
@@ -54,7 +55,7 @@ def test_worker_runs_relayed_sagas_to_the_end_and_drops_redelivered_duplicates(
 
     try:
         with relay_thread(settings, engine), celery_worker(settings, log) as worker:
-            wait_until(all_terminal, timeout=120, what="every saga to finish", log=log)
+            wait_for(all_terminal, timeout=120, what="every saga to finish", log=log)
             assert {status(s) for s in happy} == {SagaStatus.COMPLETED}
             assert {status(s) for s in declined} == {SagaStatus.COMPENSATED}
 
@@ -70,7 +71,7 @@ def test_worker_runs_relayed_sagas_to_the_end_and_drops_redelivered_duplicates(
                 publisher.publish_batch(rows)
             finally:
                 publisher.close()
-            wait_until(
+            wait_for(
                 lambda: duplicates(log) == len(rows),
                 timeout=60,
                 what="every republished message to be dropped as a duplicate",

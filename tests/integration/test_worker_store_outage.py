@@ -10,13 +10,14 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from saga.adapters.sql import create_engine
 from saga.config import Settings
 from saga.core.state import SagaStatus
 from saga.examples.order_payment import NAME, effects
-from saga.store import create_engine
 from tests.support.rabbitmq import queue_depth
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.workers import celery_worker, orchestrator, relay_thread, wait_until
+from tests.support.waiting import wait_for
+from tests.support.workers import celery_worker, orchestrator, relay_thread
 
 
 @pytest.mark.fault
@@ -37,7 +38,7 @@ def test_steps_wait_out_a_database_outage_and_are_never_dead_lettered(
             proxy.stop()
             worker_settings = replace(settings, database_url=worker_db)
             with relay_thread(settings, engine), celery_worker(worker_settings, log) as worker:
-                wait_until(
+                wait_for(
                     lambda: log.read_text().count("store unavailable") >= 10,
                     timeout=60,
                     what="the worker to hit the outage",
@@ -47,7 +48,7 @@ def test_steps_wait_out_a_database_outage_and_are_never_dead_lettered(
                 assert {orch.get(s)[0].state.status for s in sagas} == {SagaStatus.RUNNING}
                 assert queue_depth(settings.broker_url, settings.dead_letter_queue) == 0
                 proxy.start()
-                wait_until(
+                wait_for(
                     lambda: all(orch.get(s)[0].state.status.terminal for s in sagas),
                     timeout=120,
                     what="every saga to finish after the outage",

@@ -22,19 +22,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from saga.fabric import crypto
+from saga.adapters.fabric import crypto
+from saga.adapters.sql.tables import ledger_attempts, saga_history, saga_steps
+from saga.app.orchestrator import Orchestrator
 from saga.logs import JsonFormatter
-from saga.orchestrator import Orchestrator
-from saga.store.tables import ledger_attempts, saga_history, saga_steps
-from tests.integration.test_api_support import PAYMENT, instance
-from tests.integration.test_chain_ledger import (  # noqa: F401
-    client,
-    engine,
-    orchestrator,
-    payment,
-    run,
-)
-from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+from tests.support.api import PAYMENT, instance
+from tests.support.chain_ledger import payment
+from tests.support.ledger import LedgerNet
+from tests.support.outbox import drive_outbox
 
 PEM_PRIVATE = "PRIVATE KEY-----"
 
@@ -84,8 +79,8 @@ def forbidden(key_pem: bytes, envelopes: list[bytes]) -> dict[str, str]:
 def test_logs_and_errors_hold_no_private_key_or_envelope(
     captured: io.StringIO,
     sagafacts_net: LedgerNet,
-    orchestrator: Orchestrator,  # noqa: F811
-    engine: Engine,  # noqa: F811
+    orchestrator: Orchestrator,
+    engine: Engine,
     pg_url: str,
 ) -> None:
     # API refusals.
@@ -109,15 +104,15 @@ def test_logs_and_errors_hold_no_private_key_or_envelope(
     ids = []
     devnet.set_faults(drop_submit_reply=1)
     ids.append(orchestrator.enqueue("order-payment", payment("leak-1")).saga_id)
-    run(orchestrator, engine)
+    drive_outbox(orchestrator, engine, timeout=90.0)
     devnet.reset_faults()
     devnet.set_faults(force_mvcc_conflict=1)
     ids.append(orchestrator.enqueue("order-payment", payment("leak-2")).saga_id)
-    run(orchestrator, engine)
+    drive_outbox(orchestrator, engine, timeout=90.0)
     devnet.reset_faults()
     devnet.set_faults(refuse_endorsement=["*"])
     ids.append(orchestrator.enqueue("order-payment", payment("leak-3")).saga_id)
-    run(orchestrator, engine)
+    drive_outbox(orchestrator, engine, timeout=90.0)
     devnet.reset_faults()
 
     with engine.connect() as c:

@@ -37,7 +37,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -55,26 +54,34 @@ from kombu import Connection, Producer
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
-from saga import dlq
-from saga.broker import Topology, step_task_message
-from saga.broker.topology import DLQ_AT, DLQ_ERROR, DLQ_REASON, DLQ_ROUTING_KEY, DLQ_WORKER
-from saga.chain import ChainSettings
+from saga.adapters.fabric import GatewayClient
+from saga.adapters.rabbitmq import Topology, step_task_message
+from saga.adapters.rabbitmq.topology import (
+    DLQ_AT,
+    DLQ_ERROR,
+    DLQ_REASON,
+    DLQ_ROUTING_KEY,
+    DLQ_WORKER,
+)
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import ledger_attempts, outbox, sagas
+from saga.app import dlq
+from saga.app.chain import ChainSettings
+from saga.app.orchestrator import Orchestrator
+from saga.app.sweeper import SweepConfig, Sweeper
 from saga.config import Settings
 from saga.core.definitions import Registry, Step
 from saga.core.retry import RetryPolicy
 from saga.core.state import SagaStatus
 from saga.core.step_message import Phase, StepMessage
 from saga.examples import order_payment
-from saga.fabric import GatewayClient
-from saga.ledger_port import VALID, LedgerError
-from saga.orchestrator import Orchestrator
-from saga.ports import PendingMessage
-from saga.store import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import ledger_attempts, outbox, sagas
-from saga.sweeper import SweepConfig, Sweeper
+from saga.ports.broker import PendingMessage
+from saga.ports.ledger import VALID, LedgerError
 from saga_devnet.cryptogen import Issuer, cert_pem, key_pem, make_leaf
 from tests.support.ledger import LedgerNet
-from tests.support.processes import ROOT, Processes, SagaProcess, saga_env, wait_for
+from tests.support.ports import free_port
+from tests.support.processes import ROOT, Processes, SagaProcess, saga_env
+from tests.support.waiting import wait_for
 
 RUNBOOKS = ROOT / "runbooks"
 DEFINITIONS = "saga.examples.order_payment_ledger"
@@ -239,12 +246,6 @@ def run_block(block: Block, env: dict[str, str], cwd: Path, timeout: float = 150
 # -- the deployment --------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Deployment:
     settings: Settings
@@ -268,7 +269,7 @@ class Deployment:
             dead_letter_queue=f"{prefix}.dead-letter",
             relay_poll_interval=0.05,
             worker_concurrency=2,
-            api_port=_free_port(),
+            api_port=free_port(),
             api_token="runbook-test-token",
             log_level="INFO",
             fabric_profile=str(net.devnet.profile(1)),
@@ -730,7 +731,7 @@ class Situations:
     def dead_letters(self) -> dict[str, str]:
         """Three dead letters: a good step message a worker with older definitions refused
         (its saga waits); one naming a saga no database has, dead-lettered by the real
-        worker and replayed three times with `saga.dlq.replay` (it came back each time);
+        worker and replayed three times with `saga.app.dlq.replay` (it came back each time);
         and a binary body with no headers and no id, dead-lettered by the real worker."""
         d = self.d
         saga_id = self._lost_at("record_payment", "dlq")

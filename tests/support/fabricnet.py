@@ -1,7 +1,7 @@
 """A REAL Fabric network (official peer/orderer binaries, Raft orderers, two orgs,
 sagafacts as chaincode-as-a-service) for tests, with LedgerNet's surface.
 
-    from tests.support.fabricnet import RealLedgerNet, real_sagafacts_net_fixture  # noqa: F401
+    from tests.support.fabricnet import RealLedgerNet  # fixture: a tests/conftest.py plugin
 
     def test_x(real_sagafacts_net: RealLedgerNet):
         client = real_sagafacts_net.gateway(1)          # GatewayClient as User1@org1
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from saga.fabric import GatewayClient
+from saga.adapters.fabric import GatewayClient
 from saga_fabricnet import FabricBinaryMissing, FabricNetwork, FabricRelease, NetworkOptions
 
 REPO = Path(__file__).resolve().parents[2]

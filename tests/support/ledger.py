@@ -1,6 +1,6 @@
 """A real devnet running the real sagafacts chaincode, for chain step integration tests.
 
-    from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+    from tests.support.ledger import LedgerNet  # fixture: a tests/conftest.py plugin
 
     def test_x(sagafacts_net: LedgerNet):
         client = sagafacts_net.gateway()       # GatewayClient as User1@org1, the product's adapter
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
+from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
 from saga_devnet.chaincode_launcher import chaincode_running
-from tests.fabric.conftest import Devnet, free_port
+from tests.support.devnet import Devnet
+from tests.support.ports import free_port
 
 CHAINCODE = "sagafacts"
 CHAINCODE_ID = "sagafacts_1.0:devnet"

@@ -14,8 +14,7 @@ the way a lost machine would. Output goes to a log file per process, and
         worker.kill()            # SIGKILL the process group, no cleanup
         procs.worker(settings)   # a fresh one, as a supervisor would start
 
-`wait_for(condition, timeout=..., what=..., report=...)` polls with a bounded
-deadline and fails with `report()`'s text, never hangs.
+Waiting on them: tests.support.waiting.wait_for (alive=[...] fails at once when one dies).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -248,46 +247,6 @@ class Deadline:
         return self.left <= 0
 
 
-def wait_for(
-    condition: Callable[[], Any],
-    *,
-    timeout: float,
-    what: str,
-    report: Callable[[], str] | None = None,
-    interval: float = 0.1,
-    alive: Iterable[SagaProcess] = (),
-) -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds.
-
-    Returns the truthy value. On timeout raises AssertionError naming `what`,
-    with `report()` appended (stuck sagas, process logs). If a process in
-    `alive` exits meanwhile, fails at once instead of waiting out the timeout.
-    """
-    deadline = Deadline(timeout)
-    watched = list(alive)
-
-    def fail(headline: str) -> AssertionError:
-        extra = ""
-        if report is not None:
-            try:
-                extra = "\n" + report()
-            except Exception as exc:  # the report must not hide the failure
-                extra = f"\n(report failed: {exc!r})"
-        return AssertionError(headline + extra)
-
-    while True:
-        value = condition()
-        if value:
-            return value
-        dead = [p for p in watched if not p.alive()]
-        if dead:
-            names = ", ".join(f"{p.name} (exit {p.returncode})" for p in dead)
-            raise fail(f"{names} died while waiting for {what}")
-        if deadline.passed:
-            raise fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 def read_marker(path: Path) -> Mapping[str, Any] | None:
     """A marker file written by a fault step (JSON), or None while it is absent/partial."""
     try:
@@ -308,5 +267,4 @@ __all__ = [
     "SagaProcess",
     "read_marker",
     "saga_env",
-    "wait_for",
 ]

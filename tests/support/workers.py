@@ -1,4 +1,4 @@
-"""A real Celery worker process (`celery -A workers.main worker`) for tests."""
+"""A real Celery worker process (`celery -A saga.entrypoints.celery.main worker`) for tests."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy.engine import Engine
 
-from saga.broker import AmqpPublisher, Topology
+from saga.adapters.rabbitmq import AmqpPublisher, Topology
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory
+from saga.app.orchestrator import Orchestrator
+from saga.app.relay import Backoff, run_relay
 from saga.config import Settings
-from saga.orchestrator import Orchestrator
-from saga.ports import UnitOfWorkFactory
+from saga.ports.store import UnitOfWorkFactory
 from saga.registry_loader import load_registry
-from saga.relay import Backoff, run_relay
-from saga.store import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 def celery_worker(
     settings: Settings, log_path: Path, *, concurrency: int = 2, **env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `celery -A workers.main worker`; stop it (SIGTERM, then SIGKILL) after."""
+    """Run `celery -A saga.entrypoints.celery.main worker`; stop it (SIGTERM, SIGKILL) after."""
     log = log_path.open("wb")
     process = subprocess.Popen(
         [
@@ -51,7 +51,7 @@ def celery_worker(
             "-m",
             "celery",
             "-A",
-            "workers.main",
+            "saga.entrypoints.celery.main",
             "worker",
             f"--concurrency={concurrency}",
             "--loglevel=INFO",
@@ -101,17 +101,4 @@ def relay_thread(settings: Settings, engine: Engine) -> Iterator[None]:
         thread.join(timeout=30)
 
 
-def wait_until(
-    condition: Callable[[], Any], *, timeout: float, what: str, log: Path | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            tail = ""
-            if log is not None and log.exists():
-                tail = "\nworker log tail:\n" + "\n".join(log.read_text().splitlines()[-40:])
-            raise AssertionError(f"timed out waiting for {what}{tail}")
-        time.sleep(0.1)
-
-
-__all__ = ["celery_worker", "orchestrator", "relay_thread", "wait_until", "worker_env"]
+__all__ = ["celery_worker", "orchestrator", "relay_thread", "worker_env"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from saga import metrics
+from saga.adapters.prometheus import metrics
 from saga.config import ConfigError, Settings
-from saga.processes import free_port
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KILLED_WORKER = textwrap.dedent(
     """
     import os, signal, sys
-    from saga import metrics
+    from saga.adapters.prometheus import metrics
     with metrics.worker_endpoint(int(sys.argv[1])):
         metrics.enqueued("order-payment")
         print(os.environ["PROMETHEUS_MULTIPROC_DIR"], flush=True)
@@ -35,7 +35,7 @@ KILLED_WORKER = textwrap.dedent(
 NEXT_WORKER = textwrap.dedent(
     """
     import os, sys
-    from saga import metrics
+    from saga.adapters.prometheus import metrics
     with metrics.worker_endpoint(int(sys.argv[1])):
         print(os.environ["PROMETHEUS_MULTIPROC_DIR"], flush=True)
     """

@@ -26,7 +26,10 @@ def bft_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealLedger
 
 def submit(net: RealLedgerNet) -> None:
     key = f"bft-{uuid.uuid4()}"
-    net.gateway(1).submit_transaction(net.channel, "sagafacts", "RecordFact", [key, "t", "{}"])
+    client = net.gateway(1)
+    client.submit_transaction(net.channel, "sagafacts", "RecordFact", [key, "t", "{}"])
+    # submit_transaction raised unless the transaction committed VALID; the fact reads back
+    assert client.evaluate(net.channel, "sagafacts", "GetRecord", [key]), f"no record under {key}"
 
 
 def test_bft_network_commits(bft: RealLedgerNet) -> None:

@@ -12,9 +12,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from saga.cli import app
-from saga.fabric import EndorseError, GatewayClient, SigningIdentity, load_connection_profile
-from tests.support.fabricnet import RealLedgerNet, real_sagafacts_net_fixture  # noqa: F401
+from saga.adapters.fabric import (
+    EndorseError,
+    GatewayClient,
+    SigningIdentity,
+    load_connection_profile,
+)
+from saga.entrypoints.cli.main import app
+from tests.support.fabricnet import RealLedgerNet
 
 pytestmark = pytest.mark.parametrize(
     "real_sagafacts_net", [{"client_auth_required": True}], indirect=True

@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 import pytest
 
+from saga.adapters.fabric import crypto
 from saga.core.ledger_faults import FaultKind, Operation, classify
-from saga.fabric import crypto
-from saga_devnet.chaincode_launcher import free_port, start_chaincode, stop
+from saga_devnet.chaincode_launcher import start_chaincode, stop
 from saga_devnet.protos import (
     common_pb2,
     gateway_pb2,
@@ -39,12 +39,12 @@ from saga_devnet.protos import (
 )
 from saga_devnet.rawclient import Proposal, RawGateway, error_details
 from saga_fabricnet import nodes
-from tests.fabric.conftest import Devnet
+from tests.support.devnet import Devnet
 from tests.support.fabricnet import (
     TEST_BATCH_TIMEOUT,
     RealLedgerNet,
-    real_sagafacts_net_fixture,  # noqa: F401
 )
+from tests.support.ports import free_port
 
 CC = "sagafacts"
 DEVNET_CC_ID = "sagafacts_1.0:devnet"

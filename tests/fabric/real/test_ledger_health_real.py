@@ -24,16 +24,16 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from saga.chain import ChainSettings
-from saga.cli import app
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import outbox
+from saga.app.chain import ChainSettings
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.core.definitions import Registry
 from saga.core.step_message import StepMessage
+from saga.entrypoints.cli.main import app
 from saga.examples import order_payment
-from saga.orchestrator import Orchestrator
-from saga.store import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import outbox
-from tests.support.fabricnet import RealLedgerNet, real_sagafacts_net_fixture  # noqa: F401
+from tests.support.fabricnet import RealLedgerNet
 
 runner = CliRunner()
 LEDGER_DEFINITIONS = "saga.examples.order_payment_ledger"

@@ -10,9 +10,9 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from saga.cli import app
+from saga.entrypoints.cli.main import app
 from saga_devnet.chaincode_launcher import chaincode_running
-from tests.support.fabricnet import RealLedgerNet, real_sagafacts_net_fixture  # noqa: F401
+from tests.support.fabricnet import RealLedgerNet
 
 runner = CliRunner()
 

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from saga.adapters.sql import create_engine
 from saga.config import Settings
-from saga.store import create_engine
 from tests.fault.chain.stack import ChainLedger, ChainStack, stack_settings
 from tests.support.fabricnet import RealLedgerNet, fabric_release, real_network
-from tests.support.ledger import LedgerNet, sagafacts_net_fixture  # noqa: F401
+from tests.support.ledger import LedgerNet
 from tests.support.processes import Processes
 
 MakeStack = Callable[..., ChainStack]

@@ -23,7 +23,7 @@ What a cell ends with (`ChainStack.verify`):
   compensated after the ledger step, 0/0 for a step that never committed);
 - every recorded attempt of a completed step COMMITTED, and the one with code
   VALID is the txid on the ledger;
-- `saga.audit.audit` clean (all five counts zero); on real Fabric also the operator's
+- `saga.app.audit.audit` clean (all five counts zero); on real Fabric also the operator's
   `saga audit --since ... --json` command, over the real blocks.
 """
 
@@ -45,19 +45,19 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from saga.audit import AuditReport, LedgerScan, audit, scan_ledger
+from saga.adapters.fabric import GatewayClient
+from saga.adapters.fabric.ledger_scan import LedgerScan, scan_ledger
+from saga.adapters.sql import SqlUnitOfWorkFactory
+from saga.adapters.sql.tables import ledger_attempts
+from saga.app.audit import AuditReport, audit
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.core.definitions import chain_key
 from saga.examples.order_payment import NAME
-from saga.fabric import GatewayClient
 from saga.failpoints import MARKERS_ENV, hits
-from saga.ledger_port import VALID
-from saga.orchestrator import Orchestrator
+from saga.ports.ledger import VALID
 from saga.registry_loader import load_registry
-from saga.store import SqlUnitOfWorkFactory
-from saga.store.tables import ledger_attempts
 from saga_fabricnet import FabricNetwork
-from tests.fabric.conftest import Devnet
 from tests.fault.chain.sagas import LEDGER_STEP
 from tests.fault.checks import (
     DECLINED,
@@ -68,9 +68,11 @@ from tests.fault.checks import (
     payment,
     stuck_report,
 )
+from tests.support.devnet import Devnet
 from tests.support.fabricnet import RealLedgerNet
 from tests.support.ledger import LedgerNet
-from tests.support.processes import ROOT, Processes, SagaProcess, saga_env, wait_for
+from tests.support.processes import ROOT, Processes, SagaProcess, saga_env
+from tests.support.waiting import wait_for
 
 DEFINITIONS = "tests.fault.chain.sagas"
 # Room left in a 64-character order id for "-<index>".

@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from saga.broker import AmqpPublisher, Topology
+from saga.adapters.rabbitmq import AmqpPublisher, Topology
+from saga.adapters.sql.tables import outbox, saga_history
 from saga.failpoints import hits
-from saga.ledger_port import DUPLICATE_TXID, VALID
-from saga.ports import PendingMessage
-from saga.store.tables import outbox, saga_history
+from saga.ports.broker import PendingMessage
+from saga.ports.ledger import DUPLICATE_TXID, VALID
 from tests.fault.chain.conftest import MakeStack
 from tests.fault.chain.sagas import LEDGER_STEP, SHORT, SHORT_TIMEOUT
 from tests.fault.chain.stack import COMPLETED, NEVER_ON_LEDGER, ChainStack
-from tests.support.processes import SagaProcess, wait_for
+from tests.support.processes import SagaProcess
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 

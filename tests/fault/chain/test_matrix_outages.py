@@ -48,7 +48,7 @@ What every cell checks (stack.py, `ChainStack.verify`): each saga terminal with 
 expected status and business rows, no local write doubled, per saga exactly the
 expected VALID sagafacts transactions on the ledger (1 do for a completed saga, 1 do
 + 1 undo for one compensated after its ledger step), the database's VALID txid being
-the ledger's, `saga.audit` and on Fabric also the `saga audit` command clean. The
+the ledger's, `saga.app.audit` and on Fabric also the `saga audit` command clean. The
 outage cells add: every saga without a simulated business failure COMPLETED, and no
 outage spent a step attempt (the ledger step ran as attempt 1 with no failure, its
 compensation with none), a payment declined during the outage compensated with
@@ -65,14 +65,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from saga.audit import ledger_counts
-from saga.ledger_port import VALID
-from saga.store.tables import saga_history, saga_steps
+from saga.adapters.fabric.ledger_scan import ledger_counts
+from saga.adapters.sql.tables import saga_history, saga_steps
+from saga.ports.ledger import VALID
 from saga_fabricnet import FabricNetwork
 from tests.fault.chain.conftest import MakeStack
 from tests.fault.chain.sagas import LEDGER_STEP
 from tests.fault.chain.stack import ChainLedger, ChainStack
-from tests.support.processes import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300), pytest.mark.ledgers("fabric")]
 

@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 import pytest
 from sqlalchemy import select
 
-from saga.store.tables import ledger_attempts, sagas
+from saga.adapters.sql.tables import ledger_attempts, sagas
 from tests.fault.chain.conftest import MakeStack
 from tests.fault.chain.stack import ChainStack
 from tests.fault.services import (
@@ -31,7 +31,7 @@ from tests.fault.services import (
     start_postgres,
     start_rabbitmq,
 )
-from tests.support.processes import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
 

@@ -1,4 +1,4 @@
-"""Helpers for the enqueue API tests (no tests here).
+"""The enqueue API under test: fixtures (`api`, `http`) and helpers.
 
 Real stores (the fixtures of tests/support/postgres.py), the real app under
 FastAPI's TestClient or a real uvicorn on a free port, and a small HTTP load
@@ -8,6 +8,7 @@ balancer whose faults are scripted per request.
 from __future__ import annotations
 
 import itertools
+import json
 import socket
 import threading
 import time
@@ -18,20 +19,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from saga.api import create_app
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import outbox, saga_history, saga_steps, sagas
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.step_message import StepMessage
+from saga.entrypoints.http import create_app
 from saga.examples import order_payment
-from saga.orchestrator import Orchestrator
-from saga.store import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import outbox, saga_history, saga_steps, sagas
 
 PAYMENT = {
     "order_id": "o-1001",
@@ -115,12 +118,6 @@ def drain(engine: Engine, orch: Orchestrator, limit: int = 100) -> None:
             orch.handle(StepMessage.from_body(body))
             done.add(message_id)
     raise AssertionError("outbox did not drain")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -267,3 +264,44 @@ def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
     for t in threads:
         t.join(60)
     return results
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def api(store_url: str) -> Iterator[Instance]:
+    inst = instance(store_url, max_payload_bytes=2048, max_payload_depth=6)
+    yield inst
+    inst.engine.dispose()
+
+
+@pytest.fixture
+def http(api: Instance) -> Iterator[TestClient]:
+    with TestClient(api.app) as client:
+        yield client
+
+
+def post(http: TestClient, body: Any, key: str | bytes | None = "key-1", **headers: str) -> Any:
+    hdrs: dict[str, str | bytes] = dict(JSON)
+    if key is not None:
+        hdrs["Idempotency-Key"] = key
+    hdrs.update(headers)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http.post("/sagas", content=content, headers=hdrs)
+
+
+def start(payload: dict[str, Any] | None = None, saga: str = "order-payment") -> dict[str, Any]:
+    return {"saga": saga, "payload": PAYMENT if payload is None else payload}
+
+
+def assert_error(response: Any, status: int, code: str, fields: list[str] | None = None) -> Any:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["fields"], list)
+    if fields is not None:
+        assert body["fields"] == fields, body
+    return body

@@ -23,17 +23,12 @@ from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2
 
 from saga_devnet.shim_peer import ChaincodeClient, Simulation
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHANNEL = "mychannel"
 CC_NAME = "sagafacts"
 CC_ID = "sagafacts_1.0:0123abcd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(

@@ -1,4 +1,5 @@
-"""Shared material for the watcher and audit tests (no tests here).
+"""The watcher and audit tests' material (`chaincode_address` is a fixture: a plugin
+of tests/conftest.py; the store fixtures are tests/support/ledger_store.py's).
 
 A real devnet running the real sagafacts chaincode (chaincode-as-a-service in
 a subprocess), the product's GatewayClient, and sagas written straight into a
@@ -13,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,18 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
+from saga.adapters.fabric.transaction import PreparedTransaction
+from saga.adapters.sql import SqlUnitOfWorkFactory
+from saga.adapters.sql.tables import ledger_attempts, outbox
 from saga.core.chain import AttemptState
 from saga.core.state import SagaState, SagaStatus, StepStatus
-from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
-from saga.fabric.transaction import PreparedTransaction
-from saga.ports import LedgerAttemptRecord, SagaRecord
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import ledger_attempts, outbox
-from saga_devnet.chaincode_launcher import chaincode_running, free_port
-from tests.fabric.conftest import Devnet
+from saga.ports.store import LedgerAttemptRecord, SagaRecord
+from saga_devnet.chaincode_launcher import chaincode_running
+from tests.support.devnet import Devnet
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CC_NAME = "sagafacts"
@@ -72,22 +73,6 @@ def gateway(net: Devnet, n: int = 1) -> GatewayClient:
     return GatewayClient.connect(
         load_connection_profile(net.profile(n)).endpoint(), identity_of(net, n)
     )
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    eng = create_engine(pg_url)
-    # tests.support.postgres empties only the tables it lists; ledger_attempts
-    # is newer than that list.
-    with eng.begin() as c:
-        c.execute(text("TRUNCATE ledger_attempts RESTART IDENTITY"))
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def uow_factory(engine: Engine) -> SqlUnitOfWorkFactory:
-    return SqlUnitOfWorkFactory(engine)
 
 
 @dataclass(frozen=True)
@@ -203,15 +188,6 @@ def outbox_bodies(engine: Engine) -> list[tuple[str, dict[str, Any]]]:
     with engine.connect() as c:
         rows = c.execute(select(outbox.c.message_id, outbox.c.body).order_by(outbox.c.id))
         return [(r.message_id, r.body) for r in rows]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class WatcherProcess:

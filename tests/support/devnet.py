@@ -1,4 +1,5 @@
-"""Fixtures that run a real devnet process (python -m saga_devnet up) on free ports.
+"""Fixtures (a plugin of tests/conftest.py) that run a real devnet process
+(python -m saga_devnet up) on free ports.
 
     def test_x(devnet):                      # one devnet per test module, default config
         gw = devnet.client(1)                # RawGateway as User1@org1 over TLS
@@ -21,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,26 +34,13 @@ import pytest
 import yaml
 
 from saga_devnet.rawclient import RawGateway
+from tests.support.ports import free_ports
 
 DEFAULT_ORGS = [
     {"name": "Org1", "msp_id": "Org1MSP", "domain": "org1.example.com"},
     {"name": "Org2", "msp_id": "Org2MSP", "domain": "org2.example.com"},
 ]
 READY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: each socket stays bound until all are chosen, so the
-    kernel cannot hand the same ephemeral port out twice (it did, in CI)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 class Devnet:
