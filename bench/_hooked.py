@@ -5,7 +5,7 @@
 Counts, per process (Celery pool children count their own), what each engine
 sends to the database: statements (SQLAlchemy's `before_cursor_execute`, keyed
 by the statement's first words), BEGINs, COMMITs, ROLLBACKs and the pings the
-pool sends before handing out a connection that sat idle (saga.store.engine).
+pool sends before handing out a connection that sat idle (saga.adapters.sql.engine).
 Written to `<dir>/s-<pid>.json` at most twice a second and at exit.
 """
 
@@ -98,7 +98,7 @@ def install() -> None:
 if __name__ == "__main__":
     if DIRECTORY:
         install()
-    from saga.cli import main
+    from saga.entrypoints.cli.main import main
 
     sys.argv = ["saga", *sys.argv[1:]]
     main()

@@ -29,16 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from tests.fabric.conftest import Devnet, free_port
 
 from bench.common import percentile, retrying, scratch_database, timing_records
 from bench.local import TERMINAL, Stack
-from saga.fabric import AsyncGatewayClient, GatewayClient, SigningIdentity, load_connection_profile
-from saga.orchestrator import Orchestrator
+from saga.adapters.fabric import (
+    AsyncGatewayClient,
+    GatewayClient,
+    SigningIdentity,
+    load_connection_profile,
+)
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import sagas
+from saga.app.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import sagas
 from saga_devnet.chaincode_launcher import start_chaincode
-from tests.fabric.conftest import Devnet, free_port
 from tests.support.ledger import CHAINCODE, CHAINCODE_ID
 
 

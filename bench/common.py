@@ -26,8 +26,8 @@ import psycopg  # noqa: E402
 from kombu import Connection  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
+from saga.adapters.sql import upgrade  # noqa: E402
 from saga.config import Settings  # noqa: E402
-from saga.store import upgrade  # noqa: E402
 from tests.support.postgres import ADMIN_URL  # noqa: E402
 from tests.support.processes import Processes, SagaProcess, saga_env  # noqa: E402
 from tests.support.rabbitmq import AMQP_URL, delete_topology  # noqa: E402
@@ -59,7 +59,7 @@ def retrying(fn: Callable[[], T], *, seconds: float = 180.0) -> T:
     RabbitMQ. The product's processes ride that out; the bench's own calls
     (enqueue, progress polls) retry here instead of aborting the run.
     """
-    from saga.ports import StoreUnavailable
+    from saga.ports.store import StoreUnavailable
 
     deadline = time.monotonic() + seconds
     while True:

@@ -32,12 +32,12 @@ from bench.common import (
     statement_counts,
     timing_records,
 )
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import inbox, outbox, sagas
+from saga.app.orchestrator import Orchestrator
+from saga.app.sweeper import candidates_query
 from saga.examples.order_payment_tables import order_payment_events
-from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import inbox, outbox, sagas
-from saga.sweeper import candidates_query
 
 TERMINAL = ("completed", "compensated", "failed")
 

@@ -3,7 +3,7 @@
     python bench/relay_confirms.py [--url amqp://guest:guest@127.0.0.1:5672//]
                                    [--messages 5000] [--batch 500] [--single 1000]
 
-Both modes go through saga.broker.AmqpPublisher onto a quorum queue with
+Both modes go through saga.adapters.rabbitmq.AmqpPublisher onto a quorum queue with
 persistent, mandatory messages: "batched" hands it `--batch` rows at a time (all
 published, then all confirms awaited), "one at a time" hands it one row per call
 (publish, await its confirm, next). The queues are created for the run and
@@ -18,8 +18,8 @@ import uuid
 
 from kombu import Connection
 
-from saga.broker import AmqpPublisher, Topology
-from saga.ports import PendingMessage
+from saga.adapters.rabbitmq import AmqpPublisher, Topology
+from saga.ports.broker import PendingMessage
 
 
 def rows(count: int) -> list[PendingMessage]:

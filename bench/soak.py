@@ -18,10 +18,10 @@ from sqlalchemy import func, select
 
 from bench.common import retrying, rss_kb, scratch_database
 from bench.local import TERMINAL, start_stack
-from saga.orchestrator import Orchestrator
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import outbox, sagas
+from saga.app.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import outbox, sagas
 
 
 def _counts(engine: Any) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """Alembic environment for the saga store.
 
-`saga.store.migrate` passes an open connection in `config.attributes["connection"]`
+`saga.adapters.sql.migrate` passes an open connection in `config.attributes["connection"]`
 (inside its transaction, holding the migration lock). The `alembic` command line
 gets its database from `-x url=...` or SAGA_DATABASE_URL.
 """
@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from saga.store.engine import create_engine
+from saga.adapters.sql.engine import create_engine
 
 
 def _migrate(connection: Connection) -> None:

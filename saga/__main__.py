@@ -1,3 +1,3 @@
-from saga.cli import main
+from saga.entrypoints.cli.main import main
 
 main()

@@ -11,10 +11,10 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from saga.app.orchestrator import Orchestrator
 from saga.config import ConfigError, Settings
 from saga.core.definitions import Registry
 from saga.logs import configure
-from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
 
 if TYPE_CHECKING:
@@ -23,16 +23,17 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from sqlalchemy.engine import Engine
 
-    from saga.chain.executor import ChainSettings
-    from saga.fabric import (
+    from saga.adapters.fabric import (
         AsyncGatewayClient,
         Deadlines,
         GatewayClient,
         GatewayEndpoint,
         SigningIdentity,
     )
-    from saga.ledger_port import Ledger
-    from saga.ports import OutboxReader, Publisher, UnitOfWorkFactory
+    from saga.app.chain.executor import ChainSettings
+    from saga.ports.broker import Publisher
+    from saga.ports.ledger import Ledger
+    from saga.ports.store import OutboxReader, UnitOfWorkFactory
 
 
 class Container:
@@ -50,19 +51,19 @@ class Container:
 
     @cached_property
     def engine(self) -> Engine:
-        from saga.store import create_engine
+        from saga.adapters.sql import create_engine
 
         return create_engine(self.settings)
 
     @cached_property
     def uow_factory(self) -> UnitOfWorkFactory:
-        from saga.store import SqlUnitOfWorkFactory
+        from saga.adapters.sql import SqlUnitOfWorkFactory
 
         return SqlUnitOfWorkFactory(self.engine)
 
     @property
     def transient_errors(self) -> tuple[type[BaseException], ...]:
-        from saga.store import TRANSIENT_ERRORS
+        from saga.adapters.sql import TRANSIENT_ERRORS
 
         return tuple(TRANSIENT_ERRORS)
 
@@ -82,7 +83,7 @@ class Container:
 
     @property
     def chain_settings(self) -> ChainSettings:
-        from saga.chain.executor import ChainSettings
+        from saga.app.chain.executor import ChainSettings
         from saga.core.retry import OutagePolicy
 
         s = self.settings
@@ -108,13 +109,13 @@ class Container:
             return self._ledger
 
     def _connect_ledger(self) -> Ledger:
-        from saga.fabric import GatewayClient
+        from saga.adapters.fabric import GatewayClient
 
         endpoint, identity = self.fabric_access()
         return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
 
     def _deadlines(self) -> Deadlines:
-        from saga.fabric import Deadlines
+        from saga.adapters.fabric import Deadlines
 
         s = self.settings
         return Deadlines(
@@ -125,27 +126,27 @@ class Container:
         )
 
     def migrate(self) -> None:
-        from saga.store import upgrade
+        from saga.adapters.sql import upgrade
 
         upgrade(self.settings.database_url)
 
     def outbox_reader(self) -> OutboxReader:
-        from saga.store import SqlOutboxReader
+        from saga.adapters.sql import SqlOutboxReader
 
         return SqlOutboxReader(self.engine)
 
     def publisher(self) -> Publisher:
-        from saga.broker.publishers import create_publisher
+        from saga.adapters.rabbitmq.publishers import create_publisher
 
         return create_publisher(self.settings)
 
     def run_relay(self, stop: threading.Event) -> None:
-        from saga.relay import run_relay
+        from saga.app.relay import run_relay
 
         run_relay(self.settings, self.outbox_reader(), self.publisher(), stop)
 
     def run_worker(self, pool: str | None = None, hostname: str | None = None) -> None:
-        from workers.app import run_worker
+        from saga.entrypoints.celery.app import run_worker
 
         settings = self.settings
         run_worker(
@@ -157,7 +158,7 @@ class Container:
         )
 
     def celery_app(self) -> Any:
-        from workers.app import create_celery_app
+        from saga.entrypoints.celery.app import create_celery_app
 
         settings = self.settings
         return create_celery_app(
@@ -167,7 +168,7 @@ class Container:
         )
 
     def http_app(self) -> FastAPI:
-        from saga.api.app import create_app
+        from saga.entrypoints.http.app import create_app
 
         return create_app(self.orchestrator(), self.settings)
 
@@ -180,7 +181,7 @@ class Container:
         `saga ledger ping`, the demo) connects through the endpoint returned here, so
         the client TLS pair is attached in this one place.
         """
-        from saga.fabric import SigningIdentity, load_connection_profile
+        from saga.adapters.fabric import SigningIdentity, load_connection_profile
 
         s = self.settings
         profile = load_connection_profile(s.fabric_profile)
@@ -193,14 +194,14 @@ class Container:
 
     def commit_client_factory(self, max_in_flight: int) -> Callable[[], AsyncGatewayClient]:
         """Opens the watcher's asyncio client; called inside the watcher's event loop."""
-        from saga.fabric import AsyncGatewayClient
+        from saga.adapters.fabric import AsyncGatewayClient
 
         endpoint, identity = self.fabric_access()
         return lambda: AsyncGatewayClient.connect(endpoint, identity, max_in_flight=max_in_flight)
 
     def query_client(self) -> GatewayClient:
         """A blocking client for qscc block reads (audit); the caller closes it."""
-        from saga.fabric import GatewayClient
+        from saga.adapters.fabric import GatewayClient
 
         endpoint, identity = self.fabric_access()
         return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
@@ -210,7 +211,7 @@ def _with_client_tls(
     s: Settings, endpoint: GatewayEndpoint, cert_pem: bytes, key_pem: bytes
 ) -> GatewayEndpoint:
     """The endpoint with the SAGA_FABRIC_TLS_* pair; a ConfigError naming the bad setting."""
-    from saga.fabric.connection import ClientTlsError
+    from saga.adapters.fabric.connection import ClientTlsError
 
     both = "SAGA_FABRIC_TLS_CERT and SAGA_FABRIC_TLS_KEY"
     if endpoint.tls_root_certs is None:

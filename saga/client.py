@@ -28,21 +28,21 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from saga.api.limits import BodyRejected, PayloadLimits, check_value
-from saga.api.schemas import Enqueued, SagaView, field_errors
-from saga.config import Settings
-from saga.core.errors import UnknownSaga
-from saga.orchestrator import (
+from saga.app.orchestrator import (
     MAX_IDEMPOTENCY_KEY,
     IdempotencyConflict,
     InvalidIdempotencyKey,
     InvalidInput,
     SagaNotFound,
 )
-from saga.ports import StoreUnavailable
+from saga.config import Settings
+from saga.core.errors import UnknownSaga
+from saga.entrypoints.http.limits import BodyRejected, PayloadLimits, check_value
+from saga.entrypoints.http.schemas import Enqueued, SagaView, field_errors
+from saga.ports.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from saga.orchestrator import Orchestrator
+    from saga.app.orchestrator import Orchestrator
 
 __all__ = [
     "BadRequestError",

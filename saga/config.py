@@ -59,7 +59,7 @@ class Settings:
     # Where sagas, outbox and inbox live (SQLAlchemy URL; postgresql:// uses psycopg 3).
     database_url: str = "sqlite:///saga.sqlite3"
     # The broker the relay publishes to and workers consume from. `embedded+` is
-    # kombu's SQLAlchemy transport polling every 50 ms (saga.broker.embedded).
+    # kombu's SQLAlchemy transport polling every 50 ms (saga.adapters.rabbitmq.embedded).
     broker_url: str = "embedded+sqlite:///saga-broker.sqlite3"
     # Python modules whose `definition` (or `register(registry)`) declare the sagas.
     definitions: str = "saga.examples.order_payment"

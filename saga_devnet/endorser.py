@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from saga.fabric import crypto
+from saga.adapters.fabric import crypto
 from saga_devnet import qscc
 from saga_devnet.chaincodes import Chaincode
 from saga_devnet.config import ChaincodeConfig, OrgConfig

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from saga.fabric import crypto
+from saga.adapters.fabric import crypto
 from saga_devnet.config import DevnetConfig, OrgConfig
 from saga_devnet.cryptogen import org_root
 from saga_devnet.protos import identities_pb2

@@ -1,5 +1,5 @@
 """A minimal Gateway client over the raw protos, for the devnet's own tests and for poking at
-a running devnet. The product's client lives in saga.fabric; this one is deliberately
+a running devnet. The product's client lives in saga.adapters.fabric; this one is deliberately
 thin so that tests can also build malformed or tampered messages.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from saga.fabric import crypto
+from saga.adapters.fabric import crypto
 from saga_devnet.protos import (
     chaincode_pb2,
     common_pb2,

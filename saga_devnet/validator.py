@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from saga.fabric import crypto
+from saga.adapters.fabric import crypto
 from saga_devnet.faults import Faults
 from saga_devnet.ledger_store import LIFECYCLE, LedgerStore
 from saga_devnet.msp import IdentityError, MembershipRegistry

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from saga.fabric import GatewayClient
+from saga.adapters.fabric import GatewayClient
 from saga_fabricnet import chaincode_package, configtx, material, nodes, peer_config, probes
 from saga_fabricnet.admin import Admin
 from saga_fabricnet.material import Layout, Org

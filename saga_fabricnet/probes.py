@@ -10,7 +10,12 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from saga.fabric import GatewayClient, GatewayError, SigningIdentity, load_connection_profile
+from saga.adapters.fabric import (
+    GatewayClient,
+    GatewayError,
+    SigningIdentity,
+    load_connection_profile,
+)
 
 PROBE_KEY = "fabricnet-readiness-probe"
 

@@ -36,11 +36,11 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 
+from saga.app.orchestrator import Orchestrator
 from saga.bootstrap import Container
 from saga.config import PREFIX, Settings
+from saga.entrypoints.processes import LocalProcessSet, free_port, load_processes, local_env, select
 from saga.examples.order_payment import NAME
-from saga.orchestrator import Orchestrator
-from saga.processes import LocalProcessSet, free_port, load_processes, local_env, select
 
 ADMIN_URL = os.environ.get(
     "SAGA_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

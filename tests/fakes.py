@@ -1,4 +1,4 @@
-"""In-memory fakes of the ports in saga/ports.py.
+"""In-memory fakes of the ports in saga/ports/store.py.
 
 They keep state (they are not mocks): a `FakeDatabase` holds what is committed;
 each `FakeUnitOfWork` works on a private copy of it and publishes that copy only
@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from saga.core.chain import AttemptState
-from saga.ledger_port import (
+from saga.ports.broker import PendingMessage
+from saga.ports.ledger import (
     DUPLICATE_TXID,
     MVCC_READ_CONFLICT,
     VALID,
@@ -42,12 +43,11 @@ from saga.ledger_port import (
     SubmitFailed,
     Submitted,
 )
-from saga.ports import (
+from saga.ports.store import (
     DuplicateIdempotencyKey,
     HistoryEntry,
     LedgerAttemptRecord,
     OutboxMessage,
-    PendingMessage,
     SagaRecord,
     StoreUnavailable,
 )
@@ -678,6 +678,6 @@ def _canonical(obj: Any) -> str:
 
 
 if TYPE_CHECKING:
-    from saga.ledger_port import Ledger
+    from saga.ports.ledger import Ledger
 
     _ledger: Ledger = FakeLedger()

@@ -73,7 +73,7 @@ def upgrade() -> None:
         sa.Column("created_at", ts, nullable=False),
         sa.Column("published_at", ts),
     )
-    # The relay only ever looks for unpublished rows; see saga.store.outbox.
+    # The relay only ever looks for unpublished rows; see saga.adapters.sql.outbox.
     op.create_index(
         "ix_outbox_unpublished",
         "outbox",

@@ -30,7 +30,7 @@ MAX_STEPS = 200
 
 class StepKind(StrEnum):
     LOCAL = "local"
-    # Executed through the ledger port by saga.chain (prepare / persist / submit /
+    # Executed through the ledger port by saga.app.chain (prepare / persist / submit /
     # verify), never by running Python code inside the saga's transaction.
     CHAIN = "chain"
 

@@ -24,7 +24,7 @@ class Part(StrEnum):
 
 
 class Said(Protocol):
-    """One peer's or orderer's words (saga.fabric.ErrorDetail fits)."""
+    """One peer's or orderer's words (saga.adapters.fabric.ErrorDetail fits)."""
 
     @property
     def address(self) -> str: ...

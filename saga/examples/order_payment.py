@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from saga.chain.errors import ChaincodeRefused
+from saga.app.chain.errors import ChaincodeRefused
 from saga.core.definitions import ChainCall, Registry, SagaDefinition, Step, StepContext, StepKind
 from saga.core.retry import RetryPolicy
 from saga.examples.order_payment_tables import order_payment_events

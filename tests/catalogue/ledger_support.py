@@ -21,14 +21,14 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from saga.chain import ChainSettings
-from saga.chain.errors import ChaincodeRefused
+from saga.adapters.fabric import GatewayClient, GatewayEndpoint, SigningIdentity
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory
+from saga.adapters.sql.tables import ledger_attempts
+from saga.app.chain import ChainSettings
+from saga.app.chain.errors import ChaincodeRefused
+from saga.app.orchestrator import Orchestrator
 from saga.core.definitions import ChainCall, Registry, SagaDefinition, Step, StepContext, StepKind
 from saga.core.retry import RetryPolicy
-from saga.fabric import GatewayClient, GatewayEndpoint, SigningIdentity
-from saga.orchestrator import Orchestrator
-from saga.store import TRANSIENT_ERRORS, SqlUnitOfWorkFactory
-from saga.store.tables import ledger_attempts
 from tests.fabric.client_fixtures import CertAuthority, ScriptedGateway, _parse_proposal
 
 GATEWAY_SERVICE = "gateway.Gateway"

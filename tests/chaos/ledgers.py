@@ -67,8 +67,9 @@ class FabricLedger:
         return self.network.release.version
 
     def env(self) -> dict[str, str]:
-        """What points every product process at the network, as saga.processes.devnet_env
-        does for the devnet: org1's connection profile and User1's MSP."""
+        """What points every product process at the network, as
+        saga.entrypoints.processes.devnet_env does for the devnet: org1's connection
+        profile and User1's MSP."""
         net = self.network
         return {
             "SAGA_FABRIC_PROFILE": str(net.profile(1)),

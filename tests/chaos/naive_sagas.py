@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
 from saga.config import Settings
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.examples import order_payment as op
-from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
-from saga.ledger_port import LedgerError
+from saga.ports.ledger import LedgerError
 from tests.chaos.sagas import LEDGER_STEP, ledger_definition, local_definition
 
 PREFIX = "naive"

@@ -36,8 +36,8 @@ from fabric_protos.peer import (
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from saga.fabric import crypto
-from saga.fabric.identity import SigningIdentity
+from saga.adapters.fabric import crypto
+from saga.adapters.fabric.identity import SigningIdentity
 
 T = TypeVar("T")
 

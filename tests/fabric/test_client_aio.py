@@ -10,7 +10,7 @@ import grpc
 import pytest
 from fabric_protos.peer import transaction_pb2
 
-from saga.fabric import (
+from saga.adapters.fabric import (
     AsyncGatewayClient,
     CommitStatusError,
     Deadlines,
@@ -20,7 +20,7 @@ from saga.fabric import (
     SigningIdentity,
     SubmitError,
 )
-from saga.ledger_port import AsyncCommitStatus, CommitResult, StatusUnknown
+from saga.ports.ledger import AsyncCommitStatus, CommitResult, StatusUnknown
 from tests.fabric.client_fixtures import (
     PEER_HOST,
     Failure,

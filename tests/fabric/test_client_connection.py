@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from saga.bootstrap import Container
-from saga.config import ConfigError, Settings
-from saga.fabric import GatewayEndpoint, load_connection_profile
-from saga.fabric.connection import (
+from saga.adapters.fabric import GatewayEndpoint, load_connection_profile
+from saga.adapters.fabric.connection import (
     ClientTlsError,
     check_client_tls,
     may_want_client_certificate,
 )
+from saga.bootstrap import Container
+from saga.config import ConfigError, Settings
 from tests.fabric.client_fixtures import CertAuthority, write_msp_dir
 
 # Not a key: the PEM markers are joined at run time so that the repository's secret

@@ -13,7 +13,7 @@ import pytest
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.peer import transaction_pb2
 
-from saga.fabric import (
+from saga.adapters.fabric import (
     CommitError,
     CommitStatusError,
     Deadlines,
@@ -28,13 +28,7 @@ from saga.fabric import (
     SubmitError,
     load_connection_profile,
 )
-from saga.ledger_port import (
-    CommitResult,
-    EndorseFailed,
-    Ledger,
-    StatusUnknown,
-    SubmitFailed,
-)
+from saga.ports.ledger import CommitResult, EndorseFailed, Ledger, StatusUnknown, SubmitFailed
 from tests.fabric.client_fixtures import (
     PEER_HOST,
     Failure,

@@ -11,8 +11,8 @@ from fabric_protos.common import common_pb2
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2
 
-from saga.fabric import PreparedTransaction, SigningIdentity, build_proposal, crypto
-from saga.ledger_port import PreparedTx
+from saga.adapters.fabric import PreparedTransaction, SigningIdentity, build_proposal, crypto
+from saga.ports.ledger import PreparedTx
 from tests.fabric.client_fixtures import CertAuthority, new_identity, write_msp_dir
 
 

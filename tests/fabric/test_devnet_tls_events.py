@@ -7,7 +7,7 @@ import uuid
 import grpc
 import pytest
 
-from saga.fabric import crypto
+from saga.adapters.fabric import crypto
 from saga_devnet.protos import gateway_pb2, transaction_pb2
 from saga_devnet.rawclient import RawGateway
 

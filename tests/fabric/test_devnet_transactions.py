@@ -9,7 +9,7 @@ import uuid
 import grpc
 import pytest
 
-from saga.fabric import crypto
+from saga.adapters.fabric import crypto
 from saga_devnet.blocks import header_hash
 from saga_devnet.protos import common_pb2, ledger_pb2, transaction_pb2
 from saga_devnet.rawclient import error_details

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
-from saga.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
-from saga.store import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
 from tests.support.processes import Processes
 
 DEFINITIONS = "saga.examples.order_payment,tests.fault.fault_sagas"

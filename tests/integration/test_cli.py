@@ -12,8 +12,8 @@ from typing import Any
 import typer.main
 from typer.testing import CliRunner
 
-from saga.cli import app
 from saga.config import Settings
+from saga.entrypoints.cli.main import app
 
 runner = CliRunner()
 

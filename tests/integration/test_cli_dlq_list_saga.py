@@ -15,11 +15,17 @@ import pytest
 from kombu import Connection, Producer
 from typer.testing import CliRunner
 
-from saga.broker import Topology, step_task_message
-from saga.broker.topology import DLQ_AT, DLQ_ERROR, DLQ_REASON, DLQ_ROUTING_KEY, DLQ_WORKER
-from saga.cli import app
+from saga.adapters.rabbitmq import Topology, step_task_message
+from saga.adapters.rabbitmq.topology import (
+    DLQ_AT,
+    DLQ_ERROR,
+    DLQ_REASON,
+    DLQ_ROUTING_KEY,
+    DLQ_WORKER,
+)
 from saga.config import Settings
-from saga.ports import PendingMessage
+from saga.entrypoints.cli.main import app
+from saga.ports.broker import PendingMessage
 from tests.support.outbox import step_body
 
 runner = CliRunner()

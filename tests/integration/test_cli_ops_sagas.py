@@ -14,14 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from saga.cli import app
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.tables import outbox
+from saga.app.orchestrator import Orchestrator
 from saga.core.chain import AttemptState
 from saga.core.state import SagaState, SagaStatus, StepStatus
-from saga.orchestrator import Orchestrator
-from saga.ports import LedgerAttemptRecord, SagaRecord, UnitOfWorkFactory
+from saga.entrypoints.cli.main import app
+from saga.ports.store import LedgerAttemptRecord, SagaRecord, UnitOfWorkFactory
 from saga.registry_loader import load_registry
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.store.tables import outbox
 
 DEFINITIONS = "saga.examples.order_payment_ledger"
 PAYMENT = {"order_id": "o-1", "customer_id": "c-1", "amount_cents": 1250, "currency": "EUR"}

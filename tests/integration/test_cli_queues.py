@@ -11,9 +11,9 @@ import pytest
 from kombu import Connection, Producer
 from typer.testing import CliRunner
 
-from saga.broker import Topology
-from saga.cli import app
+from saga.adapters.rabbitmq import Topology
 from saga.config import Settings
+from saga.entrypoints.cli.main import app
 
 runner = CliRunner()
 

@@ -20,13 +20,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from typer.testing import CliRunner
 
-from saga.cli import app
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.core.state import SagaState, SagaStatus
-from saga.orchestrator import Orchestrator
-from saga.ports import UnitOfWorkFactory
+from saga.entrypoints.cli.main import app
+from saga.ports.store import UnitOfWorkFactory
 from saga.registry_loader import load_registry
-from saga.store import SqlUnitOfWorkFactory, create_engine
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.workers import ROOT, celery_worker, relay_thread, worker_env
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from saga.processes import PROCESS_FILE, load_processes
+from saga.entrypoints.processes import PROCESS_FILE, load_processes
 from saga_fabricnet import compose as fabricnet_compose
 from saga_fabricnet.compose import FABRIC_VERSION
 from saga_fabricnet.material import Layout, Org

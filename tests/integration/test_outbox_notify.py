@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-from saga.ports import OutboxMessage
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.store.outbox import SqlOutboxReader
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.outbox import SqlOutboxReader
+from saga.ports.store import OutboxMessage
 
 
 def message(delay: float = 0.0) -> OutboxMessage:

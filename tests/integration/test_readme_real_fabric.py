@@ -38,9 +38,9 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from saga.adapters.sql import create_engine
+from saga.adapters.sql.tables import ledger_attempts, sagas
 from saga.config import Settings
-from saga.store import create_engine
-from saga.store.tables import ledger_attempts, sagas
 from saga_fabricnet import FabricNetwork
 from tests.support.deployment import Block, read_blocks
 from tests.support.fabricnet import fabric_archives

@@ -1,4 +1,4 @@
-"""The operators' saga search (saga.store.saga_search), on PostgreSQL and on SQLite:
+"""The operators' saga search (saga.adapters.sql.saga_search), on PostgreSQL and on SQLite:
 filters (ids, status, name, idempotency key, input fields), totals, keyset pages, and
 one statement for the summaries of many sagas."""
 
@@ -12,10 +12,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
-from saga.ports import SagaRecord
-from saga.store import SqlUnitOfWorkFactory
-from saga.store.saga_search import (
+from saga.adapters.sql import SqlUnitOfWorkFactory
+from saga.adapters.sql.saga_search import (
     BadFilter,
     Cursor,
     InputField,
@@ -24,6 +22,8 @@ from saga.store.saga_search import (
     search,
     summaries,
 )
+from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
+from saga.ports.store import SagaRecord
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -133,7 +133,7 @@ def test_summaries_of_many_sagas_are_one_statement(store_engine: Engine) -> None
     statements: list[str] = []
 
     def count(*args: Any) -> None:
-        # Not SQLite's BEGIN IMMEDIATE (saga.store.engine): a query is what is counted.
+        # Not SQLite's BEGIN IMMEDIATE (saga.adapters.sql.engine): a query is what is counted.
         if str(args[2]).lstrip().upper().startswith("SELECT"):
             statements.append(str(args[2]))
 

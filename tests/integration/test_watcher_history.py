@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.app.watcher import CommitWatcher
 from saga.core.chain import AttemptState
 from saga.core.state import SagaState
-from saga.ledger_port import VALID, CommitResult
-from saga.ports import LedgerAttemptRecord, SagaRecord
-from saga.store import SqlUnitOfWorkFactory, create_engine
-from saga.watcher import CommitWatcher
+from saga.ports.ledger import VALID, CommitResult
+from saga.ports.store import LedgerAttemptRecord, SagaRecord
 
 
 @pytest.fixture

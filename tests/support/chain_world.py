@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from saga.chain import ChaincodeRefused, ChainSettings
+from saga.app.chain import ChaincodeRefused, ChainSettings
+from saga.app.orchestrator import Orchestrator, Outcome
 from saga.core.definitions import (
     ChainCall,
     Registry,
@@ -20,7 +21,6 @@ from saga.core.definitions import (
 from saga.core.retry import OutagePolicy, RetryPolicy
 from saga.core.state import SagaStatus
 from saga.core.step_message import StepMessage
-from saga.orchestrator import Orchestrator, Outcome
 from tests.fakes import FakeDatabase, FakeLedger
 
 

@@ -8,13 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saga.app.orchestrator import Orchestrator, Outcome
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.retry import RetryPolicy
 from saga.core.step_message import StepMessage
-from saga.orchestrator import (
-    Orchestrator,
-    Outcome,
-)
 from tests.fakes import (
     FakeDatabase,
     FakeSession,

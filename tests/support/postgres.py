@@ -7,13 +7,13 @@ failure, never a skip.
 
 Each test session gets its own database (unique name, so parallel sessions and
 other people's databases are never touched), migrated with the product's own
-`saga.store.upgrade`, dropped at the end. Tables are emptied before each test.
+`saga.adapters.sql.upgrade`, dropped at the end. Tables are emptied before each test.
 
 Fixtures:
     pg_url       a migrated, emptied PostgreSQL database URL (postgresql://...)
     sqlite_url   a migrated, emptied SQLite file URL (sqlite:///...)
     store_url    parametrised over both: every test using it runs on each backend
-    store_engine an engine (saga.store.create_engine) for store_url, shared per session
+    store_engine an engine (saga.adapters.sql.create_engine) for store_url, shared per session
     pg_admin_url the server's maintenance database, for tests that need more databases
 """
 
@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from saga.store import create_engine, upgrade
+from saga.adapters.sql import create_engine, upgrade
 
 ADMIN_URL = os.environ.get(
     "SAGA_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -19,11 +19,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from saga.broker import create_publisher
+from saga.adapters.rabbitmq import create_publisher
+from saga.adapters.sql import SqlOutboxReader, create_engine
+from saga.app.relay import install_stop_signals, run_relay
 from saga.config import Settings
-from saga.ports import PendingMessage
-from saga.relay import install_stop_signals, run_relay
-from saga.store import SqlOutboxReader, create_engine
+from saga.ports.broker import PendingMessage
 
 
 def main() -> int:

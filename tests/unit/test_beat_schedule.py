@@ -12,8 +12,8 @@ from pathlib import Path
 from celery.beat import PersistentScheduler
 
 from saga.config import Settings
-from workers.beat import SWEEP_TASK, beat_app
-from workers.consumer import SAGA_TASKS
+from saga.entrypoints.celery.beat import SWEEP_TASK, beat_app
+from saga.entrypoints.celery.consumer import SAGA_TASKS
 
 
 def test_beat_schedule_holds_only_tasks_the_worker_accepts(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from saga.chain import LedgerNotConfigured
+from saga.app.chain import LedgerNotConfigured
+from saga.app.orchestrator import OperatorActionRefused, Outcome
 from saga.core.chain import AttemptState
 from saga.core.definitions import (
     chain_key,
@@ -16,8 +17,7 @@ from saga.core.ledger_faults import Operation, classify
 from saga.core.retry import OutagePolicy
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
-from saga.ledger_port import EndorseFailed
-from saga.orchestrator import OperatorActionRefused, Outcome
+from saga.ports.ledger import EndorseFailed
 from tests.fakes import valid_functions
 from tests.support.chain_world import World
 

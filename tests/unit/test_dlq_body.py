@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from saga.dlq import HISTORY, REPLAYS, DeadLetter, hex_dump
+from saga.app.dlq import HISTORY, REPLAYS, DeadLetter, hex_dump
 
 
 def _message(

@@ -280,7 +280,7 @@ def test_a_misconfiguration_names_what_to_check() -> None:
 def test_the_fabric_adapter_attaches_the_fault_to_its_errors() -> None:
     import grpc
 
-    from saga.fabric.errors import EndorseError, ErrorDetail
+    from saga.adapters.fabric.errors import EndorseError, ErrorDetail
 
     error = EndorseError(
         txid="t1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from saga.commands.operator import refusal_hint
-from saga.orchestrator import OperatorActionRefused, SagaNotFound
+from saga.app.orchestrator import OperatorActionRefused, SagaNotFound
+from saga.entrypoints.cli.operator import refusal_hint
 from tests.support.chain_world import World
 
 

@@ -7,12 +7,7 @@ from typing import Any
 
 import pytest
 
-from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
-from saga.core.errors import UnknownSaga
-from saga.core.retry import RetryPolicy
-from saga.core.state import SagaStatus, StepStatus
-from saga.core.step_message import MalformedMessage, Phase, StepMessage
-from saga.orchestrator import (
+from saga.app.orchestrator import (
     IdempotencyConflict,
     InvalidIdempotencyKey,
     InvalidInput,
@@ -21,7 +16,12 @@ from saga.orchestrator import (
     Outcome,
     SagaNotFound,
 )
-from saga.ports import StoreUnavailable
+from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
+from saga.core.errors import UnknownSaga
+from saga.core.retry import RetryPolicy
+from saga.core.state import SagaStatus, StepStatus
+from saga.core.step_message import MalformedMessage, Phase, StepMessage
+from saga.ports.store import StoreUnavailable
 from tests.fakes import (
     FakeDatabase,
     FakeOutboxReader,

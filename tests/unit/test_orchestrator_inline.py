@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from saga.app.orchestrator import Outcome
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import Phase, StepMessage
-from saga.orchestrator import Outcome
-from saga.ports import StoreUnavailable
+from saga.ports.store import StoreUnavailable
 from tests.support.orchestrator_world import ORDER, Declined, DriverGone, World
 
 

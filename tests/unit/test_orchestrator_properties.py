@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
+from saga.app.orchestrator import OperatorActionRefused, Orchestrator, Outcome
 from saga.core.definitions import Registry, StepContext
 from saga.core.machine import awaits
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
-from saga.orchestrator import OperatorActionRefused, Orchestrator, Outcome
-from saga.ports import StoreUnavailable
+from saga.ports.store import StoreUnavailable
 from tests.fakes import FakeDatabase, FakeSession
 from tests.unit.strategies import ERRORS, Payload, SagaSpec, outcomes, saga_specs
 

@@ -1,4 +1,4 @@
-"""The request-body checks of the enqueue API (saga.api.limits), without a server."""
+"""The request-body checks of the enqueue API (saga.entrypoints.http.limits), without a server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from saga.api.limits import (
+from saga.entrypoints.http.limits import (
     BodyRejected,
     PayloadLimits,
     check_value,

@@ -8,12 +8,17 @@ import pickle
 import pytest
 from celery.exceptions import Retry
 
+from saga.app.orchestrator import Outcome
 from saga.core.step_message import Phase, StepMessage
-from saga.orchestrator import Outcome
-from saga.step_report import Setback, Then, collect
+from saga.core.step_report import Setback, Then, collect
+from saga.entrypoints.celery.step_states import (
+    NothingToDo,
+    StepFailedError,
+    StepRetriedError,
+    end_task,
+)
 from tests.support import chain_world as chain
 from tests.support.orchestrator_world import ORDER, Declined, World
-from workers.step_states import NothingToDo, StepFailedError, StepRetriedError, end_task
 
 
 def first(w: World) -> StepMessage:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from saga.fabric import EndorseError, SigningIdentity, load_connection_profile
+from saga.adapters.fabric import EndorseError, SigningIdentity, load_connection_profile
 from saga_fabricnet import FabricBinaryMissing, FabricNetwork, FabricRelease, NetworkOptions
 from tests.support.fabricnet import (
     REPO,

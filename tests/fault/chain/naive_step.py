@@ -17,10 +17,10 @@ from __future__ import annotations
 import sys
 import uuid
 
+from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
 from saga.config import Settings
-from saga.fabric import GatewayClient, SigningIdentity, load_connection_profile
 from saga.failpoints import failpoint
-from saga.ledger_port import LedgerError
+from saga.ports.ledger import LedgerError
 
 MAX_TRIES = 3
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from saga.audit import scan_ledger
+from saga.adapters.fabric.ledger_scan import scan_ledger
 from saga.failpoints import ENV, MARKERS_ENV
 from tests.fault.chain.conftest import MakeStack
 from tests.fault.chain.sagas import LEDGER_STEP

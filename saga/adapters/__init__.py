@@ -1,0 +1,1 @@
+"""Adapters implementing the ports: SQL store, RabbitMQ, Hyperledger Fabric, Prometheus."""

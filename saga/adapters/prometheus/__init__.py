@@ -1,0 +1,1 @@
+"""Prometheus adapter: counters, the scrape-time store collector, exposition, multiprocess."""

@@ -1,0 +1,159 @@
+"""Exchanges and queues of the step messages and of the dead-letter queue.
+
+    relay ──▶ [step exchange, direct] ──(routing key = step queue)──▶ step queue (quorum)
+                                                                        │ rejected / delivery limit
+    worker (poison, with reason) ──▶ [dead-letter exchange, direct] ◀───┘
+                                              └──(routing key = DLQ)──▶ dead-letter queue (quorum)
+
+Both the relay (aio-pika) and the workers (kombu, through Celery) declare the same
+names with the same arguments, so whichever starts first creates them and the
+other's declaration is a no-op. RabbitMQ refuses a redeclaration with different
+arguments (PRECONDITION_FAILED), which is why they live in one place.
+
+Exchanges and queues have separate namespaces in RabbitMQ, so each exchange takes
+the name of the queue it feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kombu import Connection, Exchange, Queue
+
+if TYPE_CHECKING:
+    import aio_pika.abc
+
+    from saga.config import Settings
+
+# A quorum queue dead-letters a message once it has been returned this many times
+# (a consumer rejecting it with requeue, or dying while holding it). RabbitMQ 4
+# defaults to 20; RabbitMQ 3.x has no limit unless one is set. We set it so both
+# behave alike and a message that kills its worker every time ends up in the DLQ
+# instead of crash-looping the pool. Database outages never count against it:
+# the worker retries those by publishing a fresh copy and acking the original
+# (see saga.entrypoints.celery.tasks), which starts the copy's count at zero.
+DELIVERY_LIMIT = 20
+
+# Headers the worker adds to a message it dead-letters. Messages RabbitMQ
+# dead-letters by itself (delivery limit) carry its `x-death` header instead.
+DLQ_REASON = "x-saga-dlq-reason"
+DLQ_ERROR = "x-saga-dlq-error"
+DLQ_AT = "x-saga-dlq-at"
+DLQ_EXCHANGE = "x-saga-dlq-original-exchange"
+DLQ_ROUTING_KEY = "x-saga-dlq-original-routing-key"
+DLQ_WORKER = "x-saga-dlq-worker"
+DLQ_HEADERS = (DLQ_REASON, DLQ_ERROR, DLQ_AT, DLQ_EXCHANGE, DLQ_ROUTING_KEY, DLQ_WORKER)
+
+
+@dataclass(frozen=True)
+class Topology:
+    step_exchange: str
+    step_queue: str
+    dead_letter_exchange: str
+    dead_letter_queue: str
+    delivery_limit: int = DELIVERY_LIMIT
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(
+            step_exchange=settings.step_queue,
+            step_queue=settings.step_queue,
+            dead_letter_exchange=settings.dead_letter_queue,
+            dead_letter_queue=settings.dead_letter_queue,
+        )
+
+    @property
+    def step_routing_key(self) -> str:
+        return self.step_queue
+
+    @property
+    def dead_letter_routing_key(self) -> str:
+        return self.dead_letter_queue
+
+    def step_queue_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-dead-letter-routing-key": self.dead_letter_routing_key,
+            "x-delivery-limit": self.delivery_limit,
+            # At-most-once (the default) drops a dead-lettered message if the DLQ
+            # does not confirm it; at-least-once keeps it until it does, and
+            # RabbitMQ requires reject-publish overflow for that.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "quorum"}
+
+    # -- kombu (workers, non-AMQP transports) -------------------------------------
+
+    def kombu_step_exchange(self) -> Exchange:
+        return Exchange(self.step_exchange, type="direct", durable=True, auto_delete=False)
+
+    def kombu_dead_letter_exchange(self) -> Exchange:
+        return Exchange(self.dead_letter_exchange, type="direct", durable=True, auto_delete=False)
+
+    def kombu_step_queue(self) -> Queue:
+        return Queue(
+            self.step_queue,
+            exchange=self.kombu_step_exchange(),
+            routing_key=self.step_routing_key,
+            durable=True,
+            auto_delete=False,
+            queue_arguments=self.step_queue_arguments(),
+        )
+
+    def kombu_dead_letter_queue(self) -> Queue:
+        return Queue(
+            self.dead_letter_queue,
+            exchange=self.kombu_dead_letter_exchange(),
+            routing_key=self.dead_letter_routing_key,
+            durable=True,
+            auto_delete=False,
+            queue_arguments=self.dead_letter_queue_arguments(),
+        )
+
+    def declare_kombu(self, connection: Connection) -> None:
+        # A channel of its own: a failed declaration closes its channel, and the
+        # connection's default channel may be in use by a consumer.
+        channel = connection.channel()
+        try:
+            # The DLQ first: the step queue names it as its dead-letter target.
+            self.kombu_dead_letter_queue().bind(channel).declare()
+            self.kombu_step_queue().bind(channel).declare()
+        finally:
+            channel.close()
+
+    # -- aio-pika (relay) ---------------------------------------------------------
+
+    async def declare_aio_pika(
+        self, channel: aio_pika.abc.AbstractChannel
+    ) -> aio_pika.abc.AbstractExchange:
+        """Declare everything; return the step exchange to publish to."""
+        import aio_pika
+
+        dlx = await channel.declare_exchange(
+            self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dlq = await channel.declare_queue(
+            self.dead_letter_queue, durable=True, arguments=self.dead_letter_queue_arguments()
+        )
+        await dlq.bind(dlx, routing_key=self.dead_letter_routing_key)
+        exchange = await channel.declare_exchange(
+            self.step_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        queue = await channel.declare_queue(
+            self.step_queue, durable=True, arguments=self.step_queue_arguments()
+        )
+        await queue.bind(exchange, routing_key=self.step_routing_key)
+        return exchange
+
+
+def declare_topology(settings: Settings) -> Topology:
+    """Declare exchanges and queues on the configured broker (idempotent)."""
+    topology = Topology.from_settings(settings)
+    with Connection(settings.broker_url) as connection:
+        topology.declare_kombu(connection)
+    return topology

@@ -1,0 +1,110 @@
+"""Ledger attempts of chain steps, one row per transaction id, every txid kept."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.orm import Session
+
+from saga.adapters.sql.clock import as_utc, now
+from saga.adapters.sql.tables import ledger_attempts
+from saga.core.chain import AttemptState
+from saga.ports.store import LedgerAttemptRecord
+
+_COMMITTED = str(AttemptState.COMMITTED)
+
+
+class SqlLedgerAttempts:
+    """LedgerAttempts over a unit of work's session."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def for_step(self, saga_id: str, step: str, purpose: str) -> list[LedgerAttemptRecord]:
+        rows = self._session.execute(
+            select(ledger_attempts)
+            .where(
+                ledger_attempts.c.saga_id == saga_id,
+                ledger_attempts.c.step == step,
+                ledger_attempts.c.purpose == purpose,
+            )
+            .order_by(ledger_attempts.c.id)
+        )
+        return [_record(r) for r in rows]
+
+    def for_saga(self, saga_id: str) -> list[LedgerAttemptRecord]:
+        rows = self._session.execute(
+            select(ledger_attempts)
+            .where(ledger_attempts.c.saga_id == saga_id)
+            .order_by(ledger_attempts.c.id)
+        )
+        return [_record(r) for r in rows]
+
+    def add(self, record: LedgerAttemptRecord) -> None:
+        dialect = self._session.get_bind().dialect
+        self._session.execute(
+            insert(ledger_attempts).values(
+                saga_id=record.saga_id,
+                step=record.step,
+                purpose=record.purpose,
+                txid=record.txid,
+                channel=record.channel,
+                envelope=record.envelope,
+                state=str(record.state),
+                code=record.code,
+                block=record.block,
+                created_at=record.created_at or now(dialect),
+                submitted_at=record.submitted_at,
+                committed_at=record.committed_at,
+                worker=record.worker,
+            )
+        )
+
+    def mark_submitted(self, txid: str) -> None:
+        dialect = self._session.get_bind().dialect
+        self._session.execute(
+            update(ledger_attempts)
+            .where(
+                ledger_attempts.c.txid == txid,
+                ledger_attempts.c.state == str(AttemptState.PREPARED),
+            )
+            .values(state=str(AttemptState.SUBMITTED), submitted_at=now(dialect))
+        )
+
+    def mark_committed(self, txid: str, code: int, block: int | None) -> bool:
+        dialect = self._session.get_bind().dialect
+        result = self._session.execute(
+            update(ledger_attempts)
+            .where(ledger_attempts.c.txid == txid, ledger_attempts.c.state != _COMMITTED)
+            .values(state=_COMMITTED, code=code, block=block, committed_at=now(dialect))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def unsettled(
+        self, *, limit: int, older_than: datetime | None = None
+    ) -> list[LedgerAttemptRecord]:
+        query = select(ledger_attempts).where(ledger_attempts.c.state != _COMMITTED)
+        if older_than is not None:
+            query = query.where(ledger_attempts.c.created_at < as_utc(older_than))
+        rows = self._session.execute(query.order_by(ledger_attempts.c.created_at).limit(limit))
+        return [_record(r) for r in rows]
+
+
+def _record(row: Row[Any]) -> LedgerAttemptRecord:
+    return LedgerAttemptRecord(
+        saga_id=row.saga_id,
+        step=row.step,
+        purpose=row.purpose,
+        txid=row.txid,
+        channel=row.channel,
+        envelope=bytes(row.envelope),
+        state=AttemptState(row.state),
+        code=row.code,
+        block=row.block,
+        created_at=row.created_at,
+        submitted_at=row.submitted_at,
+        committed_at=row.committed_at,
+        worker=row.worker,
+    )

@@ -1,0 +1,1 @@
+"""Application services: orchestrator, relay, sweeper, watcher, chain steps, audit, DLQ."""

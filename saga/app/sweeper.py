@@ -1,0 +1,505 @@
+"""The stuck-saga sweeper: re-drives sagas that stopped moving, through the verify path.
+
+A saga can stop moving without anything failing: its step message was lost (a
+queue purged, a broker restored from an old disk), dead-lettered, or its chain
+step's worker died between PREPARED and Submit while the watcher was down. The
+store knows the saga waits; nobody is going to tell it anything. Each sweep:
+
+1. **Candidates** (one index-backed query, ``ix_sagas_status_updated_at``):
+   running or compensating sagas whose ``updated_at`` (the last state change)
+   is older than the shortest step timeout plus the grace, and that have no
+   unpublished outbox row (a delayed retry or a re-check is waiting its turn, or
+   the relay is behind: not a lost message).
+
+2. **Per saga**, in one transaction holding the saga's row lock: the current
+   step's own ``timeout`` plus the grace must have passed. Then either
+
+   - **re-drive**: a step message for the saga's *current* attempt goes to the
+     outbox, the same message the watcher writes after a commit. A local step
+     runs (or is found done) exactly as for the first message; a chain step
+     goes through the executor's verify path, which asks the ledger about every
+     recorded txid before anything is sent and never prepares a new transaction
+     while one may still commit. Nothing is resubmitted blindly here. At most
+     one re-drive per ``sweep_redrive_interval``, each one in the saga's history
+     (``sweeper re-drive``, actor ``sweeper``) with the ``updated_at`` it saw;
+   - or, after ``sweep_max_redrives`` re-drives that saw the same
+     ``updated_at`` (no progress at all), **mark it for an operator**: status
+     ``failed`` with the reason ``stuck: ...`` and the step ``failed`` (or
+     ``compensation_failed`` while compensating), a ``marked stuck`` history
+     entry. That is the state the machine itself leaves a saga in when a step
+     gives up in doubt, so ``saga list --status failed`` shows it with its
+     reason and ``saga resume ID`` re-drives it with a fresh attempt (verify
+     path again for a chain step). Not marked while the step queue has a
+     backlog over ``sweep_max_backlog``, its depth is unknown, or the outbox is
+     behind: then the saga is slow, not stuck.
+
+3. **Unsettled ledger attempts of terminal sagas**: the watcher follows every
+   attempt that is not COMMITTED, forever, oldest first, so an attempt that will
+   never commit (prepared and never submitted by a worker that died, on a saga
+   that then failed in doubt) holds one of its slots for good. The sweeper asks
+   the ledger once more (CommitStatus, short deadline) and records a commit it
+   learns; an attempt still unknown after ``sweep_abandon_after`` is given up:
+   recorded as committed with Fabric's NOT_VALIDATED code (254) and a history
+   entry naming it, so the watcher stops. Its envelope is never resubmitted:
+   the saga is terminal, and a compensated saga must not gain a ledger effect.
+   If it ever did commit VALID, ``saga audit`` reports it (a VALID transaction
+   for a step not done), and a resumed step's verify pass finds it through the
+   chaincode's idempotency record.
+
+Every sweep is safe to run twice at once (two beat messages, an operator's
+``saga sweep`` beside beat): each decision is taken again under the row lock
+against the history the other sweep may have just written.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, exists, func, select
+
+from saga.adapters.sql.tables import ledger_attempts, outbox, sagas
+from saga.core.definitions import Registry
+from saga.core.errors import SagaError
+from saga.core.machine import awaits, transition
+from saga.core.messages import Command, MarkedStuck, RunCompensation, RunStep
+from saga.core.state import SagaState, SagaStatus
+from saga.core.step_message import StepMessage
+from saga.ports.store import HistoryEntry, OutboxMessage, SagaRecord, UnitOfWork, UnitOfWorkFactory
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from saga.config import Settings
+    from saga.ports.ledger import Ledger
+
+log = logging.getLogger("saga.sweeper")
+
+ACTOR = "sweeper"
+REDRIVE = "sweeper re-drive"
+STUCK = "marked stuck"
+ATTEMPT_SETTLED = "sweeper settled ledger attempt"
+ATTEMPT_GIVEN_UP = "sweeper gave up ledger attempt"
+# Fabric's TxValidationCode NOT_VALIDATED: the truthful "no validation was ever
+# seen"; any code but VALID is final-invalid to the verify path, which then reads
+# the chaincode's idempotency record before anything new is prepared.
+NOT_VALIDATED = 254
+
+_ACTIVE = (str(SagaStatus.RUNNING), str(SagaStatus.COMPENSATING))
+_TERMINAL = tuple(str(s) for s in SagaStatus if s.terminal)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    grace: float = 120.0
+    redrive_interval: float = 300.0
+    max_redrives: int = 3
+    batch_size: int = 500
+    max_backlog: int = 10_000
+    abandon_after: float = 3600.0
+    # Terminal sagas' attempts asked about per sweep (each ask may wait status_timeout).
+    attempts_per_sweep: int = 50
+    status_timeout: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SweepConfig:
+        return cls(
+            grace=settings.sweep_grace,
+            redrive_interval=settings.sweep_redrive_interval,
+            max_redrives=settings.sweep_max_redrives,
+            batch_size=settings.sweep_batch_size,
+            max_backlog=settings.sweep_max_backlog,
+            abandon_after=settings.sweep_abandon_after,
+            status_timeout=settings.fabric_status_timeout,
+        )
+
+
+@dataclass
+class SweepReport:
+    candidates: int = 0
+    redriven: list[str] = field(default_factory=list)
+    marked_stuck: list[str] = field(default_factory=list)
+    # Over its step's own timeout not yet, or re-driven too recently.
+    not_due: int = 0
+    rate_limited: int = 0
+    # Would have been marked, but the queue or outbox is behind (or unknown).
+    held_by_backlog: int = 0
+    attempts_settled: list[str] = field(default_factory=list)
+    attempts_given_up: list[str] = field(default_factory=list)
+    attempts_unknown: int = 0
+    backlog: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Clock = Callable[[], datetime]
+# Messages waiting in the step queue, or None if the broker did not say.
+BacklogProbe = Callable[[], int | None]
+
+
+class Sweeper:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        registry: Registry,
+        config: SweepConfig | None = None,
+        *,
+        ledger: Callable[[], Ledger] | None = None,
+        backlog: BacklogProbe | None = None,
+        clock: Clock = lambda: datetime.now(UTC),
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        """`backlog` None: no broker to ask (tests driving the store alone); the
+        outbox lag is still checked before any saga is marked."""
+        self._uow = uow_factory
+        self._registry = registry
+        self.config = config or SweepConfig()
+        self._ledger = ledger
+        self._backlog = backlog
+        self._clock = clock
+        self._new_id = new_id
+
+    # -- the sweep ----------------------------------------------------------------------
+
+    def sweep(self, *, saga_id: str | None = None) -> SweepReport:
+        """One pass; with `saga_id`, only that saga (an operator's `saga sweep --saga`)."""
+        report = SweepReport()
+        now = self._clock()
+        ids = [saga_id] if saga_id else self.candidates(now)
+        report.candidates = len(ids)
+        backlog_checked = False
+        backlog_ok = False
+        for sid in ids:
+            try:
+                verdict = self._sweep_one(sid, now, backlog_ok if backlog_checked else None)
+                if verdict == "check-backlog":
+                    backlog_checked, backlog_ok = True, self._may_mark(report)
+                    verdict = self._sweep_one(sid, now, backlog_ok)
+            except SagaError as exc:
+                log.warning("sweeping a saga failed", extra={"saga_id": sid, "error": str(exc)})
+                continue
+            self._tally(report, sid, verdict)
+        if saga_id is None:
+            self._sweep_attempts(now, report)
+        if report.redriven or report.marked_stuck or report.attempts_given_up:
+            log.info(
+                "sweep done",
+                extra={
+                    k: v if isinstance(v, int) else len(v)
+                    for k, v in report.as_dict().items()
+                    if v is not None
+                },
+            )
+        return report
+
+    def candidates(self, now: datetime) -> list[str]:
+        """Ids of sagas that may be stuck, least recently updated first (index-backed)."""
+        cutoff = now - timedelta(seconds=self._shortest_timeout() + self.config.grace)
+        with self._uow() as uow:
+            rows = uow.session.execute(candidates_query(cutoff, self.config.batch_size))
+            return [str(r[0]) for r in rows]
+
+    def _shortest_timeout(self) -> float:
+        timeouts = [s.timeout for d in self._registry for s in d.steps]
+        return min(timeouts, default=0.0)
+
+    @staticmethod
+    def _tally(report: SweepReport, saga_id: str, verdict: str) -> None:
+        if verdict == "redriven":
+            report.redriven.append(saga_id)
+        elif verdict == "stuck":
+            report.marked_stuck.append(saga_id)
+        elif verdict == "rate-limited":
+            report.rate_limited += 1
+        elif verdict == "backlog":
+            report.held_by_backlog += 1
+        else:
+            report.not_due += 1
+
+    def _sweep_one(self, saga_id: str, now: datetime, may_mark: bool | None) -> str:
+        """One saga under its row lock; returns what was done (or "check-backlog")."""
+        from saga.adapters.prometheus import metrics
+
+        cfg = self.config
+        with self._uow() as uow:
+            record = uow.sagas.get(saga_id, for_update=True)
+            if record is None or record.updated_at is None:
+                return "gone"
+            state = record.state
+            command = awaited(state)
+            if command is None:
+                return "not-waiting"
+            definition = self._registry.get(state.name, state.version)
+            step = definition.steps[state.current]
+            idle = (now - record.updated_at).total_seconds()
+            if idle < step.timeout + cfg.grace:
+                return "not-due"
+            progress = record.updated_at.isoformat()
+            earlier = [
+                h
+                for h in uow.history.for_saga(saga_id)
+                if h.kind == REDRIVE and h.detail.get("progress_at") == progress
+            ]
+            if earlier:
+                since = (now - max(h.at for h in earlier)).total_seconds()
+                if since < cfg.redrive_interval:
+                    return "rate-limited"
+            if len(earlier) >= cfg.max_redrives:
+                if may_mark is None:
+                    return "check-backlog"
+                if not may_mark:
+                    return "backlog"
+                self._mark_stuck(uow, record, command, idle, len(earlier), now)
+                uow.commit()
+                metrics.instruments().sweeper_stuck.inc()
+                return "stuck"
+            message = StepMessage.for_command(state, command, self._new_id())
+            uow.outbox.add(OutboxMessage(message.message_id, saga_id, message.to_body()))
+            uow.history.add(
+                HistoryEntry(
+                    now,
+                    saga_id,
+                    REDRIVE,
+                    {
+                        "step": command.step,
+                        "phase": str(message.phase),
+                        "attempt": command.attempt,
+                        "idle_seconds": round(idle, 1),
+                        "redrive": len(earlier) + 1,
+                        "of": cfg.max_redrives,
+                        "message_id": message.message_id,
+                        "progress_at": progress,
+                    },
+                    ACTOR,
+                )
+            )
+            uow.commit()
+        metrics.instruments().sweeper_redrives.inc()
+        log.info(
+            "saga re-driven",
+            extra={
+                "saga_id": saga_id,
+                "step": command.step,
+                "attempt": command.attempt,
+                "idle_seconds": round(idle, 1),
+                "redrive": len(earlier) + 1,
+            },
+        )
+        return "redriven"
+
+    def _mark_stuck(
+        self,
+        uow: UnitOfWork,
+        record: SagaRecord,
+        command: Command,
+        idle: float,
+        redrives: int,
+        now: datetime,
+    ) -> None:
+        state = record.state
+        phase = "undo" if isinstance(command, RunCompensation) else "do"
+        why = (
+            f"no progress at step {command.step!r} ({phase}, attempt {command.attempt}) "
+            f"for {idle:.0f}s after {redrives} re-drive(s)"
+        )
+        definition = self._registry.get(state.name, state.version)
+        new = transition(definition, state, MarkedStuck(ACTOR, why)).state
+        uow.sagas.save(replace(record, state=new, updated_at=now))
+        uow.history.add(
+            HistoryEntry(
+                now,
+                state.saga_id,
+                STUCK,
+                {
+                    "step": command.step,
+                    "attempt": command.attempt,
+                    "was": str(state.status),
+                    "redrives": redrives,
+                    "idle_seconds": round(idle, 1),
+                    "reason": new.reason,
+                },
+                ACTOR,
+            )
+        )
+        log.warning("saga marked stuck", extra={"saga_id": state.saga_id, "reason": new.reason})
+
+    def _may_mark(self, report: SweepReport) -> bool:
+        """False while messages are merely slow: a queue backlog or an outbox behind."""
+        lag = self._outbox_lag()
+        if lag is not None and lag > self.config.grace:
+            log.warning("outbox is behind; no saga is marked stuck", extra={"lag": lag})
+            return False
+        if self._backlog is None:
+            return True
+        depth = self._backlog()
+        report.backlog = depth
+        if depth is None or depth > self.config.max_backlog:
+            log.warning(
+                "step queue backlog too deep or unknown; no saga is marked stuck",
+                extra={"depth": depth, "max_backlog": self.config.max_backlog},
+            )
+            return False
+        return True
+
+    def _outbox_lag(self) -> float | None:
+        with self._uow() as uow:
+            session: Session = uow.session
+            oldest = session.execute(
+                select(func.min(outbox.c.available_at)).where(
+                    outbox.c.published_at.is_(None),
+                    outbox.c.available_at <= datetime.now(UTC),
+                )
+            ).scalar()
+        if oldest is None:
+            return None
+        return (datetime.now(UTC) - oldest).total_seconds()
+
+    # -- terminal sagas' unsettled ledger attempts --------------------------------------
+
+    def _sweep_attempts(self, now: datetime, report: SweepReport) -> None:
+        if self._ledger is None:
+            return
+        older = now - timedelta(seconds=self.config.grace)
+        with self._uow() as uow:
+            rows = list(
+                uow.session.execute(terminal_attempts_query(older, self.config.attempts_per_sweep))
+            )
+        if not rows:
+            return
+        from saga.ports.ledger import LedgerError
+
+        ledger = self._ledger()
+        for row in rows:
+            try:
+                result = ledger.commit_status(
+                    row.channel, row.txid, timeout=self.config.status_timeout
+                )
+            except LedgerError as exc:
+                created = row.created_at
+                if (now - created).total_seconds() < self.config.abandon_after:
+                    report.attempts_unknown += 1
+                    continue
+                self._record_attempt(
+                    row, NOT_VALIDATED, None, ATTEMPT_GIVEN_UP, f"{type(exc).__name__}: {exc}", now
+                )
+                report.attempts_given_up.append(row.txid)
+                continue
+            self._record_attempt(
+                row, result.code, result.block_number, ATTEMPT_SETTLED, result.code_name, now
+            )
+            report.attempts_settled.append(row.txid)
+
+    def _record_attempt(
+        self, row: Any, code: int, block: int | None, kind: str, detail: str, now: datetime
+    ) -> None:
+        from saga.adapters.prometheus import metrics
+
+        with self._uow() as uow:
+            # The saga row first, in the order the worker and the watcher lock them.
+            uow.sagas.get(row.saga_id, for_update=True)
+            if not uow.ledger_attempts.mark_committed(row.txid, code, block):
+                return
+            uow.history.add(
+                HistoryEntry(
+                    now,
+                    row.saga_id,
+                    kind,
+                    {
+                        "step": row.step,
+                        "purpose": row.purpose,
+                        "txid": row.txid,
+                        "state_was": row.state,
+                        "code": code,
+                        "block": block,
+                        "why": detail,
+                    },
+                    ACTOR,
+                )
+            )
+            uow.commit()
+        result = "settled" if kind == ATTEMPT_SETTLED else "given_up"
+        metrics.instruments().sweeper_attempts.labels(result).inc()
+        log.info(kind, extra={"saga_id": row.saga_id, "txid": row.txid, "code": code})
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+
+
+def awaited(state: SagaState) -> Command | None:
+    """The command a running or compensating saga waits for now, if any."""
+    if not 0 <= state.current < len(state.steps):
+        return None
+    current = state.steps[state.current]
+    command: Command
+    if state.status is SagaStatus.RUNNING:
+        command = RunStep(current.name, current.attempts)
+    elif state.status is SagaStatus.COMPENSATING:
+        command = RunCompensation(current.name, current.compensation_attempts)
+    else:
+        return None
+    return command if awaits(state, command) is None else None
+
+
+def candidates_query(cutoff: datetime, limit: int) -> Any:
+    """Running/compensating sagas idle since before `cutoff`, with nothing in the outbox.
+
+    PostgreSQL plan (tests/integration/test_sweeper_store.py shows it): a bitmap
+    index scan on ix_sagas_status_updated_at for both statuses, so terminal sagas
+    are never read, and an anti-join against the saga's unpublished outbox rows
+    (ix_outbox_saga_id).
+    """
+    pending = exists().where(and_(outbox.c.saga_id == sagas.c.id, outbox.c.published_at.is_(None)))
+    return (
+        select(sagas.c.id)
+        .where(sagas.c.status.in_(_ACTIVE), sagas.c.updated_at < cutoff, ~pending)
+        .order_by(sagas.c.updated_at)
+        .limit(limit)
+    )
+
+
+def terminal_attempts_query(older_than: datetime, limit: int) -> Any:
+    """Unsettled attempts (partial index ix_ledger_attempts_unsettled) of terminal sagas."""
+    return (
+        select(
+            ledger_attempts.c.saga_id,
+            ledger_attempts.c.step,
+            ledger_attempts.c.purpose,
+            ledger_attempts.c.txid,
+            ledger_attempts.c.channel,
+            ledger_attempts.c.state,
+            ledger_attempts.c.created_at,
+        )
+        .join(sagas, sagas.c.id == ledger_attempts.c.saga_id)
+        .where(
+            ledger_attempts.c.state != "committed",
+            ledger_attempts.c.created_at < older_than,
+            sagas.c.status.in_(_TERMINAL),
+        )
+        .order_by(ledger_attempts.c.created_at)
+        .limit(limit)
+    )
+
+
+def build_sweeper(container: Any) -> Sweeper:
+    """The sweeper the composition root's settings describe (beat task and `saga sweep`)."""
+    from saga.adapters.prometheus.metrics import queue_depth
+    from saga.adapters.rabbitmq.topology import Topology
+
+    settings: Settings = container.settings
+    step_queue = Topology.from_settings(settings).step_queue
+
+    def backlog() -> int | None:
+        return queue_depth(settings.broker_url, step_queue, settings.metrics_timeout)
+
+    return Sweeper(
+        container.uow_factory,
+        container.registry,
+        SweepConfig.from_settings(settings),
+        ledger=container.ledger if settings.ledger_configured else None,
+        backlog=backlog,
+    )

@@ -1,0 +1,1 @@
+"""Entry points: the saga CLI, HTTP API, Celery worker and beat, saga up, the demo."""

@@ -1,0 +1,214 @@
+"""What every operator command shares: settings, output, exit codes, option types."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from saga.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from saga.adapters.sql.saga_search import SagaFilter, SagaSummary
+    from saga.bootstrap import Container
+
+OK, REFUSED, USAGE = 0, 1, 2
+
+# Messages and progress go to stderr, results to stdout, so `--json | jq` works.
+console = Console(stderr=True)
+out = Console()
+
+DbOpt = Annotated[
+    str | None, typer.Option("--db", help="Database URL (overrides SAGA_DATABASE_URL).")
+]
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", help="Broker URL (overrides SAGA_BROKER_URL).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+WhyOpt = Annotated[str, typer.Option("--why", help="Why (recorded on the saga's history).")]
+ActorOpt = Annotated[
+    str | None, typer.Option("--actor", help="Who (recorded; default: your login name).")
+]
+
+
+def settings(db: str | None = None, broker: str | None = None, **more: Any) -> Settings:
+    """SAGA_* settings with the command's options on top (None: keep the setting)."""
+    try:
+        return Settings.from_env(database_url=db, broker_url=broker, **more)
+    except ConfigError as exc:
+        fail(USAGE, f"configuration error: {exc}", "fix the SAGA_* variable (`saga config`)")
+
+
+def container(s: Settings) -> Container:
+    from saga.bootstrap import Container
+
+    return Container(s)
+
+
+def fail(code: int, message: str, hint: str | None = None) -> NoReturn:
+    # soft_wrap: a message is one line whatever the width, so logs and greps keep it whole.
+    label = "refused" if code == REFUSED else "error"
+    console.print(f"[red]{label}:[/] {message}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print(f"  {hint}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def table(*columns: str, ids: tuple[str, ...] = (), **options: Any) -> Table:
+    """A table whose id columns never wrap: an id is copied into the next command."""
+    t = Table(**options)
+    for name in columns:
+        if name in ids:
+            t.add_column(name, no_wrap=True, min_width=36)
+        else:
+            t.add_column(name)
+    return t
+
+
+def print_json(data: Any) -> None:
+    # Plain json rather than rich: rich wraps long strings at the terminal width.
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def actor_name(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in some containers
+        return "unknown"
+
+
+def require_why(why: str) -> str:
+    if not why.strip():
+        fail(USAGE, "--why must say why", 'e.g. --why "ledger peer was down, INC-123"')
+    return why.strip()
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_cutoff(value: str, option: str, now: datetime | None = None) -> datetime:
+    """An age (90s, 10m, 2h, 3d) as the time that long ago, or an ISO time (UTC if naive)."""
+    now = now or datetime.now(UTC)
+    age = _AGE.fullmatch(value.strip())
+    if age:
+        return now - timedelta(**{_UNITS[age.group(2)]: float(age.group(1))})
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        fail(USAGE, f"{option} {value!r} is neither an age nor a time", "give 10m, 2h, 3d or ISO")
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def age(value: datetime | None, now: datetime | None = None) -> str:
+    """A short human age: 42s, 7m, 3h, 2d."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    seconds = max(0.0, ((now or datetime.now(UTC)) - value).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def idle_seconds(value: datetime | None, now: datetime | None = None) -> float | None:
+    """Seconds since `value`, as a number for scripts (`age` is the text for people)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return round(max(0.0, ((now or datetime.now(UTC)) - value).total_seconds()), 1)
+
+
+_FINISHED = ("completed", "compensated")
+
+
+def summary_json(s: SagaSummary, now: datetime | None = None) -> dict[str, Any]:
+    """The fields every saga has in `saga list`, `saga show` and `saga wait` --json.
+
+    A finished saga (completed, compensated) has no current step: `step`, `phase`
+    and `attempt` are null. A failed one's step is the one to fix.
+    """
+    status = str(s.status)
+    finished = status in _FINISHED
+    undo = status == "compensating" or str(s.step_status) == "compensation_failed"
+    return {
+        "id": s.saga_id,
+        "saga": s.name,
+        "version": s.version,
+        "status": status,
+        "reason": s.reason,
+        "idempotency_key": s.idempotency_key,
+        "step": None if finished else s.step,
+        "step_status": None if finished or s.step_status is None else str(s.step_status),
+        "phase": None if finished else ("undo" if undo else "do"),
+        "attempt": None if finished else (s.compensation_attempts if undo else s.attempts),
+        "created": iso(s.created_at),
+        "updated": iso(s.updated_at),
+        "idle_seconds": idle_seconds(s.updated_at, now),
+        "waiting_for_ledger_since": None if finished else iso(s.waiting_since),
+    }
+
+
+WHERE_HELP = (
+    "status=S[,S...], name=N, key=K (idempotency key) or input.FIELD=VALUE (a field of the "
+    "saga's input; dots for nested fields; 1250 matches the number and the string)"
+)
+
+
+def parse_where(values: list[str]) -> SagaFilter:
+    """`--where` terms (all must hold) as a store filter; a bad one fails with usage help."""
+    from saga.adapters.sql.saga_search import BadFilter, InputField, SagaFilter
+
+    statuses: list[str] = []
+    name = key = None
+    inputs: list[InputField] = []
+    for term in values:
+        field, sep, value = term.partition("=")
+        field = field.strip()
+        try:
+            if sep and field == "status":
+                statuses += parse_status_names(value, "--where status")
+            elif sep and field == "name" and value:
+                name = value
+            elif sep and field == "key" and value:
+                key = value
+            elif sep and field.startswith("input."):
+                inputs.append(InputField.parse(term.strip()[len("input.") :]))
+            else:
+                raise BadFilter("unknown field")
+        except BadFilter as exc:
+            fail(USAGE, f"--where {term}: {exc}", f"give {WHERE_HELP}")
+    return SagaFilter(
+        statuses=tuple(statuses), name=name, idempotency_key=key, inputs=tuple(inputs)
+    )
+
+
+def parse_status_names(text: str, option: str) -> list[str]:
+    """Comma-separated saga statuses, checked."""
+    from saga.core.state import SagaStatus
+
+    known = [str(s) for s in SagaStatus]
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = sorted({n for n in names if n not in known})
+    if unknown or not names:
+        fail(
+            USAGE,
+            f"{option} {', '.join(unknown) or '(empty)'}: no such saga status",
+            f"give one or more of {', '.join(known)}, separated by commas",
+        )
+    return names

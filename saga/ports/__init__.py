@@ -1,0 +1,1 @@
+"""Ports: the interfaces the application talks to (store, broker, ledger)."""

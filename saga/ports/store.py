@@ -1,0 +1,232 @@
+"""The store port: saga records, outbox, inbox, history and ledger attempts in one unit of work.
+
+Adapters implement these (SQLAlchemy on PostgreSQL or SQLite, RabbitMQ through
+aio-pika or kombu, ...). The fakes in tests/fakes.py implement them in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, Self
+
+from saga.core.chain import AttemptState
+from saga.core.state import SagaState
+from saga.ports.broker import PendingMessage
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or lost the connection; the work may be retried."""
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Another saga already holds this idempotency key (raised at commit or add)."""
+
+
+@dataclass
+class SagaRecord:
+    """A saga as stored: the machine's state plus its input and accumulated data."""
+
+    state: SagaState
+    input: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    payload_hash: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def saga_id(self) -> str:
+        return self.state.saga_id
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message to publish once the transaction that wrote it has committed."""
+
+    message_id: str
+    saga_id: str
+    body: dict[str, Any]
+    # Seconds to wait before publishing (retry backoff); kept in the store, so a
+    # delayed retry survives any restart.
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: datetime
+    saga_id: str
+    kind: str
+    detail: dict[str, Any]
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerAttemptRecord:
+    """One ledger transaction of a chain step (purpose "do") or its compensation ("undo").
+
+    Written in state PREPARED, with the signed envelope, in a transaction that
+    commits before the envelope is submitted; every txid of a step is kept.
+    """
+
+    saga_id: str
+    step: str
+    purpose: str
+    txid: str
+    channel: str
+    envelope: bytes
+    state: AttemptState
+    code: int | None = None
+    block: int | None = None
+    created_at: datetime | None = None
+    submitted_at: datetime | None = None
+    committed_at: datetime | None = None
+    # The worker host that prepared it, for operators reading `saga show`.
+    worker: str | None = None
+
+
+class LedgerAttempts(Protocol):
+    def for_step(self, saga_id: str, step: str, purpose: str) -> list[LedgerAttemptRecord]:
+        """Every attempt of one step and purpose, oldest first."""
+        ...
+
+    def for_saga(self, saga_id: str) -> list[LedgerAttemptRecord]: ...
+
+    def add(self, record: LedgerAttemptRecord) -> None: ...
+
+    def mark_submitted(self, txid: str) -> None:
+        """PREPARED -> SUBMITTED; a committed attempt stays committed."""
+        ...
+
+    def mark_committed(self, txid: str, code: int, block: int | None) -> bool:
+        """Record the final code; False if it was already recorded (first answer wins)."""
+        ...
+
+    def unsettled(
+        self, *, limit: int, older_than: datetime | None = None
+    ) -> list[LedgerAttemptRecord]:
+        """Attempts not yet COMMITTED, oldest first (the watcher's and sweeper's work)."""
+        ...
+
+
+class SagaRepository(Protocol):
+    def add(self, record: SagaRecord) -> None: ...
+
+    def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None: ...
+
+    def by_idempotency_key(self, key: str) -> SagaRecord | None: ...
+
+    def save(self, record: SagaRecord) -> None: ...
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        older_than: datetime | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]: ...
+
+    def count_by_status(self) -> dict[tuple[str, str], int]: ...
+
+    def count_waiting_for_ledger(self) -> dict[str, int]:
+        """Running or compensating sagas whose current step waits for the ledger, by saga name."""
+        ...
+
+
+class Outbox(Protocol):
+    def add(self, message: OutboxMessage) -> None: ...
+
+    def take(self, message_id: str) -> None:
+        """Mark a message this transaction handles itself as published; the relay skips it."""
+        ...
+
+    def release(self, message_id: str) -> None:
+        """Make a held-back, unpublished message due now."""
+        ...
+
+
+class Inbox(Protocol):
+    def seen(self, message_id: str) -> bool: ...
+
+    def claim(self, message_id: str, saga_id: str) -> bool:
+        """`record` unless `seen`, in one step: False if the message was processed before.
+
+        A concurrent claim of the same id waits until this transaction ends.
+        """
+        ...
+
+    def record(self, message_id: str, saga_id: str) -> None: ...
+
+
+class History(Protocol):
+    def add(self, entry: HistoryEntry) -> None: ...
+
+    def for_saga(self, saga_id: str) -> list[HistoryEntry]: ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction; rolls back on exit unless commit() was called."""
+
+    # Read-only in the protocol so adapters may hold their own concrete types.
+    @property
+    def sagas(self) -> SagaRepository: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def ledger_attempts(self) -> LedgerAttempts: ...
+
+    @property
+    def session(self) -> Any:
+        """The transaction's session, handed to local steps for their business writes."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object, /) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> UnitOfWork: ...
+
+
+class OutboxReader(Protocol):
+    """The relay's view of the outbox."""
+
+    def claim(self, limit: int) -> AbstractContextManager[Sequence[PendingMessage]]:
+        """Lock up to `limit` publishable rows, oldest first, for this caller only.
+
+        Rows stay locked until the context exits; `mark_published` inside it marks
+        them in the same transaction.
+        """
+        ...
+
+    def mark_published(self, ids: Sequence[int]) -> None: ...
+
+    def oldest_unpublished_age(self) -> float | None: ...
+
+    def wait_for_rows(self, timeout: float) -> bool:
+        """Block until new rows may be publishable (True) or `timeout` passes (False).
+
+        Only a wake-up call, never a promise: the claim still decides. A reader
+        that cannot hear commits sleeps out the timeout and says False.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what the reader holds (a listening connection); it may be used again."""
+        ...
