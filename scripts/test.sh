@@ -34,5 +34,7 @@ bash "$fabric_archives/install.sh" .fabric >/dev/null
 bash "$fabric_archives/install.sh" .fabric 3.1.5 >/dev/null
 
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[dev]' -e ./chaincode
+# The product with its dev extra, the chaincode and the devnet tools: three
+# distributions (README, "Two commands on a fresh machine"), all editable.
+.venv/bin/pip install -q -e '.[dev]' -e ./chaincode -e ./tools
 exec .venv/bin/python -m scripts.check "$@"

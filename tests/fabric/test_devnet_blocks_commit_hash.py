@@ -1,4 +1,4 @@
-"""COMMIT_HASH as Fabric 2.5's kvledger computes it (saga_devnet/commit_hash.py)."""
+"""COMMIT_HASH as Fabric 2.5's kvledger computes it (tools/saga_devnet/commit_hash.py)."""
 
 from __future__ import annotations
 

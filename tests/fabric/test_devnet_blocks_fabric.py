@@ -52,7 +52,7 @@ def decode_block(raw: bytes, tmp: Path) -> dict[str, Any]:
 
 
 def _configtx_yaml(net: Any) -> str:
-    """The profile the devnet encodes (saga_devnet/channel_config.py), in configtxgen's words."""
+    """The devnet's profile (tools/saga_devnet/channel_config.py), in configtxgen's words."""
     orgs_dir = net.dir / "organizations"
     orderer_tls = orgs_dir / "ordererOrganizations/example.com/orderers/orderer.example.com/tls"
     orgs = ""

@@ -1,7 +1,7 @@
 """Secrets come from the environment or files at run time, never from the repository.
 
 Scans every tracked file. Test keys and certificates are generated at run time
-(tests/fabric/client_fixtures.py, saga_devnet/cryptogen.py), so no key material
+(tests/fabric/client_fixtures.py, tools/saga_devnet/cryptogen.py), so no key material
 is tracked at all. Tokens in tests/ are dummies for in-process instances.
 """
 

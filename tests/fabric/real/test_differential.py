@@ -1,7 +1,7 @@
 """Differential test: one scripted sequence of ledger calls against the devnet and against a
 real Fabric 2.5 network, each answer reduced to a normalised observation, and the two lists
 compared. Where they disagree, real Fabric is right: a difference is fixed in the devnet or
-accepted in KNOWN_DIFFERENCES below (and in saga_devnet/README.md, "Where the devnet differs
+accepted in KNOWN_DIFFERENCES below (and in tools/saga_devnet/README.md, "Where the devnet differs
 from Fabric"). Every real error text is also fed to the product's fault classifier.
 
 Both ledgers run the real sagafacts chaincode under the channel's MAJORITY policy (both orgs
@@ -629,7 +629,7 @@ _ORDERER_REFUSED = {
     'while dialing: dial tcp <addr>: connect: connection refused"',
 }
 
-# Each entry is also listed in saga_devnet/README.md, "Where the devnet differs from Fabric".
+# Each entry is also listed in tools/saga_devnet/README.md, "Where the devnet differs from Fabric".
 KNOWN_DIFFERENCES: list[Known] = [
     Known(
         "orderers_down.submit",
