@@ -42,9 +42,9 @@ from saga.adapters.sql import create_engine
 from saga.adapters.sql.tables import ledger_attempts, sagas
 from saga.config import Settings
 from saga_fabricnet import FabricNetwork
-from tests.support.deployment import Block, read_blocks
 from tests.support.fabricnet import fabric_archives
 from tests.support.processes import ROOT
+from tests.support.runbook_blocks import Block, read_blocks
 
 README = ROOT / "README.md"
 HEADING = "## Using a real Fabric network"
@@ -111,7 +111,7 @@ class Run:
 def run_commands(
     commands: list[tuple[int, str]], env: dict[str, str], cwd: Path, status_file: Path
 ) -> Run:
-    """One bash, as tests/support/deployment.run_block does, but in its own session:
+    """One bash, as tests/support/runbook_blocks.run_block does, but in its own session:
     the block leaves background jobs (network, relay, worker, watcher) if a command
     fails, and the test must be able to end them all."""
     parts = ["set -o pipefail"]

@@ -1,6 +1,7 @@
 """Every ```sh command of runbooks/ runs, as written, against a test deployment.
 
-The deployment (tests/support/deployment.py): real PostgreSQL, per-module
+The deployment (tests/support/runbook_deployment.py, its situations in
+runbook_situations.py, the blocks read and run by runbook_blocks.py): real PostgreSQL, per-module
 RabbitMQ queues, a devnet with the sagafacts chaincode, and the `saga relay`,
 `saga worker`, `saga api` and (when a runbook needs it) `saga watcher`
 processes. Each runbook's situations (a saga whose message was lost, one marked
@@ -22,19 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.deployment import (
-    RUNBOOKS,
-    Block,
-    Deployment,
-    Made,
-    Situations,
-    read_blocks,
-    run_block,
-    runbook_paths,
-)
 from tests.support.ledger import LedgerNet
 from tests.support.processes import Processes
 from tests.support.rabbitmq import delete_topology
+from tests.support.runbook_blocks import RUNBOOKS, Block, read_blocks, run_block, runbook_paths
+from tests.support.runbook_deployment import Deployment
+from tests.support.runbook_situations import Made, Situations
 
 RUNBOOK_NAMES = [p.name for p in runbook_paths()]
 
@@ -78,7 +72,7 @@ def test_the_index_lists_every_runbook_and_every_block_is_runnable_or_marked() -
 
 def _situation_names() -> list[str]:
     # The builders' names without a deployment: the keys Situations registers.
-    source = Path(__file__).parents[1] / "support" / "deployment.py"
+    source = Path(__file__).parents[1] / "support" / "runbook_situations.py"
     return re.findall(r'^\s+"([\w-]+)": self\.[\w_]+,$', source.read_text(), re.M)
 
 

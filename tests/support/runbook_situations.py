@@ -1,27 +1,4 @@
-"""A test deployment for the runbooks, and the runbooks' shell blocks as data.
-
-**Blocks.** Every fenced ```sh block of a runbook is run as written. The
-conventions a runbook follows (runbooks/README.md states them for readers):
-
-- ``<!-- situation: NAME -->`` (an HTML comment, invisible when rendered) names
-  the situation the blocks after it are run in, until the next one; NAME is a
-  key of ``Situations.builders``. A block before any such comment runs in
-  ``healthy`` (the deployment as it is).
-- A comment line ``# exits N while the problem lasts`` (the words after the
-  number are free) says the *next* command exits with N, not 0: the test
-  requires exactly N, so the symptom is checked too.
-- Other ``#`` lines are comments; a line ending in ``\\`` continues.
-- Commands of one block run in one bash process, in order (a variable set by
-  one command is seen by the next), with ``pipefail``; the first command whose
-  exit status is not the expected one fails the test, named with its runbook
-  and line.
-- ```console and ```text blocks are never run: they are for the operator's
-  own environment (docker compose, rabbitmqctl, systemd).
-
-**Deployment.** Real PostgreSQL (the session's test database), per-module
-RabbitMQ queues, a devnet running the sagafacts chaincode, and the product's
-processes (`saga relay`, `saga worker`, `saga api`, `saga watcher`) started
-from the same commands an operator runs, each only when a runbook needs it.
+"""The runbooks' situations, made in process on a deployment.
 
 **Situations** are made with the product's own code, in process, while no
 relay runs (so nothing is published behind the test's back): the real
@@ -34,16 +11,11 @@ that dies before Submit, or submitted while no watcher runs.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,7 +24,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from kombu import Connection, Producer
 from sqlalchemy import select, update
-from sqlalchemy.engine import Engine
 
 from saga.adapters.fabric import GatewayClient
 from saga.adapters.rabbitmq import Topology, step_task_message
@@ -63,13 +34,12 @@ from saga.adapters.rabbitmq.topology import (
     DLQ_ROUTING_KEY,
     DLQ_WORKER,
 )
-from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory
 from saga.adapters.sql.tables import ledger_attempts, outbox, sagas
 from saga.app import dlq
 from saga.app.chain import ChainSettings
 from saga.app.orchestrator import Orchestrator
 from saga.app.sweeper import SweepConfig, Sweeper
-from saga.config import Settings
 from saga.core.definitions import Registry, Step
 from saga.core.retry import RetryPolicy
 from saga.core.state import SagaStatus
@@ -78,304 +48,10 @@ from saga.examples import order_payment
 from saga.ports.broker import PendingMessage
 from saga.ports.ledger import VALID, LedgerError
 from saga_devnet.cryptogen import Issuer, cert_pem, key_pem, make_leaf
-from tests.support.ledger import LedgerNet
-from tests.support.ports import free_port
-from tests.support.processes import ROOT, Processes, SagaProcess, saga_env
+from tests.support.runbook_deployment import Deployment
 from tests.support.waiting import wait_for
 
-RUNBOOKS = ROOT / "runbooks"
-DEFINITIONS = "saga.examples.order_payment_ledger"
 LEDGER_STEP = "record_on_ledger"
-
-_FENCE = re.compile(r"^```(\S*)\s*$")
-_SITUATION = re.compile(r"<!--\s*situation:\s*([\w-]+)(?:\s*;\s*ends\s+(\w+))?\s*-->")
-_EXPECT = re.compile(r"^#\s*exits\s+(\d+)\b")
-
-
-# -- the runbooks' blocks --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Command:
-    text: str
-    line: int
-    expect: int = 0
-
-
-@dataclass(frozen=True)
-class Block:
-    runbook: str
-    line: int
-    language: str
-    situation: str
-    commands: tuple[Command, ...]
-    # Where the situation's comment is (0: none): blocks sharing it share one instance.
-    situation_line: int = 0
-    # The status its saga must reach once the blocks ran ("ends STATUS" in the comment).
-    ends: str | None = None
-
-
-def read_blocks(path: Path) -> list[Block]:
-    """Every fenced block of a runbook, with its situation and (for sh) its commands."""
-    blocks: list[Block] = []
-    situation, situation_line, ends = "healthy", 0, None
-    lines = path.read_text().splitlines()
-    i = 0
-    while i < len(lines):
-        found = _SITUATION.search(lines[i])
-        if found:
-            situation, situation_line, ends = found.group(1), i + 1, found.group(2)
-        fence = _FENCE.match(lines[i])
-        if not fence:
-            i += 1
-            continue
-        start, language = i + 1, fence.group(1)
-        body: list[tuple[int, str]] = []
-        i += 1
-        while i < len(lines) and not lines[i].startswith("```"):
-            body.append((i + 1, lines[i]))
-            i += 1
-        i += 1
-        commands = _commands(body) if language == "sh" else ()
-        blocks.append(Block(path.name, start, language, situation, commands, situation_line, ends))
-    return blocks
-
-
-def _commands(body: list[tuple[int, str]]) -> tuple[Command, ...]:
-    commands: list[Command] = []
-    expect = 0
-    pending: list[str] = []
-    first = 0
-    for number, raw in body:
-        line = raw.rstrip()
-        if not pending:
-            stripped = line.strip()
-            if not stripped:
-                continue
-            if stripped.startswith("#"):
-                wanted = _EXPECT.match(stripped)
-                if wanted:
-                    expect = int(wanted.group(1))
-                continue
-            first = number
-        if line.endswith("\\"):
-            pending.append(line)
-            continue
-        pending.append(line)
-        commands.append(Command("\n".join(pending), first, expect))
-        pending, expect = [], 0
-    if pending:
-        commands.append(Command("\n".join(pending), first, expect))
-    return tuple(commands)
-
-
-def runbook_paths() -> list[Path]:
-    return sorted(p for p in RUNBOOKS.glob("*.md") if p.name != "README.md")
-
-
-@dataclass
-class BlockRun:
-    """What running one block gave: (command, exit status) in order, and the output."""
-
-    block: Block
-    statuses: list[tuple[Command, int]]
-    output: str
-    timed_out: bool
-
-    def failure(self) -> str | None:
-        for command, status in self.statuses:
-            if status != command.expect:
-                return self._describe(command, f"exited {status}, expected {command.expect}")
-        if len(self.statuses) < len(self.block.commands):
-            command = self.block.commands[len(self.statuses)]
-            why = "timed out" if self.timed_out else "never finished (the shell exited)"
-            return self._describe(command, why)
-        return None
-
-    def _describe(self, command: Command, why: str) -> str:
-        return (
-            f"runbooks/{self.block.runbook}:{command.line} (situation {self.block.situation}): "
-            f"command {why}:\n    {command.text}\n"
-            f"--- output of the block ---\n{self.output[-6000:]}"
-        )
-
-
-def _path_with_saga(env: dict[str, str]) -> str:
-    """PATH with this interpreter's bin first, so `saga` is found without an activated venv."""
-    path = env.get("PATH") or os.environ.get("PATH", "")
-    return f"{Path(sys.executable).parent}{os.pathsep}{path}"
-
-
-def run_block(block: Block, env: dict[str, str], cwd: Path, timeout: float = 150.0) -> BlockRun:
-    """Run the block's commands in one bash, stopping at the first unexpected status."""
-    status_file = cwd / f".status-{uuid.uuid4().hex[:8]}"
-    parts = ["set -o pipefail"]
-    for n, command in enumerate(block.commands):
-        parts.append(f"echo '>>> runbooks/{block.runbook}:{command.line}' >&2")
-        parts.append(command.text)
-        parts.append(
-            f'__rc=$?; echo "{n} $__rc" >> "$__RUNBOOK_STATUS"; '
-            f'[ "$__rc" -eq {command.expect} ] || exit 99'
-        )
-    script = "\n".join(parts) + "\n"
-    timed_out = False
-    try:
-        result = subprocess.run(
-            ["bash", "-c", script],
-            cwd=cwd,
-            env={**env, "__RUNBOOK_STATUS": str(status_file), "PATH": _path_with_saga(env)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-        output = result.stdout
-    except subprocess.TimeoutExpired as exc:
-        timed_out = True
-        raw = exc.stdout or b""
-        output = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    statuses: list[tuple[Command, int]] = []
-    with contextlib.suppress(FileNotFoundError):
-        for line in status_file.read_text().splitlines():
-            index, status = line.split()
-            statuses.append((block.commands[int(index)], int(status)))
-        status_file.unlink()
-    return BlockRun(block, statuses, output, timed_out)
-
-
-# -- the deployment --------------------------------------------------------------------
-
-
-@dataclass
-class Deployment:
-    settings: Settings
-    net: LedgerNet
-    procs: Processes
-    work: Path
-    _engine: Engine | None = None
-    _client: GatewayClient | None = None
-    _running: dict[str, SagaProcess] = field(default_factory=dict)
-
-    @classmethod
-    def build(
-        cls, pg_url: str, amqp_url: str, net: LedgerNet, work: Path, procs: Processes
-    ) -> Deployment:
-        prefix = f"runbooks.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        settings = Settings(
-            database_url=pg_url,
-            broker_url=amqp_url,
-            definitions=DEFINITIONS,
-            step_queue=f"{prefix}.steps",
-            dead_letter_queue=f"{prefix}.dead-letter",
-            relay_poll_interval=0.05,
-            worker_concurrency=2,
-            api_port=free_port(),
-            api_token="runbook-test-token",
-            log_level="INFO",
-            fabric_profile=str(net.devnet.profile(1)),
-            fabric_msp_dir=str(net.msp_dir(1)),
-            fabric_channel=net.channel,
-            chain_recheck_delay=1.0,
-        )
-        return cls(settings, net, procs, work)
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = create_engine(self.settings)
-        return self._engine
-
-    @property
-    def client(self) -> GatewayClient:
-        if self._client is None:
-            self._client = self.net.gateway()
-        return self._client
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.api_port}"
-
-    def env(self, **variables: str) -> dict[str, str]:
-        """What the runbook's shell sees: SAGA_* of this deployment plus the variables."""
-        return saga_env(
-            self.settings, SAGA_LOG_LEVEL="WARNING", SAGA_API_URL=self.api_url, **variables
-        )
-
-    # -- processes ---------------------------------------------------------------------
-
-    def start(self, *names: str) -> None:
-        for name in names:
-            process = self._running.get(name)
-            if process is not None and process.alive():
-                continue
-            if name == "relay":
-                process = self.procs.relay(self.settings)
-            elif name == "worker":
-                process = self.procs.worker(self.settings, concurrency=2)
-            elif name == "watcher":
-                process = self.procs.spawn(
-                    "watcher", ["saga", "watcher", "--poll-interval", "0.2"], self.settings
-                )
-            elif name == "api":
-                process = self.procs.spawn("api", ["saga", "api"], self.settings)
-                wait_for(
-                    self._api_up, timeout=60, what="the API", alive=[process], report=self.report
-                )
-            else:
-                raise ValueError(f"no process {name!r}")
-            self._running[name] = process
-
-    def stop(self, *names: str) -> None:
-        for name in names:
-            process = self._running.pop(name, None)
-            if process is not None:
-                process.stop(timeout=20)
-
-    def _api_up(self) -> bool:
-        try:
-            request = urllib.request.Request(
-                f"{self.api_url}/metrics",
-                headers={"Authorization": f"Bearer {self.settings.api_token}"},
-            )
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def report(self) -> str:
-        return self.procs.report()
-
-    def close(self) -> None:
-        self.procs.stop_all(timeout=20)
-        if self._engine is not None:
-            self._engine.dispose()
-
-    # -- reading the store -------------------------------------------------------------
-
-    def status(self, saga_id: str) -> SagaStatus:
-        with self.engine.connect() as c:
-            value = c.execute(select(sagas.c.status).where(sagas.c.id == saga_id)).scalar_one()
-        return SagaStatus(value)
-
-    def wait_status(self, saga_id: str, status: SagaStatus, timeout: float = 60.0) -> None:
-        wait_for(
-            lambda: self.status(saga_id) is status,
-            timeout=timeout,
-            what=f"saga {saga_id} {status}",
-            report=self.report,
-        )
-
-    def attempt_states(self, saga_id: str) -> list[tuple[str, str, int | None]]:
-        with self.engine.connect() as c:
-            rows = c.execute(
-                select(ledger_attempts.c.txid, ledger_attempts.c.state, ledger_attempts.c.code)
-                .where(ledger_attempts.c.saga_id == saga_id)
-                .order_by(ledger_attempts.c.created_at)
-            )
-            return [(r.txid, r.state, r.code) for r in rows]
-
-
-# -- situations ------------------------------------------------------------------------
 
 
 class WorkerGone(BaseException):
@@ -863,25 +539,3 @@ def _queue_depth(url: str, queue: str) -> int:
         return queue_depth(url, queue)
     except Exception:
         return 0
-
-
-@contextlib.contextmanager
-def quiet(deployment: Deployment) -> Iterator[None]:
-    """No relay while a situation is made (nothing is published behind the test's back)."""
-    deployment.stop("relay")
-    yield
-
-
-__all__ = [
-    "RUNBOOKS",
-    "Block",
-    "BlockRun",
-    "Command",
-    "Deployment",
-    "Made",
-    "Situations",
-    "quiet",
-    "read_blocks",
-    "run_block",
-    "runbook_paths",
-]
