@@ -9,15 +9,9 @@ import time
 from pathlib import Path
 
 from tests.chaos.ledgers import CHAOS_BATCH_TIMEOUT, FABRIC_VERSIONS, LEDGERS
-from tests.chaos.run import (
-    FAULT_KINDS,
-    ChaosConfig,
-    failures,
-    fault_presets,
-    recovery_table,
-    run,
-    table,
-)
+from tests.chaos.plan import FAULT_KINDS, ChaosConfig, fault_presets
+from tests.chaos.report import failures, recovery_table, table
+from tests.chaos.run import run
 
 
 def _faults(values: list[str], preset: dict[str, int]) -> dict[str, int]:

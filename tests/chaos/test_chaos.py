@@ -18,16 +18,9 @@ from typing import Any
 import pytest
 
 from saga_fabricnet import FabricRelease
-from tests.chaos.run import (
-    CI_FAULTS,
-    FABRIC_CI_FAULTS,
-    FULL_FAULTS,
-    ChaosConfig,
-    failures,
-    recovery_table,
-    run,
-    table,
-)
+from tests.chaos.plan import CI_FAULTS, FABRIC_CI_FAULTS, FULL_FAULTS, ChaosConfig
+from tests.chaos.report import failures, recovery_table, table
+from tests.chaos.run import run
 from tests.support.fabricnet import FABRIC_25, fabric_31_release, fabric_release
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
