@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from saga.config import ConfigError, Settings
-from saga_devnet.chaincode_launcher import chaincode_running, free_port, stop, wait_listening
 
 CHAINCODE_ID = "sagafacts_1.0:demo"
 # The launcher's state file: its presence is what makes a folder a launcher network.
@@ -30,6 +29,12 @@ _PROBE_KEY = "saga-demo-ledger-probe"
 
 class DemoLedgerError(RuntimeError):
     """The ledger the demo was pointed at cannot be used; the message says what to do."""
+
+
+_DEVTOOLS = (
+    "the devnet tools are not installed (development tooling, not the product): "
+    "pip install -e ./chaincode -e ./tools from the repository"
+)
 
 
 def fabric_network_settings(settings: Settings, directory: Path) -> Settings:
@@ -44,7 +49,10 @@ def fabric_network_settings(settings: Settings, directory: Path) -> Settings:
             "or give --profile and --msp-dir of another network"
         )
     # Development tooling, not the product: imported only when asked for.
-    from saga_fabricnet import FabricNetwork
+    try:
+        from saga_fabricnet import FabricNetwork
+    except ImportError as exc:
+        raise DemoLedgerError(f"--fabric-dir needs saga_fabricnet: {_DEVTOOLS}") from exc
 
     net = FabricNetwork.attach(directory)
     down = [m for m in net.members if not net.running(m)]
@@ -136,6 +144,16 @@ def _seed(
 @contextmanager
 def local_ledger(workdir: Path, *, batch_timeout: float = 1.0) -> Iterator[dict[str, str]]:
     """Start (or restart, keeping its ledger) the demo's devnet and chaincode."""
+    # Development tooling (tools/), not the product: imported only when asked for.
+    try:
+        from saga_devnet.chaincode_launcher import (
+            chaincode_running,
+            free_port,
+            stop,
+            wait_listening,
+        )
+    except ImportError as exc:
+        raise DemoLedgerError(f"--ledger runs the devnet and the chaincode: {_DEVTOOLS}") from exc
     devnet_dir = workdir / "devnet"
     devnet_dir.mkdir(parents=True, exist_ok=True)
     existing = devnet_dir / "devnet.yaml"

@@ -141,3 +141,34 @@ def test_tools_wheel_holds_the_devnet_and_the_launcher(wheels: dict[str, Path | 
         assert f"saga_fabricnet/builder/bin/{script}" in names
     # The devnet's client code and the chaincode it starts come from the other two.
     assert {"saga-orchestrator", "sagafacts-chaincode"} <= set(requires), requires
+
+
+IMPORT_ALL = """
+import importlib, pkgutil, sys
+for name in sys.argv[1:]:
+    sys.modules[name] = None  # as if that distribution were not installed
+import saga
+failed = []
+for info in pkgutil.walk_packages(saga.__path__, "saga."):
+    if not info.name.endswith("__main__"):  # running the CLI is not importing it
+        try:
+            importlib.import_module(info.name)
+        except ImportError as exc:
+            failed.append(f"{info.name}: {exc}")
+print("\\n".join(failed))
+"""
+
+
+def test_every_product_module_imports_without_the_tools(tmp_path: Path) -> None:
+    """The product's wheel installed alone: no module of `saga` needs the devnet, the
+    launcher or the chaincode at import (`saga devnet` and `saga demo --ledger` load
+    them when asked, and say what to install when they are missing)."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL, *sorted(TOOLING)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"need the tools at import:\n{result.stdout}"
