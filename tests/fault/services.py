@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -19,6 +18,7 @@ from kombu import Connection
 
 from tests.support.postgres import ADMIN_URL
 from tests.support.rabbitmq import AMQP_URL
+from tests.support.waiting import wait_for
 
 
 def _run(command: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -52,15 +52,6 @@ def postgres_answers(url: str = ADMIN_URL) -> bool:
         return False
 
 
-def _wait(check: Callable[[], bool], want: bool, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check() == want:
-            return True
-        time.sleep(0.5)
-    return check() == want
-
-
 # -- RabbitMQ ------------------------------------------------------------------
 
 RABBIT_STOP = "rabbitmqctl stop"
@@ -69,8 +60,12 @@ RABBIT_START = "rabbitmq-server -detached"
 
 def stop_rabbitmq(timeout: float = 60.0) -> None:
     result = _run(RABBIT_STOP, timeout)
-    if not _wait(rabbitmq_answers, False, timeout):
-        raise AssertionError(f"RabbitMQ still answers after `{RABBIT_STOP}`: {result}")
+    wait_for(
+        lambda: not rabbitmq_answers(),
+        timeout,
+        f"RabbitMQ to stop answering after `{RABBIT_STOP}` ({result})",
+        interval=0.5,
+    )
 
 
 def start_rabbitmq(timeout: float = 120.0) -> None:
@@ -80,11 +75,13 @@ def start_rabbitmq(timeout: float = 120.0) -> None:
     result = _run(RABBIT_START, 60)
     # The node may take a while; `await_startup` waits for the boot to finish.
     _run("rabbitmqctl await_startup --timeout 90", 100)
-    if not _wait(rabbitmq_answers, True, timeout):
-        raise AssertionError(
-            f"RabbitMQ does not answer {timeout:.0f}s after `{RABBIT_START}` "
-            f"(rc={result.returncode} {result.stdout!r} {result.stderr!r})"
-        )
+    wait_for(
+        rabbitmq_answers,
+        timeout,
+        f"RabbitMQ to answer after `{RABBIT_START}` "
+        f"(rc={result.returncode} {result.stdout!r} {result.stderr!r})",
+        interval=0.5,
+    )
 
 
 @contextmanager
@@ -109,8 +106,12 @@ def _cluster() -> str:
 def stop_postgres(timeout: float = 60.0) -> None:
     # fast: disconnect every client at once, as a crash or failover would.
     result = _run(f"{_cluster()} stop -m fast", timeout)
-    if not _wait(postgres_answers, False, timeout):
-        raise AssertionError(f"PostgreSQL still answers after stop: {result}")
+    wait_for(
+        lambda: not postgres_answers(),
+        timeout,
+        f"PostgreSQL to stop answering after stop ({result})",
+        interval=0.5,
+    )
 
 
 def start_postgres(timeout: float = 120.0) -> None:
@@ -118,11 +119,13 @@ def start_postgres(timeout: float = 120.0) -> None:
     if postgres_answers():
         return
     result = _run(f"{_cluster()} start", 60)
-    if not _wait(postgres_answers, True, timeout):
-        raise AssertionError(
-            f"PostgreSQL does not answer {timeout:.0f}s after start "
-            f"(rc={result.returncode} {result.stdout!r} {result.stderr!r})"
-        )
+    wait_for(
+        postgres_answers,
+        timeout,
+        "PostgreSQL to answer after start "
+        f"(rc={result.returncode} {result.stdout!r} {result.stderr!r})",
+        interval=0.5,
+    )
 
 
 @contextmanager

@@ -23,11 +23,11 @@ from tests.support.api import (
     Instance,
     assert_error,
     counts,
-    drain,
     instance,
     post,
     start,
 )
+from tests.support.outbox import drive_outbox
 
 # -- creating -----------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ def test_get_shows_steps_with_attempts_and_last_error_and_history(
 ) -> None:
     r = post(http, start({**PAYMENT, "simulate": "decline_payment"}))
     saga_id = r.json()["saga_id"]
-    drain(api.engine, api.orchestrator)
+    drive_outbox(api.orchestrator, api.engine)
 
     view = http.get(f"/sagas/{saga_id}").json()
     assert view["status"] == SagaStatus.COMPENSATED

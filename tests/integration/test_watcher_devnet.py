@@ -78,7 +78,7 @@ class InProcessWatcher:
             lambda: self.error is None and at_least(self.metrics_port, name, floor),
             timeout,
             f"{name} >= {floor} (error: {self.error!r})",
-            every=0.05,
+            interval=0.05,
         )
 
     def counter(self, counter: str) -> float:

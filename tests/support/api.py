@@ -32,7 +32,6 @@ from saga.adapters.sql.tables import outbox, saga_history, saga_steps, sagas
 from saga.app.orchestrator import Orchestrator
 from saga.config import Settings
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
-from saga.core.step_message import StepMessage
 from saga.entrypoints.http import create_app
 from saga.examples import order_payment
 
@@ -99,25 +98,6 @@ def counts(engine: Engine) -> Counts:
 
 
 NOTHING = Counts(0, 0, 0, 0)
-
-
-def drain(engine: Engine, orch: Orchestrator, limit: int = 100) -> None:
-    """Run every step message in the outbox through the orchestrator (no broker).
-
-    Enough to move a saga to a terminal state for the read tests; delays are
-    ignored and each message is handled once.
-    """
-    done: set[str] = set()
-    for _ in range(limit):
-        with engine.connect() as c:
-            rows = c.execute(select(outbox.c.message_id, outbox.c.body).order_by(outbox.c.id))
-            pending = [(m, b) for m, b in rows if m not in done]
-        if not pending:
-            return
-        for message_id, body in pending:
-            orch.handle(StepMessage.from_body(body))
-            done.add(message_id)
-    raise AssertionError("outbox did not drain")
 
 
 class Server:
