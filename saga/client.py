@@ -28,13 +28,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from saga.app.orchestrator import (
-    MAX_IDEMPOTENCY_KEY,
-    IdempotencyConflict,
-    InvalidIdempotencyKey,
-    InvalidInput,
-    SagaNotFound,
-)
+from saga.app.errors import IdempotencyConflict, InvalidIdempotencyKey, InvalidInput, SagaNotFound
+from saga.app.starting import MAX_IDEMPOTENCY_KEY
 from saga.config import Settings
 from saga.core.errors import UnknownSaga
 from saga.entrypoints.http.limits import BodyRejected, PayloadLimits, check_value

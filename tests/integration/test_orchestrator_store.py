@@ -21,7 +21,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from saga.adapters.sql import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory
 from saga.adapters.sql.tables import ALL_TABLES, inbox, outbox
-from saga.app.orchestrator import IdempotencyConflict, Orchestrator, Outcome
+from saga.app.errors import IdempotencyConflict
+from saga.app.orchestrator import Orchestrator
+from saga.app.steps import Outcome
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.retry import RetryPolicy
 from saga.core.state import SagaStatus, StepStatus

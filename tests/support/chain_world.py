@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from saga.app.chain import ChaincodeRefused, ChainSettings
-from saga.app.orchestrator import Orchestrator, Outcome
+from saga.app.orchestrator import Orchestrator
+from saga.app.steps import Outcome
 from saga.core.definitions import (
     ChainCall,
     Registry,

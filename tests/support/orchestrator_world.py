@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.app.orchestrator import Orchestrator, Outcome
+from saga.app.orchestrator import Orchestrator
+from saga.app.steps import Outcome
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.retry import RetryPolicy
 from saga.core.step_message import StepMessage

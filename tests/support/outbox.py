@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 
 from saga.adapters.sql import SqlOutboxReader, SqlUnitOfWorkFactory
 from saga.adapters.sql.tables import outbox
-from saga.app.orchestrator import Orchestrator, Outcome
+from saga.app.orchestrator import Orchestrator
+from saga.app.steps import Outcome
 from saga.core.step_message import Phase, StepMessage
 from saga.ports.store import OutboxMessage
 

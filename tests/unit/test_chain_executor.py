@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from saga.app.chain import LedgerNotConfigured
-from saga.app.orchestrator import OperatorActionRefused, Outcome
+from saga.app.errors import OperatorActionRefused
+from saga.app.steps import Outcome
 from saga.core.chain import AttemptState
 from saga.core.definitions import (
     chain_key,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from saga.app.orchestrator import OperatorActionRefused, SagaNotFound
+from saga.app.errors import OperatorActionRefused, SagaNotFound
 from saga.entrypoints.cli.operator import refusal_hint
 from tests.support.chain_world import World
 

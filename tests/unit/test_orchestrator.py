@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from saga.app.orchestrator import (
+from saga.app.errors import (
     IdempotencyConflict,
     InvalidIdempotencyKey,
     InvalidInput,
     OperatorActionRefused,
-    Orchestrator,
-    Outcome,
     SagaNotFound,
 )
+from saga.app.orchestrator import Orchestrator
+from saga.app.steps import Outcome
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.errors import UnknownSaga
 from saga.core.retry import RetryPolicy

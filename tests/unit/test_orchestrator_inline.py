@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from saga.app.orchestrator import Outcome
+from saga.app.steps import Outcome
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import Phase, StepMessage
 from saga.ports.store import StoreUnavailable

@@ -22,7 +22,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from saga.app.orchestrator import OperatorActionRefused, Orchestrator, Outcome
+from saga.app.errors import OperatorActionRefused
+from saga.app.orchestrator import Orchestrator
+from saga.app.steps import Outcome
 from saga.core.definitions import Registry, StepContext
 from saga.core.machine import awaits
 from saga.core.state import SagaStatus, StepStatus

@@ -8,7 +8,7 @@ import pickle
 import pytest
 from celery.exceptions import Retry
 
-from saga.app.orchestrator import Outcome
+from saga.app.steps import Outcome
 from saga.core.step_message import Phase, StepMessage
 from saga.core.step_report import Setback, Then, collect
 from saga.entrypoints.celery.step_states import (

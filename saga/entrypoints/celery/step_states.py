@@ -29,7 +29,7 @@ from celery.worker.request import Request
 from saga.core.step_message import Phase, StepMessage
 from saga.core.step_report import Setback
 
-# Task results that mean the message had nothing to do (saga.app.orchestrator.Outcome).
+# Task results that mean the message had nothing to do (saga.app.steps.Outcome).
 NOTHING_TO_DO = {
     "duplicate": "the step message was handled before (a redelivery)",
     "stale": "the saga no longer waits for this step attempt",

@@ -152,7 +152,7 @@ def show(
     transaction (txid, state, validation code, block, worker host, times); then
     the history, operator actions included (who, when, why).
     """
-    from saga.app.orchestrator import SagaNotFound
+    from saga.app.errors import SagaNotFound
 
     c = container(settings(db))
     try:

@@ -53,7 +53,7 @@ _COMPENSATE_HINTS = (
 
 def refusal_hint(kind: str, refusal: Exception) -> str:
     """What to do next about a refused operator action, fitting its reason."""
-    from saga.app.orchestrator import SagaNotFound
+    from saga.app.errors import SagaNotFound
 
     if isinstance(refusal, SagaNotFound):
         return "`saga list` shows the sagas and their ids"
@@ -80,7 +80,7 @@ def retry(
     only if that attempt is still awaited. Use it when a message was lost or
     dead-lettered and the saga waits; use `resume` for a failed saga.
     """
-    from saga.app.orchestrator import OperatorActionRefused, SagaNotFound
+    from saga.app.errors import OperatorActionRefused, SagaNotFound
 
     reason = require_why(why)
     who = actor_name(actor)
@@ -111,7 +111,7 @@ def retry(
 
 
 def _operator_action(kind: str, saga_id: str, why: str, actor: str | None, db: str | None) -> None:
-    from saga.app.orchestrator import OperatorActionRefused, SagaNotFound
+    from saga.app.errors import OperatorActionRefused, SagaNotFound
 
     reason = require_why(why)
     who = actor_name(actor)

@@ -26,14 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from saga.adapters.prometheus import metrics
-from saga.app.orchestrator import (
-    MAX_IDEMPOTENCY_KEY,
-    IdempotencyConflict,
-    InvalidIdempotencyKey,
-    InvalidInput,
-    Orchestrator,
-    SagaNotFound,
-)
+from saga.app.errors import IdempotencyConflict, InvalidIdempotencyKey, InvalidInput, SagaNotFound
+from saga.app.orchestrator import Orchestrator
+from saga.app.starting import MAX_IDEMPOTENCY_KEY
 from saga.config import Settings
 from saga.core.errors import UnknownSaga
 from saga.entrypoints.http.limits import BodyRejected, PayloadLimits, parse_body, too_large
