@@ -5,6 +5,8 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import signal
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -212,3 +214,51 @@ def parse_status_names(text: str, option: str) -> list[str]:
             f"give one or more of {', '.join(known)}, separated by commas",
         )
     return names
+
+
+# -- the long-running process commands (saga relay, worker, api, beat, watcher, up) --
+
+
+def env_settings(db: str | None = None, broker: str | None = None, **more: Any) -> Settings:
+    """Settings for the process commands (relay, worker, ...): a bad one exits 2, no hint."""
+    try:
+        return Settings.from_env(database_url=db, broker_url=broker, **more)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def build_container(settings: Settings) -> Any:
+    """The composition root for a process command (imported only when one runs)."""
+    from saga.bootstrap import Container
+
+    return Container(settings)
+
+
+def stop_event() -> threading.Event:
+    """Set by SIGTERM or SIGINT: a long-running command stops cleanly."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def ledger_container(settings: Settings) -> Any:
+    """A container whose Fabric settings are complete and whose files load."""
+    if not settings.ledger_configured:
+        console.print(
+            "[red]configuration error:[/] no ledger: set SAGA_FABRIC_PROFILE and "
+            "SAGA_FABRIC_MSP_DIR (or give --profile and --msp-dir)"
+        )
+        raise typer.Exit(2)
+    container = build_container(settings)
+    try:
+        container.fabric_access()
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    return container
