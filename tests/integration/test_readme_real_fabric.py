@@ -221,7 +221,7 @@ def test_readme_real_fabric_section_runs_word_for_word(
 ) -> None:
     assert (ROOT / ".venv" / "bin" / "activate").is_file(), (
         "the section starts with `. .venv/bin/activate`: make the virtualenv first "
-        "(python3 -m venv .venv && .venv/bin/pip install -e '.[dev]')"
+        "(python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' -e ./chaincode -e ./tools)"
     )
     work = tmp_path / "work"  # the section says "it is created": not made here
     commands = substituted(
