@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from saga.adapters.prometheus import metrics
+from saga.adapters.prometheus import exposition, metrics
 from saga.config import Settings
 from saga.ports.broker import PendingMessage, Publisher
 from saga.ports.store import OutboxReader
@@ -87,7 +87,7 @@ def run_relay(
     """
     backoff = backoff or Backoff()
     stats = RelayStats()
-    server = metrics.serve(settings.metrics_port, "relay", addr=settings.metrics_address)
+    server = exposition.serve(settings.metrics_port, "relay", addr=settings.metrics_address)
     batch_size = settings.relay_batch_size
     log.info(
         "relay started",

@@ -487,7 +487,7 @@ def terminal_attempts_query(older_than: datetime, limit: int) -> Any:
 
 def build_sweeper(container: Any) -> Sweeper:
     """The sweeper the composition root's settings describe (beat task and `saga sweep`)."""
-    from saga.adapters.prometheus.metrics import queue_depth
+    from saga.adapters.rabbitmq.queues import queue_depth
     from saga.adapters.rabbitmq.topology import Topology
 
     settings: Settings = container.settings

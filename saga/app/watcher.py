@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from saga.adapters.prometheus import metrics
+from saga.adapters.prometheus import collectors, exposition, metrics
 from saga.app.relay import Backoff
 from saga.core.machine import awaits
 from saga.core.messages import Command, RunCompensation, RunStep
@@ -225,10 +225,10 @@ class CommitWatcher:
             },
         )
         last_status = time.monotonic()
-        server = metrics.serve(
+        server = exposition.serve(
             cfg.metrics_port,
             "watcher",
-            metrics.watcher_collector(self.stats),
+            collectors.watcher_collector(self.stats),
             addr=cfg.metrics_address,
         )
         try:

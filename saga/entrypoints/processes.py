@@ -37,7 +37,7 @@ from typing import IO, Any
 
 import yaml
 
-PROCESS_FILE = Path(__file__).resolve().parents[1] / "compose" / "processes.toml"
+PROCESS_FILE = Path(__file__).resolve().parents[2] / "compose" / "processes.toml"
 CHAINCODE_ID = "sagafacts_1.0:local"
 # Services serving their own Prometheus endpoint on SAGA_METRICS_PORT (the API
 # serves GET /metrics on its own port behind the token; the others serve none).

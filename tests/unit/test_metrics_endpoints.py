@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from saga.adapters.prometheus import metrics
+from saga.adapters.prometheus import exposition, multiprocess
 from saga.config import ConfigError, Settings
 from tests.support.ports import free_port
 
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KILLED_WORKER = textwrap.dedent(
     """
     import os, signal, sys
-    from saga.adapters.prometheus import metrics
-    with metrics.worker_endpoint(int(sys.argv[1])):
+    from saga.adapters.prometheus import metrics, multiprocess
+    with multiprocess.worker_endpoint(int(sys.argv[1])):
         metrics.enqueued("order-payment")
         print(os.environ["PROMETHEUS_MULTIPROC_DIR"], flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -35,8 +35,8 @@ KILLED_WORKER = textwrap.dedent(
 NEXT_WORKER = textwrap.dedent(
     """
     import os, sys
-    from saga.adapters.prometheus import metrics
-    with metrics.worker_endpoint(int(sys.argv[1])):
+    from saga.adapters.prometheus import multiprocess
+    with multiprocess.worker_endpoint(int(sys.argv[1])):
         print(os.environ["PROMETHEUS_MULTIPROC_DIR"], flush=True)
     """
 )
@@ -55,13 +55,13 @@ def run_python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[
 
 
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV}
+    env = {k: v for k, v in os.environ.items() if k != multiprocess.MULTIPROC_ENV}
     env.update(TMPDIR=str(tmp), PYTHONPATH=str(ROOT), **extra)
     return env
 
 
 def test_an_endpoint_listens_on_loopback_unless_told_otherwise() -> None:
-    server = metrics.serve(free_port(), "test")
+    server = exposition.serve(free_port(), "test")
     assert server is not None
     try:
         assert server.server_address[0] == "127.0.0.1"
@@ -98,7 +98,7 @@ def test_a_given_directory_keeps_no_file_of_a_dead_worker_at_the_next_start(
     tmp_path: Path,
 ) -> None:
     given = tmp_path / "worker.1"
-    env = clean_env(tmp_path, **{metrics.MULTIPROC_ENV: str(given)})
+    env = clean_env(tmp_path, **{multiprocess.MULTIPROC_ENV: str(given)})
     killed = run_python(KILLED_WORKER, env)
     assert killed.returncode == -9, killed.stderr
     dead = sorted(p.name for p in given.iterdir())

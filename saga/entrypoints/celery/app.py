@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from celery import Celery, Task, signals
 from celery.exceptions import Retry
 
-from saga.adapters.prometheus import metrics
+from saga.adapters.prometheus import multiprocess
 from saga.adapters.rabbitmq import embedded
 from saga.adapters.rabbitmq.celery_message import STEP_TASK
 from saga.adapters.rabbitmq.publishers import is_amqp_url
@@ -188,7 +188,7 @@ def create_celery_app(
             # The first task builds it again and treats a failure as transient.
             log.exception("building the orchestrator failed; retrying at the first task")
 
-    signals.worker_process_shutdown.connect(metrics.on_worker_process_shutdown, weak=False)
+    signals.worker_process_shutdown.connect(multiprocess.on_worker_process_shutdown, weak=False)
     register_sweep_task(app)
 
     @app.task(
@@ -335,6 +335,6 @@ def run_worker(
     pool: str | None = None,
 ) -> None:
     """Run a worker in this process until it is told to stop (blocks)."""
-    with metrics.worker_endpoint(settings.metrics_port, settings.metrics_address):
+    with multiprocess.worker_endpoint(settings.metrics_port, settings.metrics_address):
         app = create_celery_app(settings, orchestrator_factory, transient_errors=transient_errors)
         app.worker_main(worker_argv(settings, hostname=hostname, pool=pool))

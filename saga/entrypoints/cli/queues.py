@@ -7,13 +7,12 @@ consumes anything. A queue that does not exist is reported, not created.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from rich.table import Table
 
 from saga.adapters.rabbitmq.publishers import is_amqp_url
-from saga.adapters.rabbitmq.topology import Topology
-from saga.config import Settings
+from saga.adapters.rabbitmq.queues import BrokerUnavailable, QueueStats, queue_stats
 from saga.entrypoints.cli._common import (
     REFUSED,
     USAGE,
@@ -24,60 +23,6 @@ from saga.entrypoints.cli._common import (
     print_json,
     settings,
 )
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    role: str  # "steps" or "dead-letter"
-    queue: str
-    setting: str  # the SAGA_* variable that names it
-    exists: bool
-    messages: int | None  # ready messages; those a consumer holds unacked are not counted
-    consumers: int | None
-
-
-class BrokerUnavailable(Exception):
-    """RabbitMQ did not answer; the message says what to check."""
-
-
-def queue_stats(s: Settings, *, connect_timeout: float = 5.0) -> list[QueueStats]:
-    """Passive declares of the product's queues (steps first, then the DLQ)."""
-    import amqp.exceptions
-    from kombu import Connection
-
-    topology = Topology.from_settings(s)
-    wanted = (
-        ("steps", topology.step_queue, "SAGA_STEP_QUEUE"),
-        ("dead-letter", topology.dead_letter_queue, "SAGA_DEAD_LETTER_QUEUE"),
-    )
-    where = s.redacted()["SAGA_BROKER_URL"]
-    found: list[QueueStats] = []
-    with Connection(s.broker_url, connect_timeout=connect_timeout) as connection:
-        try:
-            connection.ensure_connection(max_retries=1)
-        except Exception as exc:
-            raise BrokerUnavailable(
-                f"cannot reach RabbitMQ at {where} ({exc}); check that it runs and "
-                "SAGA_BROKER_URL (or --broker) points at it"
-            ) from None
-        for role, name, setting in wanted:
-            # A channel per queue: a passive declare of a missing queue closes its channel.
-            channel = connection.channel()
-            try:
-                ok = channel.queue_declare(name, passive=True)
-                found.append(
-                    QueueStats(role, name, setting, True, int(ok.message_count), ok.consumer_count)
-                )
-            except amqp.exceptions.NotFound:
-                found.append(QueueStats(role, name, setting, False, None, None))
-            except Exception as exc:
-                raise BrokerUnavailable(
-                    f"RabbitMQ at {where} did not answer for queue {name!r} ({exc})"
-                ) from None
-            finally:
-                if channel.is_open:
-                    channel.close()
-    return found
 
 
 def queues(broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:

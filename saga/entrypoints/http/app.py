@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from saga.adapters.prometheus import metrics
+from saga.adapters.prometheus import exposition
 from saga.app.errors import IdempotencyConflict, InvalidIdempotencyKey, InvalidInput, SagaNotFound
 from saga.app.orchestrator import Orchestrator
 from saga.app.starting import MAX_IDEMPOTENCY_KEY
@@ -390,7 +390,7 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
 
     # Behind the bearer token like every other route: the gauges name every saga
     # type and its volumes; Prometheus sends the token (authorization.credentials_file).
-    scrape = metrics.ApiScrape(settings, orchestrator.uow_factory, orchestrator.registry.names())
+    scrape = exposition.ApiScrape(settings, orchestrator.uow_factory, orchestrator.registry.names())
     app.add_api_route("/metrics", scrape.response, methods=["GET"], include_in_schema=False)
 
     return app
