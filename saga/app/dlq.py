@@ -1,33 +1,8 @@
-"""The dead-letter queue, for operators: browse, show, replay and drop messages.
-
-Plain functions and one connection wrapper; the `saga dlq` commands are a thin
-layer over them.
-
-How messages are read without losing any
-----------------------------------------
-The DLQ is a quorum queue. Browsing it with basic.get and a requeue is not safe
-on every RabbitMQ version: before 4.3 every requeue counts as a delivery
-attempt, and from 4.0 quorum queues apply a default delivery limit of 20, so
-the twentieth `saga dlq list` would silently discard a message (the DLQ has no
-dead-letter target of its own).
-
-So every operation is one *pass* over the messages present when it starts:
-each message is taken with manual ack and either
-
-- kept: an exact copy (body, properties, headers) is published to the back of
-  the DLQ through the default exchange, confirmed, and then the original is
-  acked;
-- replayed: published to the step exchange, confirmed, then acked; or
-- dropped: acked.
-
-A full pass leaves the kept messages in their original order with a fresh
-delivery count, which keeps positions (`saga dlq show 3`) stable between
-commands. The cost is one confirmed publish per message per pass; dead-letter
-queues are meant to be short. A crash between a confirm and its ack leaves
-the original (returned when the connection drops) *and* the copy: a duplicate,
-never a loss, and a replayed duplicate is dropped by the workers' inbox.
-Two passes at the same time each miss the messages the other holds; message
-ids (`--id`) are the reliable way to address a message then.
+"""The dead-letter queue's policy, for operators: what a dead letter says, which
+messages a replay or drop selects, the headers a kept or replayed copy carries,
+and the record of each action. The passes over the queue itself (browse, show,
+replay, drop over AMQP) are in saga.adapters.rabbitmq.dead_letters; the
+`saga dlq` commands are a thin layer over both.
 """
 
 from __future__ import annotations
@@ -44,10 +19,6 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-import amqp
-from kombu import Connection
-
-from saga.adapters.rabbitmq.publishers import is_amqp_url
 from saga.adapters.rabbitmq.topology import (
     DLQ_AT,
     DLQ_ERROR,
@@ -55,9 +26,7 @@ from saga.adapters.rabbitmq.topology import (
     DLQ_REASON,
     DLQ_ROUTING_KEY,
     DLQ_WORKER,
-    Topology,
 )
-from saga.config import Settings
 
 log = logging.getLogger("saga.dlq")
 
@@ -81,7 +50,6 @@ _BROKER_HEADERS = ("x-delivery-count",)
 # Headers of a past dead-lettering; a replayed message starts clean.
 _DEAD_LETTER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-saga-dlq-")
 # RabbitMQ refuses a publish whose user_id is not the publishing user's.
-_NOT_COPIED = ("user_id",)
 
 MAX_BODY_SHOWN = 4096
 # Bytes of a binary body in the one-line summary and in `saga dlq show`'s dump.
@@ -284,155 +252,16 @@ class Replayer:
 Progress = Callable[[int, int], None]
 
 
-class DeadLetterQueue:
-    """A connection to the configured DLQ. Use as a context manager."""
-
-    def __init__(self, settings: Settings, *, connect_timeout: float = 5.0) -> None:
-        if not is_amqp_url(settings.broker_url):
-            raise DlqError(
-                "the dlq commands need RabbitMQ; SAGA_BROKER_URL is "
-                f"{settings.redacted()['SAGA_BROKER_URL']} (set it to amqp://...)"
-            )
-        self.settings = settings
-        self.topology = Topology.from_settings(settings)
-        self._connect_timeout = connect_timeout
-        self._connection: Connection | None = None
-        self._channel: Any = None
-
-    def __enter__(self) -> DeadLetterQueue:
-        # confirm_publish: every basic_publish waits for the broker's confirm, and
-        # an unroutable mandatory message raises instead of vanishing.
-        connection = Connection(
-            self.settings.broker_url,
-            transport_options={"confirm_publish": True},
-            connect_timeout=self._connect_timeout,
-        )
-        try:
-            connection.ensure_connection(max_retries=1)
-            self.topology.declare_kombu(connection)
-            self._channel = connection.channel()
-        except Exception as exc:
-            connection.release()
-            raise DlqError(
-                f"cannot reach RabbitMQ at {self.settings.redacted()['SAGA_BROKER_URL']} "
-                f"({exc}); check that it runs and SAGA_BROKER_URL points at it"
-            ) from None
-        self._connection = connection
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            try:
-                connection.release()
-            except Exception:  # a broken connection is gone anyway; unacked messages return
-                log.debug("closing the broker connection failed", exc_info=True)
-
-    @property
-    def name(self) -> str:
-        return self.topology.dead_letter_queue
-
-    def depth(self) -> int:
-        result = self._channel.queue_declare(self.name, passive=True)
-        return int(result.message_count)
-
-    def run_pass(
-        self,
-        decide: Callable[[DeadLetter], Action],
-        progress: Progress | None = None,
-        *,
-        replayer: Replayer | None = None,
-    ) -> PassResult:
-        """Take every message present now once; keep, replay or drop each as `decide` says."""
-        result = PassResult(depth=self.depth())
-        if progress:
-            progress(0, result.depth)
-        for position in range(1, result.depth + 1):
-            raw = self._channel.basic_get(self.name, no_ack=False)
-            if raw is None:  # someone else took messages meanwhile
-                break
-            message = _dead_letter(position, raw)
-            action = decide(message)
-            try:
-                if action is Action.KEEP:
-                    self._publish(
-                        message, exchange="", routing_key=self.name, headers=_kept(message)
-                    )
-                elif action is Action.REPLAY:
-                    self._publish(
-                        message,
-                        exchange=self.topology.step_exchange,
-                        routing_key=self.topology.step_routing_key,
-                        headers=_replayed(message, replayer),
-                    )
-            except Exception as exc:
-                # The message is still unacked: closing the connection returns it.
-                raise DlqError(
-                    f"publishing message {position} ({message.message_id}) failed: {exc}; "
-                    f"nothing was lost ({len(result.seen)} message(s) handled before); run "
-                    "the command again"
-                ) from None
-            self._channel.basic_ack(raw.delivery_tag)
-            result.seen.append(message)
-            if action is Action.REPLAY:
-                result.replayed.append(message)
-            elif action is Action.DROP:
-                result.dropped.append(message)
-            if progress:
-                progress(position, result.depth)
-        return result
-
-    def _publish(
-        self, message: DeadLetter, *, exchange: str, routing_key: str, headers: dict[str, Any]
-    ) -> None:
-        properties = {
-            k: v
-            for k, v in message.properties.items()
-            if k not in _NOT_COPIED and k != "application_headers"
-        }
-        properties["delivery_mode"] = 2
-        copy = amqp.Message(message.body, application_headers=headers, **properties)
-        self._channel.basic_publish(
-            copy, exchange=exchange, routing_key=routing_key, mandatory=True
-        )
-
-
 # -- operations ---------------------------------------------------------------------------
 
 
-def browse(settings: Settings, progress: Progress | None = None) -> list[DeadLetter]:
-    with DeadLetterQueue(settings) as dlq:
-        return dlq.run_pass(lambda _: Action.KEEP, progress).seen
+def replay_decider(
+    selection: Selection, max_replays: int | None = DEFAULT_MAX_REPLAYS
+) -> tuple[Callable[[DeadLetter], Action], list[DeadLetter]]:
+    """What a replay pass does with each message, and the list it fills with the refused.
 
-
-def find(
-    settings: Settings,
-    *,
-    position: int | None = None,
-    message_id: str | None = None,
-    progress: Progress | None = None,
-) -> DeadLetter | None:
-    for message in browse(settings, progress):
-        if position is not None and message.position == position:
-            return message
-        if message_id is not None and message.message_id == message_id:
-            return message
-    return None
-
-
-def replay(
-    settings: Settings,
-    selection: Selection,
-    progress: Progress | None = None,
-    *,
-    replayer: Replayer | None = None,
-    max_replays: int | None = DEFAULT_MAX_REPLAYS,
-) -> PassResult:
-    """Publish the selected messages to the step exchange (confirmed), then remove them.
-
-    A message that is still poison comes back to the DLQ with a fresh reason, its
-    count and history kept. One replayed `max_replays` times already is kept in
-    place and listed in `refused` (None: no limit).
+    A selected message is replayed unless it was replayed `max_replays` times
+    already (None: no limit); then it is kept in place and listed as refused.
     """
     if max_replays is not None and max_replays < 1:
         raise ValueError(f"max_replays must be at least 1, not {max_replays}")
@@ -446,17 +275,12 @@ def replay(
             return Action.KEEP
         return Action.REPLAY
 
-    with DeadLetterQueue(settings) as dlq:
-        result = dlq.run_pass(decide, progress, replayer=replayer)
-    result.refused = refused
-    return result
+    return decide, refused
 
 
-def drop(settings: Settings, selection: Selection, progress: Progress | None = None) -> PassResult:
-    with DeadLetterQueue(settings) as dlq:
-        return dlq.run_pass(
-            lambda m: Action.DROP if selection.matches(m) else Action.KEEP, progress
-        )
+def drop_decider(selection: Selection) -> Callable[[DeadLetter], Action]:
+    """What a drop pass does with each message: drop the selected, keep the rest."""
+    return lambda m: Action.DROP if selection.matches(m) else Action.KEEP
 
 
 def record(
@@ -513,23 +337,11 @@ def record(
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _dead_letter(position: int, raw: amqp.Message) -> DeadLetter:
-    properties = dict(raw.properties)
-    headers = properties.get("application_headers")
-    body = raw.body if isinstance(raw.body, bytes) else str(raw.body).encode()
-    return DeadLetter(
-        position=position,
-        body=body,
-        properties=properties,
-        headers=dict(headers) if isinstance(headers, Mapping) else {},
-    )
-
-
-def _kept(message: DeadLetter) -> dict[str, Any]:
+def kept_headers(message: DeadLetter) -> dict[str, Any]:
     return {k: v for k, v in message.headers.items() if k not in _BROKER_HEADERS}
 
 
-def _replayed(message: DeadLetter, replayer: Replayer | None) -> dict[str, Any]:
+def replayed_headers(message: DeadLetter, replayer: Replayer | None) -> dict[str, Any]:
     headers = {
         k: v
         for k, v in message.headers.items()

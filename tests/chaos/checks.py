@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 
 from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
 from saga.adapters.fabric.ledger_scan import LedgerScan, scan_ledger
+from saga.adapters.rabbitmq.dead_letters import browse
 from saga.adapters.sql.tables import sagas
-from saga.app.dlq import browse
 from saga.config import Settings
 from saga.core.definitions import chain_key
 from tests.chaos.faults import FaultRecord

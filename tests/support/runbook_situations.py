@@ -26,7 +26,7 @@ from kombu import Connection, Producer
 from sqlalchemy import select, update
 
 from saga.adapters.fabric import GatewayClient
-from saga.adapters.rabbitmq import Topology, step_task_message
+from saga.adapters.rabbitmq import Topology, dead_letters, step_task_message
 from saga.adapters.rabbitmq.topology import (
     DLQ_AT,
     DLQ_ERROR,
@@ -407,7 +407,8 @@ class Situations:
     def dead_letters(self) -> dict[str, str]:
         """Three dead letters: a good step message a worker with older definitions refused
         (its saga waits); one naming a saga no database has, dead-lettered by the real
-        worker and replayed three times with `saga.app.dlq.replay` (it came back each time);
+        worker and replayed three times with `saga.adapters.rabbitmq.dead_letters.replay`
+        (it came back each time);
         and a binary body with no headers and no id, dead-lettered by the real worker."""
         d = self.d
         saga_id = self._lost_at("record_payment", "dlq")
@@ -484,7 +485,7 @@ class Situations:
 
         all_back()
         for n in range(1, 4):
-            dlq.replay(
+            dead_letters.replay(
                 d.settings,
                 dlq.Selection(ids=frozenset({forged_task.task_id})),
                 replayer=dlq.Replayer(actor="ops-test", why=f"situation: replay {n}"),

@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from saga.adapters.rabbitmq import dead_letters
 from saga.app import dlq
 from saga.config import Settings
 from saga.entrypoints.cli._common import (
@@ -102,7 +103,7 @@ def list_messages(
     """
     s = settings(broker=broker)
     with _progress("reading the dead-letter queue", not as_json) as progress:
-        messages = _run(lambda: dlq.browse(s, progress))
+        messages = _run(lambda: dead_letters.browse(s, progress))
     total = len(messages)
     if saga_id is not None:
         # The same test replay and drop apply: the saga id the message body names.
@@ -155,7 +156,9 @@ def show(
     s = settings(broker=broker)
     with _progress("reading the dead-letter queue", not as_json) as progress:
         found = _run(
-            lambda: dlq.find(s, position=position, message_id=message_id, progress=progress)
+            lambda: dead_letters.find(
+                s, position=position, message_id=message_id, progress=progress
+            )
         )
     if found is None:
         which = f"position {position}" if position is not None else f"id {message_id}"
@@ -388,7 +391,9 @@ def replay(
     replayer = dlq.Replayer(actor=who, why=reason_text)
     with _progress("replaying", not as_json) as progress:
         result = _run(
-            lambda: dlq.replay(s, selection, progress, replayer=replayer, max_replays=max_replays)
+            lambda: dead_letters.replay(
+                s, selection, progress, replayer=replayer, max_replays=max_replays
+            )
         )
     unrecorded = _record(s, result, dlq.Action.REPLAY, who, reason_text)
     _report(s, result, dlq.Action.REPLAY, selection, unrecorded, as_json)
@@ -422,6 +427,6 @@ def drop(
     ):
         fail(REFUSED, "nothing dropped", "answer y, or pass --yes in scripts")
     with _progress("dropping", not as_json) as progress:
-        result = _run(lambda: dlq.drop(s, selection, progress))
+        result = _run(lambda: dead_letters.drop(s, selection, progress))
     unrecorded = _record(s, result, dlq.Action.DROP, who, reason_text)
     _report(s, result, dlq.Action.DROP, selection, unrecorded, as_json)
