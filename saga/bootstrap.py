@@ -2,14 +2,15 @@
 
 Nothing is connected at import; each part is created the first time it is asked
 for and reused after that, once per process (a forked worker process builds its
-own orchestrator after the fork, through the factory `run_worker` is given).
+own orchestrator after the fork, through the factory the Celery entry point gives
+`run_worker`). Entry points import this module, never the other way round.
 """
 
 from __future__ import annotations
 
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from saga.app.orchestrator import Orchestrator
 from saga.config import ConfigError, Settings
@@ -20,7 +21,6 @@ from saga.registry_loader import load_registry
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from fastapi import FastAPI
     from sqlalchemy.engine import Engine
 
     from saga.adapters.fabric import (
@@ -144,33 +144,6 @@ class Container:
         from saga.app.relay import run_relay
 
         run_relay(self.settings, self.outbox_reader(), self.publisher(), stop)
-
-    def run_worker(self, pool: str | None = None, hostname: str | None = None) -> None:
-        from saga.entrypoints.celery.app import run_worker
-
-        settings = self.settings
-        run_worker(
-            settings,
-            lambda: Container(settings).orchestrator(),
-            transient_errors=self.transient_errors,
-            pool=pool,
-            hostname=hostname,
-        )
-
-    def celery_app(self) -> Any:
-        from saga.entrypoints.celery.app import create_celery_app
-
-        settings = self.settings
-        return create_celery_app(
-            settings,
-            lambda: Container(settings).orchestrator(),
-            transient_errors=self.transient_errors,
-        )
-
-    def http_app(self) -> FastAPI:
-        from saga.entrypoints.http.app import create_app
-
-        return create_app(self.orchestrator(), self.settings)
 
     # -- Fabric access, shared by workers, the commit watcher and the audit --------------
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from celery.beat import PersistentScheduler
 
 from saga.config import Settings
-from saga.entrypoints.celery.beat import SWEEP_TASK, beat_app
+from saga.entrypoints.celery.beat import SWEEP_TASK
 from saga.entrypoints.celery.consumer import SAGA_TASKS
+from saga.entrypoints.celery.main import beat_app
 
 
 def test_beat_schedule_holds_only_tasks_the_worker_accepts(tmp_path: Path) -> None:

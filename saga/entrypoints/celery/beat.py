@@ -67,24 +67,3 @@ def schedule_file(settings: Settings) -> str:
     if settings.beat_schedule_file:
         return settings.beat_schedule_file
     return str(Path(tempfile.gettempdir()) / f"saga-beat-{settings.step_queue}.schedule")
-
-
-def beat_app(settings: Settings) -> SagaCelery:
-    """The app `saga beat` runs: the worker's app with the sweep schedule."""
-    from saga.bootstrap import Container
-
-    app: SagaCelery = Container(settings).celery_app()
-    app.conf.beat_schedule = beat_schedule(settings)
-    return app
-
-
-def run_beat(settings: Settings) -> None:
-    """Run Celery beat with the sweep schedule in this process until stopped (blocks)."""
-    app = beat_app(settings)
-    app.start(
-        [
-            "beat",
-            f"--schedule={schedule_file(settings)}",
-            f"--loglevel={settings.log_level}",
-        ]
-    )

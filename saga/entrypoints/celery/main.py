@@ -1,28 +1,82 @@
-"""`celery -A saga.entrypoints.celery.main worker` (and Flower, `inspect ...`).
+"""The Celery entry points, wired by the composition root: `celery -A
+saga.entrypoints.celery.main worker` (and Flower, `inspect ...`), `saga worker`
+(run_composed_worker) and `saga beat` (run_beat).
 
-Importing this module creates nothing: Celery looks up `saga.entrypoints.celery.main.app`, and
-the module-level `__getattr__` builds the app then, from SAGA_ environment
-variables, once. The `saga worker` command does not come through here; it calls
-`saga.entrypoints.celery.app.run_worker` with the composition root's orchestrator factory.
+Importing this module creates nothing: Celery looks up
+`saga.entrypoints.celery.main.app`, and the module-level `__getattr__` builds the
+app then, from SAGA_ environment variables, once. Each worker process builds its
+own orchestrator after the fork, through the factory given to the app.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saga.config import Settings
-from saga.entrypoints.celery.app import SagaCelery
+from saga.entrypoints.celery.app import SagaCelery, create_celery_app, run_worker
+from saga.entrypoints.celery.beat import beat_schedule, schedule_file
+
+if TYPE_CHECKING:
+    from saga.bootstrap import Container
 
 _lock = threading.Lock()
 _app: SagaCelery | None = None
 
 
+def composed_app(container: Container) -> SagaCelery:
+    """The worker's app; every worker process builds its own orchestrator after the fork."""
+    from saga.bootstrap import Container
+
+    settings = container.settings
+    return create_celery_app(
+        settings,
+        lambda: Container(settings).orchestrator(),
+        transient_errors=container.transient_errors,
+    )
+
+
+def run_composed_worker(
+    container: Container, pool: str | None = None, hostname: str | None = None
+) -> None:
+    """Run a worker in this process until it is told to stop (blocks)."""
+    from saga.bootstrap import Container
+
+    settings = container.settings
+    run_worker(
+        settings,
+        lambda: Container(settings).orchestrator(),
+        transient_errors=container.transient_errors,
+        pool=pool,
+        hostname=hostname,
+    )
+
+
 def build_app(settings: Settings | None = None) -> SagaCelery:
     from saga.bootstrap import Container
 
-    app: SagaCelery = Container(settings or Settings.from_env()).celery_app()
+    return composed_app(Container(settings or Settings.from_env()))
+
+
+def beat_app(settings: Settings) -> SagaCelery:
+    """The app `saga beat` runs: the worker's app with the sweep schedule."""
+    from saga.bootstrap import Container
+
+    app = composed_app(Container(settings))
+    app.conf.beat_schedule = beat_schedule(settings)
     return app
+
+
+def run_beat(settings: Settings) -> None:
+    """Run Celery beat with the sweep schedule in this process until stopped (blocks)."""
+    app = beat_app(settings)
+    app.start(
+        [
+            "beat",
+            f"--schedule={schedule_file(settings)}",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -58,7 +58,9 @@ def worker(
     settings = env_settings(db, broker, worker_concurrency=concurrency, metrics_port=metrics_port)
     container = build_container(settings)
     container.configure_logging()
-    container.run_worker(pool=pool, hostname=hostname or default_node_name())
+    from saga.entrypoints.celery.main import run_composed_worker
+
+    run_composed_worker(container, pool=pool, hostname=hostname or default_node_name())
 
 
 def default_node_name() -> str:
@@ -84,8 +86,13 @@ def api(
     settings = env_settings(db, api_host=host, api_port=port)
     container = build_container(settings)
     container.configure_logging()
+    from saga.entrypoints.http.app import create_app
+
     uvicorn.run(
-        container.http_app(), host=settings.api_host, port=settings.api_port, log_config=None
+        create_app(container.orchestrator(), settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
     )
 
 
@@ -136,7 +143,7 @@ def beat(db: DbOpt = None, broker: BrokerOpt = None) -> None:
 
     Workers run the sweep; run one beat per deployment.
     """
-    from saga.entrypoints.celery.beat import run_beat
+    from saga.entrypoints.celery.main import run_beat
 
     settings = env_settings(db, broker)
     build_container(settings).configure_logging()
