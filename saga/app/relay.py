@@ -176,7 +176,7 @@ def _relay_once(
 
 def _expected(exc: Exception) -> bool:
     """Outages we know and log without a traceback after the first one."""
-    from saga.adapters.rabbitmq.publishers import PublishFailed
+    from saga.ports.broker import PublishFailed
     from saga.ports.store import StoreUnavailable
 
     return isinstance(exc, PublishFailed | StoreUnavailable | OSError | ConnectionError)

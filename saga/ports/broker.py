@@ -17,8 +17,13 @@ class PendingMessage:
     body: dict[str, Any]
 
 
+class PublishFailed(Exception):
+    """Some message of the batch was not confirmed (broker down, nack, unroutable)."""
+
+
 class Publisher(Protocol):
-    """Publishes message bodies durably; returns only once the broker confirmed all."""
+    """Publishes message bodies durably; returns only once the broker confirmed all,
+    raises PublishFailed otherwise."""
 
     def publish_batch(self, messages: Sequence[PendingMessage]) -> None: ...
 

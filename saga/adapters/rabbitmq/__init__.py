@@ -4,11 +4,11 @@ from saga.adapters.rabbitmq.celery_message import STEP_TASK, TaskMessage, step_t
 from saga.adapters.rabbitmq.publishers import (
     AmqpPublisher,
     KombuPublisher,
-    PublishFailed,
     create_publisher,
     is_amqp_url,
 )
 from saga.adapters.rabbitmq.topology import DLQ_HEADERS, Topology, declare_topology
+from saga.ports.broker import PublishFailed
 
 __all__ = [
     "DLQ_HEADERS",

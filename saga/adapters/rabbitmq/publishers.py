@@ -26,7 +26,7 @@ from kombu import Connection, Producer
 
 from saga.adapters.rabbitmq.celery_message import default_origin, step_task_message
 from saga.adapters.rabbitmq.topology import Topology
-from saga.ports.broker import PendingMessage, Publisher
+from saga.ports.broker import PendingMessage, Publisher, PublishFailed
 
 if TYPE_CHECKING:
     import aio_pika.abc
@@ -37,10 +37,6 @@ from saga.config import Settings
 log = logging.getLogger("saga.broker")
 
 _AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
-
-
-class PublishFailed(Exception):
-    """Some message of the batch was not confirmed (broker down, nack, unroutable)."""
 
 
 def is_amqp_url(url: str) -> bool:
