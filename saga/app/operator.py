@@ -8,11 +8,12 @@ from typing import Any
 from saga.app.errors import OperatorActionRefused, SagaNotFound
 from saga.app.transitions import SagaWriter, event_detail, event_kind, now
 from saga.core.chain import VALID, AttemptState
-from saga.core.definitions import Purpose, Registry, SagaDefinition, StepKind
+from saga.core.definitions import Registry, SagaDefinition, StepKind
 from saga.core.machine import transition
 from saga.core.messages import CompensateRequested, Event, ResumeRequested
+from saga.core.purpose import Purpose
 from saga.core.state import SagaState, SagaStatus, StepStatus
-from saga.core.step_message import Phase, StepMessage
+from saga.core.step_message import StepMessage
 from saga.ports.store import OutboxMessage, SagaRecord, UnitOfWork, UnitOfWorkFactory
 
 
@@ -44,9 +45,9 @@ class OperatorCommands:
             state = record.state
             current = state.steps[state.current]
             if state.status is SagaStatus.RUNNING and current.status is StepStatus.PENDING:
-                phase, attempt = Phase.DO, current.attempts
+                phase, attempt = Purpose.DO, current.attempts
             elif state.status is SagaStatus.COMPENSATING and current.status is StepStatus.DONE:
-                phase, attempt = Phase.UNDO, current.compensation_attempts
+                phase, attempt = Purpose.UNDO, current.compensation_attempts
             elif state.status is SagaStatus.FAILED:
                 raise OperatorActionRefused(
                     "only a running or compensating saga can be retried; this one is failed "

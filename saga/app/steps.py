@@ -14,7 +14,7 @@ from saga.app.transitions import SagaWriter
 from saga.core import step_report
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext, StepKind
 from saga.core.errors import SagaError
-from saga.core.machine import awaits
+from saga.core.machine import why_not_awaited
 from saga.core.messages import (
     CompensationFailed,
     CompensationSucceeded,
@@ -22,8 +22,9 @@ from saga.core.messages import (
     StepFailed,
     StepSucceeded,
 )
+from saga.core.purpose import Purpose
 from saga.core.retry import error_names
-from saga.core.step_message import MalformedMessage, Phase, StepMessage
+from saga.core.step_message import MalformedMessage, StepMessage
 from saga.ports.store import SagaRecord, UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("saga.orchestrator")
@@ -167,7 +168,7 @@ class StepRunner:
                 else:
                     event: Event = (
                         StepSucceeded(step.name, message.attempt)
-                        if message.phase is Phase.DO
+                        if message.phase is Purpose.DO
                         else CompensationSucceeded(step.name, message.attempt)
                     )
                     following = self._writer.apply(
@@ -203,7 +204,7 @@ class StepRunner:
             raise MalformedMessage(
                 f"saga {state.name!r} v{state.version} has no step {message.step!r}"
             ) from None
-        why = awaits(state, message.command())
+        why = why_not_awaited(state, message.command())
         if why is not None:
             uow.commit()
             log.info(
@@ -231,7 +232,7 @@ class StepRunner:
         """
         state = record.state
         step = definition.step(message.step)
-        fn = step.action if message.phase is Phase.DO else step.compensation
+        fn = step.action if message.phase is Purpose.DO else step.compensation
         assert fn is not None  # the definition guarantees it for awaited commands
         ctx = StepContext(
             saga_id=state.saga_id,
@@ -245,7 +246,7 @@ class StepRunner:
         result = fn(ctx)
         # ORM rows the step added go out now, so their errors are the step's.
         uow.session.flush()
-        return _step_output(step.name, result) if message.phase is Phase.DO else None
+        return _step_output(step.name, result) if message.phase is Purpose.DO else None
 
     def _record_failure(
         self, message: StepMessage, exc: Exception, *, hold: bool, taken: bool
@@ -269,7 +270,7 @@ class StepRunner:
     def _failure_event(message: StepMessage, exc: Exception) -> Event:
         names = error_names(exc)
         text = str(exc) or type(exc).__name__
-        if message.phase is Phase.DO:
+        if message.phase is Purpose.DO:
             return StepFailed(message.step, message.attempt, names, text)
         return CompensationFailed(message.step, message.attempt, names, text)
 

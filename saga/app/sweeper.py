@@ -65,9 +65,9 @@ from sqlalchemy import and_, exists, func, select
 from saga.adapters.sql.tables import ledger_attempts, outbox, sagas
 from saga.core.definitions import Registry
 from saga.core.errors import SagaError
-from saga.core.machine import awaits, transition
-from saga.core.messages import Command, MarkedStuck, RunCompensation, RunStep
-from saga.core.state import SagaState, SagaStatus
+from saga.core.machine import awaited_command, transition
+from saga.core.messages import Command, MarkedStuck, RunCompensation
+from saga.core.state import SagaStatus
 from saga.core.step_message import StepMessage
 from saga.ports.store import HistoryEntry, OutboxMessage, SagaRecord, UnitOfWork, UnitOfWorkFactory
 
@@ -231,7 +231,7 @@ class Sweeper:
             if record is None or record.updated_at is None:
                 return "gone"
             state = record.state
-            command = awaited(state)
+            command = awaited_command(state)
             if command is None:
                 return "not-waiting"
             definition = self._registry.get(state.name, state.version)
@@ -428,21 +428,6 @@ class Sweeper:
 
 
 # -- pure helpers -----------------------------------------------------------------------------
-
-
-def awaited(state: SagaState) -> Command | None:
-    """The command a running or compensating saga waits for now, if any."""
-    if not 0 <= state.current < len(state.steps):
-        return None
-    current = state.steps[state.current]
-    command: Command
-    if state.status is SagaStatus.RUNNING:
-        command = RunStep(current.name, current.attempts)
-    elif state.status is SagaStatus.COMPENSATING:
-        command = RunCompensation(current.name, current.compensation_attempts)
-    else:
-        return None
-    return command if awaits(state, command) is None else None
 
 
 def candidates_query(cutoff: datetime, limit: int) -> Any:

@@ -33,8 +33,9 @@ from saga.core.messages import (
     StepFailed,
     StepSucceeded,
 )
+from saga.core.purpose import Purpose
 from saga.core.state import SagaState
-from saga.core.step_message import Phase, StepMessage
+from saga.core.step_message import StepMessage
 from saga.ports.store import HistoryEntry, OutboxMessage, SagaRecord, UnitOfWork
 
 log = logging.getLogger("saga.orchestrator")
@@ -85,7 +86,7 @@ class SagaWriter:
         t = transition(definition, state, event)
         if t.accepted:
             step_report.note(event, t.state)
-        if output and message.phase is Phase.DO:
+        if output and message.phase is Purpose.DO:
             record.data[message.step] = dict(output)
         record = replace(record, state=t.state, updated_at=now())
         uow.sagas.save(record)

@@ -58,10 +58,11 @@ import grpc
 
 from saga.adapters.prometheus import collectors, exposition, metrics
 from saga.app.relay import Backoff
-from saga.core.machine import awaits
-from saga.core.messages import Command, RunCompensation, RunStep
+from saga.core.machine import awaited_command
+from saga.core.messages import Command, RunStep
+from saga.core.purpose import Purpose
 from saga.core.state import SagaState
-from saga.core.step_message import Phase, StepMessage
+from saga.core.step_message import StepMessage
 from saga.ports.ledger import CommitResult, StatusUnknown
 from saga.ports.store import (
     HistoryEntry,
@@ -159,19 +160,13 @@ class Settled:
     redriven: bool
 
 
-def awaited_command(state: SagaState, step: str, purpose: str) -> Command | None:
-    """The command for the saga's current attempt of (step, purpose), if it awaits one."""
-    if not 0 <= state.current < len(state.steps):
+def awaited_for(state: SagaState, step: str, purpose: str) -> Command | None:
+    """The command the saga awaits now, if it is for (step, purpose); else None."""
+    command = awaited_command(state)
+    if command is None or command.step != step:
         return None
-    current = state.steps[state.current]
-    command: Command
-    if purpose == Phase.DO:
-        command = RunStep(step, current.attempts)
-    elif purpose == Phase.UNDO:
-        command = RunCompensation(step, current.compensation_attempts)
-    else:
-        return None
-    return command if awaits(state, command) is None else None
+    wanted = Purpose.DO if isinstance(command, RunStep) else Purpose.UNDO
+    return command if purpose == wanted else None
 
 
 def redrive_message(state: SagaState, command: Command, message_id: str) -> OutboxMessage:
@@ -380,7 +375,7 @@ class CommitWatcher:
                 return Settled(first=False, redriven=False)
             redriven = False
             if saga is not None:
-                command = awaited_command(saga.state, record.step, record.purpose)
+                command = awaited_for(saga.state, record.step, record.purpose)
                 if command is not None:
                     uow.outbox.add(
                         redrive_message(saga.state, command, commit_message_id(record.txid))
@@ -454,7 +449,7 @@ class CommitWatcher:
             saga = uow.sagas.get(record.saga_id, for_update=True)
             if saga is None:
                 return False
-            command = awaited_command(saga.state, record.step, record.purpose)
+            command = awaited_for(saga.state, record.step, record.purpose)
             if command is None:
                 return False
             uow.outbox.add(redrive_message(saga.state, command, str(uuid.uuid4())))
@@ -568,7 +563,7 @@ __all__ = [
     "CommitWatcher",
     "WatcherConfig",
     "WatcherStats",
-    "awaited_command",
+    "awaited_for",
     "commit_message_id",
     "run_watcher",
 ]

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+# Fabric's TxValidationCode for a valid transaction (peer/transaction.proto): the
+# one definition; the ledger port, the Fabric adapter and the audit import it.
 VALID = 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from saga.core.errors import DefinitionError, UnknownSaga
+from saga.core.purpose import Purpose as Purpose
 from saga.core.retry import RetryPolicy
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
@@ -33,13 +34,6 @@ class StepKind(StrEnum):
     # Executed through the ledger port by saga.app.chain (prepare / persist / submit /
     # verify), never by running Python code inside the saga's transaction.
     CHAIN = "chain"
-
-
-class Purpose(StrEnum):
-    """Which ledger transaction of a chain step: its effect or its reversal."""
-
-    DO = "do"
-    UNDO = "undo"
 
 
 # The chaincode's idempotency keys: [A-Za-z0-9][A-Za-z0-9._:/@+=-]*, at most 256.

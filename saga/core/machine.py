@@ -313,8 +313,29 @@ def _compensate_requested(
     return replace(t, note=reason)
 
 
-def awaits(state: SagaState, command: Command) -> str | None:
-    """Why the saga does not await `command` now, or None if it does.
+def awaited_command(state: SagaState) -> Command | None:
+    """The command the saga waits for now, or None when it waits for none.
+
+    A running saga waits for its current step's current attempt, a compensating one
+    for its current step's current compensation attempt; a saga in any other status
+    (or whose current step is not in that condition) waits for nothing. The one
+    answer the step handler, the chain executor, the watcher and the sweeper share.
+    """
+    if not 0 <= state.current < len(state.steps):
+        return None
+    current = state.steps[state.current]
+    command: Command
+    if state.status is SagaStatus.RUNNING:
+        command = RunStep(current.name, current.attempts)
+    elif state.status is SagaStatus.COMPENSATING:
+        command = RunCompensation(current.name, current.compensation_attempts)
+    else:
+        return None
+    return command if why_not_awaited(state, command) is None else None
+
+
+def why_not_awaited(state: SagaState, command: Command) -> str | None:
+    """Why the saga does not await `command` now (for the log), or None if it does.
 
     Checked before a step's action runs, under the saga's row lock, so a stale or
     duplicated message never runs an action a second time.
@@ -322,3 +343,8 @@ def awaits(state: SagaState, command: Command) -> str | None:
     if isinstance(command, RunStep):
         return _expecting_step(state, command.step, command.attempt)
     return _expecting_compensation(state, command.step, command.attempt)
+
+
+def awaits(state: SagaState, command: Command) -> bool:
+    """Whether the saga awaits `command` (its step and attempt) now."""
+    return why_not_awaited(state, command) is None

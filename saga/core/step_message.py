@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any
 
 from saga.core.messages import Command, RunCompensation, RunStep
+from saga.core.purpose import Purpose
 from saga.core.state import SagaState
-
-
-class Phase(StrEnum):
-    DO = "do"
-    UNDO = "undo"
 
 
 class MalformedMessage(ValueError):
@@ -27,7 +22,7 @@ class StepMessage:
     version: int
     step: str
     attempt: int
-    phase: Phase
+    phase: Purpose  # do: the step's action; undo: its compensation
 
     @classmethod
     def for_command(cls, state: SagaState, command: Command, message_id: str) -> StepMessage:
@@ -39,7 +34,7 @@ class StepMessage:
             version=state.version,
             step=command.step,
             attempt=command.attempt,
-            phase=Phase.DO if isinstance(command, RunStep) else Phase.UNDO,
+            phase=Purpose.DO if isinstance(command, RunStep) else Purpose.UNDO,
         )
 
     def check_saga(self, state: SagaState) -> None:
@@ -81,7 +76,7 @@ class StepMessage:
                     f"step message field {key!r} must be {typ.__name__}, got {type(value).__name__}"
                 )
         try:
-            phase = Phase(body["phase"])
+            phase = Purpose(body["phase"])
         except ValueError:
             raise MalformedMessage(f"phase must be 'do' or 'undo', got {body['phase']!r}") from None
         if body["attempt"] < 1 or body["version"] < 1:
@@ -97,6 +92,6 @@ class StepMessage:
         )
 
     def command(self) -> Command:
-        if self.phase is Phase.DO:
+        if self.phase is Purpose.DO:
             return RunStep(self.step, self.attempt)
         return RunCompensation(self.step, self.attempt)

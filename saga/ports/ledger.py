@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from saga.core.chain import VALID as VALID
 from saga.core.ledger_faults import FaultKind, LedgerFault
 
 Arg = str | bytes
 
 # Fabric's TxValidationCode numbers (peer/transaction.proto) the orchestrator
-# decides on; any other code is simply "invalid".
-VALID = 0
+# decides on; any other code is simply "invalid". VALID is saga.core.chain's.
 DUPLICATE_TXID = 9
 ENDORSEMENT_POLICY_FAILURE = 10
 MVCC_READ_CONFLICT = 11

@@ -28,7 +28,8 @@ from saga.adapters.rabbitmq import AmqpPublisher, Topology
 from saga.app.orchestrator import Orchestrator
 from saga.bootstrap import Container
 from saga.config import Settings
-from saga.core.step_message import Phase, StepMessage
+from saga.core.purpose import Purpose
+from saga.core.step_message import StepMessage
 from saga.entrypoints.processes import listening
 from saga.examples.order_payment import NAME
 from saga.ports.broker import PendingMessage
@@ -201,7 +202,7 @@ def test_flower_shows_each_step_as_it_went_behind_basic_auth(
     # came first): a new message for a step attempt no longer awaited. Not work.
     done = Run(sagas.ids["none"], "confirm_order", "do", 1)
     recheck = StepMessage(
-        str(uuid.uuid4()), done.saga_id, NAME, 1, done.step, done.attempt, Phase.DO
+        str(uuid.uuid4()), done.saga_id, NAME, 1, done.step, done.attempt, Purpose.DO
     )
     publisher = AmqpPublisher(settings.broker_url, Topology.from_settings(settings))
     try:

@@ -13,7 +13,8 @@ from saga.adapters.sql import SqlOutboxReader, SqlUnitOfWorkFactory
 from saga.adapters.sql.tables import outbox
 from saga.app.orchestrator import Orchestrator
 from saga.app.steps import Outcome
-from saga.core.step_message import Phase, StepMessage
+from saga.core.purpose import Purpose
+from saga.core.step_message import StepMessage
 from saga.ports.store import OutboxMessage
 
 
@@ -33,7 +34,7 @@ def step_body(
         version=version,
         step=step,
         attempt=attempt,
-        phase=Phase.DO,
+        phase=Purpose.DO,
     ).to_body()
 
 

@@ -41,9 +41,10 @@ from saga.app.chain import ChainSettings
 from saga.app.orchestrator import Orchestrator
 from saga.app.sweeper import SweepConfig, Sweeper
 from saga.core.definitions import Registry, Step
+from saga.core.purpose import Purpose
 from saga.core.retry import RetryPolicy
 from saga.core.state import SagaStatus
-from saga.core.step_message import Phase, StepMessage
+from saga.core.step_message import StepMessage
 from saga.examples import order_payment
 from saga.ports.broker import PendingMessage
 from saga.ports.ledger import VALID, LedgerError
@@ -436,7 +437,7 @@ class Situations:
             version=2,
             step="reserve_funds",
             attempt=1,
-            phase=Phase.DO,
+            phase=Purpose.DO,
         ).to_body()
         forged_task = step_task_message(
             PendingMessage(0, forged["message_id"], forged["saga_id"], forged)

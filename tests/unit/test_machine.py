@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saga.core.definitions import SagaDefinition, Step
-from saga.core.machine import awaits, transition
+from saga.core.machine import why_not_awaited, transition
 from saga.core.messages import (
     CompensateRequested,
     CompensationFailed,
@@ -213,7 +213,7 @@ def test_operator_compensate_before_pivot() -> None:
     assert "customer cancelled" in (r.state.reason or "")
     assert r.status("p") is StepStatus.FAILED
     # the pivot's answer arriving now is refused, and its command is no longer awaited
-    assert awaits(r.state, RunStep("p", 1)) is not None
+    assert why_not_awaited(r.state, RunStep("p", 1)) is not None
     r.feed(StepSucceeded("p", 1), accepted=False)
     r.feed(CompensationSucceeded("b", 1))
     r.feed(CompensationSucceeded("a", 1))
@@ -300,10 +300,10 @@ def test_events_for_another_definition_raise() -> None:
 def test_awaits_matches_transition() -> None:
     r = Run()
     r.feed(Started())
-    assert awaits(r.state, RunStep("a", 1)) is None
-    assert awaits(r.state, RunStep("a", 2)) is not None
-    assert awaits(r.state, RunCompensation("a", 1)) is not None
+    assert why_not_awaited(r.state, RunStep("a", 1)) is None
+    assert why_not_awaited(r.state, RunStep("a", 2)) is not None
+    assert why_not_awaited(r.state, RunCompensation("a", 1)) is not None
     r.ok("a")
     r.feed(StepFailed("b", 1, FATAL, "x"))
-    assert awaits(r.state, RunCompensation("a", 1)) is None
-    assert awaits(r.state, RunStep("b", 1)) is not None
+    assert why_not_awaited(r.state, RunCompensation("a", 1)) is None
+    assert why_not_awaited(r.state, RunStep("b", 1)) is not None

@@ -21,7 +21,7 @@ from hypothesis import event as note_event
 from hypothesis import strategies as st
 
 from saga.core.definitions import SagaDefinition
-from saga.core.machine import awaits, transition
+from saga.core.machine import why_not_awaited, transition
 from saga.core.messages import (
     Command,
     CompensateRequested,
@@ -198,7 +198,7 @@ def _something_awaited(model: Model, pending: list[Command | Event]) -> bool:
     """The saga waits on at least one item that is still on its way."""
     for item in pending:
         if isinstance(item, RunStep | RunCompensation):
-            if awaits(model.state, item) is None:
+            if why_not_awaited(model.state, item) is None:
                 return True
         elif transition(model.definition, model.state, item).accepted:
             return True
@@ -253,7 +253,7 @@ def test_random_sagas_under_a_hostile_broker(
             # an old event comes back long after it was answered
             pending.append(data.draw(st.sampled_from(history), label="old event"))
         if isinstance(item, RunStep | RunCompensation):
-            if checks_awaits and awaits(model.state, item) is not None:
+            if checks_awaits and why_not_awaited(model.state, item) is not None:
                 continue
             event = _execute(model, item, data.draw(outcomes, label="outcome"))
             pending.append(event)

@@ -18,9 +18,10 @@ from saga.app.orchestrator import Orchestrator
 from saga.app.steps import Outcome
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext
 from saga.core.errors import UnknownSaga
+from saga.core.purpose import Purpose
 from saga.core.retry import RetryPolicy
 from saga.core.state import SagaStatus, StepStatus
-from saga.core.step_message import MalformedMessage, Phase, StepMessage
+from saga.core.step_message import MalformedMessage, StepMessage
 from saga.ports.store import StoreUnavailable
 from tests.fakes import (
     FakeDatabase,
@@ -59,7 +60,7 @@ def test_enqueue_stores_saga_and_first_message(w: World) -> None:
         e.saga_id,
         "reserve",
         1,
-        Phase.DO,
+        Purpose.DO,
         1,
     )
     _, history = w.orch.get(e.saga_id)
@@ -212,18 +213,18 @@ def test_stale_attempt_is_recorded_and_does_nothing(w: World) -> None:
     w.script.then("reserve", "do", RuntimeError("flaky"))
     sid = w.orch.enqueue("shop", ORDER).saga_id
     w.deliver_next()  # attempt 1 fails, attempt 2 is queued
-    stale = StepMessage("late-copy", sid, "shop", 1, "reserve", 1, Phase.DO)
+    stale = StepMessage("late-copy", sid, "shop", 1, "reserve", 1, Purpose.DO)
     assert w.orch.handle(stale) is Outcome.STALE
     assert "late-copy" in w.db.tables.inbox
     assert w.effects(sid) == []
     assert w.script.calls == [("reserve", "do", 1)]
     # a compensation nobody asked for is stale too
-    undo = StepMessage("undo-early", sid, "shop", 1, "reserve", 1, Phase.UNDO)
+    undo = StepMessage("undo-early", sid, "shop", 1, "reserve", 1, Purpose.UNDO)
     assert w.orch.handle(undo) is Outcome.STALE
     w.drain()
     assert w.state(sid).status is SagaStatus.COMPLETED
     assert w.effects(sid).count(("reserve", "do")) == 1
-    assert w.orch.handle(StepMessage("after-end", sid, "shop", 1, "notify", 1, Phase.DO)) is (
+    assert w.orch.handle(StepMessage("after-end", sid, "shop", 1, "notify", 1, Purpose.DO)) is (
         Outcome.STALE
     )
 

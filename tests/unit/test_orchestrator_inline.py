@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from saga.app.steps import Outcome
+from saga.core.purpose import Purpose
 from saga.core.state import SagaStatus, StepStatus
-from saga.core.step_message import Phase, StepMessage
+from saga.core.step_message import StepMessage
 from saga.ports.store import StoreUnavailable
 from tests.support.orchestrator_world import ORDER, Declined, DriverGone, World
 
@@ -101,7 +102,7 @@ def test_a_retry_with_backoff_goes_through_the_outbox_not_inline(w: World) -> No
     saga_id, message = first(w)
     w.orch.handle(message, inline=10)
     [(retry, delay)] = unpublished(w)
-    assert (retry.step, retry.attempt, retry.phase) == ("charge", 2, Phase.DO)
+    assert (retry.step, retry.attempt, retry.phase) == ("charge", 2, Purpose.DO)
     assert delay > 0 and delay != w.orch.inline_reserve
     assert w.state(saga_id).status is SagaStatus.RUNNING
 

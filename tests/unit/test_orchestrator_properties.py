@@ -26,7 +26,7 @@ from saga.app.errors import OperatorActionRefused
 from saga.app.orchestrator import Orchestrator
 from saga.app.steps import Outcome
 from saga.core.definitions import Registry, StepContext
-from saga.core.machine import awaits
+from saga.core.machine import why_not_awaited
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
 from saga.ports.store import StoreUnavailable
@@ -167,10 +167,10 @@ def test_random_sagas_through_the_orchestrator(spec: SagaSpec, data: st.DataObje
             assert outcome_ is not Outcome.DUPLICATE
             assert message.message_id in db.tables.inbox
             if outcome_ is Outcome.APPLIED:
-                assert awaits(state, message.command()) is None
+                assert why_not_awaited(state, message.command()) is None
                 applied.append(message)
             else:
-                assert awaits(state, message.command()) is not None
+                assert why_not_awaited(state, message.command()) is not None
                 assert db.tables.business == before.business
         if not noise_left or data.draw(st.integers(0, 5), label="acked") != 0:
             queue.pop(i)  # acked; otherwise the broker delivers it again

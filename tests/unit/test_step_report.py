@@ -9,7 +9,8 @@ import pytest
 from celery.exceptions import Retry
 
 from saga.app.steps import Outcome
-from saga.core.step_message import Phase, StepMessage
+from saga.core.purpose import Purpose
+from saga.core.step_message import StepMessage
 from saga.core.step_report import Setback, Then, collect
 from saga.entrypoints.celery.step_states import (
     NothingToDo,
@@ -101,7 +102,7 @@ def test_nothing_is_collected_outside_a_report() -> None:
     assert outer == []
 
 
-def step(name: str, phase: Phase = Phase.DO) -> StepMessage:
+def step(name: str, phase: Purpose = Purpose.DO) -> StepMessage:
     return StepMessage("m-1", "s-1", "shop", 1, name, 1, phase)
 
 
@@ -116,7 +117,7 @@ def test_the_task_ends_as_the_steps_went() -> None:
     assert caught.value.exc.inline == ""
     waited = Setback("ledger", True, 2, "ledger unavailable: peer down", Then.WAIT)
     with pytest.raises(Retry, match="compensation of ledger attempt 2") as caught:
-        end_task(step("charge", Phase.UNDO), "applied", [waited])
+        end_task(step("charge", Purpose.UNDO), "applied", [waited])
     assert caught.value.exc.inline == "ledger.compensate"
     for outcome in ("stale", "duplicate"):
         with pytest.raises(NothingToDo, match=outcome):

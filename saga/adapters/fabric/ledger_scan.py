@@ -33,6 +33,7 @@ from saga.adapters.fabric.protos import (
     proposal_response_pb2,
     transaction_pb2,
 )
+from saga.core.chain import VALID
 
 # No stubs ship with the protos, like saga.adapters.fabric.protos.
 _ledger_pb2: Any = import_module("fabric_protos.common.ledger_pb2")
@@ -41,7 +42,6 @@ _kv_rwset_pb2: Any = import_module("fabric_protos.ledger.rwset.kvrwset.kv_rwset_
 
 RECORD_PREFIX = "record:"
 DEFAULT_NAMESPACE = "sagafacts"
-VALID = 0
 # A block without a TRANSACTIONS_FILTER entry for a transaction (never on a
 # committed Fabric block): counted as not valid.
 NO_CODE = -1

@@ -61,7 +61,6 @@ from saga.core.chain import (
 )
 from saga.core.definitions import (
     ChainCall,
-    Purpose,
     SagaDefinition,
     Step,
     StepContext,
@@ -69,7 +68,7 @@ from saga.core.definitions import (
 )
 from saga.core.ledger_faults import FaultKind
 from saga.core.ledger_parts import part_down
-from saga.core.machine import awaits
+from saga.core.machine import why_not_awaited
 from saga.core.messages import (
     CompensationFailed,
     CompensationSucceeded,
@@ -79,8 +78,9 @@ from saga.core.messages import (
     StepFailed,
     StepSucceeded,
 )
+from saga.core.purpose import Purpose
 from saga.core.retry import OutagePolicy, error_names
-from saga.core.step_message import MalformedMessage, Phase, StepMessage
+from saga.core.step_message import MalformedMessage, StepMessage
 from saga.failpoints import failpoint
 from saga.ports.ledger import EndorseFailed, Ledger, LedgerError, PreparedTx, StatusUnknown
 from saga.ports.store import LedgerAttemptRecord, SagaRecord, StoreUnavailable, UnitOfWork
@@ -205,7 +205,7 @@ class ChainStepExecutor:
     # -- one round: read, verify, act -------------------------------------------------
 
     def _round(self, message: StepMessage, definition: SagaDefinition, step: Step) -> str | None:
-        purpose = Purpose(str(message.phase))
+        purpose = message.phase
         with self._uow() as uow:
             early = self._check(uow, message)
             if isinstance(early, str):
@@ -330,7 +330,7 @@ class ChainStepExecutor:
                 uow.ledger_attempts.mark_committed(txid, VALID, None)
             event: Event
             output: dict[str, Any] | None = None
-            if message.phase is Phase.DO:
+            if message.phase is Purpose.DO:
                 event = StepSucceeded(message.step, message.attempt)
                 output = {"txid": txid, "key": chain_key(message.saga_id, message.step, Purpose.DO)}
             else:
@@ -356,7 +356,7 @@ class ChainStepExecutor:
         names = error_names(error)
         text = str(error) or type(error).__name__
         event: Event
-        if message.phase is Phase.DO:
+        if message.phase is Purpose.DO:
             event = StepFailed(message.step, message.attempt, names, text, in_doubt=doubt)
         else:
             # A failed reversal stops the saga for an operator whatever the doubt.
@@ -411,7 +411,7 @@ class ChainStepExecutor:
             event = LedgerWait(
                 message.step,
                 message.attempt,
-                message.phase is Phase.UNDO,
+                message.phase is Purpose.UNDO,
                 text,
                 since,
                 retry_in,
@@ -490,7 +490,7 @@ class ChainStepExecutor:
     ) -> str | None:
         assert step.chain is not None
         call: ChainCall = step.chain
-        purpose = Purpose(str(message.phase))
+        purpose = message.phase
         ctx = StepContext(
             saga_id=message.saga_id,
             saga_name=record.state.name,
@@ -583,7 +583,7 @@ class ChainStepExecutor:
             waited_since = early.state.steps[early.state.current].waiting_since
             if submitted and waited_since is not None:
                 # The ledger took a transaction: the outage this step waited out is over.
-                back = LedgerReached(message.step, message.attempt, message.phase is Phase.UNDO)
+                back = LedgerReached(message.step, message.attempt, message.phase is Purpose.UNDO)
                 self._hooks.apply_event(uow, early, definition, message, back, None)
                 log.info(
                     "chain step reached the ledger again",
@@ -656,7 +656,7 @@ class ChainStepExecutor:
                     uow.ledger_attempts.mark_committed(txid, answer.code, answer.block)
         for txid in submitted:
             uow.ledger_attempts.mark_submitted(txid)
-        why = awaits(record.state, message.command())
+        why = why_not_awaited(record.state, message.command())
         if why is not None:
             uow.inbox.record(message.message_id, message.saga_id)
             uow.commit()

@@ -26,7 +26,8 @@ from billiard.einfo import ExceptionWithTraceback
 from celery.exceptions import Ignore, Retry
 from celery.worker.request import Request
 
-from saga.core.step_message import Phase, StepMessage
+from saga.core.purpose import Purpose
+from saga.core.step_message import StepMessage
 from saga.core.step_report import Setback
 
 # Task results that mean the message had nothing to do (saga.app.steps.Outcome).
@@ -70,7 +71,7 @@ def end_task(message: StepMessage, outcome: str, setbacks: Sequence[Setback]) ->
         text = "; ".join(s.describe() for s in setbacks)
         worst = next((s for s in setbacks if s.final), setbacks[0])
         inline = ""
-        if (worst.step, worst.compensation) != (message.step, message.phase is Phase.UNDO):
+        if (worst.step, worst.compensation) != (message.step, message.phase is Purpose.UNDO):
             inline = worst.step + (".compensate" if worst.compensation else "")
         if worst.final:
             raise StepFailedError(text, inline)
