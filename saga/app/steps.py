@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 from saga.adapters.prometheus import metrics
 from saga.app.chain.executor import ChainStepExecutor
+from saga.app.outcome import Outcome as Outcome
 from saga.app.transitions import SagaWriter
 from saga.core import step_report
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext, StepKind
@@ -28,17 +28,6 @@ from saga.core.step_message import MalformedMessage, StepMessage
 from saga.ports.store import SagaRecord, UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("saga.orchestrator")
-
-
-class Outcome(StrEnum):
-    APPLIED = "applied"  # the step (or compensation) ran and its result was recorded
-    DUPLICATE = "duplicate"  # the inbox had this message already
-    STALE = "stale"  # the saga no longer waits for this step/attempt
-    # A chain step's transaction was (re)submitted; the step stays pending until a
-    # later message (commit watcher, re-check, retry) finds its outcome.
-    SUBMITTED = "submitted"
-    # A chain step found the ledger unreachable; the same attempt runs again later.
-    WAITING = "waiting"
 
 
 class StepRunner:
@@ -152,7 +141,7 @@ class StepRunner:
             # checks the message against the saga in each of its transactions.
             definition = self.registry.get(message.saga, message.version)
             with metrics.step_timer("chain", message.phase):
-                return Outcome(self.chain.run(message, definition, chain_step)), None
+                return self.chain.run(message, definition, chain_step), None
         with self._uow() as uow:
             loaded = self._load(uow, message, taken=taken)
             if isinstance(loaded, Outcome):
@@ -234,18 +223,19 @@ class StepRunner:
         step = definition.step(message.step)
         fn = step.action if message.phase is Purpose.DO else step.compensation
         assert fn is not None  # the definition guarantees it for awaited commands
-        ctx = StepContext(
-            saga_id=state.saga_id,
-            saga_name=state.name,
-            step=step.name,
-            attempt=message.attempt,
-            input=definition.input_model.model_validate(record.input),
-            data=dict(record.data),
-            session=uow.session,
-        )
-        result = fn(ctx)
-        # ORM rows the step added go out now, so their errors are the step's.
-        uow.session.flush()
+        # The unit of work sends the step's pending writes as the block ends, so
+        # their errors are the step's.
+        with uow.step_session() as session:
+            ctx = StepContext(
+                saga_id=state.saga_id,
+                saga_name=state.name,
+                step=step.name,
+                attempt=message.attempt,
+                input=definition.input_model.model_validate(record.input),
+                data=dict(record.data),
+                session=session,
+            )
+            result = fn(ctx)
         return _step_output(step.name, result) if message.phase is Purpose.DO else None
 
     def _record_failure(

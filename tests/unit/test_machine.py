@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saga.core.definitions import SagaDefinition, Step
-from saga.core.machine import why_not_awaited, transition
+from saga.core.machine import transition, why_not_awaited
 from saga.core.messages import (
     CompensateRequested,
     CompensationFailed,

@@ -21,7 +21,7 @@ from hypothesis import event as note_event
 from hypothesis import strategies as st
 
 from saga.core.definitions import SagaDefinition
-from saga.core.machine import why_not_awaited, transition
+from saga.core.machine import transition, why_not_awaited
 from saga.core.messages import (
     Command,
     CompensateRequested,

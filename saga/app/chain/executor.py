@@ -42,6 +42,7 @@ from saga.app.chain.errors import (
     LedgerOutcomeUnknown,
     TransactionsInvalid,
 )
+from saga.app.outcome import Outcome
 from saga.core.chain import (
     VALID,
     AskKey,
@@ -186,12 +187,12 @@ class ChainStepExecutor:
         self.settings = settings or ChainSettings()
         self._clock = clock
 
-    def run(self, message: StepMessage, definition: SagaDefinition, step: Step) -> str:
-        """Handle one message for a chain step; returns the orchestrator's outcome value.
+    def run(self, message: StepMessage, definition: SagaDefinition, step: Step) -> Outcome:
+        """Handle one message for a chain step.
 
-        "applied": an event went through the state machine; "submitted": the step
-        stays pending on a submitted transaction; "stale" / "duplicate" as for
-        local steps.
+        APPLIED: an event went through the state machine; SUBMITTED: the step stays
+        pending on a submitted transaction; WAITING: the ledger cannot be reached
+        and the same attempt runs again later; STALE / DUPLICATE as for local steps.
         """
         for _ in range(MAX_ROUNDS):
             outcome = self._round(message, definition, step)
@@ -204,11 +205,13 @@ class ChainStepExecutor:
 
     # -- one round: read, verify, act -------------------------------------------------
 
-    def _round(self, message: StepMessage, definition: SagaDefinition, step: Step) -> str | None:
+    def _round(
+        self, message: StepMessage, definition: SagaDefinition, step: Step
+    ) -> Outcome | None:
         purpose = message.phase
         with self._uow() as uow:
             early = self._check(uow, message)
-            if isinstance(early, str):
+            if isinstance(early, Outcome):
                 return early
             record = early
             attempts = uow.ledger_attempts.for_step(message.saga_id, step.name, purpose)
@@ -250,7 +253,7 @@ class ChainStepExecutor:
         verified: _Verified,
         decision: Decision,
         channel: str,
-    ) -> str | None:
+    ) -> Outcome | None:
         match decision:
             case Done(txid=txid, how=how):
                 return self._done(message, definition, verified, txid, how)
@@ -318,11 +321,11 @@ class ChainStepExecutor:
         verified: _Verified,
         txid: str,
         how: str,
-    ) -> str:
+    ) -> Outcome:
         failpoint("chain.before_done", message.step, message.phase)
         with self._uow() as uow:
             early = self._check(uow, message, verified)
-            if isinstance(early, str):
+            if isinstance(early, Outcome):
                 return early
             ours = uow.ledger_attempts.for_step(message.saga_id, message.step, str(message.phase))
             if txid in {a.txid for a in ours}:
@@ -341,7 +344,7 @@ class ChainStepExecutor:
             "chain step done",
             extra={"saga_id": message.saga_id, "step": message.step, "txid": txid, "how": how},
         )
-        return "applied"
+        return Outcome.APPLIED
 
     def _fail(
         self,
@@ -351,7 +354,7 @@ class ChainStepExecutor:
         error: Exception,
         *,
         submitted: Sequence[str] = (),
-    ) -> str:
+    ) -> Outcome:
         doubt = not verified.settled_without_effect()
         names = error_names(error)
         text = str(error) or type(error).__name__
@@ -365,7 +368,7 @@ class ChainStepExecutor:
             # A resubmission right before giving up is recorded, so the attempt that
             # `saga show` lists says "submitted" as the failure's reason does.
             early = self._check(uow, message, verified, submitted)
-            if isinstance(early, str):
+            if isinstance(early, Outcome):
                 return early
             self._hooks.apply_event(uow, early, definition, message, event, None)
             uow.commit()
@@ -378,7 +381,7 @@ class ChainStepExecutor:
                 "in_doubt": doubt,
             },
         )
-        return "applied"
+        return Outcome.APPLIED
 
     def _wait(
         self,
@@ -386,7 +389,7 @@ class ChainStepExecutor:
         definition: SagaDefinition,
         verified: _Verified,
         error: LedgerError,
-    ) -> str:
+    ) -> Outcome:
         """The ledger cannot take the step now: look again later, or hand it to an operator.
 
         The outage is timed from the first time this step found the ledger away
@@ -397,7 +400,7 @@ class ChainStepExecutor:
         now = self._clock()
         with self._uow() as uow:
             early = self._check(uow, message, verified)
-            if isinstance(early, str):
+            if isinstance(early, Outcome):
                 return early
             step_state = early.state.steps[early.state.current]
             since = step_state.waiting_since or now
@@ -434,7 +437,7 @@ class ChainStepExecutor:
             log.warning("chain step waits for the ledger", extra=fields)
         else:
             log.debug("chain step still waits for the ledger", extra=fields)
-        return "waiting"
+        return Outcome.WAITING
 
     def _resubmit(
         self,
@@ -444,7 +447,7 @@ class ChainStepExecutor:
         step: Step,
         verified: _Verified,
         txids: tuple[str, ...],
-    ) -> str:
+    ) -> Outcome:
         by_txid = {a.txid: a for a in verified.attempts}
         submitted: list[str] = []
         failure: LedgerError | None = None
@@ -487,7 +490,7 @@ class ChainStepExecutor:
         record: SagaRecord,
         verified: _Verified,
         channel: str,
-    ) -> str | None:
+    ) -> Outcome | None:
         assert step.chain is not None
         call: ChainCall = step.chain
         purpose = message.phase
@@ -516,7 +519,7 @@ class ChainStepExecutor:
 
         with self._uow() as uow:
             early = self._check(uow, message, verified)
-            if isinstance(early, str):
+            if isinstance(early, Outcome):
                 # Never stored, so never submitted: this envelope can never commit.
                 return early
             now = uow.ledger_attempts.for_step(message.saga_id, step.name, purpose)
@@ -551,7 +554,7 @@ class ChainStepExecutor:
         definition: SagaDefinition,
         verified: _Verified,
         prepared: PreparedTx,
-    ) -> str:
+    ) -> Outcome:
         try:
             ledger.submit(prepared, timeout=self.settings.submit_timeout)
         except LedgerError as exc:
@@ -575,10 +578,10 @@ class ChainStepExecutor:
         definition: SagaDefinition,
         verified: _Verified,
         submitted: list[str],
-    ) -> str:
+    ) -> Outcome:
         with self._uow() as uow:
             early = self._check(uow, message, verified, submitted)
-            if isinstance(early, str):
+            if isinstance(early, Outcome):
                 return early
             waited_since = early.state.steps[early.state.current].waiting_since
             if submitted and waited_since is not None:
@@ -598,7 +601,7 @@ class ChainStepExecutor:
             if self.settings.recheck_delay > 0:
                 self._hooks.recheck(uow, message, self.settings.recheck_delay)
             uow.commit()
-        return "submitted"
+        return Outcome.SUBMITTED
 
     def _endorse_refused(
         self,
@@ -606,7 +609,7 @@ class ChainStepExecutor:
         definition: SagaDefinition,
         verified: _Verified,
         exc: EndorseFailed,
-    ) -> str:
+    ) -> Outcome:
         refusal = sagafacts.parse_refusal(str(exc))
         if refusal is not None and refusal.code == sagafacts.ALREADY_RECORDED:
             found = refusal.record()
@@ -638,14 +641,14 @@ class ChainStepExecutor:
         message: StepMessage,
         verified: _Verified | None = None,
         submitted: Sequence[str] = (),
-    ) -> SagaRecord | str:
+    ) -> SagaRecord | Outcome:
         """Lock the saga and check it still awaits the message; else finish it here.
 
         Anything the verify pass learned is recorded either way: a commit code is
         a fact about the ledger, whoever the saga is waiting for now.
         """
         if uow.inbox.seen(message.message_id):
-            return "duplicate"
+            return Outcome.DUPLICATE
         record = uow.sagas.get(message.saga_id, for_update=True)
         if record is None:
             raise MalformedMessage(f"no saga with id {message.saga_id!r}")
@@ -664,7 +667,7 @@ class ChainStepExecutor:
                 "stale chain step message ignored",
                 extra={"saga_id": message.saga_id, "step": message.step, "why": why},
             )
-            return "stale"
+            return Outcome.STALE
         return record
 
     def _ledger(self, definition: SagaDefinition, step: Step) -> Ledger:
