@@ -33,9 +33,9 @@ from bench.common import (
     timing_records,
 )
 from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.repository import idle_sagas_query
 from saga.adapters.sql.tables import inbox, outbox, sagas
 from saga.app.orchestrator import Orchestrator
-from saga.app.sweeper import candidates_query
 from saga.examples.order_payment_tables import order_payment_events
 from saga.registry_loader import load_registry
 
@@ -280,7 +280,7 @@ def explain(engine: Engine) -> dict[str, list[str]]:
         "relay claim": claim,
         "saga lock": select(sagas).where(sagas.c.id == some).with_for_update(),
         "inbox check": select(inbox.c.message_id).where(inbox.c.message_id == msg),
-        "sweeper candidates": candidates_query(datetime.now(UTC) - timedelta(seconds=150), 500),
+        "sweeper candidates": idle_sagas_query(datetime.now(UTC) - timedelta(seconds=150), 500),
     }
     out: dict[str, list[str]] = {}
     with engine.begin() as c:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from saga.app.chain.executor import ChainSettings
     from saga.ports.broker import Publisher
     from saga.ports.ledger import Ledger
+    from saga.ports.ledger_scan import LedgerScan
     from saga.ports.store import OutboxReader, UnitOfWorkFactory
 
 
@@ -178,6 +179,15 @@ class Container:
 
         endpoint, identity = self.fabric_access()
         return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
+
+    def scan_ledger(
+        self, chaincode: str = "sagafacts", *, progress: Callable[[int, int], None] | None = None
+    ) -> LedgerScan:
+        """The audit's ledger scan port: the channel's blocks read now, through qscc."""
+        from saga.adapters.fabric.ledger_scan import scan_ledger
+
+        with self.query_client() as client:
+            return scan_ledger(client, self.settings.fabric_channel, chaincode, progress=progress)
 
 
 def _with_client_tls(

@@ -5,7 +5,8 @@ each `FakeUnitOfWork` works on a private copy of it and publishes that copy only
 on `commit()`, so anything not committed is gone when the block exits, exactly
 like a database transaction.
 
-Business steps in tests write through `uow.session` (a `FakeSession`) into named
+Business steps in tests write through `ctx.session` (a `FakeSession`, the unit of
+work's `step_session()`; tests may use `uow.session` directly) into named
 tables of the same working copy, so their writes commit or roll back together
 with the saga's state, the inbox record and the outbox rows.
 
@@ -16,6 +17,7 @@ same when a unit of work is opened.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 import json
@@ -24,10 +26,11 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from saga.core.chain import AttemptState
+from saga.core.state import SagaStatus
 from saga.ports.broker import PendingMessage
 from saga.ports.ledger import (
     DUPLICATE_TXID,
@@ -52,6 +55,8 @@ from saga.ports.store import (
     StoreUnavailable,
 )
 
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
 
 @dataclass
 class OutboxRow:
@@ -59,6 +64,13 @@ class OutboxRow:
     message: OutboxMessage
     published: bool = False
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # When it is due (created_at plus its delay; `release` makes it now). The fake
+    # relay does not wait for it: unit tests drive retries without a clock.
+    available_at: datetime | None = None
+
+    @property
+    def due_at(self) -> datetime:
+        return self.available_at or self.created_at
 
 
 @dataclass
@@ -184,6 +196,29 @@ class FakeSagaRepository:
             counts[state.name] = counts.get(state.name, 0) + 1
         return counts
 
+    def ids(self, *, created_since: datetime | None = None) -> builtins.list[str]:
+        records = [
+            r
+            for r in self._uow._work().sagas.values()
+            if created_since is None or (r.created_at is not None and r.created_at >= created_since)
+        ]
+        records.sort(key=lambda r: (r.created_at or _EPOCH, r.saga_id))
+        return [r.saga_id for r in records]
+
+    def idle(self, *, updated_before: datetime, limit: int) -> builtins.list[str]:
+        work = self._uow._work()
+        pending = {row.message.saga_id for row in work.outbox if not row.published}
+        found = [
+            r
+            for r in work.sagas.values()
+            if r.state.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+            and r.updated_at is not None
+            and r.updated_at < updated_before
+            and r.saga_id not in pending
+        ]
+        found.sort(key=lambda r: r.updated_at or _EPOCH)
+        return [r.saga_id for r in found[:limit]]
+
 
 class FakeOutbox:
     def __init__(self, uow: FakeUnitOfWork) -> None:
@@ -191,7 +226,13 @@ class FakeOutbox:
 
     def add(self, message: OutboxMessage) -> None:
         work = self._uow._work()
-        work.outbox.append(OutboxRow(work.next_outbox_id, copy.deepcopy(message)))
+        at = datetime.now(UTC)
+        available = at + timedelta(seconds=max(message.delay, 0.0))
+        work.outbox.append(
+            OutboxRow(
+                work.next_outbox_id, copy.deepcopy(message), created_at=at, available_at=available
+            )
+        )
         work.next_outbox_id += 1
 
     def take(self, message_id: str) -> None:
@@ -203,6 +244,17 @@ class FakeOutbox:
         for row in self._uow._work().outbox:
             if row.message.message_id == message_id and not row.published:
                 row.message = dataclasses.replace(row.message, delay=0.0)
+                row.available_at = datetime.now(UTC)
+
+    def oldest_unpublished_age(self) -> float | None:
+        at = datetime.now(UTC)
+        due = [r.due_at for r in self._uow._work().outbox if not r.published and r.due_at <= at]
+        if not due:
+            return None
+        return max((at - min(due)).total_seconds(), 0.0)
+
+    def count_unpublished(self) -> int:
+        return sum(1 for r in self._uow._work().outbox if not r.published)
 
 
 class FakeInbox:
@@ -303,6 +355,29 @@ class FakeLedgerAttempts:
         found.sort(key=lambda r: r.created_at or datetime.min.replace(tzinfo=UTC))
         return found[:limit]
 
+    def unsettled_of_terminal_sagas(
+        self, *, older_than: datetime, limit: int
+    ) -> list[LedgerAttemptRecord]:
+        sagas = self._uow._work().sagas
+        terminal = {sid for sid, r in sagas.items() if r.state.status.terminal}
+        return [
+            r
+            for r in self.unsettled(
+                limit=len(self._uow._work().ledger_attempts), older_than=older_than
+            )
+            if r.saga_id in terminal
+        ][:limit]
+
+    def count_unsettled(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self._uow._work().ledger_attempts:
+            if r.state is not AttemptState.COMMITTED:
+                counts[str(r.state)] = counts.get(str(r.state), 0) + 1
+        return counts
+
+    def envelopes(self) -> list[tuple[str, bytes]]:
+        return [(r.txid, r.envelope) for r in self._uow._work().ledger_attempts]
+
 
 class FakeUnitOfWork:
     """One transaction over a FakeDatabase; rolls back on exit unless committed."""
@@ -318,6 +393,11 @@ class FakeUnitOfWork:
         self.history = FakeHistory(self)
         self.ledger_attempts = FakeLedgerAttempts(self)
         self.session = FakeSession(self)
+
+    @contextmanager
+    def step_session(self) -> Iterator[FakeSession]:
+        yield self.session
+        self.session.flush()
 
     def _work(self) -> Tables:
         if self._tables is None:

@@ -31,13 +31,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from saga.adapters.fabric.ledger_scan import LedgerScan, LedgerTx, record_writes
-from saga.adapters.sql.tables import ledger_attempts, sagas
 from saga.core.chain import AttemptState
 from saga.core.definitions import Registry, StepKind
 from saga.core.state import SagaState, StepStatus
+from saga.ports.ledger_scan import LedgerScan, ScannedTx
 from saga.ports.store import LedgerAttemptRecord, UnitOfWorkFactory
 
 KINDS = (
@@ -116,7 +113,9 @@ def audit(
     since: datetime | None = None,
 ) -> AuditReport:
     """Compare the store with a ledger scan; ``since`` limits both sides by time."""
-    report = AuditReport(blocks=scan.height - scan.start, ledger_transactions=len(scan.txs))
+    report = AuditReport(
+        blocks=scan.height - scan.start, ledger_transactions=scan.transaction_count
+    )
     loaded = list(_load_sagas(uow_factory, saga_id, since))
     report.sagas = len(loaded)
     for saga in loaded:
@@ -155,28 +154,30 @@ def audit(
     return report
 
 
-def _after(tx: LedgerTx, since: datetime | None) -> bool:
+def _after(tx: ScannedTx, since: datetime | None) -> bool:
     return since is None or tx.timestamp is None or tx.timestamp >= since
 
 
 def _load_sagas(
     uow_factory: UnitOfWorkFactory, saga_id: str | None, since: datetime | None
 ) -> Iterable[_Saga]:
-    with uow_factory() as uow:
-        query = select(sagas.c.id).order_by(sagas.c.created_at, sagas.c.id)
-        if saga_id is not None:
-            query = query.where(sagas.c.id == saga_id)
-        if since is not None:
-            query = query.where(sagas.c.created_at >= since)
-        ids = [row[0] for row in uow.session.execute(query)]
+    if saga_id is None:
+        with uow_factory() as uow:
+            ids = uow.sagas.ids(created_since=since)
+    else:
+        ids = [saga_id]
     # One short transaction per saga: an audit of a busy store never holds a
     # snapshot (or locks) for minutes.
     for sid in ids:
         with uow_factory() as uow:
             record = uow.sagas.get(sid)
-            if record is None:
+            if record is None or not _created_since(record.created_at, since):
                 continue
             yield _Saga(record.state, tuple(uow.ledger_attempts.for_saga(sid)))
+
+
+def _created_since(created_at: datetime | None, since: datetime | None) -> bool:
+    return since is None or (created_at is not None and created_at >= since)
 
 
 def _chain_steps(registry: Registry | None, saga: _Saga) -> set[str]:
@@ -293,28 +294,27 @@ def _attempt_keys(scan: LedgerScan, attempt: LedgerAttemptRecord) -> tuple[str, 
     on_ledger = scan.get(attempt.txid)
     if on_ledger is not None:
         return on_ledger.created
-    return _parse(attempt.envelope, scan.namespace)
+    return _parse(scan, attempt.envelope)
 
 
-def _parse(envelope: bytes, namespace: str) -> tuple[str, ...]:
+def _parse(scan: LedgerScan, envelope: bytes) -> tuple[str, ...]:
     try:
-        writes = record_writes(envelope, namespace)
+        return scan.keys_created_by(envelope)
     except Exception:
         # An envelope the store holds but cannot parse knows no key; the audit
         # then reports that key's ledger transaction, which is what an operator
         # needs to look at.
         return ()
-    return () if writes is None else writes.created
 
 
 def _known_keys(uow_factory: UnitOfWorkFactory, scan: LedgerScan) -> set[str]:
     known: set[str] = set()
     with uow_factory() as uow:
-        rows = uow.session.execute(select(ledger_attempts.c.txid, ledger_attempts.c.envelope))
-        for txid, envelope in rows:
-            on_ledger = scan.get(txid)
-            if on_ledger is not None:
-                known.update(on_ledger.created)
-            else:
-                known.update(_parse(bytes(envelope), scan.namespace))
+        rows = uow.ledger_attempts.envelopes()
+    for txid, envelope in rows:
+        on_ledger = scan.get(txid)
+        if on_ledger is not None:
+            known.update(on_ledger.created)
+        else:
+            known.update(_parse(scan, envelope))
     return known

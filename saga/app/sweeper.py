@@ -60,20 +60,21 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, exists, func, select
-
-from saga.adapters.sql.tables import ledger_attempts, outbox, sagas
 from saga.core.definitions import Registry
 from saga.core.errors import SagaError
 from saga.core.machine import awaited_command, transition
 from saga.core.messages import Command, MarkedStuck, RunCompensation
-from saga.core.state import SagaStatus
 from saga.core.step_message import StepMessage
-from saga.ports.store import HistoryEntry, OutboxMessage, SagaRecord, UnitOfWork, UnitOfWorkFactory
+from saga.ports.store import (
+    HistoryEntry,
+    LedgerAttemptRecord,
+    OutboxMessage,
+    SagaRecord,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from saga.config import Settings
     from saga.ports.ledger import Ledger
 
@@ -88,9 +89,6 @@ ATTEMPT_GIVEN_UP = "sweeper gave up ledger attempt"
 # seen"; any code but VALID is final-invalid to the verify path, which then reads
 # the chaincode's idempotency record before anything new is prepared.
 NOT_VALIDATED = 254
-
-_ACTIVE = (str(SagaStatus.RUNNING), str(SagaStatus.COMPENSATING))
-_TERMINAL = tuple(str(s) for s in SagaStatus if s.terminal)
 
 
 @dataclass(frozen=True)
@@ -201,8 +199,7 @@ class Sweeper:
         """Ids of sagas that may be stuck, least recently updated first (index-backed)."""
         cutoff = now - timedelta(seconds=self._shortest_timeout() + self.config.grace)
         with self._uow() as uow:
-            rows = uow.session.execute(candidates_query(cutoff, self.config.batch_size))
-            return [str(r[0]) for r in rows]
+            return uow.sagas.idle(updated_before=cutoff, limit=self.config.batch_size)
 
     def _shortest_timeout(self) -> float:
         timeouts = [s.timeout for d in self._registry for s in d.steps]
@@ -347,17 +344,9 @@ class Sweeper:
         return True
 
     def _outbox_lag(self) -> float | None:
+        """The oldest due message's wait, by the store's own clock."""
         with self._uow() as uow:
-            session: Session = uow.session
-            oldest = session.execute(
-                select(func.min(outbox.c.available_at)).where(
-                    outbox.c.published_at.is_(None),
-                    outbox.c.available_at <= datetime.now(UTC),
-                )
-            ).scalar()
-        if oldest is None:
-            return None
-        return (datetime.now(UTC) - oldest).total_seconds()
+            return uow.outbox.oldest_unpublished_age()
 
     # -- terminal sagas' unsettled ledger attempts --------------------------------------
 
@@ -366,8 +355,8 @@ class Sweeper:
             return
         older = now - timedelta(seconds=self.config.grace)
         with self._uow() as uow:
-            rows = list(
-                uow.session.execute(terminal_attempts_query(older, self.config.attempts_per_sweep))
+            rows = uow.ledger_attempts.unsettled_of_terminal_sagas(
+                older_than=older, limit=self.config.attempts_per_sweep
             )
         if not rows:
             return
@@ -380,7 +369,7 @@ class Sweeper:
                     row.channel, row.txid, timeout=self.config.status_timeout
                 )
             except LedgerError as exc:
-                created = row.created_at
+                created = row.created_at or now
                 if (now - created).total_seconds() < self.config.abandon_after:
                     report.attempts_unknown += 1
                     continue
@@ -395,7 +384,13 @@ class Sweeper:
             report.attempts_settled.append(row.txid)
 
     def _record_attempt(
-        self, row: Any, code: int, block: int | None, kind: str, detail: str, now: datetime
+        self,
+        row: LedgerAttemptRecord,
+        code: int,
+        block: int | None,
+        kind: str,
+        detail: str,
+        now: datetime,
     ) -> None:
         from saga.adapters.prometheus import metrics
 
@@ -413,7 +408,7 @@ class Sweeper:
                         "step": row.step,
                         "purpose": row.purpose,
                         "txid": row.txid,
-                        "state_was": row.state,
+                        "state_was": str(row.state),
                         "code": code,
                         "block": block,
                         "why": detail,
@@ -428,46 +423,6 @@ class Sweeper:
 
 
 # -- pure helpers -----------------------------------------------------------------------------
-
-
-def candidates_query(cutoff: datetime, limit: int) -> Any:
-    """Running/compensating sagas idle since before `cutoff`, with nothing in the outbox.
-
-    PostgreSQL plan (tests/integration/test_sweeper_store.py shows it): a bitmap
-    index scan on ix_sagas_status_updated_at for both statuses, so terminal sagas
-    are never read, and an anti-join against the saga's unpublished outbox rows
-    (ix_outbox_saga_id).
-    """
-    pending = exists().where(and_(outbox.c.saga_id == sagas.c.id, outbox.c.published_at.is_(None)))
-    return (
-        select(sagas.c.id)
-        .where(sagas.c.status.in_(_ACTIVE), sagas.c.updated_at < cutoff, ~pending)
-        .order_by(sagas.c.updated_at)
-        .limit(limit)
-    )
-
-
-def terminal_attempts_query(older_than: datetime, limit: int) -> Any:
-    """Unsettled attempts (partial index ix_ledger_attempts_unsettled) of terminal sagas."""
-    return (
-        select(
-            ledger_attempts.c.saga_id,
-            ledger_attempts.c.step,
-            ledger_attempts.c.purpose,
-            ledger_attempts.c.txid,
-            ledger_attempts.c.channel,
-            ledger_attempts.c.state,
-            ledger_attempts.c.created_at,
-        )
-        .join(sagas, sagas.c.id == ledger_attempts.c.saga_id)
-        .where(
-            ledger_attempts.c.state != "committed",
-            ledger_attempts.c.created_at < older_than,
-            sagas.c.status.in_(_TERMINAL),
-        )
-        .order_by(ledger_attempts.c.created_at)
-        .limit(limit)
-    )
 
 
 def build_sweeper(container: Any) -> Sweeper:

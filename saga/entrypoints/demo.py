@@ -241,9 +241,7 @@ def _wait(
 
 
 def _audit(container: Container, since: datetime) -> AuditReport:
-    from saga.adapters.fabric.ledger_scan import scan_ledger
     from saga.app.audit import audit
 
-    with container.query_client() as client:
-        scan = scan_ledger(client, container.settings.fabric_channel, "sagafacts")
+    scan = container.scan_ledger("sagafacts")
     return audit(container.uow_factory, container.registry, scan, since=since)

@@ -6,6 +6,7 @@ aio-pika or kombu, ...). The fakes in tests/fakes.py implement them in memory.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -110,6 +111,23 @@ class LedgerAttempts(Protocol):
         """Attempts not yet COMMITTED, oldest first (the watcher's and sweeper's work)."""
         ...
 
+    def unsettled_of_terminal_sagas(
+        self, *, older_than: datetime, limit: int
+    ) -> list[LedgerAttemptRecord]:
+        """Attempts not yet COMMITTED, created before `older_than`, whose saga is terminal.
+
+        Oldest first; the sweeper asks the ledger about these once more.
+        """
+        ...
+
+    def count_unsettled(self) -> dict[str, int]:
+        """Attempts not yet COMMITTED, counted by state ("prepared", "submitted")."""
+        ...
+
+    def envelopes(self) -> list[tuple[str, bytes]]:
+        """(txid, signed envelope) of every attempt recorded, any state (the audit's keys)."""
+        ...
+
 
 class SagaRepository(Protocol):
     def add(self, record: SagaRecord) -> None: ...
@@ -135,6 +153,19 @@ class SagaRepository(Protocol):
         """Running or compensating sagas whose current step waits for the ledger, by saga name."""
         ...
 
+    def ids(self, *, created_since: datetime | None = None) -> builtins.list[str]:
+        """Ids of every saga (created at or after `created_since`), oldest created first."""
+        ...
+
+    def idle(self, *, updated_before: datetime, limit: int) -> builtins.list[str]:
+        """Running or compensating sagas the sweeper may have to look at.
+
+        Ids of those last updated before `updated_before` that have no unpublished
+        outbox row (a message on its way is not a lost one), least recently
+        updated first, at most `limit`.
+        """
+        ...
+
 
 class Outbox(Protocol):
     def add(self, message: OutboxMessage) -> None: ...
@@ -145,6 +176,17 @@ class Outbox(Protocol):
 
     def release(self, message_id: str) -> None:
         """Make a held-back, unpublished message due now."""
+        ...
+
+    def oldest_unpublished_age(self) -> float | None:
+        """Seconds the oldest due, unpublished message has waited, by the store's clock.
+
+        None if none waits. A delayed message counts from when it became due.
+        """
+        ...
+
+    def count_unpublished(self) -> int:
+        """Messages not yet published, due or not."""
         ...
 
 
@@ -186,9 +228,13 @@ class UnitOfWork(Protocol):
     @property
     def ledger_attempts(self) -> LedgerAttempts: ...
 
-    @property
-    def session(self) -> Any:
-        """The transaction's session, handed to local steps for their business writes."""
+    def step_session(self) -> AbstractContextManager[Any]:
+        """The transaction's session, for a local step's business writes (its StepContext).
+
+        Leaving the block without an error sends the step's pending writes, so
+        their errors are the step's own; the unit of work still ends the
+        transaction.
+        """
         ...
 
     def __enter__(self) -> Self: ...

@@ -17,9 +17,10 @@ from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
 from saga.adapters.sql import TRANSIENT_ERRORS, SqlOutboxReader, SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql.repository import idle_sagas_query
 from saga.adapters.sql.tables import outbox, sagas
 from saga.app.orchestrator import Orchestrator
-from saga.app.sweeper import REDRIVE, STUCK, SweepConfig, Sweeper, candidates_query
+from saga.app.sweeper import REDRIVE, STUCK, SweepConfig, Sweeper
 from saga.core.definitions import Registry
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
@@ -195,7 +196,7 @@ def test_the_candidate_query_is_index_backed(engine: Engine) -> None:
         )
         c.execute(text("analyze sagas"))
         c.execute(text("analyze outbox"))
-        query = candidates_query(now - timedelta(minutes=5), 500)
+        query = idle_sagas_query(now - timedelta(minutes=5), 500)
         compiled = query.compile(c, compile_kwargs={"literal_binds": True})
         plan = "\n".join(r[0] for r in c.execute(text(f"explain {compiled}")))
     assert "ix_sagas_status_updated_at" in plan, plan

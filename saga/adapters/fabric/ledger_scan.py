@@ -14,7 +14,8 @@ original's txid, so it creates only its own key. Counting VALID creators per
 key is therefore exactly "VALID transactions per idempotency key", and more
 than one is the duplicate that the chain step protocol must never allow.
 
-Used by ``saga audit`` and directly by tests (``ledger_counts``).
+Used by ``saga audit`` (``LedgerScan`` is the ledger scan port's adapter,
+saga.ports.ledger_scan) and directly by tests (``ledger_counts``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class LedgerScan:
         self.txs.append(tx)
         self._index(tx)
 
+    @property
+    def transaction_count(self) -> int:
+        return len(self.txs)
+
     def get(self, txid: str) -> LedgerTx | None:
         return self._by_txid.get(txid)
 
@@ -141,6 +146,11 @@ class LedgerScan:
 
     def duplicates(self) -> dict[str, list[LedgerTx]]:
         return {k: txs for k, txs in self.valid_by_key().items() if len(txs) > 1}
+
+    def keys_created_by(self, envelope: bytes) -> tuple[str, ...]:
+        """The keys a stored envelope creates in this scan's namespace (the port's reading)."""
+        writes = record_writes(envelope, self.namespace)
+        return () if writes is None else writes.created
 
     def counts(self) -> ScanCounts:
         by_key = self.valid_by_key()

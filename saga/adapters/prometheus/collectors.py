@@ -102,28 +102,12 @@ class StoreCollector:
     def _read_store(
         self,
     ) -> tuple[dict[tuple[str, str], int], dict[str, int], float | None, int, dict[str, int]]:
-        from sqlalchemy import func, select
-
-        from saga.adapters.sql.outbox import SqlOutboxReader
-        from saga.adapters.sql.tables import ledger_attempts, outbox
-
         with self._uow() as uow:
             counts = uow.sagas.count_by_status()
             waiting = uow.sagas.count_waiting_for_ledger()
-            session = uow.session
-            rows = session.execute(
-                select(ledger_attempts.c.state, func.count())
-                .where(ledger_attempts.c.state != "committed")
-                .group_by(ledger_attempts.c.state)
-            )
-            unsettled = {str(state): int(n) for state, n in rows}
-            unpublished = int(
-                session.execute(
-                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-                ).scalar_one()
-            )
-            engine = session.get_bind()
-        lag = SqlOutboxReader(engine).oldest_unpublished_age()
+            unsettled = uow.ledger_attempts.count_unsettled()
+            unpublished = uow.outbox.count_unpublished()
+            lag = uow.outbox.oldest_unpublished_age()
         return counts, unsettled, lag, unpublished, waiting
 
 

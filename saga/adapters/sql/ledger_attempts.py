@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from saga.adapters.sql.clock import as_utc, now
-from saga.adapters.sql.tables import ledger_attempts
+from saga.adapters.sql.tables import ledger_attempts, sagas
 from saga.core.chain import AttemptState
+from saga.core.state import SagaStatus
 from saga.ports.store import LedgerAttemptRecord
 
 _COMMITTED = str(AttemptState.COMMITTED)
+_TERMINAL = tuple(str(s) for s in SagaStatus if s.terminal)
 
 
 class SqlLedgerAttempts:
@@ -90,6 +92,35 @@ class SqlLedgerAttempts:
             query = query.where(ledger_attempts.c.created_at < as_utc(older_than))
         rows = self._session.execute(query.order_by(ledger_attempts.c.created_at).limit(limit))
         return [_record(r) for r in rows]
+
+    def unsettled_of_terminal_sagas(
+        self, *, older_than: datetime, limit: int
+    ) -> list[LedgerAttemptRecord]:
+        # The partial index ix_ledger_attempts_unsettled holds only unsettled rows.
+        rows = self._session.execute(
+            select(ledger_attempts)
+            .join(sagas, sagas.c.id == ledger_attempts.c.saga_id)
+            .where(
+                ledger_attempts.c.state != _COMMITTED,
+                ledger_attempts.c.created_at < as_utc(older_than),
+                sagas.c.status.in_(_TERMINAL),
+            )
+            .order_by(ledger_attempts.c.created_at)
+            .limit(limit)
+        )
+        return [_record(r) for r in rows]
+
+    def count_unsettled(self) -> dict[str, int]:
+        rows = self._session.execute(
+            select(ledger_attempts.c.state, func.count())
+            .where(ledger_attempts.c.state != _COMMITTED)
+            .group_by(ledger_attempts.c.state)
+        )
+        return {str(state): int(n) for state, n in rows}
+
+    def envelopes(self) -> list[tuple[str, bytes]]:
+        rows = self._session.execute(select(ledger_attempts.c.txid, ledger_attempts.c.envelope))
+        return [(str(txid), bytes(envelope)) for txid, envelope in rows]
 
 
 def _record(row: Row[Any]) -> LedgerAttemptRecord:

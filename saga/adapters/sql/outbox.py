@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Interval, bindparam, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
 
 from saga.adapters.sql.clock import now, utcnow
@@ -99,6 +99,12 @@ class SqlOutbox:
             .where(outbox.c.message_id == message_id, outbox.c.published_at.is_(None))
             .values(available_at=now(dialect))
         )
+
+    def oldest_unpublished_age(self) -> float | None:
+        return oldest_unpublished_age(self._session, self._session.get_bind().dialect)
+
+    def count_unpublished(self) -> int:
+        return count_unpublished(self._session)
 
 
 class SqlOutboxReader:
@@ -229,32 +235,38 @@ class SqlOutboxReader:
         """
         try:
             with self._engine.begin() as connection:
-                current = now(connection.dialect)
-                oldest = connection.execute(
-                    select(func.min(outbox.c.available_at)).where(
-                        outbox.c.published_at.is_(None), outbox.c.available_at <= current
-                    )
-                ).scalar()
-                if oldest is None:
-                    return None
-                if connection.dialect.name == "postgresql":
-                    at = connection.execute(select(func.now())).scalar_one()
-                else:
-                    at = utcnow()
+                return oldest_unpublished_age(connection, connection.dialect)
         except TRANSIENT_ERRORS as exc:
             raise unavailable(exc) from exc
-        return max((at - oldest).total_seconds(), 0.0)
 
     def pending_count(self) -> int:
         """Unpublished rows, due or not (for metrics)."""
         try:
             with self._engine.connect() as connection:
-                count: Any = connection.execute(
-                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-                ).scalar_one()
+                return count_unpublished(connection)
         except TRANSIENT_ERRORS as exc:
             raise unavailable(exc) from exc
-        return int(count)
+
+
+def oldest_unpublished_age(db: Connection | Session, dialect: Dialect) -> float | None:
+    """The reader's and the unit of work's `oldest_unpublished_age`, by the database's clock."""
+    current = now(dialect)
+    oldest = db.execute(
+        select(func.min(outbox.c.available_at)).where(
+            outbox.c.published_at.is_(None), outbox.c.available_at <= current
+        )
+    ).scalar()
+    if oldest is None:
+        return None
+    at = db.execute(select(func.now())).scalar_one() if dialect.name == "postgresql" else utcnow()
+    return max((at - oldest).total_seconds(), 0.0)
+
+
+def count_unpublished(db: Connection | Session) -> int:
+    count: Any = db.execute(
+        select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+    ).scalar_one()
+    return int(count)
 
 
 def _quiet_rollback(connection: Connection) -> None:

@@ -7,13 +7,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from saga.adapters.sql.clock import utcnow
 from saga.adapters.sql.errors import duplicate_key, is_duplicate_idempotency_key
-from saga.adapters.sql.tables import saga_steps, sagas
+from saga.adapters.sql.tables import outbox, saga_steps, sagas
 from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
 from saga.ports.store import SagaRecord
 
@@ -155,6 +155,16 @@ class SqlSagaRepository:
         )
         return {name: count for name, count in rows}
 
+    def ids(self, *, created_since: datetime | None = None) -> builtins.list[str]:
+        query = select(sagas.c.id).order_by(sagas.c.created_at, sagas.c.id)
+        if created_since is not None:
+            query = query.where(sagas.c.created_at >= created_since)
+        return [str(row[0]) for row in self._session.execute(query)]
+
+    def idle(self, *, updated_before: datetime, limit: int) -> builtins.list[str]:
+        rows = self._session.execute(idle_sagas_query(updated_before, limit))
+        return [str(row[0]) for row in rows]
+
     def _records(self, rows: Sequence[Row[Any]]) -> builtins.list[SagaRecord]:
         if not rows:
             return []
@@ -214,6 +224,27 @@ _SAVE_SAGA = update(sagas).where(sagas.c.id == bindparam("b_id"))
 _SAVE_STEPS = update(saga_steps).where(
     saga_steps.c.saga_id == bindparam("b_saga_id"), saga_steps.c.idx == bindparam("b_idx")
 )
+
+
+def idle_sagas_query(updated_before: datetime, limit: int) -> Any:
+    """`SagaRepository.idle`: running/compensating sagas idle since before the cutoff,
+    with nothing in the outbox.
+
+    PostgreSQL plan (tests/integration/test_sweeper_store.py shows it): a bitmap
+    index scan on ix_sagas_status_updated_at for both statuses, so terminal sagas
+    are never read, and an anti-join against the saga's unpublished outbox rows
+    (ix_outbox_saga_id).
+    """
+    pending = exists().where(and_(outbox.c.saga_id == sagas.c.id, outbox.c.published_at.is_(None)))
+    return (
+        select(sagas.c.id)
+        .where(sagas.c.status.in_(_ACTIVE), sagas.c.updated_at < updated_before, ~pending)
+        .order_by(sagas.c.updated_at)
+        .limit(limit)
+    )
+
+
+_ACTIVE = (str(SagaStatus.RUNNING), str(SagaStatus.COMPENSATING))
 
 
 def _step(row: Row[Any], prefix: str = "") -> StepState:

@@ -1,12 +1,15 @@
 """One database transaction: saga state, outbox, inbox, history and business writes.
 
 Everything goes through one SQLAlchemy `Session` on one connection. A local step
-gets that session (`uow.session`), so its business writes commit or roll back
-together with the record that the step ran and the messages it sends on.
+gets that session (`uow.step_session()`, handed on in its StepContext), so its
+business writes commit or roll back together with the record that the step ran
+and the messages it sends on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from psycopg.pq import TransactionStatus
@@ -140,6 +143,13 @@ class SqlUnitOfWork:
         self.inbox = SqlInbox(self.session)
         self.history = SqlHistory(self.session)
         self.ledger_attempts = SqlLedgerAttempts(self.session)
+
+    @contextmanager
+    def step_session(self) -> Iterator[StepSession]:
+        """The session a local step writes through; its pending ORM rows are sent at exit."""
+        yield self.session
+        # ORM rows the step added go out now, so their errors are the step's.
+        self.session.flush()
 
     def __exit__(self, *exc_info: object) -> None:
         exc = exc_info[1] if len(exc_info) > 1 else None

@@ -85,7 +85,6 @@ def audit(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from saga.adapters.fabric import GatewayError
-    from saga.adapters.fabric.ledger_scan import scan_ledger
     from saga.app.audit import audit as run_audit
     from saga.entrypoints.cli._common import parse_cutoff
 
@@ -99,21 +98,16 @@ def audit(
     )
     container = ledger_container(settings)
     try:
-        with (
-            container.query_client() as client,
-            Progress(
-                TextColumn("scanning blocks"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=console,
-                transient=True,
-                disable=as_json,
-            ) as bar,
-        ):
+        with Progress(
+            TextColumn("scanning blocks"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            transient=True,
+            disable=as_json,
+        ) as bar:
             task = bar.add_task("blocks", total=None)
-            scan = scan_ledger(
-                client,
-                settings.fabric_channel,
+            scan = container.scan_ledger(
                 chaincode,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
