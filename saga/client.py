@@ -34,6 +34,7 @@ from saga.config import Settings
 from saga.core.errors import UnknownSaga
 from saga.entrypoints.http.limits import BodyRejected, PayloadLimits, check_value
 from saga.entrypoints.http.schemas import Enqueued, SagaView, field_errors
+from saga.entrypoints.saga_view import step_kinds
 from saga.ports.store import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -448,4 +449,9 @@ class LocalSagaClient:
             raise ServiceUnavailableError(
                 f"the saga store cannot be reached ({exc})", code="store_unavailable"
             ) from exc
-        return SagaView.from_record(record, history)
+        return SagaView.from_record(
+            record,
+            history,
+            self._orchestrator.reader.ledger_attempts(saga_id),
+            step_kinds(self._orchestrator.registry, record.state),
+        )

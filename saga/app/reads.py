@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from saga.app.errors import SagaNotFound
-from saga.ports.store import HistoryEntry, SagaRecord, UnitOfWorkFactory
+from saga.ports.store import HistoryEntry, LedgerAttemptRecord, SagaRecord, UnitOfWorkFactory
 
 
 class SagaReader:
@@ -16,3 +16,8 @@ class SagaReader:
             if record is None:
                 raise SagaNotFound(saga_id)
             return record, uow.history.for_saga(saga_id)
+
+    def ledger_attempts(self, saga_id: str) -> list[LedgerAttemptRecord]:
+        """Every ledger transaction recorded for the saga's chain steps."""
+        with self._uow() as uow:
+            return uow.ledger_attempts.for_saga(saga_id)

@@ -15,6 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from saga.config import ConfigError, Settings
+from saga.entrypoints.saga_view import idle_seconds as idle_seconds
+from saga.entrypoints.saga_view import iso as iso
+from saga.entrypoints.saga_view import summary_view
 
 if TYPE_CHECKING:
     from saga.adapters.sql.saga_search import SagaFilter, SagaSummary
@@ -110,10 +113,6 @@ def parse_cutoff(value: str, option: str, now: datetime | None = None) -> dateti
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def age(value: datetime | None, now: datetime | None = None) -> str:
     """A short human age: 42s, 7m, 3h, 2d."""
     if value is None:
@@ -127,43 +126,10 @@ def age(value: datetime | None, now: datetime | None = None) -> str:
     return f"{int(seconds)}s"
 
 
-def idle_seconds(value: datetime | None, now: datetime | None = None) -> float | None:
-    """Seconds since `value`, as a number for scripts (`age` is the text for people)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return round(max(0.0, ((now or datetime.now(UTC)) - value).total_seconds()), 1)
-
-
-_FINISHED = ("completed", "compensated")
-
-
 def summary_json(s: SagaSummary, now: datetime | None = None) -> dict[str, Any]:
-    """The fields every saga has in `saga list`, `saga show` and `saga wait` --json.
-
-    A finished saga (completed, compensated) has no current step: `step`, `phase`
-    and `attempt` are null. A failed one's step is the one to fix.
-    """
-    status = str(s.status)
-    finished = status in _FINISHED
-    undo = status == "compensating" or str(s.step_status) == "compensation_failed"
-    return {
-        "id": s.saga_id,
-        "saga": s.name,
-        "version": s.version,
-        "status": status,
-        "reason": s.reason,
-        "idempotency_key": s.idempotency_key,
-        "step": None if finished else s.step,
-        "step_status": None if finished or s.step_status is None else str(s.step_status),
-        "phase": None if finished else ("undo" if undo else "do"),
-        "attempt": None if finished else (s.compensation_attempts if undo else s.attempts),
-        "created": iso(s.created_at),
-        "updated": iso(s.updated_at),
-        "idle_seconds": idle_seconds(s.updated_at, now),
-        "waiting_for_ledger_since": None if finished else iso(s.waiting_since),
-    }
+    """The fields every saga has in `saga list`, `saga show` and `saga wait` --json
+    (and the API): `saga.entrypoints.saga_view.summary_view`."""
+    return summary_view(s, now)
 
 
 WHERE_HELP = (

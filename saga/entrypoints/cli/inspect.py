@@ -19,7 +19,6 @@ from saga.entrypoints.cli._common import (
     console,
     container,
     fail,
-    iso,
     out,
     parse_cutoff,
     print_json,
@@ -27,7 +26,8 @@ from saga.entrypoints.cli._common import (
     summary_json,
     table,
 )
-from saga.ports.store import HistoryEntry, LedgerAttemptRecord, SagaRecord
+from saga.entrypoints.saga_view import saga_view
+from saga.ports.store import SagaRecord
 
 
 def list_sagas(
@@ -162,7 +162,7 @@ def show(
     with c.uow_factory() as uow:
         attempts = uow.ledger_attempts.for_saga(saga_id)
     kinds = _step_kinds(c, record)
-    data = _saga_json(record, history, attempts, kinds)
+    data = saga_view(record, history, attempts, kinds)
     if as_json:
         print_json(data)
         return
@@ -176,79 +176,6 @@ def _step_kinds(c: Any, record: SagaRecord) -> dict[str, str]:
     except Exception:  # the definition is not deployed here; show what the store knows
         return {}
     return {s.name: str(s.kind) for s in definition.steps}
-
-
-def _code_name(code: int | None) -> str | None:
-    if code is None:
-        return None
-    try:
-        from saga.adapters.fabric.messages import validation_code_name
-    except ImportError:  # protobuf bindings missing in a slim install
-        return str(code)
-    return validation_code_name(code)
-
-
-def _attempt_json(a: LedgerAttemptRecord) -> dict[str, Any]:
-    # Never the envelope: it is a signed transaction, not something to paste around.
-    return {
-        "txid": a.txid,
-        "purpose": a.purpose,
-        "channel": a.channel,
-        "state": str(a.state),
-        "code": a.code,
-        "code_name": _code_name(a.code),
-        "block": a.block,
-        "worker": a.worker,
-        "created": iso(a.created_at),
-        "submitted": iso(a.submitted_at),
-        "committed": iso(a.committed_at),
-    }
-
-
-def _saga_json(
-    record: SagaRecord,
-    history: list[HistoryEntry],
-    attempts: list[LedgerAttemptRecord],
-    kinds: dict[str, str],
-) -> dict[str, Any]:
-    from saga.adapters.sql.saga_search import SagaSummary
-
-    state = record.state
-    summary = summary_json(SagaSummary.of(record))
-    # A finished saga has no current step; a failed one's is the step to fix.
-    marked = summary["step"] is not None
-    return {
-        **summary,
-        "current_step": summary["step"],
-        "input": record.input,
-        "data": record.data,
-        "steps": [
-            {
-                "name": s.name,
-                "kind": kinds.get(s.name),
-                "status": str(s.status),
-                "current": marked and i == state.current,
-                "attempts": s.attempts,
-                "failures": s.failures,
-                "compensation_attempts": s.compensation_attempts,
-                "compensation_failures": s.compensation_failures,
-                "last_error": s.last_error,
-                "waiting_for_ledger_since": iso(s.waiting_since),
-                "ledger_attempts": [_attempt_json(a) for a in attempts if a.step == s.name],
-            }
-            for i, s in enumerate(state.steps)
-        ],
-        "history": [
-            {
-                "at": h.at.isoformat(),
-                "kind": h.kind,
-                "detail": h.detail,
-                "actor": h.actor,
-                "why": h.detail.get("why") if isinstance(h.detail, dict) else None,
-            }
-            for h in history
-        ],
-    }
 
 
 def _print_saga(data: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from saga.entrypoints.http.schemas import (
     SagaView,
     field_errors,
 )
+from saga.entrypoints.saga_view import step_kinds
 from saga.ports.store import StoreUnavailable
 
 log = logging.getLogger("saga.api")
@@ -367,7 +368,12 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
             record, history = orchestrator.get(saga_id)
         except SagaNotFound:
             return not_found
-        return SagaView.from_record(record, history)
+        return SagaView.from_record(
+            record,
+            history,
+            orchestrator.reader.ledger_attempts(saga_id),
+            step_kinds(orchestrator.registry, record.state),
+        )
 
     @app.get(
         "/healthz",

@@ -6,13 +6,14 @@ responses into the same types without loading the web framework.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.ports.store import HistoryEntry, SagaRecord
+from saga.entrypoints.saga_view import saga_view
+from saga.ports.store import HistoryEntry, LedgerAttemptRecord, SagaRecord
 
 
 class EnqueueRequest(BaseModel):
@@ -47,7 +48,11 @@ class Enqueued(BaseModel):
 
 class StepView(BaseModel):
     name: str
+    # local or chain; None when the definition is not deployed where the view was built.
+    kind: str | None = None
     status: str
+    # True for the step the saga is at (never for a finished saga).
+    current: bool = False
     attempts: int
     failures: int
     compensation_attempts: int
@@ -55,6 +60,8 @@ class StepView(BaseModel):
     last_error: str | None = None
     # Set while the step waits for an unreachable ledger: when that began.
     waiting_for_ledger_since: datetime | None = None
+    # A chain step's ledger transactions (txid, state, code, block...; never the envelope).
+    ledger_attempts: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class HistoryView(BaseModel):
@@ -62,58 +69,50 @@ class HistoryView(BaseModel):
     kind: str
     detail: dict[str, Any]
     actor: str | None = None
+    # The detail's `why` (an operator's reason), if any.
+    why: Any = None
 
 
 class SagaView(BaseModel):
+    """One saga: the view `saga show --json` prints too (saga.entrypoints.saga_view)."""
+
     saga_id: str
+    # The same id, under the name `saga list`, `show` and `wait` use.
+    id: str | None = None
     saga: str
     version: int
     status: str
     reason: str | None = None
-    # Name of the step the saga is at (None once it has moved past the last one).
+    # The step the saga is at; None once it is finished (completed or compensated).
+    # For a failed saga, the step to fix.
     current_step: str | None = None
+    # The same, with its status, phase (do / undo) and attempt number.
+    step: str | None = None
+    step_status: str | None = None
+    phase: str | None = None
+    attempt: int | None = None
     steps: list[StepView]
     input: dict[str, Any]
     data: dict[str, Any]
     idempotency_key: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # created_at and updated_at as ISO text, and seconds since the last progress.
+    created: str | None = None
+    updated: str | None = None
+    idle_seconds: float | None = None
+    waiting_for_ledger_since: datetime | None = None
     history: list[HistoryView] = Field(default_factory=list)
 
     @classmethod
-    def from_record(cls, record: SagaRecord, history: list[HistoryEntry]) -> SagaView:
-        state = record.state
-        current = state.steps[state.current].name if 0 <= state.current < len(state.steps) else None
-        return cls(
-            saga_id=state.saga_id,
-            saga=state.name,
-            version=state.version,
-            status=str(state.status),
-            reason=state.reason,
-            current_step=current,
-            steps=[
-                StepView(
-                    name=s.name,
-                    status=str(s.status),
-                    attempts=s.attempts,
-                    failures=s.failures,
-                    compensation_attempts=s.compensation_attempts,
-                    compensation_failures=s.compensation_failures,
-                    last_error=s.last_error,
-                    waiting_for_ledger_since=s.waiting_since,
-                )
-                for s in state.steps
-            ],
-            input=dict(record.input),
-            data=dict(record.data),
-            idempotency_key=record.idempotency_key,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-            history=[
-                HistoryView(at=h.at, kind=h.kind, detail=dict(h.detail), actor=h.actor)
-                for h in history
-            ],
-        )
+    def from_record(
+        cls,
+        record: SagaRecord,
+        history: list[HistoryEntry],
+        attempts: Iterable[LedgerAttemptRecord] = (),
+        kinds: Mapping[str, str] | None = None,
+    ) -> SagaView:
+        return cls.model_validate(saga_view(record, history, attempts, kinds))
 
 
 class ErrorBody(BaseModel):
