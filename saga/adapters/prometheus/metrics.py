@@ -25,8 +25,10 @@ Endpoints listen on SAGA_METRICS_ADDRESS (loopback by default): they have no
 authentication. A counter restarts from 0 with its process; Prometheus'
 rate()/increase() count that as a reset, per scrape target.
 
-Call sites use the small functions at the bottom (one line each); they never
-raise into the code they measure.
+Call sites use the small functions at the bottom (one line each). Only
+`event_applied` catches its own errors (it runs inside a step's transaction);
+the others do not: an error of prometheus_client (a wrong label count, the
+library missing, a broken multiprocess directory) reaches their caller.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ def instruments() -> Instruments:
     return _instruments
 
 
-# -- call sites: one line each, never raising --------------------------------------------
+# -- call sites: one line each (only event_applied swallows its errors) ------------------
 
 
 @contextmanager
