@@ -58,6 +58,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from saga.core.definitions import Registry
@@ -140,6 +141,19 @@ Clock = Callable[[], datetime]
 BacklogProbe = Callable[[], int | None]
 
 
+class Verdict(StrEnum):
+    """What sweeping one saga came to."""
+
+    GONE = "gone"  # no such saga any more
+    NOT_WAITING = "not-waiting"  # it awaits no command
+    NOT_DUE = "not-due"  # its step's timeout has not run out
+    RATE_LIMITED = "rate-limited"  # over this pass's re-drive budget
+    CHECK_BACKLOG = "check-backlog"  # would be marked stuck: ask the broker's backlog first
+    BACKLOG = "backlog"  # not marked: the queues or the outbox lag behind
+    STUCK = "stuck"  # marked stuck
+    REDRIVEN = "redriven"  # its awaited command was sent again
+
+
 class Sweeper:
     def __init__(
         self,
@@ -175,7 +189,7 @@ class Sweeper:
         for sid in ids:
             try:
                 verdict = self._sweep_one(sid, now, backlog_ok if backlog_checked else None)
-                if verdict == "check-backlog":
+                if verdict is Verdict.CHECK_BACKLOG:
                     backlog_checked, backlog_ok = True, self._may_mark(report)
                     verdict = self._sweep_one(sid, now, backlog_ok)
             except SagaError as exc:
@@ -206,36 +220,36 @@ class Sweeper:
         return min(timeouts, default=0.0)
 
     @staticmethod
-    def _tally(report: SweepReport, saga_id: str, verdict: str) -> None:
-        if verdict == "redriven":
+    def _tally(report: SweepReport, saga_id: str, verdict: Verdict) -> None:
+        if verdict is Verdict.REDRIVEN:
             report.redriven.append(saga_id)
-        elif verdict == "stuck":
+        elif verdict is Verdict.STUCK:
             report.marked_stuck.append(saga_id)
-        elif verdict == "rate-limited":
+        elif verdict is Verdict.RATE_LIMITED:
             report.rate_limited += 1
-        elif verdict == "backlog":
+        elif verdict is Verdict.BACKLOG:
             report.held_by_backlog += 1
         else:
             report.not_due += 1
 
-    def _sweep_one(self, saga_id: str, now: datetime, may_mark: bool | None) -> str:
-        """One saga under its row lock; returns what was done (or "check-backlog")."""
+    def _sweep_one(self, saga_id: str, now: datetime, may_mark: bool | None) -> Verdict:
+        """One saga under its row lock; returns what was done (or CHECK_BACKLOG)."""
         from saga.adapters.prometheus import metrics
 
         cfg = self.config
         with self._uow() as uow:
             record = uow.sagas.get(saga_id, for_update=True)
             if record is None or record.updated_at is None:
-                return "gone"
+                return Verdict.GONE
             state = record.state
             command = awaited_command(state)
             if command is None:
-                return "not-waiting"
+                return Verdict.NOT_WAITING
             definition = self._registry.get(state.name, state.version)
             step = definition.steps[state.current]
             idle = (now - record.updated_at).total_seconds()
             if idle < step.timeout + cfg.grace:
-                return "not-due"
+                return Verdict.NOT_DUE
             progress = record.updated_at.isoformat()
             earlier = [
                 h
@@ -245,16 +259,16 @@ class Sweeper:
             if earlier:
                 since = (now - max(h.at for h in earlier)).total_seconds()
                 if since < cfg.redrive_interval:
-                    return "rate-limited"
+                    return Verdict.RATE_LIMITED
             if len(earlier) >= cfg.max_redrives:
                 if may_mark is None:
-                    return "check-backlog"
+                    return Verdict.CHECK_BACKLOG
                 if not may_mark:
-                    return "backlog"
+                    return Verdict.BACKLOG
                 self._mark_stuck(uow, record, command, idle, len(earlier), now)
                 uow.commit()
                 metrics.instruments().sweeper_stuck.inc()
-                return "stuck"
+                return Verdict.STUCK
             message = StepMessage.for_command(state, command, self._new_id())
             uow.outbox.add(OutboxMessage(message.message_id, saga_id, message.to_body()))
             uow.history.add(
@@ -287,7 +301,7 @@ class Sweeper:
                 "redrive": len(earlier) + 1,
             },
         )
-        return "redriven"
+        return Verdict.REDRIVEN
 
     def _mark_stuck(
         self,
