@@ -178,6 +178,9 @@ class FakeSagaRepository:
             and (name is None or r.state.name == name)
             and (older_than is None or (r.updated_at is not None and r.updated_at < older_than))
         ]
+        # As the SQL store: newest first; with `older_than` (a sweep) oldest first.
+        found.sort(key=lambda r: r.saga_id)
+        found.sort(key=lambda r: r.updated_at or _EPOCH, reverse=older_than is None)
         return found[:limit]
 
     def count_by_status(self) -> dict[tuple[str, str], int]:
@@ -274,7 +277,7 @@ class FakeInbox:
         inbox = self._uow._work().inbox
         if message_id in inbox:
             # A real inbox has a primary key on message_id.
-            raise ValueError(f"message {message_id} recorded twice")
+            raise StoreUnavailable(f"message {message_id} recorded twice")
         inbox[message_id] = saga_id
 
 
@@ -385,6 +388,7 @@ class FakeUnitOfWork:
     def __init__(self, db: FakeDatabase) -> None:
         self.db = db
         self._tables: Tables | None = None
+        self._open = False
         self._base_attempts: list[LedgerAttemptRecord] = []
         self.committed = False
         self.sagas = FakeSagaRepository(self)
@@ -401,19 +405,29 @@ class FakeUnitOfWork:
 
     def _work(self) -> Tables:
         if self._tables is None:
-            raise RuntimeError("unit of work used outside its `with` block")
+            if not self._open:
+                raise RuntimeError("unit of work used outside its `with` block")
+            # After a commit or rollback inside the block a new transaction
+            # begins at the next use, as the SQL unit of work's does.
+            self._begin()
+        assert self._tables is not None
         return self._tables
+
+    def _begin(self) -> None:
+        self._tables = copy.deepcopy(self.db.tables)
+        self._base_attempts = list(self._tables.ledger_attempts)
 
     def __enter__(self) -> FakeUnitOfWork:
         if self.db.fail_begin > 0:
             self.db.fail_begin -= 1
             raise StoreUnavailable("fake database: cannot connect (injected)")
-        self._tables = copy.deepcopy(self.db.tables)
-        self._base_attempts = list(self._tables.ledger_attempts)
+        self._begin()
+        self._open = True
         self.committed = False
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._open = False
         if self._tables is not None:
             self.rollback()
 
@@ -456,6 +470,9 @@ class FakeOutboxReader:
     def __init__(self, db: FakeDatabase) -> None:
         self.db = db
         self._claimed: set[int] = set()
+        # Marks made inside open claims (innermost last): kept only if the claim's
+        # block succeeds, as the SQL reader's claim transaction.
+        self._marks: list[list[int]] = []
 
     @contextmanager
     def _claim(self, limit: int) -> Iterator[Sequence[PendingMessage]]:
@@ -464,28 +481,44 @@ class FakeOutboxReader:
         ]
         ids = {r.id for r in rows}
         self._claimed |= ids
+        marks: list[int] = []
+        self._marks.append(marks)
         try:
             yield [
                 PendingMessage(r.id, r.message.message_id, r.message.saga_id, r.message.body)
                 for r in rows
             ]
+            self._close(marks)
+            self._mark(marks)
         finally:
             self._claimed -= ids
+            self._close(marks)
+
+    def _close(self, marks: list[int]) -> None:
+        self._marks = [m for m in self._marks if m is not marks]
 
     def claim(self, limit: int) -> AbstractContextManager[Sequence[PendingMessage]]:
         return self._claim(limit)
 
     def mark_published(self, ids: Sequence[int]) -> None:
+        if self._marks:
+            self._marks[-1].extend(ids)
+            return
+        self._mark(ids)
+
+    def _mark(self, ids: Sequence[int]) -> None:
         wanted = set(ids)
         for row in self.db.tables.outbox:
             if row.id in wanted:
                 row.published = True
 
     def oldest_unpublished_age(self) -> float | None:
-        pending = [r.created_at for r in self.db.tables.outbox if not r.published]
-        if not pending:
+        """Of the due rows, as the SQL reader (a delayed row counts from when it is due)."""
+        at = datetime.now(UTC)
+        due = [r.due_at for r in self.db.tables.outbox if not r.published and r.due_at <= at]
+        if not due:
             return None
-        return (datetime.now(UTC) - min(pending)).total_seconds()
+        return max((at - min(due)).total_seconds(), 0.0)
 
     def wait_for_rows(self, timeout: float) -> bool:
         """The fake hears no commits: the relay's poll finds new rows."""

@@ -1,7 +1,11 @@
-"""The store's contract: every test runs on PostgreSQL and on SQLite (`store_url`).
+"""The store's contract: every test runs on PostgreSQL, on SQLite and on the in-memory
+store of tests/fakes.py (`backend`).
 
-Tests that need two transactions truly at once on PostgreSQL say so in their name
-(SQLite serialises writers, so there the same situation cannot arise).
+A case the in-memory store cannot honour (the SQL schema, a step's SQLAlchemy
+session, row locks across connections) is marked `sql_only` with the reason, and
+runs on PostgreSQL and SQLite only. Tests that need two transactions truly at once
+on PostgreSQL say so in their name (SQLite serialises writers, so there the same
+situation cannot arise).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,17 +35,49 @@ from saga.adapters.sql import (
 from saga.adapters.sql.engine import PING_AFTER_IDLE_SECONDS
 from saga.adapters.sql.tables import metadata as store_metadata
 from saga.adapters.sql.tables import outbox
+from saga.core.chain import AttemptState
 from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
 from saga.examples.order_payment_tables import metadata as example_metadata
 from saga.examples.order_payment_tables import order_payment_events
 from saga.ports.store import (
     DuplicateIdempotencyKey,
     HistoryEntry,
+    LedgerAttemptRecord,
     OutboxMessage,
+    OutboxReader,
     SagaRecord,
     StoreUnavailable,
+    UnitOfWorkFactory,
 )
+from tests.fakes import FakeDatabase, FakeOutboxReader, FakeSession
 from tests.support.waiting import wait_for
+
+SQL_BACKENDS = ("postgresql", "sqlite")
+BACKENDS = (*SQL_BACKENDS, "memory")
+
+
+def sql_only(reason: str) -> pytest.MarkDecorator:
+    """A case the in-memory store cannot honour, for `reason`: PostgreSQL and SQLite only."""
+    return pytest.mark.sql_only(reason=reason)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker("sql_only") is not None
+        metafunc.parametrize("backend", SQL_BACKENDS if marked else BACKENDS)
+
+
+@pytest.fixture
+def store_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The SQL database of `backend` (this module's own: the in-memory store has none)."""
+    assert backend != "memory", "a case that reads the SQL engine is marked sql_only(reason)"
+    url: str = request.getfixturevalue("pg_url" if backend == "postgresql" else "sqlite_url")
+    return url
+
+
+@pytest.fixture
+def memory_db() -> FakeDatabase:
+    return FakeDatabase()
 
 
 def new_id() -> str:
@@ -79,11 +116,24 @@ def message(saga_id: str, delay: float = 0.0, n: int = 0) -> OutboxMessage:
 
 
 @pytest.fixture
-def uow(store_engine: Engine) -> SqlUnitOfWorkFactory:
-    return SqlUnitOfWorkFactory(store_engine)
+def uow(backend: str, request: pytest.FixtureRequest) -> UnitOfWorkFactory:
+    if backend == "memory":
+        db: FakeDatabase = request.getfixturevalue("memory_db")
+        return db.uow
+    return SqlUnitOfWorkFactory(request.getfixturevalue("store_engine"))
 
 
-def add_saga(uow: SqlUnitOfWorkFactory, record: SagaRecord | None = None) -> SagaRecord:
+@pytest.fixture
+def new_reader(backend: str, request: pytest.FixtureRequest) -> Callable[[], OutboxReader]:
+    """Makes a relay's reader of the same store."""
+    if backend == "memory":
+        db: FakeDatabase = request.getfixturevalue("memory_db")
+        return lambda: FakeOutboxReader(db)
+    engine: Engine = request.getfixturevalue("store_engine")
+    return lambda: SqlOutboxReader(engine)
+
+
+def add_saga(uow: UnitOfWorkFactory, record: SagaRecord | None = None) -> SagaRecord:
     record = record or make_record()
     with uow() as u:
         u.sagas.add(record)
@@ -99,6 +149,7 @@ def count(engine: Engine, table: Any) -> int:
 # -- schema -------------------------------------------------------------------
 
 
+@sql_only("the schema is the SQL store's Alembic migrations")
 def test_migrations_create_exactly_the_tables_the_code_describes(store_engine: Engine) -> None:
     with store_engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -116,7 +167,7 @@ def test_migrations_create_exactly_the_tables_the_code_describes(store_engine: E
 # -- sagas --------------------------------------------------------------------
 
 
-def test_saga_record_round_trips_with_every_step_field(uow: SqlUnitOfWorkFactory) -> None:
+def test_saga_record_round_trips_with_every_step_field(uow: UnitOfWorkFactory) -> None:
     record = make_record(key="client-key-1")
     state = record.state.with_step(
         0,
@@ -144,7 +195,7 @@ def test_saga_record_round_trips_with_every_step_field(uow: SqlUnitOfWorkFactory
     assert got.created_at is not None and got.created_at.tzinfo is not None
 
 
-def test_save_updates_state_and_changed_steps(uow: SqlUnitOfWorkFactory) -> None:
+def test_save_updates_state_and_changed_steps(uow: UnitOfWorkFactory) -> None:
     record = add_saga(uow)
     with uow() as u:
         got = u.sagas.get(record.saga_id, for_update=True)
@@ -160,19 +211,19 @@ def test_save_updates_state_and_changed_steps(uow: SqlUnitOfWorkFactory) -> None
     assert again.data == {"x": [1, 2]}
 
 
-def test_save_of_an_unknown_saga_is_refused(uow: SqlUnitOfWorkFactory) -> None:
+def test_save_of_an_unknown_saga_is_refused(uow: UnitOfWorkFactory) -> None:
     with uow() as u, pytest.raises(KeyError):
         u.sagas.save(make_record())
 
 
-def test_missing_saga_is_none(uow: SqlUnitOfWorkFactory) -> None:
+def test_missing_saga_is_none(uow: UnitOfWorkFactory) -> None:
     with uow() as u:
         assert u.sagas.get(new_id()) is None
         assert u.sagas.get(new_id(), for_update=True) is None
         assert u.sagas.by_idempotency_key("nobody") is None
 
 
-def test_list_and_count_by_status(uow: SqlUnitOfWorkFactory) -> None:
+def test_list_and_count_by_status(uow: UnitOfWorkFactory) -> None:
     old = datetime.now(UTC) - timedelta(hours=2)
     a = add_saga(uow, make_record(status=SagaStatus.RUNNING, updated_at=old))
     b = add_saga(uow, make_record(status=SagaStatus.RUNNING))
@@ -196,19 +247,22 @@ def test_list_and_count_by_status(uow: SqlUnitOfWorkFactory) -> None:
 # -- transactions -------------------------------------------------------------
 
 
-def test_nothing_is_kept_unless_committed(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
+def test_nothing_is_kept_unless_committed(uow: UnitOfWorkFactory) -> None:
     record = make_record()
+    message_id = new_id()
     with uow() as u:
         u.sagas.add(record)
         u.outbox.add(message(record.saga_id))
-        u.inbox.record(new_id(), record.saga_id)
+        u.inbox.record(message_id, record.saga_id)
         u.history.add(HistoryEntry(datetime.now(UTC), record.saga_id, "started", {}))
     with uow() as u:
         assert u.sagas.get(record.saga_id) is None
-    assert count(store_engine, outbox) == 0
+        assert u.outbox.count_unpublished() == 0
+        assert not u.inbox.seen(message_id)
+        assert u.history.for_saga(record.saga_id) == []
 
 
-def test_an_escaping_exception_rolls_back(uow: SqlUnitOfWorkFactory) -> None:
+def test_an_escaping_exception_rolls_back(uow: UnitOfWorkFactory) -> None:
     record = make_record()
     with pytest.raises(ZeroDivisionError), uow() as u:
         u.sagas.add(record)
@@ -217,7 +271,7 @@ def test_an_escaping_exception_rolls_back(uow: SqlUnitOfWorkFactory) -> None:
         assert u.sagas.get(record.saga_id) is None
 
 
-def test_explicit_rollback_discards(uow: SqlUnitOfWorkFactory) -> None:
+def test_explicit_rollback_discards(uow: UnitOfWorkFactory) -> None:
     record = make_record()
     with uow() as u:
         u.sagas.add(record)
@@ -227,8 +281,9 @@ def test_explicit_rollback_discards(uow: SqlUnitOfWorkFactory) -> None:
         assert u.sagas.get(record.saga_id) is None
 
 
+@sql_only("a step's SQLAlchemy session: savepoints, statements, its guard on ending")
 def test_a_steps_savepoint_rollback_keeps_the_outer_writes(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
+    uow: UnitOfWorkFactory, store_engine: Engine
 ) -> None:
     record = make_record()
     with uow() as u:
@@ -256,8 +311,9 @@ def test_a_steps_savepoint_rollback_keeps_the_outer_writes(
     assert count(store_engine, outbox) == 0
 
 
+@sql_only("a step's SQLAlchemy session: savepoints, statements, its guard on ending")
 def test_a_database_error_inside_a_savepoint_leaves_the_transaction_usable(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory,
 ) -> None:
     record = make_record()
     with uow() as u:
@@ -270,9 +326,8 @@ def test_a_database_error_inside_a_savepoint_leaves_the_transaction_usable(
         assert [e.kind for e in u.history.for_saga(record.saga_id)] == ["after"]
 
 
-def test_a_step_may_not_end_the_transaction(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
-) -> None:
+@sql_only("a step's SQLAlchemy session: savepoints, statements, its guard on ending")
+def test_a_step_may_not_end_the_transaction(uow: UnitOfWorkFactory, store_engine: Engine) -> None:
     record = make_record()
     with uow() as u:
         u.sagas.add(record)
@@ -295,7 +350,7 @@ def test_a_step_may_not_end_the_transaction(
     assert count(store_engine, order_payment_events) == 0
 
 
-def test_the_unit_of_work_is_usable_after_commit(uow: SqlUnitOfWorkFactory) -> None:
+def test_the_unit_of_work_is_usable_after_commit(uow: UnitOfWorkFactory) -> None:
     first, second = make_record(), make_record()
     with uow() as u:
         u.sagas.add(first)
@@ -332,6 +387,9 @@ def bump_concurrently(
     assert errors == []
 
 
+@sql_only(
+    "row locks across connections: each in-memory unit of work works on its own copy, unlocked"
+)
 def test_for_update_serialises_read_modify_write(store_engine: Engine) -> None:
     factory = SqlUnitOfWorkFactory(store_engine)
     record = add_saga(factory, replace(make_record(), data={"n": 0}))
@@ -341,6 +399,9 @@ def test_for_update_serialises_read_modify_write(store_engine: Engine) -> None:
     assert got is not None and got.data == {"n": 30}
 
 
+@sql_only(
+    "row locks across connections: each in-memory unit of work works on its own copy, unlocked"
+)
 def test_for_update_returns_the_steps_as_the_lock_holder_left_them(store_engine: Engine) -> None:
     """The step rows read after waiting for the saga's lock are the committed ones.
 
@@ -366,7 +427,7 @@ def test_for_update_returns_the_steps_as_the_lock_holder_left_them(store_engine:
 # -- idempotency keys ---------------------------------------------------------
 
 
-def test_a_second_saga_with_the_same_key_is_refused(uow: SqlUnitOfWorkFactory) -> None:
+def test_a_second_saga_with_the_same_key_is_refused(uow: UnitOfWorkFactory) -> None:
     first = add_saga(uow, make_record(key="k-1"))
     with uow() as u:
         with pytest.raises(DuplicateIdempotencyKey):
@@ -381,7 +442,7 @@ def test_a_second_saga_with_the_same_key_is_refused(uow: SqlUnitOfWorkFactory) -
         assert u.sagas.get(other.saga_id) is not None
 
 
-def test_sagas_without_a_key_do_not_collide(uow: SqlUnitOfWorkFactory) -> None:
+def test_sagas_without_a_key_do_not_collide(uow: UnitOfWorkFactory) -> None:
     add_saga(uow)
     add_saga(uow)
     with uow() as u:
@@ -440,7 +501,7 @@ def test_postgresql_two_concurrent_transactions_with_one_key(pg_url: str) -> Non
 # -- inbox and history --------------------------------------------------------
 
 
-def test_inbox_remembers_committed_message_ids(uow: SqlUnitOfWorkFactory) -> None:
+def test_inbox_remembers_committed_message_ids(uow: UnitOfWorkFactory) -> None:
     saga_id, seen_id, forgotten_id = new_id(), new_id(), new_id()
     with uow() as u:
         assert not u.inbox.seen(seen_id)
@@ -455,19 +516,21 @@ def test_inbox_remembers_committed_message_ids(uow: SqlUnitOfWorkFactory) -> Non
 
 
 def test_recording_a_message_twice_fails_the_transaction_as_retryable(
-    uow: SqlUnitOfWorkFactory,
+    uow: UnitOfWorkFactory, backend: str
 ) -> None:
     message_id, saga_id = new_id(), new_id()
     with uow() as u:
         u.inbox.record(message_id, saga_id)
         u.commit()
-    with pytest.raises(ConcurrentDelivery) as caught, uow() as u:
+    # The SQL store says which retryable error it is.
+    expected = StoreUnavailable if backend == "memory" else ConcurrentDelivery
+    with pytest.raises(expected) as caught, uow() as u:
         u.inbox.record(message_id, saga_id)
         u.commit()
     assert isinstance(caught.value, StoreUnavailable)
 
 
-def test_history_in_order(uow: SqlUnitOfWorkFactory) -> None:
+def test_history_in_order(uow: UnitOfWorkFactory) -> None:
     saga_id = new_id()
     t0 = datetime.now(UTC)
     with uow() as u:
@@ -488,18 +551,20 @@ def test_history_in_order(uow: SqlUnitOfWorkFactory) -> None:
 # -- outbox -------------------------------------------------------------------
 
 
-def write_messages(uow: SqlUnitOfWorkFactory, *messages: OutboxMessage) -> None:
+def write_messages(uow: UnitOfWorkFactory, *messages: OutboxMessage) -> None:
     with uow() as u:
         for m in messages:
             u.outbox.add(m)
         u.commit()
 
 
-def test_outbox_add_claim_mark_published(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
+def test_outbox_add_claim_mark_published(
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader]
+) -> None:
     saga_id = new_id()
     sent = [message(saga_id, n=i) for i in range(5)]
     write_messages(uow, *sent)
-    reader = SqlOutboxReader(store_engine)
+    reader = new_reader()
     with reader.claim(3) as batch:
         assert [p.message_id for p in batch] == [m.message_id for m in sent[:3]]
         assert [p.body for p in batch] == [m.body for m in sent[:3]]
@@ -516,10 +581,10 @@ def test_outbox_add_claim_mark_published(uow: SqlUnitOfWorkFactory, store_engine
 
 
 def test_a_failed_publish_leaves_the_rows_unpublished(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader]
 ) -> None:
     write_messages(uow, message(new_id()))
-    reader = SqlOutboxReader(store_engine)
+    reader = new_reader()
     with pytest.raises(ConnectionError), reader.claim(10) as batch:
         reader.mark_published([p.id for p in batch])
         raise ConnectionError("broker did not confirm")
@@ -527,9 +592,11 @@ def test_a_failed_publish_leaves_the_rows_unpublished(
         assert len(batch) == 1
 
 
-def test_mark_published_outside_a_claim(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
+def test_mark_published_outside_a_claim(
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader]
+) -> None:
     write_messages(uow, message(new_id()))
-    reader = SqlOutboxReader(store_engine)
+    reader = new_reader()
     with reader.claim(10) as batch:
         ids = [p.id for p in batch]
     reader.mark_published(ids)
@@ -537,9 +604,10 @@ def test_mark_published_outside_a_claim(uow: SqlUnitOfWorkFactory, store_engine:
         assert batch == []
 
 
-def test_delayed_rows_wait_until_they_are_due(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
-) -> None:
+@sql_only(
+    "the in-memory relay claims a delayed row at once, so unit tests drive retries without a clock"
+)
+def test_delayed_rows_wait_until_they_are_due(uow: UnitOfWorkFactory, store_engine: Engine) -> None:
     saga_id = new_id()
     soon, later, now = message(saga_id, 0.6), message(saga_id, 3600), message(saga_id)
     write_messages(uow, soon, later, now)
@@ -552,8 +620,11 @@ def test_delayed_rows_wait_until_they_are_due(
         assert [p.message_id for p in batch] == [soon.message_id]
 
 
+@sql_only(
+    "the in-memory relay claims a delayed row at once, so unit tests drive retries without a clock"
+)
 def test_a_held_message_taken_by_its_step_is_never_claimed(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
+    uow: UnitOfWorkFactory, store_engine: Engine
 ) -> None:
     """Inline steps: the message is written held back, then marked published by the
     transaction of the step that runs it; a rolled-back take leaves it to the relay."""
@@ -574,29 +645,26 @@ def test_a_held_message_taken_by_its_step_is_never_claimed(
 
 
 def test_releasing_a_held_message_makes_it_due_now(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader]
 ) -> None:
     held = message(new_id(), 3600)
     write_messages(uow, held)
     with uow() as u:
         u.outbox.release(held.message_id)
         u.commit()
-    with SqlOutboxReader(store_engine).claim(10) as batch:
+    with new_reader().claim(10) as batch:
         assert [p.message_id for p in batch] == [held.message_id]
 
 
 def test_a_lower_id_found_unpublished_behind_published_ones_is_still_claimed(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader]
 ) -> None:
     first, second = message(new_id()), message(new_id())
     write_messages(uow, first, second)
-    with store_engine.begin() as c:
-        c.execute(
-            update(outbox)
-            .where(outbox.c.message_id == second.message_id)
-            .values(published_at=func.current_timestamp())
-        )
-    with SqlOutboxReader(store_engine).claim(10) as batch:
+    with uow() as u:
+        u.outbox.take(second.message_id)
+        u.commit()
+    with new_reader().claim(10) as batch:
         assert [p.message_id for p in batch] == [first.message_id]
 
 
@@ -639,8 +707,9 @@ def test_postgresql_two_claimers_take_disjoint_rows(pg_url: str) -> None:
         engine.dispose()
 
 
+@sql_only("claims from several connections at once: in-memory readers do not share claims")
 def test_claimers_in_threads_publish_every_row_once(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
+    uow: UnitOfWorkFactory, store_engine: Engine
 ) -> None:
     total = 120
     write_messages(uow, *[message(new_id(), n=i) for i in range(total)])
@@ -670,8 +739,10 @@ def test_claimers_in_threads_publish_every_row_once(
     assert len(published) == total == len(set(published))
 
 
-def test_oldest_unpublished_age(uow: SqlUnitOfWorkFactory, store_engine: Engine) -> None:
-    reader = SqlOutboxReader(store_engine)
+def test_oldest_unpublished_age(
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader]
+) -> None:
+    reader = new_reader()
     assert reader.oldest_unpublished_age() is None
     write_messages(uow, message(new_id(), delay=3600))
     assert reader.oldest_unpublished_age() is None  # not due yet: not a stuck relay
@@ -679,11 +750,15 @@ def test_oldest_unpublished_age(uow: SqlUnitOfWorkFactory, store_engine: Engine)
     time.sleep(0.2)
     age = reader.oldest_unpublished_age()
     assert age is not None and 0.1 <= age < 30
-    assert reader.pending_count() == 2
+    if isinstance(reader, SqlOutboxReader):
+        assert reader.pending_count() == 2
+    with uow() as u:
+        assert u.outbox.count_unpublished() == 2
 
 
+@sql_only("retention is the SQL store's purge(engine)")
 def test_purge_removes_only_old_published_rows_and_old_inbox_ids(
-    uow: SqlUnitOfWorkFactory, store_engine: Engine
+    uow: UnitOfWorkFactory, store_engine: Engine
 ) -> None:
     old_sent, new_sent, unsent = message(new_id()), message(new_id()), message(new_id())
     write_messages(uow, old_sent, new_sent, unsent)
@@ -712,6 +787,227 @@ def test_purge_removes_only_old_published_rows_and_old_inbox_ids(
     assert left == {new_sent.message_id, unsent.message_id}
     with uow() as u:
         assert u.inbox.seen("new-id") and not u.inbox.seen("old-id")
+
+
+# -- the services' queries (sweeper, audit, metrics) -----------------------------
+
+
+def test_idle_sagas_are_the_sweepers_candidates(uow: UnitOfWorkFactory) -> None:
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(minutes=10)
+
+    def idle(minutes: float, status: SagaStatus = SagaStatus.RUNNING) -> SagaRecord:
+        return add_saga(
+            uow, make_record(status=status, updated_at=now - timedelta(minutes=minutes))
+        )
+
+    oldest = idle(60)
+    compensating = idle(40, SagaStatus.COMPENSATING)
+    sent_on = idle(30)  # its message was published: it may be lost
+    idle(5)  # updated after the cutoff
+    for status in (SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.COMPENSATED):
+        idle(90, status)  # terminal
+    waiting = idle(50)  # a message on its way (a delayed retry, a relay behind)
+    held = idle(45)  # a held-back message is on its way too
+    write_messages(uow, message(waiting.saga_id), message(held.saga_id, delay=3600))
+    taken = message(sent_on.saga_id)
+    write_messages(uow, taken)
+    with uow() as u:
+        u.outbox.take(taken.message_id)
+        u.commit()
+
+    with uow() as u:
+        assert u.sagas.idle(updated_before=cutoff, limit=10) == [
+            oldest.saga_id,
+            compensating.saga_id,
+            sent_on.saga_id,
+        ]
+        assert u.sagas.idle(updated_before=cutoff, limit=2) == [
+            oldest.saga_id,
+            compensating.saga_id,
+        ]
+        assert u.sagas.idle(updated_before=now - timedelta(minutes=50), limit=10) == [
+            oldest.saga_id
+        ]
+
+
+def test_saga_ids_in_creation_order_and_since(uow: UnitOfWorkFactory) -> None:
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    made = []
+    for minutes in (30, 10, 20):
+        record = make_record()
+        made.append(record)
+        add_saga(uow, replace(record, created_at=t0 + timedelta(minutes=minutes)))
+    late, early, middle = made
+    with uow() as u:
+        assert u.sagas.ids() == [early.saga_id, middle.saga_id, late.saga_id]
+        since = t0 + timedelta(minutes=20)
+        assert u.sagas.ids(created_since=since) == [middle.saga_id, late.saga_id]
+        assert u.sagas.ids(created_since=t0 + timedelta(hours=1)) == []
+
+
+def attempt(
+    saga_id: str,
+    state: AttemptState,
+    created_at: datetime,
+    *,
+    step: str = "reserve_funds",
+    code: int | None = None,
+) -> LedgerAttemptRecord:
+    return LedgerAttemptRecord(
+        saga_id=saga_id,
+        step=step,
+        purpose="do",
+        txid=uuid.uuid4().hex + uuid.uuid4().hex,
+        channel="mychannel",
+        envelope=b"envelope " + saga_id.encode(),
+        state=state,
+        code=code,
+        block=None if code is None else 7,
+        created_at=created_at,
+    )
+
+
+def add_attempts(uow: UnitOfWorkFactory, *attempts: LedgerAttemptRecord) -> None:
+    with uow() as u:
+        for a in attempts:
+            u.ledger_attempts.add(a)
+        u.commit()
+
+
+def test_unsettled_attempts_of_terminal_sagas(uow: UnitOfWorkFactory) -> None:
+    now = datetime.now(UTC)
+    failed = add_saga(uow, make_record(status=SagaStatus.FAILED))
+    compensated = add_saga(uow, make_record(status=SagaStatus.COMPENSATED))
+    running = add_saga(uow, make_record(status=SagaStatus.RUNNING))
+    old, older, oldest = (now - timedelta(hours=h) for h in (1, 2, 3))
+    picked_second = attempt(failed.saga_id, AttemptState.PREPARED, old)
+    picked_first = attempt(compensated.saga_id, AttemptState.SUBMITTED, older)
+    add_attempts(
+        uow,
+        picked_second,
+        picked_first,
+        # settled: the watcher is done with it
+        attempt(failed.saga_id, AttemptState.COMMITTED, oldest, step="x", code=11),
+        # too recent
+        attempt(failed.saga_id, AttemptState.PREPARED, now, step="y"),
+        # the saga still moves: the watcher and the worker follow it
+        attempt(running.saga_id, AttemptState.SUBMITTED, oldest),
+    )
+    cutoff = now - timedelta(minutes=30)
+    with uow() as u:
+        found = u.ledger_attempts.unsettled_of_terminal_sagas(older_than=cutoff, limit=10)
+        assert [a.txid for a in found] == [picked_first.txid, picked_second.txid]
+        assert found[0] == replace(picked_first, created_at=found[0].created_at)
+        assert found[0].created_at == older
+        one = u.ledger_attempts.unsettled_of_terminal_sagas(older_than=cutoff, limit=1)
+        assert [a.txid for a in one] == [picked_first.txid]
+
+
+def test_unsettled_attempts_counted_by_state_and_every_envelope(uow: UnitOfWorkFactory) -> None:
+    now = datetime.now(UTC)
+    saga = add_saga(uow)
+    made = [
+        attempt(saga.saga_id, AttemptState.PREPARED, now, step="a"),
+        attempt(saga.saga_id, AttemptState.PREPARED, now, step="b"),
+        attempt(saga.saga_id, AttemptState.SUBMITTED, now, step="c"),
+        attempt(saga.saga_id, AttemptState.COMMITTED, now, step="d", code=0),
+    ]
+    with uow() as u:
+        assert u.ledger_attempts.count_unsettled() == {}
+        assert u.ledger_attempts.envelopes() == []
+    add_attempts(uow, *made)
+    with uow() as u:
+        assert u.ledger_attempts.count_unsettled() == {"prepared": 2, "submitted": 1}
+        assert sorted(u.ledger_attempts.envelopes()) == sorted((a.txid, a.envelope) for a in made)
+        u.ledger_attempts.mark_committed(made[2].txid, 0, 8)
+        assert u.ledger_attempts.count_unsettled() == {"prepared": 2}
+
+
+def test_outbox_lag_and_unpublished_count_in_a_unit_of_work(uow: UnitOfWorkFactory) -> None:
+    with uow() as u:
+        assert u.outbox.oldest_unpublished_age() is None
+        assert u.outbox.count_unpublished() == 0
+    held = message(new_id(), delay=3600)
+    write_messages(uow, held)
+    with uow() as u:
+        assert u.outbox.oldest_unpublished_age() is None  # not due: not a relay behind
+        assert u.outbox.count_unpublished() == 1
+    due, taken = message(new_id()), message(new_id())
+    write_messages(uow, due, taken)
+    with uow() as u:
+        u.outbox.take(taken.message_id)
+        u.commit()
+    time.sleep(0.3)
+    with uow() as u:
+        age = u.outbox.oldest_unpublished_age()
+        assert age is not None and 0.2 <= age < 30
+        assert u.outbox.count_unpublished() == 2  # the held one and the due one
+
+
+def write_event(session: Any, saga_id: str) -> None:
+    if isinstance(session, FakeSession):
+        session.insert("order_payment_events", saga_id=saga_id, action="a")
+    else:
+        session.execute(
+            insert(order_payment_events).values(
+                saga_id=saga_id, order_id="o", step="s", action="a", amount_cents=1
+            )
+        )
+
+
+def events(uow: UnitOfWorkFactory) -> int:
+    with uow() as u, u.step_session() as session:
+        if isinstance(session, FakeSession):
+            return len(session.rows("order_payment_events"))
+        return int(
+            session.execute(select(func.count()).select_from(order_payment_events)).scalar_one()
+        )
+
+
+def test_a_steps_writes_commit_with_the_unit_of_work(uow: UnitOfWorkFactory) -> None:
+    kept, dropped = add_saga(uow), add_saga(uow)
+    with uow() as u:
+        with u.step_session() as session:
+            write_event(session, dropped.saga_id)
+        u.history.add(HistoryEntry(datetime.now(UTC), dropped.saga_id, "ran", {}))
+        # not committed
+    assert events(uow) == 0
+    with uow() as u:
+        with u.step_session() as session:
+            write_event(session, kept.saga_id)
+        u.history.add(HistoryEntry(datetime.now(UTC), kept.saga_id, "ran", {}))
+        u.commit()
+    assert events(uow) == 1
+    with uow() as u:
+        assert [e.kind for e in u.history.for_saga(kept.saga_id)] == ["ran"]
+        assert u.history.for_saga(dropped.saga_id) == []
+
+
+@sql_only("the in-memory session writes at once; SQLAlchemy holds ORM rows until a flush")
+def test_a_steps_pending_orm_rows_fail_at_the_end_of_its_session(
+    uow: UnitOfWorkFactory,
+) -> None:
+    from sqlalchemy.orm import registry as orm_registry
+
+    mapper = orm_registry()
+
+    class Event:
+        pass
+
+    mapper.map_imperatively(Event, order_payment_events)
+    try:
+        record = add_saga(uow)
+        with (
+            uow() as u,
+            pytest.raises(Exception, match=r"(?i)not.null|null value"),
+            u.step_session() as session,
+        ):
+            bad = Event()
+            bad.saga_id = record.saga_id  # type: ignore[attr-defined]
+            session.add(bad)  # the required columns are missing
+    finally:
+        mapper.dispose()
 
 
 # -- a lost connection --------------------------------------------------------
