@@ -12,9 +12,14 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from saga.app.chain.executor import ChainSettings
 from saga.app.orchestrator import Orchestrator
+from saga.app.relay import run_relay
+from saga.app.sweeper import SweepConfig, Sweeper
+from saga.app.watcher import WatcherConfig, WatcherStats, run_watcher
 from saga.config import ConfigError, Settings
 from saga.core.definitions import Registry
+from saga.core.retry import OutagePolicy
 from saga.logs import configure
 from saga.registry_loader import load_registry
 
@@ -30,11 +35,12 @@ if TYPE_CHECKING:
         GatewayEndpoint,
         SigningIdentity,
     )
-    from saga.app.chain.executor import ChainSettings
     from saga.ports.broker import Publisher
+    from saga.ports.broker_admin import QueueAdmin
     from saga.ports.ledger import Ledger
     from saga.ports.ledger_scan import LedgerScan
     from saga.ports.store import OutboxReader, UnitOfWorkFactory
+    from saga.ports.telemetry import Telemetry
 
 
 class Container:
@@ -68,6 +74,14 @@ class Container:
 
         return tuple(TRANSIENT_ERRORS)
 
+    @cached_property
+    def telemetry(self) -> Telemetry:
+        """What every application service reports through: the process's Prometheus
+        instruments (served by the entry points, saga.entrypoints.metrics)."""
+        from saga.adapters.prometheus.telemetry import PrometheusTelemetry
+
+        return PrometheusTelemetry()
+
     def orchestrator(self) -> Orchestrator:
         return self._orchestrator
 
@@ -80,13 +94,11 @@ class Container:
             ledger=self.ledger if self.settings.ledger_configured else None,
             chain_settings=self.chain_settings,
             inline_reserve=self.settings.worker_inline_reserve,
+            telemetry=self.telemetry,
         )
 
     @property
     def chain_settings(self) -> ChainSettings:
-        from saga.app.chain.executor import ChainSettings
-        from saga.core.retry import OutagePolicy
-
         s = self.settings
         return ChainSettings(
             channel=s.fabric_channel,
@@ -142,9 +154,41 @@ class Container:
         return create_publisher(self.settings)
 
     def run_relay(self, stop: threading.Event) -> None:
-        from saga.app.relay import run_relay
+        run_relay(
+            self.settings, self.outbox_reader(), self.publisher(), stop, telemetry=self.telemetry
+        )
 
-        run_relay(self.settings, self.outbox_reader(), self.publisher(), stop)
+    def run_watcher(
+        self, stop: threading.Event, config: WatcherConfig, stats: WatcherStats | None = None
+    ) -> WatcherStats:
+        """The commit watcher until `stop`; `stats`: the counters an endpoint serves."""
+        return run_watcher(
+            self.uow_factory,
+            self.commit_client_factory(config.max_in_flight),
+            stop,
+            config,
+            telemetry=self.telemetry,
+            stats=stats,
+        )
+
+    @cached_property
+    def queue_admin(self) -> QueueAdmin:
+        """The broker-admin port: the saga queues' depths, asked of RabbitMQ."""
+        from saga.adapters.rabbitmq.queues import RabbitQueueAdmin
+
+        return RabbitQueueAdmin(self.settings)
+
+    def sweeper(self) -> Sweeper:
+        """The stuck-saga sweeper the settings describe (beat's task, `saga sweep`)."""
+        s = self.settings
+        return Sweeper(
+            self.uow_factory,
+            self.registry,
+            SweepConfig.from_settings(s),
+            ledger=self.ledger if s.ledger_configured else None,
+            backlog=self.queue_admin.step_queue_depth,
+            telemetry=self.telemetry,
+        )
 
     # -- Fabric access, shared by workers, the commit watcher and the audit --------------
 

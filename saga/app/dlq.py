@@ -19,7 +19,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-from saga.adapters.rabbitmq.topology import (
+from saga.ports.broker_admin import (
     DLQ_AT,
     DLQ_ERROR,
     DLQ_EXCHANGE,

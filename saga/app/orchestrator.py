@@ -35,6 +35,7 @@ from saga.core.state import SagaState
 from saga.core.step_message import StepMessage
 from saga.ports.ledger import Ledger
 from saga.ports.store import HistoryEntry, SagaRecord, StoreUnavailable, UnitOfWorkFactory
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 
 class Orchestrator:
@@ -49,24 +50,27 @@ class Orchestrator:
         chain_settings: ChainSettings | None = None,
         inline_reserve: float = 30.0,
         clock: Callable[[], datetime] = now,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         """`ledger` is called when a chain step first needs it (the composition root
         connects lazily, after a worker forks); None: chain steps are refused with
         the settings to set. `inline_reserve`: see `handle(inline=...)`. `clock`
-        times chain steps (their timeouts and ledger outages)."""
+        times chain steps (their timeouts and ledger outages). `telemetry` hears what
+        every part reports (the composition root gives the Prometheus one)."""
         self.registry = registry
         self._uow = uow_factory
-        self.writer = SagaWriter(new_id, inline_reserve)
+        self.writer = SagaWriter(new_id, inline_reserve, telemetry=telemetry)
         self.chain = ChainStepExecutor(
-            uow_factory, ledger, self.writer, chain_settings, clock=clock
+            uow_factory, ledger, self.writer, chain_settings, clock=clock, telemetry=telemetry
         )
-        self.starter = Starter(registry, uow_factory, self.writer)
+        self.starter = Starter(registry, uow_factory, self.writer, telemetry=telemetry)
         self.steps = StepRunner(
             registry,
             uow_factory,
             self.writer,
             self.chain,
             (StoreUnavailable, *transient_errors),
+            telemetry=telemetry,
         )
         self.operator = OperatorCommands(registry, uow_factory, self.writer)
         self.reader = SagaReader(uow_factory)

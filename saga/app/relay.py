@@ -27,10 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from saga.adapters.prometheus import exposition, metrics
 from saga.config import Settings
-from saga.ports.broker import PendingMessage, Publisher
-from saga.ports.store import OutboxReader
+from saga.ports.broker import PendingMessage, Publisher, PublishFailed
+from saga.ports.store import OutboxReader, StoreUnavailable
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger("saga.relay")
 
@@ -79,15 +79,16 @@ def run_relay(
     *,
     after_publish: AfterPublish | None = None,
     backoff: Backoff | None = None,
+    telemetry: Telemetry = NO_TELEMETRY,
 ) -> RelayStats:
     """Relay outbox rows until `stop_event` is set; returns what it did.
 
     Closes the publisher on the way out. Call `install_stop_signals(stop_event)`
-    first in a process of its own so SIGTERM and Ctrl-C stop it cleanly.
+    first in a process of its own so SIGTERM and Ctrl-C stop it cleanly. Its
+    metrics endpoint, if any, is the entry point's (saga.entrypoints.metrics).
     """
     backoff = backoff or Backoff()
     stats = RelayStats()
-    server = exposition.serve(settings.metrics_port, "relay", addr=settings.metrics_address)
     batch_size = settings.relay_batch_size
     log.info(
         "relay started",
@@ -99,7 +100,7 @@ def run_relay(
                 count = _relay_once(reader, publisher, batch_size, after_publish)
             except Exception as exc:
                 stats.failures += 1
-                metrics.relay_failure()
+                telemetry.relay_failed()
                 delay = backoff.next()
                 log.warning(
                     "relay batch failed; rows stay unpublished and are retried",
@@ -118,7 +119,7 @@ def run_relay(
             if count:
                 stats.batches += 1
                 stats.published += count
-                metrics.relay_batch(count)
+                telemetry.relay_published(count)
                 log.debug("batch published", extra={"count": count})
             # A full batch means more rows are probably waiting: go again at once.
             if count < batch_size:
@@ -132,8 +133,6 @@ def run_relay(
             reader.close()
         except Exception:
             log.warning("closing the outbox reader failed", exc_info=True)
-        if server is not None:
-            server.shutdown()
         log.info(
             "relay stopped",
             extra={"published": stats.published, "batches": stats.batches},
@@ -176,9 +175,6 @@ def _relay_once(
 
 def _expected(exc: Exception) -> bool:
     """Outages we know and log without a traceback after the first one."""
-    from saga.ports.broker import PublishFailed
-    from saga.ports.store import StoreUnavailable
-
     return isinstance(exc, PublishFailed | StoreUnavailable | OSError | ConnectionError)
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from saga.adapters.prometheus import metrics
 from saga.app.errors import IdempotencyConflict, InvalidIdempotencyKey, InvalidInput
 from saga.app.transitions import SagaWriter, now
 from saga.core.definitions import Registry, SagaDefinition
@@ -19,6 +18,7 @@ from saga.core.machine import transition
 from saga.core.messages import Started
 from saga.core.state import SagaState
 from saga.ports.store import DuplicateIdempotencyKey, SagaRecord, UnitOfWorkFactory
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger("saga.orchestrator")
 
@@ -39,10 +39,18 @@ def payload_hash(saga: str, payload: Mapping[str, Any]) -> str:
 class Starter:
     """Validates a request and starts its saga, once per idempotency key."""
 
-    def __init__(self, registry: Registry, uow_factory: UnitOfWorkFactory, writer: SagaWriter):
+    def __init__(
+        self,
+        registry: Registry,
+        uow_factory: UnitOfWorkFactory,
+        writer: SagaWriter,
+        *,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ):
         self.registry = registry
         self._uow = uow_factory
         self._writer = writer
+        self._telemetry = telemetry
 
     def validate(self, saga: str, payload: object) -> tuple[SagaDefinition, BaseModel]:
         definition = self.registry.get(saga)
@@ -109,7 +117,7 @@ class Starter:
                 raise
             return Enqueued(existing, created=False)
         log.info("saga started", extra={"saga_id": saga_id, "saga": saga})
-        metrics.enqueued(definition.name)
+        self._telemetry.saga_enqueued(definition.name)
         return Enqueued(saga_id, created=True)
 
     def _find_by_key(self, key: str, digest: str) -> str | None:

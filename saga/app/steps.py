@@ -7,7 +7,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from saga.adapters.prometheus import metrics
 from saga.app.chain.executor import ChainStepExecutor
 from saga.app.outcome import Outcome as Outcome
 from saga.app.transitions import SagaWriter
@@ -26,6 +25,7 @@ from saga.core.purpose import Purpose
 from saga.core.retry import error_names
 from saga.core.step_message import MalformedMessage, StepMessage
 from saga.ports.store import SagaRecord, UnitOfWork, UnitOfWorkFactory
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger("saga.orchestrator")
 
@@ -40,8 +40,11 @@ class StepRunner:
         writer: SagaWriter,
         chain: ChainStepExecutor,
         transient: tuple[type[BaseException], ...],
+        *,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.registry = registry
+        self._telemetry = telemetry
         self._uow = uow_factory
         self._writer = writer
         self.chain = chain
@@ -78,7 +81,7 @@ class StepRunner:
                 inline_outcome, following = self._handle_one(held, True, taken=True)
                 if inline_outcome is not Outcome.DUPLICATE:
                     # Committed with its take: this message is never published.
-                    metrics.inline_step(held.saga, held.step, held.phase)
+                    self._telemetry.inline_step(held.saga, held.step, held.phase)
                 log.info(
                     "inline step handled",
                     extra={
@@ -140,14 +143,14 @@ class StepRunner:
             # ledger calls must not hold the saga's row lock, and the executor
             # checks the message against the saga in each of its transactions.
             definition = self.registry.get(message.saga, message.version)
-            with metrics.step_timer("chain", message.phase):
+            with self._telemetry.step_running("chain", message.phase):
                 return self.chain.run(message, definition, chain_step), None
         with self._uow() as uow:
             loaded = self._load(uow, message, taken=taken)
             if isinstance(loaded, Outcome):
                 return loaded, None
             record, definition, step = loaded
-            with metrics.step_timer("local", message.phase):
+            with self._telemetry.step_running("local", message.phase):
                 try:
                     output = self._run_action(uow, message, record, definition)
                 except Exception as exc:

@@ -66,6 +66,7 @@ from saga.core.errors import SagaError
 from saga.core.machine import awaited_command, transition
 from saga.core.messages import Command, MarkedStuck, RunCompensation
 from saga.core.step_message import StepMessage
+from saga.ports.ledger import Ledger, LedgerError
 from saga.ports.store import (
     HistoryEntry,
     LedgerAttemptRecord,
@@ -74,10 +75,10 @@ from saga.ports.store import (
     UnitOfWork,
     UnitOfWorkFactory,
 )
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 if TYPE_CHECKING:
     from saga.config import Settings
-    from saga.ports.ledger import Ledger
 
 log = logging.getLogger("saga.sweeper")
 
@@ -165,9 +166,12 @@ class Sweeper:
         backlog: BacklogProbe | None = None,
         clock: Clock = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         """`backlog` None: no broker to ask (tests driving the store alone); the
-        outbox lag is still checked before any saga is marked."""
+        outbox lag is still checked before any saga is marked. The composition root
+        gives the broker-admin port's step queue depth (QueueAdmin.step_queue_depth)."""
+        self._telemetry = telemetry
         self._uow = uow_factory
         self._registry = registry
         self.config = config or SweepConfig()
@@ -234,8 +238,6 @@ class Sweeper:
 
     def _sweep_one(self, saga_id: str, now: datetime, may_mark: bool | None) -> Verdict:
         """One saga under its row lock; returns what was done (or CHECK_BACKLOG)."""
-        from saga.adapters.prometheus import metrics
-
         cfg = self.config
         with self._uow() as uow:
             record = uow.sagas.get(saga_id, for_update=True)
@@ -267,7 +269,7 @@ class Sweeper:
                     return Verdict.BACKLOG
                 self._mark_stuck(uow, record, command, idle, len(earlier), now)
                 uow.commit()
-                metrics.instruments().sweeper_stuck.inc()
+                self._telemetry.sweeper_marked_stuck()
                 return Verdict.STUCK
             message = StepMessage.for_command(state, command, self._new_id())
             uow.outbox.add(OutboxMessage(message.message_id, saga_id, message.to_body()))
@@ -290,7 +292,7 @@ class Sweeper:
                 )
             )
             uow.commit()
-        metrics.instruments().sweeper_redrives.inc()
+        self._telemetry.sweeper_redrove()
         log.info(
             "saga re-driven",
             extra={
@@ -374,8 +376,6 @@ class Sweeper:
             )
         if not rows:
             return
-        from saga.ports.ledger import LedgerError
-
         ledger = self._ledger()
         for row in rows:
             try:
@@ -406,8 +406,6 @@ class Sweeper:
         detail: str,
         now: datetime,
     ) -> None:
-        from saga.adapters.prometheus import metrics
-
         with self._uow() as uow:
             # The saga row first, in the order the worker and the watcher lock them.
             uow.sagas.get(row.saga_id, for_update=True)
@@ -432,28 +430,5 @@ class Sweeper:
             )
             uow.commit()
         result = "settled" if kind == ATTEMPT_SETTLED else "given_up"
-        metrics.instruments().sweeper_attempts.labels(result).inc()
+        self._telemetry.sweeper_settled_attempt(result)
         log.info(kind, extra={"saga_id": row.saga_id, "txid": row.txid, "code": code})
-
-
-# -- pure helpers -----------------------------------------------------------------------------
-
-
-def build_sweeper(container: Any) -> Sweeper:
-    """The sweeper the composition root's settings describe (beat task and `saga sweep`)."""
-    from saga.adapters.rabbitmq.queues import queue_depth
-    from saga.adapters.rabbitmq.topology import Topology
-
-    settings: Settings = container.settings
-    step_queue = Topology.from_settings(settings).step_queue
-
-    def backlog() -> int | None:
-        return queue_depth(settings.broker_url, step_queue, settings.metrics_timeout)
-
-    return Sweeper(
-        container.uow_factory,
-        container.registry,
-        SweepConfig.from_settings(settings),
-        ledger=container.ledger if settings.ledger_configured else None,
-        backlog=backlog,
-    )

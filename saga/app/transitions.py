@@ -15,7 +15,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from saga.adapters.prometheus import metrics
 from saga.core import step_report
 from saga.core.definitions import SagaDefinition, StepKind
 from saga.core.machine import transition
@@ -37,6 +36,7 @@ from saga.core.purpose import Purpose
 from saga.core.state import SagaState
 from saga.core.step_message import StepMessage
 from saga.ports.store import HistoryEntry, OutboxMessage, SagaRecord, UnitOfWork
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger("saga.orchestrator")
 
@@ -48,8 +48,15 @@ def now() -> datetime:
 class SagaWriter:
     """Writes what an event does to a saga; the chain executor's `ChainStepHooks`."""
 
-    def __init__(self, new_id: Callable[[], str], inline_reserve: float) -> None:
+    def __init__(
+        self,
+        new_id: Callable[[], str],
+        inline_reserve: float,
+        *,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ) -> None:
         self.new_id = new_id
+        self.telemetry = telemetry
         # How long a message written for an inline step is held back from the relay.
         self.inline_reserve = inline_reserve
 
@@ -100,7 +107,7 @@ class SagaWriter:
             self.note(uow, state.saga_id, event_kind(event), event_detail(event))
         if t.state.status != state.status:
             self.note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
-        metrics.event_applied(state, t.state, event)
+        self.telemetry.event_applied(state, t.state, event)
         return following
 
     def recheck(self, uow: UnitOfWork, message: StepMessage, delay: float) -> None:

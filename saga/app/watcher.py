@@ -54,16 +54,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import grpc
-
-from saga.adapters.prometheus import collectors, exposition, metrics
 from saga.app.relay import Backoff
 from saga.core.machine import awaited_command
 from saga.core.messages import Command, RunStep
 from saga.core.purpose import Purpose
 from saga.core.state import SagaState
 from saga.core.step_message import StepMessage
-from saga.ports.ledger import CommitResult, StatusUnknown
+from saga.ports.ledger import CommitResult, StatusUnknown, Unanswered
 from saga.ports.store import (
     HistoryEntry,
     LedgerAttemptRecord,
@@ -71,6 +68,7 @@ from saga.ports.store import (
     UnitOfWork,
     UnitOfWorkFactory,
 )
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger("saga.watcher")
 
@@ -117,9 +115,6 @@ class WatcherConfig:
     # Backoff on peer and database outages.
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
-    # Prometheus endpoint of this process (0: none), on SAGA_METRICS_ADDRESS.
-    metrics_port: int = 0
-    metrics_address: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1 or self.max_tracked < 1 or self.db_threads < 1:
@@ -186,9 +181,15 @@ class CommitWatcher:
         uow_factory: UnitOfWorkFactory,
         connect: ClientFactory,
         config: WatcherConfig | None = None,
+        *,
+        telemetry: Telemetry = NO_TELEMETRY,
+        stats: WatcherStats | None = None,
     ) -> None:
+        """`stats`: the counters to keep (an entry point serving them at scrape time
+        makes them first); `telemetry` hears each commit seen."""
         self.config = config or WatcherConfig()
-        self.stats = WatcherStats()
+        self.stats = stats if stats is not None else WatcherStats()
+        self._telemetry = telemetry
         self._uow = uow_factory
         self._connect = connect
         self._client: CommitClient | None = None
@@ -220,12 +221,6 @@ class CommitWatcher:
             },
         )
         last_status = time.monotonic()
-        server = exposition.serve(
-            cfg.metrics_port,
-            "watcher",
-            collectors.watcher_collector(self.stats),
-            addr=cfg.metrics_address,
-        )
         try:
             await self._open_client()
             while not stop.is_set():
@@ -255,8 +250,6 @@ class CommitWatcher:
                     await _wait(stop, pause, self._wake)
         finally:
             await self._shutdown()
-            if server is not None:
-                server.shutdown()
         return self.stats
 
     async def _poll(self) -> int:
@@ -343,7 +336,7 @@ class CommitWatcher:
             self.stats.already_settled += 1
             return
         self.stats.settled += 1
-        metrics.commit_seen(record, result.valid)
+        self._telemetry.watcher_committed(record, result.valid)
         if result.valid:
             self.stats.settled_valid += 1
         else:
@@ -397,13 +390,13 @@ class CommitWatcher:
         self, record: LedgerAttemptRecord, exc: StatusUnknown, client: CommitClient | None
     ) -> float:
         """A wait ended without an answer; returns how long before following it again."""
-        code = getattr(exc, "code", None)
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        unanswered = exc.unanswered
+        if unanswered is Unanswered.DEADLINE:
             self.stats.deadlines += 1
             await self._deadline_redrive(record)
             return self.config.rewait_after
         self.stats.peer_errors += 1
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, None):
+        if unanswered is Unanswered.UNREACHABLE:
             # Calls cut by the reconnect itself (the old channel closed) say nothing
             # about the new one.
             if client is self._client:
@@ -541,6 +534,9 @@ def run_watcher(
     connect: ClientFactory,
     stop: threading.Event,
     config: WatcherConfig | None = None,
+    *,
+    telemetry: Telemetry = NO_TELEMETRY,
+    stats: WatcherStats | None = None,
 ) -> WatcherStats:
     """Run the watcher in a fresh event loop until ``stop`` is set (from any thread)."""
 
@@ -552,7 +548,7 @@ def run_watcher(
             name="watcher-stop",
             daemon=True,
         ).start()
-        watcher = CommitWatcher(uow_factory, connect, config)
+        watcher = CommitWatcher(uow_factory, connect, config, telemetry=telemetry, stats=stats)
         return await watcher.run(stopped)
 
     return asyncio.run(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from saga.core.chain import VALID as VALID
@@ -123,12 +124,28 @@ class SubmitFailed(LedgerError):
     """
 
 
+class Unanswered(StrEnum):
+    """Why a commit status wait ended without an answer (StatusUnknown.unanswered)."""
+
+    # The wait reached its deadline: the transaction may simply not be in a block yet.
+    DEADLINE = "deadline"
+    # The peer could not be reached, or the call was cut (a closed channel).
+    UNREACHABLE = "unreachable"
+    # The peer answered with a refusal (permission, unknown channel, ...).
+    REFUSED = "refused"
+
+
 class StatusUnknown(LedgerError):
     """The commit status could not be learned now (deadline, peer unavailable, ...).
 
     Distinct from a transaction that committed with an invalid code, which is a
-    CommitResult with ``valid`` false.
+    CommitResult with ``valid`` false. ``unanswered`` says why; an adapter that
+    cannot tell leaves UNREACHABLE.
     """
+
+    @property
+    def unanswered(self) -> Unanswered:
+        return Unanswered.UNREACHABLE
 
 
 class Ledger(Protocol):

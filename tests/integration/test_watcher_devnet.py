@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 
 from saga.adapters.fabric import AsyncGatewayClient, load_connection_profile
+from saga.adapters.prometheus.telemetry import PrometheusTelemetry
 from saga.adapters.sql import SqlUnitOfWorkFactory
 from saga.app.watcher import WatcherConfig, WatcherStats, commit_message_id, run_watcher
 from saga.core.state import StepStatus
+from saga.entrypoints.metrics import watcher_metrics
 from saga.ports.ledger import MVCC_READ_CONFLICT, VALID
 from tests.support.devnet import Devnet
 from tests.support.ports import free_port
@@ -44,27 +45,32 @@ def net(module_devnet_factory: Callable[..., Devnet], chaincode_address: str) ->
 
 
 class InProcessWatcher:
-    """`run_watcher` in a thread, its counters readable while it runs on its metrics port."""
+    """`run_watcher` in a thread, its counters readable while it runs on its metrics port
+    (served and counted as `saga watcher` does: the endpoint around it, Prometheus
+    telemetry handed in)."""
 
     def __init__(self, uow: SqlUnitOfWorkFactory, net: Devnet, config: WatcherConfig) -> None:
         endpoint = load_connection_profile(net.profile(1)).endpoint()
         identity = identity_of(net)
         self.metrics_port = free_port()
-        config = replace(config, metrics_port=self.metrics_port)
         self.stop_event = threading.Event()
         self.stats: WatcherStats | None = None
         self.error: BaseException | None = None
 
         def main() -> None:
             try:
-                self.stats = run_watcher(
-                    uow,
-                    lambda: AsyncGatewayClient.connect(
-                        endpoint, identity, max_in_flight=config.max_in_flight
-                    ),
-                    self.stop_event,
-                    config,
-                )
+                stats = WatcherStats()
+                with watcher_metrics(self.metrics_port, stats):
+                    self.stats = run_watcher(
+                        uow,
+                        lambda: AsyncGatewayClient.connect(
+                            endpoint, identity, max_in_flight=config.max_in_flight
+                        ),
+                        self.stop_event,
+                        config,
+                        telemetry=PrometheusTelemetry(),
+                        stats=stats,
+                    )
             except BaseException as exc:
                 self.error = exc
 

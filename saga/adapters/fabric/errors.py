@@ -24,6 +24,7 @@ from saga.ports.ledger import (
     LedgerError,
     StatusUnknown,
     SubmitFailed,
+    Unanswered,
 )
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -144,6 +145,15 @@ class CommitStatusError(GatewayError, StatusUnknown):
 
     step = "commit status"
     operation = Operation.COMMIT_STATUS
+
+    @property
+    def unanswered(self) -> Unanswered:
+        """The gRPC status read at this boundary, so the watcher never sees a gRPC code."""
+        if self.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Unanswered.DEADLINE
+        if self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, None):
+            return Unanswered.UNREACHABLE
+        return Unanswered.REFUSED
 
 
 class CommitError(LedgerError):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from saga.adapters.fabric.ledger_scan import DEFAULT_NAMESPACE, record_writes
 from saga.adapters.fabric.messages import validation_code_name
 from saga.adapters.fabric.protos import common_pb2, proposal_pb2, transaction_pb2
-from saga.app.chain import sagafacts
+from saga.core import sagafacts
 
 TXID = re.compile(r"[0-9a-f]{64}")
 # What a Fabric 2.5 peer's qscc says for a txid its ledger does not have.

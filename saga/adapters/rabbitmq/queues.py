@@ -96,3 +96,21 @@ def queue_depth(broker_url: str, queue: str, timeout: float) -> int | None:
     thread.start()
     thread.join(timeout)
     return result[0] if result else None
+
+
+class RabbitQueueAdmin:
+    """The broker-admin port's queue depths (saga.ports.broker_admin.QueueAdmin): one
+    passive declare each, with the metrics deadline (SAGA_METRICS_TIMEOUT)."""
+
+    def __init__(self, settings: Settings) -> None:
+        topology = Topology.from_settings(settings)
+        self._url = settings.broker_url
+        self._step_queue = topology.step_queue
+        self._dead_letter_queue = topology.dead_letter_queue
+        self._timeout = settings.metrics_timeout
+
+    def step_queue_depth(self) -> int | None:
+        return queue_depth(self._url, self._step_queue, self._timeout)
+
+    def dead_letter_depth(self) -> int | None:
+        return queue_depth(self._url, self._dead_letter_queue, self._timeout)

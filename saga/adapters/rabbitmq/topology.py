@@ -21,6 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange, Queue
 
+from saga.ports.broker_admin import DLQ_AT as DLQ_AT
+from saga.ports.broker_admin import DLQ_ERROR as DLQ_ERROR
+from saga.ports.broker_admin import DLQ_EXCHANGE as DLQ_EXCHANGE
+from saga.ports.broker_admin import DLQ_HEADERS as DLQ_HEADERS
+from saga.ports.broker_admin import DLQ_REASON as DLQ_REASON
+from saga.ports.broker_admin import DLQ_ROUTING_KEY as DLQ_ROUTING_KEY
+from saga.ports.broker_admin import DLQ_WORKER as DLQ_WORKER
+
 if TYPE_CHECKING:
     import aio_pika.abc
 
@@ -35,15 +43,8 @@ if TYPE_CHECKING:
 # (see saga.entrypoints.celery.tasks), which starts the copy's count at zero.
 DELIVERY_LIMIT = 20
 
-# Headers the worker adds to a message it dead-letters. Messages RabbitMQ
-# dead-letters by itself (delivery limit) carry its `x-death` header instead.
-DLQ_REASON = "x-saga-dlq-reason"
-DLQ_ERROR = "x-saga-dlq-error"
-DLQ_AT = "x-saga-dlq-at"
-DLQ_EXCHANGE = "x-saga-dlq-original-exchange"
-DLQ_ROUTING_KEY = "x-saga-dlq-original-routing-key"
-DLQ_WORKER = "x-saga-dlq-worker"
-DLQ_HEADERS = (DLQ_REASON, DLQ_ERROR, DLQ_AT, DLQ_EXCHANGE, DLQ_ROUTING_KEY, DLQ_WORKER)
+# The headers the worker adds to a message it dead-letters (DLQ_*, imported above)
+# are part of the message format: saga.ports.broker_admin has them.
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from saga.adapters.prometheus import metrics
-from saga.app.chain import sagafacts
 from saga.app.chain.errors import (
     ChaincodeRefused,
     EndorsementFailed,
@@ -43,6 +41,7 @@ from saga.app.chain.errors import (
     TransactionsInvalid,
 )
 from saga.app.outcome import Outcome
+from saga.core import sagafacts
 from saga.core.chain import (
     VALID,
     AskKey,
@@ -85,6 +84,7 @@ from saga.core.step_message import MalformedMessage, StepMessage
 from saga.failpoints import failpoint
 from saga.ports.ledger import EndorseFailed, Ledger, LedgerError, PreparedTx, StatusUnknown
 from saga.ports.store import LedgerAttemptRecord, SagaRecord, StoreUnavailable, UnitOfWork
+from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger("saga.chain")
 
@@ -180,8 +180,10 @@ class ChainStepExecutor:
         settings: ChainSettings | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._uow = uow_factory
+        self._telemetry = telemetry
         self._ledger_factory = ledger
         self._hooks = hooks
         self.settings = settings or ChainSettings()
@@ -230,7 +232,7 @@ class ChainStepExecutor:
                 # A read that fails says nothing about the step: never a refusal.
                 return self._wait(message, definition, verified, exc)
             decision = decide(verified.core_attempts(), verified.answers, verified.key)
-        metrics.chain_decision(decision)
+        self._telemetry.chain_decided(decision)
         log.info(
             "chain step verified",
             extra={
@@ -421,7 +423,7 @@ class ChainStepExecutor:
             )
             self._hooks.apply_event(uow, early, definition, message, event, None)
             uow.commit()
-        metrics.ledger_wait(str(fault.kind), retry_in is None)
+        self._telemetry.ledger_waited(str(fault.kind), retry_in is None)
         fields = {
             "saga_id": message.saga_id,
             "step": message.step,
@@ -461,7 +463,7 @@ class ChainStepExecutor:
                 failure = exc
             else:
                 submitted.append(txid)
-        metrics.chain_transaction("resubmitted", len(submitted))
+        self._telemetry.chain_transactions("resubmitted", len(submitted))
         oldest = min(
             (a.created_at for a in verified.attempts if a.txid in txids and a.created_at),
             default=None,
@@ -544,7 +546,7 @@ class ChainStepExecutor:
             failpoint("chain.before_prepared_commit", message.step, message.phase)
             uow.commit()
         failpoint("chain.after_prepared", message.step, message.phase)
-        metrics.chain_transaction("prepared")
+        self._telemetry.chain_transactions("prepared")
         return self._submit_new(ledger, message, definition, verified, prepared)
 
     def _submit_new(

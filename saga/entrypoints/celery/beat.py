@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saga.bootstrap import Container
 from saga.config import Settings
 
 if TYPE_CHECKING:
@@ -49,10 +50,7 @@ def register_sweep_task(app: SagaCelery) -> None:
     def sweeper() -> Sweeper:
         with lock:
             if "sweeper" not in holder:
-                from saga.app.sweeper import build_sweeper
-                from saga.bootstrap import Container
-
-                holder["sweeper"] = build_sweeper(Container(app.saga_settings))
+                holder["sweeper"] = Container(app.saga_settings).sweeper()
             return holder["sweeper"]
 
     @app.task(name=SWEEP_TASK, ignore_result=True, acks_late=True)

@@ -11,14 +11,12 @@ own orchestrator after the fork, through the factory given to the app.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from saga.bootstrap import Container
 from saga.config import Settings
 from saga.entrypoints.celery.app import SagaCelery, create_celery_app, run_worker
 from saga.entrypoints.celery.beat import beat_schedule, schedule_file
-
-if TYPE_CHECKING:
-    from saga.bootstrap import Container
 
 _lock = threading.Lock()
 _app: SagaCelery | None = None
@@ -26,8 +24,6 @@ _app: SagaCelery | None = None
 
 def composed_app(container: Container) -> SagaCelery:
     """The worker's app; every worker process builds its own orchestrator after the fork."""
-    from saga.bootstrap import Container
-
     settings = container.settings
     return create_celery_app(
         settings,
@@ -40,8 +36,6 @@ def run_composed_worker(
     container: Container, pool: str | None = None, hostname: str | None = None
 ) -> None:
     """Run a worker in this process until it is told to stop (blocks)."""
-    from saga.bootstrap import Container
-
     settings = container.settings
     run_worker(
         settings,
@@ -53,15 +47,11 @@ def run_composed_worker(
 
 
 def build_app(settings: Settings | None = None) -> SagaCelery:
-    from saga.bootstrap import Container
-
     return composed_app(Container(settings or Settings.from_env()))
 
 
 def beat_app(settings: Settings) -> SagaCelery:
     """The app `saga beat` runs: the worker's app with the sweep schedule."""
-    from saga.bootstrap import Container
-
     app = composed_app(Container(settings))
     app.conf.beat_schedule = beat_schedule(settings)
     return app

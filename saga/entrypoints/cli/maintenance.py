@@ -38,11 +38,9 @@ def sweep(
 
     The same pass beat schedules; safe beside it. Prints what it did.
     """
-    from saga.app.sweeper import build_sweeper
-
     settings = env_settings(db, broker)
     container = build_container(settings)
-    report = build_sweeper(container).sweep(saga_id=saga_id)
+    report = container.sweeper().sweep(saga_id=saga_id)
     data = report.as_dict()
     if as_json:
         out.print_json(data=data)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from saga.app.watcher import WatcherConfig, WatcherStats
 from saga.entrypoints.cli import ledger as ledger_commands
 from saga.entrypoints.cli._common import (
     BrokerOpt,
@@ -19,6 +20,7 @@ from saga.entrypoints.cli._common import (
     out,
     stop_event,
 )
+from saga.entrypoints.metrics import relay_metrics, watcher_metrics
 
 # The same options as `saga ledger ping`.
 ProfileOpt = ledger_commands.ProfileOpt
@@ -31,7 +33,8 @@ def relay(db: DbOpt = None, broker: BrokerOpt = None) -> None:
     settings = env_settings(db, broker)
     container = build_container(settings)
     container.configure_logging()
-    container.run_relay(stop_event())
+    with relay_metrics(settings.metrics_port, settings.metrics_address):
+        container.run_relay(stop_event())
 
 
 def worker(
@@ -173,8 +176,6 @@ def watcher(
 
     Runs until SIGTERM or Ctrl-C, then prints its counters as JSON.
     """
-    from saga.app.watcher import WatcherConfig, run_watcher
-
     settings = env_settings(db, fabric_profile=profile, fabric_msp_dir=msp_dir, fabric_peer=peer)
     container = ledger_container(settings)
     try:
@@ -185,17 +186,12 @@ def watcher(
             redrive_interval=redrive_interval,
             status_interval=status_interval,
             db_threads=max(1, min(4, settings.db_pool_size)),
-            metrics_port=settings.metrics_port,
-            metrics_address=settings.metrics_address,
         )
     except ValueError as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
     container.configure_logging()
-    stats = run_watcher(
-        container.uow_factory,
-        container.commit_client_factory(max_in_flight),
-        stop_event(),
-        config,
-    )
+    stats = WatcherStats()
+    with watcher_metrics(settings.metrics_port, stats, settings.metrics_address):
+        container.run_watcher(stop_event(), config, stats)
     out.print_json(data=stats.as_dict())
