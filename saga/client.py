@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from saga.app.errors import IdempotencyConflict, InvalidIdempotencyKey, InvalidInput, SagaNotFound
 from saga.app.starting import MAX_IDEMPOTENCY_KEY
 from saga.config import Settings
-from saga.core.errors import UnknownSaga
+from saga.core.errors import SagaError, UnknownSaga
 from saga.entrypoints.http.limits import BodyRejected, PayloadLimits, check_value
 from saga.entrypoints.http.schemas import Enqueued, SagaView, field_errors
 from saga.entrypoints.saga_view import step_kinds
@@ -63,7 +63,7 @@ Payload = Mapping[str, Any] | BaseModel
 # -- errors -----------------------------------------------------------------------
 
 
-class SagaClientError(Exception):
+class SagaClientError(SagaError):
     """A request the service refused or could not serve; `code` is the API's error code."""
 
     status: int | None = None

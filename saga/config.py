@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from saga.core.errors import SagaError
+
 PREFIX = "SAGA_"
 # Any setting can also come from a file: SAGA_API_TOKEN_FILE=/run/secrets/api-token.
 
 
-class ConfigError(ValueError):
+class ConfigError(SagaError, ValueError):
     pass
 
 

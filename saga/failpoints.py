@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from saga.core.errors import SagaError
+
 log = logging.getLogger("saga.failpoints")
 
 ENV: Final = "SAGA_FAILPOINTS"
@@ -62,11 +64,11 @@ POINTS: Final = {
 }
 
 
-class FailpointError(RuntimeError):
+class FailpointError(SagaError, RuntimeError):
     """Raised by a failpoint armed with the ``raise`` action."""
 
 
-class FailpointConfigError(ValueError):
+class FailpointConfigError(SagaError, ValueError):
     pass
 
 

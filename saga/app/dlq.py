@@ -19,6 +19,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
+from saga.core.errors import SagaError
 from saga.ports.broker_admin import (
     DLQ_AT,
     DLQ_ERROR,
@@ -67,7 +68,7 @@ _INLINE_SECRET = re.compile(
 )
 
 
-class DlqError(Exception):
+class DlqError(SagaError):
     """The DLQ cannot be read or written; the message says what to do."""
 
 

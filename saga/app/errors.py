@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from saga.core.errors import SagaError
+from saga.core.errors import OrchestrationError
 
 
-class InvalidInput(SagaError):
+class InvalidInput(OrchestrationError):
     """The payload does not fit the saga's input schema."""
 
     def __init__(self, saga: str, errors: list[dict[str, Any]]) -> None:
@@ -20,7 +20,7 @@ class InvalidInput(SagaError):
         super().__init__(f"payload for saga {saga!r} is invalid: {fields}")
 
 
-class IdempotencyConflict(SagaError):
+class IdempotencyConflict(OrchestrationError):
     """The idempotency key is already used by a saga with a different payload."""
 
     def __init__(self, key: str, saga_id: str) -> None:
@@ -32,15 +32,15 @@ class IdempotencyConflict(SagaError):
         )
 
 
-class InvalidIdempotencyKey(SagaError):
+class InvalidIdempotencyKey(OrchestrationError):
     pass
 
 
-class SagaNotFound(SagaError):
+class SagaNotFound(OrchestrationError):
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
         super().__init__(f"no saga with id {saga_id!r}")
 
 
-class OperatorActionRefused(SagaError):
+class OperatorActionRefused(OrchestrationError):
     pass

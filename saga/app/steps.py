@@ -12,7 +12,7 @@ from saga.app.outcome import Outcome as Outcome
 from saga.app.transitions import SagaWriter
 from saga.core import step_report
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext, StepKind
-from saga.core.errors import SagaError
+from saga.core.errors import OrchestrationError
 from saga.core.machine import why_not_awaited
 from saga.core.messages import (
     CompensationFailed,
@@ -210,7 +210,7 @@ class StepRunner:
         """The step a message names, from the registry alone (None: unknown, checked later)."""
         try:
             return self.registry.get(message.saga, message.version).step(message.step)
-        except (SagaError, KeyError):
+        except (OrchestrationError, KeyError):
             return None
 
     def _run_action(

@@ -62,7 +62,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from saga.core.definitions import Registry
-from saga.core.errors import SagaError
+from saga.core.errors import OrchestrationError
 from saga.core.machine import awaited_command, transition
 from saga.core.messages import Command, MarkedStuck, RunCompensation
 from saga.core.step_message import StepMessage
@@ -196,7 +196,7 @@ class Sweeper:
                 if verdict is Verdict.CHECK_BACKLOG:
                     backlog_checked, backlog_ok = True, self._may_mark(report)
                     verdict = self._sweep_one(sid, now, backlog_ok)
-            except SagaError as exc:
+            except OrchestrationError as exc:
                 log.warning("sweeping a saga failed", extra={"saga_id": sid, "error": str(exc)})
                 continue
             self._tally(report, sid, verdict)

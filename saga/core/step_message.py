@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from saga.core.errors import SagaError
 from saga.core.messages import Command, RunCompensation, RunStep
 from saga.core.purpose import Purpose
 from saga.core.state import SagaState
 
 
-class MalformedMessage(ValueError):
+class MalformedMessage(SagaError, ValueError):
     """A message body that is not a step message; it goes to the dead-letter queue."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from saga.config import ConfigError, Settings
+from saga.core.errors import SagaError
 
 CHAINCODE_ID = "sagafacts_1.0:demo"
 # The launcher's state file: its presence is what makes a folder a launcher network.
@@ -27,7 +28,7 @@ _FABRICNET_STATE = "fabricnet.json"
 _PROBE_KEY = "saga-demo-ledger-probe"
 
 
-class DemoLedgerError(RuntimeError):
+class DemoLedgerError(SagaError, RuntimeError):
     """The ledger the demo was pointed at cannot be used; the message says what to do."""
 
 

@@ -37,6 +37,8 @@ from typing import IO, Any
 
 import yaml
 
+from saga.core.errors import SagaError
+
 PROCESS_FILE = Path(__file__).resolve().parents[2] / "compose" / "processes.toml"
 CHAINCODE_ID = "sagafacts_1.0:local"
 # Services serving their own Prometheus endpoint on SAGA_METRICS_PORT (the API
@@ -58,7 +60,7 @@ ORG1_DOMAIN = "org1.example.com"
 ORG2_DOMAIN = "org2.example.com"
 
 
-class ProcessFileError(ValueError):
+class ProcessFileError(SagaError, ValueError):
     pass
 
 
@@ -274,7 +276,7 @@ class Child:
             self._log.close()
 
 
-class ProcessSetError(RuntimeError):
+class ProcessSetError(SagaError, RuntimeError):
     pass
 
 

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from saga.core.definitions import Registry
-from saga.core.errors import SagaError
+from saga.core.errors import OrchestrationError
 from saga.core.state import SagaState, SagaStatus, StepStatus
 from saga.ports.store import HistoryEntry, LedgerAttemptRecord, SagaRecord
 
@@ -132,7 +132,7 @@ def step_kinds(registry: Registry, state: SagaState) -> dict[str, str]:
     """Each step's kind (local, chain); empty when the definition is not deployed here."""
     try:
         definition = registry.get(state.name, state.version)
-    except SagaError:
+    except OrchestrationError:
         return {}
     return {s.name: str(s.kind) for s in definition.steps}
 

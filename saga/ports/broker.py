@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from saga.core.errors import SagaError
+
 
 @dataclass(frozen=True)
 class PendingMessage:
@@ -17,7 +19,7 @@ class PendingMessage:
     body: dict[str, Any]
 
 
-class PublishFailed(Exception):
+class PublishFailed(SagaError):
     """Some message of the batch was not confirmed (broker down, nack, unroutable)."""
 
 

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from saga.core.chain import VALID as VALID
+from saga.core.errors import SagaError
 from saga.core.ledger_faults import FaultKind, LedgerFault
 
 Arg = str | bytes
@@ -67,7 +68,7 @@ class CommitResult:
         return self.code == VALID
 
 
-class LedgerError(Exception):
+class LedgerError(SagaError):
     """Base of every ledger failure.
 
     ``fault`` says what the failure means (saga.core.ledger_faults): an adapter

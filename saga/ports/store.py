@@ -14,15 +14,16 @@ from datetime import datetime
 from typing import Any, Protocol, Self
 
 from saga.core.chain import AttemptState
+from saga.core.errors import SagaError
 from saga.core.state import SagaState
 from saga.ports.broker import PendingMessage
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(SagaError):
     """The store cannot be reached or lost the connection; the work may be retried."""
 
 
-class DuplicateIdempotencyKey(Exception):
+class DuplicateIdempotencyKey(SagaError):
     """Another saga already holds this idempotency key (raised at commit or add)."""
 
 

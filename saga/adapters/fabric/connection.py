@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from saga.core.errors import SagaError
+
 # Without keepalive a long CommitStatus wait over a dead NAT or load balancer
 # hangs until its deadline; with it the call fails fast and is retried.
 _KEEPALIVE_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -88,7 +90,7 @@ class GatewayEndpoint:
         return grpc.aio.secure_channel(self.address, self._credentials(), self._options(options))
 
 
-class ClientTlsError(ValueError):
+class ClientTlsError(SagaError, ValueError):
     """A client TLS certificate or key that cannot be used; ``part`` says which."""
 
     def __init__(self, part: Literal["certificate", "key", "pair"], message: str) -> None:

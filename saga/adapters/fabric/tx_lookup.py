@@ -20,6 +20,7 @@ from saga.adapters.fabric.ledger_scan import DEFAULT_NAMESPACE, record_writes
 from saga.adapters.fabric.messages import validation_code_name
 from saga.adapters.fabric.protos import common_pb2, proposal_pb2, transaction_pb2
 from saga.core import sagafacts
+from saga.core.errors import SagaError
 
 TXID = re.compile(r"[0-9a-f]{64}")
 # What a Fabric 2.5 peer's qscc says for a txid its ledger does not have.
@@ -38,7 +39,7 @@ class Evaluator(Protocol):
     ) -> bytes: ...
 
 
-class TransactionNotFound(LookupError):
+class TransactionNotFound(SagaError, LookupError):
     """The peer's ledger has no transaction with this id."""
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from saga.adapters.rabbitmq.topology import Topology
 from saga.config import Settings
+from saga.core.errors import SagaError
 
 log = logging.getLogger("saga.metrics")
 
@@ -24,7 +25,7 @@ class QueueStats:
     consumers: int | None
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(SagaError):
     """RabbitMQ did not answer; the message says what to check."""
 
 

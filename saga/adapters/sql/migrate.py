@@ -18,12 +18,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from saga.adapters.sql.engine import create_engine
+from saga.core.errors import SagaError
 
 # Any constant shared by every process that migrates the same database.
 _PG_MIGRATION_LOCK = 0x5A6A_0001
 
 
-class MigrationsNotFound(RuntimeError):
+class MigrationsNotFound(SagaError, RuntimeError):
     pass
 
 

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Row
 
 from saga.adapters.sql.tables import UtcDateTime, saga_steps, sagas
+from saga.core.errors import SagaError
 from saga.core.state import SagaStatus, StepStatus
 from saga.ports.store import SagaRecord
 
@@ -44,7 +45,7 @@ from saga.ports.store import SagaRecord
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)*")
 
 
-class BadFilter(ValueError):
+class BadFilter(SagaError, ValueError):
     """A filter or cursor an operator typed that cannot be used; the message says why."""
 
 

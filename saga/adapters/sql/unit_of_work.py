@@ -29,6 +29,7 @@ from saga.adapters.sql.inbox import SqlInbox
 from saga.adapters.sql.ledger_attempts import SqlLedgerAttempts
 from saga.adapters.sql.outbox import SqlOutbox
 from saga.adapters.sql.repository import SqlSagaRepository
+from saga.core.errors import SagaError
 from saga.ports.store import (
     History,
     Inbox,
@@ -42,11 +43,11 @@ from saga.ports.store import (
 _PG_INERROR = TransactionStatus.INERROR
 
 
-class StepEndedTransaction(RuntimeError):
+class StepEndedTransaction(SagaError, RuntimeError):
     """Code given `uow.session` tried to commit or roll back the unit of work's transaction."""
 
 
-class StepAbortedTransaction(RuntimeError):
+class StepAbortedTransaction(SagaError, RuntimeError):
     """A statement of the step failed on PostgreSQL and the step carried on.
 
     PostgreSQL refuses every later statement of an aborted transaction, so the

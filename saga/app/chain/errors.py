@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from saga.core.errors import SagaError
+from saga.core.errors import OrchestrationError, SagaError
 
 
-class ChainStepError(Exception):
+class ChainStepError(SagaError):
     """Base of the failures a chain step reports to the state machine."""
 
 
@@ -47,7 +47,7 @@ class LedgerOutcomeUnknown(ChainStepError):
     compensation, because the transaction may still commit."""
 
 
-class LedgerNotConfigured(SagaError):
+class LedgerNotConfigured(OrchestrationError):
     """A chain step arrived at a process that has no ledger configured."""
 
     def __init__(self, saga: str, step: str, missing: str = "") -> None:

@@ -42,7 +42,7 @@ from saga.adapters.rabbitmq.celery_message import STEP_TASK
 from saga.adapters.rabbitmq.publishers import is_amqp_url
 from saga.adapters.rabbitmq.topology import Topology
 from saga.config import Settings
-from saga.core.errors import SagaError
+from saga.core.errors import OrchestrationError
 from saga.core.step_message import MalformedMessage, StepMessage
 from saga.core.step_report import Setback
 from saga.entrypoints.celery.beat import register_sweep_task
@@ -222,7 +222,7 @@ def _run_step(app: SagaCelery, task: Task, args: tuple[Any, ...], kwargs: dict[s
     except Exception as exc:
         if _is_transient(exc, app.saga_transient_errors):
             return _retry_later(task, exc)
-        if isinstance(exc, SagaError | ValueError):  # MalformedMessage is a ValueError
+        if isinstance(exc, OrchestrationError | ValueError):  # MalformedMessage is a ValueError
             reason, error = str(exc), type(exc).__name__
         else:
             # Kept, not lost: an operator can republish it once the bug is fixed.

@@ -27,6 +27,7 @@ from kombu.message import Message
 
 from saga.adapters.rabbitmq.celery_message import STEP_TASK
 from saga.adapters.rabbitmq.publishers import is_amqp_url
+from saga.core.errors import SagaError
 from saga.core.step_message import MalformedMessage, StepMessage
 from saga.entrypoints.celery.beat import SWEEP_TASK
 
@@ -41,7 +42,7 @@ SAGA_TASKS = frozenset({STEP_TASK, SWEEP_TASK})
 _DELAYED_DELIVERY = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
 
 
-class Poison(Exception):
+class Poison(SagaError):
     def __init__(self, reason: str, error: str) -> None:
         super().__init__(reason)
         self.reason = reason

@@ -26,6 +26,7 @@ from billiard.einfo import ExceptionWithTraceback
 from celery.exceptions import Ignore, Retry
 from celery.worker.request import Request
 
+from saga.core.errors import SagaError
 from saga.core.purpose import Purpose
 from saga.core.step_message import StepMessage
 from saga.core.step_report import Setback
@@ -40,7 +41,7 @@ SKIPPED_EVENT = "task-skipped"
 log = logging.getLogger("saga.worker")
 
 
-class StepSetbackError(Exception):
+class StepSetbackError(SagaError):
     """Base of the two below; `inline` names the step that failed when it is not
     the one the message asked for (it ran inline after it), e.g. "record_payment"."""
 

@@ -23,7 +23,7 @@ def enqueue(
     db: DbOpt = None,
 ) -> None:
     """Start a saga directly against the store (services use the API or the client)."""
-    from saga.core.errors import SagaError
+    from saga.core.errors import OrchestrationError
 
     container = build_container(env_settings(db))
     try:
@@ -33,7 +33,7 @@ def enqueue(
         raise typer.Exit(2) from None
     try:
         result = container.orchestrator().enqueue(saga, data, idempotency_key=key)
-    except SagaError as exc:
+    except OrchestrationError as exc:
         console.print(f"[red]refused:[/] {exc}")
         raise typer.Exit(1) from None
     out.print(result.saga_id)

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from saga.core.errors import SagaError
+
 # Any structural character or the start of a string; everything else is skipped
 # by the regex engine in C, so a 64 KiB body costs a few hundred iterations.
 _TOKEN = re.compile(rb'["\[\]{}]')
@@ -32,7 +34,7 @@ class PayloadLimits:
     max_depth: int
 
 
-class BodyRejected(Exception):
+class BodyRejected(SagaError):
     """A request body refused before it reached the saga's schema."""
 
     def __init__(
