@@ -126,7 +126,9 @@ class ChainSettings:
 
 
 class ChainStepHooks(Protocol):
-    """What the orchestrator lends the executor: its way of applying an event."""
+    """The recorder the executor writes through: the same `SagaWriter`
+    (saga.app.transitions) the step handler uses, given to both by whoever builds
+    them (the Orchestrator, from the parts it is given); never the orchestrator."""
 
     def apply_event(
         self,
