@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         GatewayEndpoint,
         SigningIdentity,
     )
+    from saga.adapters.prometheus.exposition import ApiScrape
     from saga.ports.broker import Publisher
     from saga.ports.broker_admin import QueueAdmin
     from saga.ports.ledger import Ledger
@@ -170,6 +171,13 @@ class Container:
             telemetry=self.telemetry,
             stats=stats,
         )
+
+    def api_metrics(self) -> ApiScrape:
+        """GET /metrics of the API: its own counters and the store and broker gauges
+        (collectors read at scrape time)."""
+        from saga.adapters.prometheus.exposition import ApiScrape
+
+        return ApiScrape(self.settings, self.uow_factory, self.registry.names())
 
     @cached_property
     def queue_admin(self) -> QueueAdmin:

@@ -92,7 +92,7 @@ def api(
     from saga.entrypoints.http.app import create_app
 
     uvicorn.run(
-        create_app(container.orchestrator(), settings),
+        create_app(container.orchestrator(), settings, metrics=container.api_metrics()),
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,

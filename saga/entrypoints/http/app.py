@@ -214,8 +214,16 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
-    """The ASGI app for one orchestrator; makes no connection until a request needs one."""
+def create_app(
+    orchestrator: Orchestrator,
+    settings: Settings,
+    *,
+    metrics: exposition.ApiScrape | None = None,
+) -> FastAPI:
+    """The ASGI app for one orchestrator; makes no connection until a request needs one.
+
+    `metrics` answers GET /metrics (the composition root's, Container.api_metrics);
+    without one, the same is built here from `settings` and the orchestrator."""
     limits = PayloadLimits(settings.max_payload_bytes, settings.max_payload_depth)
     app = FastAPI(
         title="Saga orchestrator",
@@ -396,7 +404,9 @@ def create_app(orchestrator: Orchestrator, settings: Settings) -> FastAPI:
 
     # Behind the bearer token like every other route: the gauges name every saga
     # type and its volumes; Prometheus sends the token (authorization.credentials_file).
-    scrape = exposition.ApiScrape(settings, orchestrator.uow_factory, orchestrator.registry.names())
+    scrape = metrics or exposition.ApiScrape(
+        settings, orchestrator.uow_factory, orchestrator.registry.names()
+    )
     app.add_api_route("/metrics", scrape.response, methods=["GET"], include_in_schema=False)
 
     return app
