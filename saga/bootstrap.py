@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         SigningIdentity,
     )
     from saga.adapters.prometheus.exposition import ApiScrape
+    from saga.adapters.rabbitmq.dead_letters import RabbitDeadLetters
     from saga.ports.broker import Publisher
     from saga.ports.broker_admin import QueueAdmin
     from saga.ports.ledger import Ledger
@@ -178,6 +179,12 @@ class Container:
         from saga.adapters.prometheus.exposition import ApiScrape
 
         return ApiScrape(self.settings, self.uow_factory, self.registry.names())
+
+    def dead_letters(self) -> RabbitDeadLetters:
+        """The dead-letter queue's operator passes (browse, find, replay, drop) over AMQP."""
+        from saga.adapters.rabbitmq.dead_letters import RabbitDeadLetters
+
+        return RabbitDeadLetters(self.settings)
 
     @cached_property
     def queue_admin(self) -> QueueAdmin:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile
 from saga.adapters.fabric.ledger_scan import LedgerScan, scan_ledger
-from saga.adapters.rabbitmq.dead_letters import browse
+from saga.adapters.rabbitmq.dead_letters import RabbitDeadLetters
 from saga.adapters.sql.tables import sagas
 from saga.config import Settings
 from saga.core.definitions import chain_key
@@ -234,7 +234,7 @@ def check(
         )
     problems["duplicate_sagas"] += workload.resend_mismatch
     problems["refused_requests"] += workload.refused
-    dead = browse(settings)
+    dead = RabbitDeadLetters(settings).browse()
     poison = list(workload.poison)
     for message in dead:
         if message.body in poison:

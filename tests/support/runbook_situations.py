@@ -408,7 +408,7 @@ class Situations:
     def dead_letters(self) -> dict[str, str]:
         """Three dead letters: a good step message a worker with older definitions refused
         (its saga waits); one naming a saga no database has, dead-lettered by the real
-        worker and replayed three times with `saga.adapters.rabbitmq.dead_letters.replay`
+        worker and replayed three times with `RabbitDeadLetters.replay`
         (it came back each time);
         and a binary body with no headers and no id, dead-lettered by the real worker."""
         d = self.d
@@ -486,8 +486,7 @@ class Situations:
 
         all_back()
         for n in range(1, 4):
-            dead_letters.replay(
-                d.settings,
+            dead_letters.RabbitDeadLetters(d.settings).replay(
                 dlq.Selection(ids=frozenset({forged_task.task_id})),
                 replayer=dlq.Replayer(actor="ops-test", why=f"situation: replay {n}"),
             )

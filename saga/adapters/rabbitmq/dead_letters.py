@@ -179,50 +179,55 @@ class DeadLetterQueue:
 # -- operations ---------------------------------------------------------------------------
 
 
-def browse(settings: Settings, progress: Progress | None = None) -> list[DeadLetter]:
-    with DeadLetterQueue(settings) as dlq:
-        return dlq.run_pass(lambda _: Action.KEEP, progress).seen
+class RabbitDeadLetters:
+    """The operator's dead-letter operations, one pass and one connection each.
 
+    Built by the composition root (`Container.dead_letters`)."""
 
-def find(
-    settings: Settings,
-    *,
-    position: int | None = None,
-    message_id: str | None = None,
-    progress: Progress | None = None,
-) -> DeadLetter | None:
-    for message in browse(settings, progress):
-        if position is not None and message.position == position:
-            return message
-        if message_id is not None and message.message_id == message_id:
-            return message
-    return None
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
+    def browse(self, progress: Progress | None = None) -> list[DeadLetter]:
+        with DeadLetterQueue(self.settings) as dlq:
+            return dlq.run_pass(lambda _: Action.KEEP, progress).seen
 
-def replay(
-    settings: Settings,
-    selection: Selection,
-    progress: Progress | None = None,
-    *,
-    replayer: Replayer | None = None,
-    max_replays: int | None = DEFAULT_MAX_REPLAYS,
-) -> PassResult:
-    """Publish the selected messages to the step exchange (confirmed), then remove them.
+    def find(
+        self,
+        *,
+        position: int | None = None,
+        message_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> DeadLetter | None:
+        for message in self.browse(progress):
+            if position is not None and message.position == position:
+                return message
+            if message_id is not None and message.message_id == message_id:
+                return message
+        return None
 
-    A message that is still poison comes back to the DLQ with a fresh reason, its
-    count and history kept. One replayed `max_replays` times already is kept in
-    place and listed in `refused` (None: no limit).
-    """
-    decide, refused = replay_decider(selection, max_replays)
-    with DeadLetterQueue(settings) as dlq:
-        result = dlq.run_pass(decide, progress, replayer=replayer)
-    result.refused = refused
-    return result
+    def replay(
+        self,
+        selection: Selection,
+        progress: Progress | None = None,
+        *,
+        replayer: Replayer | None = None,
+        max_replays: int | None = DEFAULT_MAX_REPLAYS,
+    ) -> PassResult:
+        """Publish the selected messages to the step exchange (confirmed), then remove them.
 
+        A message that is still poison comes back to the DLQ with a fresh reason, its
+        count and history kept. One replayed `max_replays` times already is kept in
+        place and listed in `refused` (None: no limit).
+        """
+        decide, refused = replay_decider(selection, max_replays)
+        with DeadLetterQueue(self.settings) as dlq:
+            result = dlq.run_pass(decide, progress, replayer=replayer)
+        result.refused = refused
+        return result
 
-def drop(settings: Settings, selection: Selection, progress: Progress | None = None) -> PassResult:
-    with DeadLetterQueue(settings) as dlq:
-        return dlq.run_pass(drop_decider(selection), progress)
+    def drop(self, selection: Selection, progress: Progress | None = None) -> PassResult:
+        with DeadLetterQueue(self.settings) as dlq:
+            return dlq.run_pass(drop_decider(selection), progress)
 
 
 def _dead_letter(position: int, raw: amqp.Message) -> DeadLetter:

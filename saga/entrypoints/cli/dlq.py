@@ -16,7 +16,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from saga.adapters.rabbitmq import dead_letters
 from saga.app import dlq
 from saga.config import Settings
 from saga.entrypoints.cli._common import (
@@ -103,7 +102,7 @@ def list_messages(
     """
     s = settings(broker=broker)
     with _progress("reading the dead-letter queue", not as_json) as progress:
-        messages = _run(lambda: dead_letters.browse(s, progress))
+        messages = _run(lambda: container(s).dead_letters().browse(progress))
     total = len(messages)
     if saga_id is not None:
         # The same test replay and drop apply: the saga id the message body names.
@@ -156,8 +155,10 @@ def show(
     s = settings(broker=broker)
     with _progress("reading the dead-letter queue", not as_json) as progress:
         found = _run(
-            lambda: dead_letters.find(
-                s, position=position, message_id=message_id, progress=progress
+            lambda: (
+                container(s)
+                .dead_letters()
+                .find(position=position, message_id=message_id, progress=progress)
             )
         )
     if found is None:
@@ -391,8 +392,10 @@ def replay(
     replayer = dlq.Replayer(actor=who, why=reason_text)
     with _progress("replaying", not as_json) as progress:
         result = _run(
-            lambda: dead_letters.replay(
-                s, selection, progress, replayer=replayer, max_replays=max_replays
+            lambda: (
+                container(s)
+                .dead_letters()
+                .replay(selection, progress, replayer=replayer, max_replays=max_replays)
             )
         )
     unrecorded = _record(s, result, dlq.Action.REPLAY, who, reason_text)
@@ -427,6 +430,6 @@ def drop(
     ):
         fail(REFUSED, "nothing dropped", "answer y, or pass --yes in scripts")
     with _progress("dropping", not as_json) as progress:
-        result = _run(lambda: dead_letters.drop(s, selection, progress))
+        result = _run(lambda: container(s).dead_letters().drop(selection, progress))
     unrecorded = _record(s, result, dlq.Action.DROP, who, reason_text)
     _report(s, result, dlq.Action.DROP, selection, unrecorded, as_json)
