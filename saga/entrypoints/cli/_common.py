@@ -51,6 +51,7 @@ def settings(db: str | None = None, broker: str | None = None, **more: Any) -> S
 
 
 def container(s: Settings) -> Container:
+    """The composition root for one command (imported only when a command runs)."""
     from saga.bootstrap import Container
 
     return Container(s)
@@ -194,13 +195,6 @@ def env_settings(db: str | None = None, broker: str | None = None, **more: Any) 
         raise typer.Exit(2) from None
 
 
-def build_container(settings: Settings) -> Any:
-    """The composition root for a process command (imported only when one runs)."""
-    from saga.bootstrap import Container
-
-    return Container(settings)
-
-
 def stop_event() -> threading.Event:
     """Set by SIGTERM or SIGINT: a long-running command stops cleanly."""
     stop = threading.Event()
@@ -213,7 +207,7 @@ def stop_event() -> threading.Event:
     return stop
 
 
-def ledger_container(settings: Settings) -> Any:
+def ledger_container(settings: Settings) -> Container:
     """A container whose Fabric settings are complete and whose files load."""
     if not settings.ledger_configured:
         console.print(
@@ -221,10 +215,10 @@ def ledger_container(settings: Settings) -> Any:
             "SAGA_FABRIC_MSP_DIR (or give --profile and --msp-dir)"
         )
         raise typer.Exit(2)
-    container = build_container(settings)
+    built = container(settings)
     try:
-        container.fabric_access()
+        built.fabric_access()
     except (OSError, ValueError) as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
-    return container
+    return built

@@ -9,10 +9,12 @@ import typer
 
 from saga.entrypoints.cli._common import (
     DbOpt,
-    build_container,
     console,
     env_settings,
     out,
+)
+from saga.entrypoints.cli._common import (
+    container as build_container,
 )
 
 

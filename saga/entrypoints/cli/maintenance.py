@@ -12,11 +12,13 @@ from saga.entrypoints.cli._common import (
     BrokerOpt,
     DbOpt,
     JsonOpt,
-    build_container,
     console,
     env_settings,
     ledger_container,
     out,
+)
+from saga.entrypoints.cli._common import (
+    container as build_container,
 )
 
 # The same options as `saga ledger ping`.

@@ -13,12 +13,14 @@ from saga.entrypoints.cli import ledger as ledger_commands
 from saga.entrypoints.cli._common import (
     BrokerOpt,
     DbOpt,
-    build_container,
     console,
     env_settings,
     ledger_container,
     out,
     stop_event,
+)
+from saga.entrypoints.cli._common import (
+    container as build_container,
 )
 from saga.entrypoints.metrics import relay_metrics, watcher_metrics
 
