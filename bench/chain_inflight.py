@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
-from tests.fabric.conftest import Devnet, free_port
 
 from bench.common import percentile, retrying, scratch_database, timing_records
 from bench.local import TERMINAL, Stack
@@ -44,7 +43,9 @@ from saga.adapters.sql.tables import sagas
 from saga.app.orchestrator import Orchestrator
 from saga.registry_loader import load_registry
 from saga_devnet.chaincode_launcher import start_chaincode
+from tests.support.devnet import Devnet
 from tests.support.ledger import CHAINCODE, CHAINCODE_ID
+from tests.support.ports import free_port
 
 
 def _devnet_alone(devnet: Devnet, msp_dir: Path, n: int) -> dict[str, Any]:

@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))  # the test support code (devnet, processes) lives
 
 import psycopg  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
-from tests.fabric.conftest import Devnet, free_port  # noqa: E402
 
 from saga.adapters.fabric import GatewayClient, SigningIdentity, load_connection_profile  # noqa: E402
 from saga.adapters.fabric.ledger_scan import scan_ledger  # noqa: E402
@@ -49,7 +48,9 @@ from saga.config import Settings  # noqa: E402
 from saga.examples.order_payment import NAME  # noqa: E402
 from saga.registry_loader import load_registry  # noqa: E402
 from saga_devnet.chaincode_launcher import start_chaincode  # noqa: E402
+from tests.support.devnet import Devnet  # noqa: E402
 from tests.support.ledger import CHAINCODE, CHAINCODE_ID  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 from tests.support.postgres import ADMIN_URL  # noqa: E402
 from tests.support.processes import Processes  # noqa: E402
 from tests.support.rabbitmq import AMQP_URL, delete_topology  # noqa: E402
