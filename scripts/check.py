@@ -22,7 +22,8 @@ def main() -> None:
     run(py, "-m", "ruff", "check", ".")
     run(py, "-m", "ruff", "format", "--check", ".")
     run(py, "-m", "mypy")
-    run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sys.argv[1:])
+    # The slowest tests are printed so the CI budget (45 of 90 minutes) can be watched.
+    run(py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=40", *sys.argv[1:])
 
 
 if __name__ == "__main__":
