@@ -42,7 +42,7 @@ def _ignored(folder: str, names: list[str]) -> set[str]:
 # project folder (relative to the repository) -> distribution name
 PROJECTS = {".": "saga_orchestrator", "chaincode": "sagafacts_chaincode", "tools": "saga_devtools"}
 # Top-level packages that must never be in the product's wheel.
-TOOLING = {"saga_devnet", "saga_fabricnet", "chaincode", "sagafacts_chaincode"}
+TOOLING = {"saga_devnet", "saga_fabricnet", "saga_cluster", "chaincode", "sagafacts_chaincode"}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_chaincode_wheel_holds_the_chaincode_and_its_shim(wheels: dict[str, Path
 
 def test_tools_wheel_holds_the_devnet_and_the_launcher(wheels: dict[str, Path | str]) -> None:
     names, requires, _ = _open(wheels, "tools")
-    assert _top_levels(names) == {"saga_devnet", "saga_fabricnet"}
+    assert _top_levels(names) == {"saga_devnet", "saga_fabricnet", "saga_cluster"}
     # Package data the launcher reads at run time.
     assert "saga_fabricnet/templates/configtx.yaml.tmpl" in names
     for script in ("detect", "build", "release"):
