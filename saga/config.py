@@ -80,6 +80,13 @@ class Settings:
     # that if the worker died first (see Orchestrator.handle).
     worker_inline_steps: int = 10
     worker_inline_reserve: float = 30.0
+    # Queue the relay routes chain step messages to, for `saga chain-executor`
+    # ("": chain steps stay on the step queue and every worker runs them, as before
+    # the executor existed; `saga up` sets it). Local steps always use the step queue.
+    chain_queue: str = ""
+    # Chain steps one `saga chain-executor` process runs at once (a thread each: a
+    # chain step spends its time waiting on Endorse and Submit, not on the CPU).
+    chain_in_flight: int = 200
     # HTTP API.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -191,6 +198,16 @@ class Settings:
             raise ConfigError("SAGA_RELAY_BATCH_SIZE must be at least 1")
         if self.worker_concurrency < 1 or self.worker_prefetch < 1:
             raise ConfigError("SAGA_WORKER_CONCURRENCY and SAGA_WORKER_PREFETCH must be >= 1")
+        if self.chain_in_flight < 1:
+            raise ConfigError(
+                "SAGA_CHAIN_IN_FLIGHT must be at least 1 (chain steps a chain executor runs "
+                "at once)"
+            )
+        if self.chain_queue and self.chain_queue in (self.step_queue, self.dead_letter_queue):
+            raise ConfigError(
+                f"SAGA_CHAIN_QUEUE={self.chain_queue!r} is the step or dead-letter queue: give "
+                "chain steps a queue of their own (e.g. saga.chain-steps), or leave it empty"
+            )
         if self.worker_inline_steps < 0 or self.worker_inline_reserve <= 0:
             raise ConfigError(
                 "SAGA_WORKER_INLINE_STEPS must be >= 0 and SAGA_WORKER_INLINE_RESERVE > 0 seconds"
