@@ -56,6 +56,15 @@ def _read_secret(var: str, path: str) -> str:
         raise ConfigError(f"{var}={path!r} cannot be read: {exc.strerror}") from None
 
 
+def _boolean(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var}={raw!r} is not a boolean; give true or false")
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where sagas, outbox and inbox live (SQLAlchemy URL; postgresql:// uses psycopg 3).
@@ -93,6 +102,21 @@ class Settings:
     api_token: str = ""
     max_payload_bytes: int = 64 * 1024
     max_payload_depth: int = 16
+    # Operator console (`saga api` serves it under /ui). Who may log in besides the
+    # holder of SAGA_API_TOKEN (an operator): "name:role:hash" entries separated by
+    # commas, role `operator` or `read-only`, hash from `python -m
+    # saga.entrypoints.http.ui.passwords` (scrypt). No token and no users: nobody.
+    ui_users: str = ""
+    # Key that signs the console's session cookies; every API instance behind one
+    # address needs the same. Empty: a random key per process (sessions end when it
+    # restarts, and another instance does not know them).
+    ui_session_secret: str = ""
+    # Seconds a console login lasts.
+    ui_session_ttl: float = 8 * 3600.0
+    # The session cookie is Secure (sent over HTTPS only). `false` only to try the
+    # console over plain http on a host that is not localhost: browsers drop a
+    # Secure cookie set over http there, and the login would not stick.
+    ui_secure_cookie: bool = True
     # Database connection pool per process.
     db_pool_size: int = 5
     db_max_overflow: int = 5
@@ -178,7 +202,9 @@ class Settings:
             else:
                 continue
             try:
-                if f.type in ("int", int):
+                if f.type in ("bool", bool):
+                    values[f.name] = _boolean(var, raw)
+                elif f.type in ("int", int):
                     values[f.name] = int(raw)
                 elif f.type in ("float", float):
                     values[f.name] = float(raw)
@@ -219,6 +245,8 @@ class Settings:
                 "SAGA_METRICS_ADDRESS is empty: give the address metric endpoints listen on "
                 "(127.0.0.1, or 0.0.0.0 for every interface)"
             )
+        if self.ui_session_ttl <= 0:
+            raise ConfigError("SAGA_UI_SESSION_TTL must be positive: seconds a login lasts")
         if self.max_payload_bytes < 1 or self.max_payload_depth < 1:
             raise ConfigError("payload limits must be positive")
         if self.fabric_profile and not self.fabric_msp_dir:
@@ -298,8 +326,13 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if (f.name == "api_token" and value) or (f.name == "fabric_tls_key" and _is_pem(value)):
+            if (f.name in ("api_token", "ui_session_secret") and value) or (
+                f.name == "fabric_tls_key" and _is_pem(value)
+            ):
                 value = "***"
+            elif f.name == "ui_users" and value:
+                # Names and roles only: a password hash is still something to guess against.
+                value = ",".join(u.rsplit(":", 1)[0] + ":***" for u in value.split(",") if u)
             elif f.name == "fabric_tls_cert" and _is_pem(value):
                 # Not a secret, but many lines: `saga config` prints one per setting.
                 value = "(inline PEM)"
