@@ -91,10 +91,19 @@ class SagaFilter:
     # Last progress before this: with it, pages run oldest first (the longest stuck).
     older_than: datetime | None = None
     inputs: tuple[InputField, ...] = ()
+    # The current step's name, and text in the saga's reason or that step's last
+    # error (case-insensitive; a scan of the rows the other filters leave).
+    step: str | None = None
+    error: str | None = None
 
     @property
     def oldest_first(self) -> bool:
         return self.older_than is not None
+
+    @property
+    def needs_step(self) -> bool:
+        """Whether the condition reads the current step's row."""
+        return self.step is not None or self.error is not None
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,12 @@ class SagaPage:
     next: Cursor | None
 
 
+# A saga's row with its current step (none past the last step).
+_WITH_STEP = sagas.outerjoin(
+    saga_steps,
+    and_(saga_steps.c.saga_id == sagas.c.id, saga_steps.c.idx == sagas.c.current),
+)
+
 _SUMMARY = select(
     sagas.c.id,
     sagas.c.name,
@@ -190,28 +205,32 @@ _SUMMARY = select(
     saga_steps.c.attempts,
     saga_steps.c.compensation_attempts,
     saga_steps.c.waiting_since,
-).select_from(
-    sagas.outerjoin(
-        saga_steps,
-        and_(saga_steps.c.saga_id == sagas.c.id, saga_steps.c.idx == sagas.c.current),
-    )
-)
+).select_from(_WITH_STEP)
 
 
 def search(
-    connection: Connection, where: SagaFilter, *, limit: int, after: Cursor | None = None
+    connection: Connection,
+    where: SagaFilter,
+    *,
+    limit: int,
+    after: Cursor | None = None,
+    totals: bool = True,
 ) -> SagaPage:
     """One page of the sagas `where` selects, newest progress first (oldest first with
-    `older_than`), starting past `after`; with the totals of the whole selection."""
+    `older_than`), starting past `after`; with the totals of the whole selection
+    unless `totals` is false (then total and by_status are -1 and empty: counting
+    every match costs a pass over them, a page only its own rows)."""
     if limit < 1:
         raise BadFilter("the page size must be at least 1")
     condition = _condition(connection, where)
-    by_status = {
-        status: count
-        for status, count in connection.execute(
-            select(sagas.c.status, func.count()).where(condition).group_by(sagas.c.status)
-        )
-    }
+    by_status: dict[str, int] = {}
+    if totals:
+        counted = select(sagas.c.status, func.count()).where(condition)
+        if where.needs_step:
+            counted = counted.select_from(_WITH_STEP)
+        by_status = {
+            status: count for status, count in connection.execute(counted.group_by(sagas.c.status))
+        }
     key = tuple_(sagas.c.updated_at, sagas.c.id)
     query = _SUMMARY.where(condition)
     if where.oldest_first:
@@ -226,7 +245,8 @@ def search(
     rows = connection.execute(query.limit(limit + 1)).all()
     summaries = [_summary(r) for r in rows[:limit]]
     following = summaries[-1].cursor if len(rows) > limit else None
-    return SagaPage(summaries, sum(by_status.values()), by_status, following)
+    total = sum(by_status.values()) if totals else -1
+    return SagaPage(summaries, total, by_status, following)
 
 
 def summaries(connection: Connection, ids: Sequence[str]) -> dict[str, SagaSummary]:
@@ -239,9 +259,11 @@ def summaries(connection: Connection, ids: Sequence[str]) -> dict[str, SagaSumma
 
 def matching_ids(connection: Connection, where: SagaFilter, *, at_most: int) -> list[str]:
     """The ids `where` selects now, oldest progress first; BadFilter past `at_most`."""
+    query = select(sagas.c.id)
+    if where.needs_step:
+        query = query.select_from(_WITH_STEP)
     rows = connection.execute(
-        select(sagas.c.id)
-        .where(_condition(connection, where))
+        query.where(_condition(connection, where))
         .order_by(sagas.c.updated_at, sagas.c.id)
         .limit(at_most + 1)
     ).all()
@@ -266,6 +288,17 @@ def _condition(connection: Connection, where: SagaFilter) -> ColumnElement[bool]
         parts.append(sagas.c.idempotency_key == where.idempotency_key)
     if where.older_than is not None:
         parts.append(sagas.c.updated_at < where.older_than)
+    if where.step is not None:
+        parts.append(saga_steps.c.name == where.step)
+    if where.error is not None:
+        escaped = where.error.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        parts.append(
+            or_(
+                sagas.c.reason.ilike(pattern, escape="\\"),
+                saga_steps.c.last_error.ilike(pattern, escape="\\"),
+            )
+        )
     postgres = connection.dialect.name == "postgresql"
     for field in where.inputs:
         parts.append(_pg_input(field) if postgres else _sqlite_input(field))

@@ -86,6 +86,9 @@ sagas = Table(
     UniqueConstraint("idempotency_key", name=IDEMPOTENCY_KEY_CONSTRAINT),
     Index("ix_sagas_status_updated_at", "status", "updated_at"),
     Index("ix_sagas_name", "name"),
+    # The console's list (keyset on updated_at, id) and overview (migration 0007).
+    Index("ix_sagas_updated_at_id", "updated_at", "id"),
+    Index("ix_sagas_created_at", "created_at"),
 )
 
 saga_steps = Table(
