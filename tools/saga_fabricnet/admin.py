@@ -77,7 +77,7 @@ class Admin:
 
     # -- peers -------------------------------------------------------------
 
-    def peer_env(self, org: Org) -> dict[str, str]:
+    def peer_env(self, org: Org, n: int = 0) -> dict[str, str]:
         admin = self.layout.user_dir(org, "Admin")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CORE_")},
@@ -85,7 +85,7 @@ class Admin:
             "FABRIC_LOGGING_SPEC": "WARNING",
             "CORE_PEER_LOCALMSPID": org.msp_id,
             "CORE_PEER_MSPCONFIGPATH": str(admin / "msp"),
-            "CORE_PEER_ADDRESS": f"127.0.0.1:{self.state.ports.peers[org.index].listen}",
+            "CORE_PEER_ADDRESS": f"127.0.0.1:{self.state.ports.peer(org.index, n).listen}",
             "CORE_PEER_TLS_ENABLED": "true",
             "CORE_PEER_TLS_ROOTCERT_FILE": str(self.layout.org_tls_ca(org)),
             "CORE_PEER_TLS_CLIENTCERT_FILE": str(admin / "tls" / "client.crt"),
@@ -96,8 +96,8 @@ class Admin:
             env["CORE_PEER_TLS_CLIENTAUTHREQUIRED"] = "true"
         return env
 
-    def _peer(self, org: Org, args: Sequence[str], what: str) -> str:
-        return _run([str(self.release.binary("peer")), *args], self.peer_env(org), what)
+    def _peer(self, org: Org, args: Sequence[str], what: str, n: int = 0) -> str:
+        return _run([str(self.release.binary("peer")), *args], self.peer_env(org, n), what)
 
     def _orderer_args(self) -> list[str]:
         return [
@@ -108,16 +108,20 @@ class Admin:
             str(self.layout.orderer_tls_ca),
         ]
 
-    def join_peer(self, org: Org) -> None:
+    def join_peer(self, org: Org, n: int = 0) -> None:
         args = ["channel", "join", "-b", str(self.layout.channel_block)]
-        _retry(lambda: self._peer(org, args, f"peer channel join on {org.peer}"))
+        _retry(lambda: self._peer(org, args, f"peer channel join on {org.peer_host(n)}", n))
 
-    def install(self, org: Org) -> None:
+    def install(self, org: Org, n: int = 0) -> None:
+        """Every peer of an org installs the package; all of them dial the one chaincode
+        server (its connection.json address), each over its own stream."""
         package = str(self.layout.chaincode_package)
-        installed = self._peer(org, ["lifecycle", "chaincode", "queryinstalled"], "queryinstalled")
+        query = ["lifecycle", "chaincode", "queryinstalled"]
+        installed = self._peer(org, query, "queryinstalled", n)
         if self.state.package_id in installed:
             return
-        self._peer(org, ["lifecycle", "chaincode", "install", package], f"install on {org.peer}")
+        args = ["lifecycle", "chaincode", "install", package]
+        self._peer(org, args, f"install on {org.peer_host(n)}", n)
 
     def _definition(self) -> list[str]:
         return [

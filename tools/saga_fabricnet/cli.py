@@ -39,6 +39,12 @@ def _network_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="peers require a client TLS certificate (users' tls/client.crt)",
     )
+    p.add_argument(
+        "--org1-peers",
+        type=int,
+        default=1,
+        help="peers of Org1 (1); 2 adds peer1.org1, listed in connection-org1.json",
+    )
 
 
 def _dir_arg(p: argparse.ArgumentParser) -> None:
@@ -71,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         ("start", "start a stopped member again on its ports and data"),
     ):
         p = sub.add_parser(name, help=what)
-        p.add_argument("member", help="orderer0..N, peer0.org1, peer0.org2 or chaincode")
+        p.add_argument(
+            "member", help="orderer0..N, peer0.org1 (peer1.org1 ...), peer0.org2 or chaincode"
+        )
         _dir_arg(p)
     leader = sub.add_parser("leader", help="print the orderer that leads the channel")
     _dir_arg(leader)
@@ -86,6 +94,7 @@ def _new_network(opts: argparse.Namespace) -> FabricNetwork:
         consensus=opts.consensus,
         batch_timeout=opts.batch_timeout,
         client_auth_required=opts.client_auth,
+        org1_peers=opts.org1_peers,
     )
     # An initialised folder keeps the release and options it was made with.
     exists = StateFile(opts.dir).exists()

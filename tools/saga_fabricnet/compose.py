@@ -260,22 +260,23 @@ class ComposeAdmin(Admin):
     """The launcher's admin commands, dialling service names; and safe to run again
     after a job that failed half-way (compose restarts it on the next `up`)."""
 
-    def peer_env(self, org: Org) -> dict[str, str]:
-        env = super().peer_env(org)
+    def peer_env(self, org: Org, n: int = 0) -> dict[str, str]:
+        env = super().peer_env(org, n)
         env["CORE_PEER_ADDRESS"] = readdress(env["CORE_PEER_ADDRESS"])
         return env
 
-    def _peer(self, org: Org, args: Sequence[str], what: str) -> str:
+    def _peer(self, org: Org, args: Sequence[str], what: str, n: int = 0) -> str:
         # Covers the orderer (-o) and --peerAddresses of approveformyorg and commit.
-        return super()._peer(org, [readdress(a) for a in args], what)
+        return super()._peer(org, [readdress(a) for a in args], what, n)
 
     def orderer_admin_address(self, n: int) -> str:
         return f"{orderer_host(n)}:{self.state.ports.orderers[n].admin}"
 
-    def join_peer(self, org: Org) -> None:
-        joined = self._peer(org, ["channel", "list"], f"peer channel list on {org.peer}")
+    def join_peer(self, org: Org, n: int = 0) -> None:
+        what = f"peer channel list on {org.peer_host(n)}"
+        joined = self._peer(org, ["channel", "list"], what, n)
         if self.state.options.channel not in joined.split():
-            super().join_peer(org)
+            super().join_peer(org, n)
 
     def committed(self) -> bool:
         try:

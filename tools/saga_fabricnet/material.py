@@ -45,7 +45,10 @@ class Org:
 
     @property
     def peer(self) -> str:
-        return f"peer0.{self.domain}"
+        return self.peer_host(0)
+
+    def peer_host(self, n: int = 0) -> str:
+        return f"peer{n}.{self.domain}"
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,8 @@ class Layout:
     def org_dir(self, org: Org) -> Path:
         return self.organizations / "peerOrganizations" / org.domain
 
-    def peer_dir(self, org: Org) -> Path:
-        return self.org_dir(org) / "peers" / org.peer
+    def peer_dir(self, org: Org, n: int = 0) -> Path:
+        return self.org_dir(org) / "peers" / org.peer_host(n)
 
     def org_tls_ca(self, org: Org) -> Path:
         return self.org_dir(org) / "tlsca" / f"tlsca.{org.domain}-cert.pem"
@@ -116,7 +119,10 @@ class Layout:
         return self.root / "chaincode" / "sagafacts.tar.gz"
 
 
-def crypto_config(orderers: int, orgs: list[Org]) -> dict[str, Any]:
+def crypto_config(
+    orderers: int, orgs: list[Org], peer_counts: dict[int, int] | None = None
+) -> dict[str, Any]:
+    counts = peer_counts or {}
     return {
         "OrdererOrgs": [
             {
@@ -133,7 +139,7 @@ def crypto_config(orderers: int, orgs: list[Org]) -> dict[str, Any]:
                 # NodeOUs give the client/peer/admin roles the channel policies name;
                 # cryptogen also writes every user's tls/client.{crt,key} for mutual TLS.
                 "EnableNodeOUs": True,
-                "Template": {"Count": 1, "SANS": LOCAL_SANS},
+                "Template": {"Count": counts.get(org.index, 1), "SANS": LOCAL_SANS},
                 "Users": {"Count": 1},
             }
             for org in orgs
@@ -141,10 +147,16 @@ def crypto_config(orderers: int, orgs: list[Org]) -> dict[str, Any]:
     }
 
 
-def generate(release: FabricRelease, layout: Layout, orderers: int, orgs: list[Org]) -> None:
+def generate(
+    release: FabricRelease,
+    layout: Layout,
+    orderers: int,
+    orgs: list[Org],
+    peer_counts: dict[int, int] | None = None,
+) -> None:
     layout.config.mkdir(parents=True, exist_ok=True)
     spec = layout.config / "crypto-config.yaml"
-    spec.write_text(yaml.safe_dump(crypto_config(orderers, orgs), sort_keys=False))
+    spec.write_text(yaml.safe_dump(crypto_config(orderers, orgs, peer_counts), sort_keys=False))
     result = subprocess.run(
         [
             str(release.binary("cryptogen")),
@@ -159,9 +171,13 @@ def generate(release: FabricRelease, layout: Layout, orderers: int, orgs: list[O
         raise RuntimeError(f"cryptogen failed: {result.stderr or result.stdout}")
 
 
-def connection_profile(layout: Layout, org: Org, peer_port: int) -> dict[str, Any]:
-    """The devnet's ``connection-orgN.json`` document, for this network's peer."""
-    return profile_document(
+def connection_profile(
+    layout: Layout, org: Org, peer_port: int, more_peer_ports: list[int] | None = None
+) -> dict[str, Any]:
+    """The devnet's ``connection-orgN.json`` document, for this network's peers: peer0
+    first, then peer1.. (a gateway client moves down the org's list when its peer is
+    unreachable)."""
+    profile = profile_document(
         name=f"fabricnet-{org.name.lower()}",
         org_name=org.name,
         msp_id=org.msp_id,
@@ -171,9 +187,25 @@ def connection_profile(layout: Layout, org: Org, peer_port: int) -> dict[str, An
         tls_pem=layout.org_tls_ca(org).read_text(),
         ca_pem=(layout.org_dir(org) / "ca" / f"ca.{org.domain}-cert.pem").read_text(),
     )
+    first = profile["peers"][org.peer]
+    for n, port in enumerate(more_peer_ports or (), start=1):
+        host = org.peer_host(n)
+        profile["organizations"][org.name]["peers"].append(host)
+        profile["peers"][host] = {
+            **first,
+            "url": f"grpcs://localhost:{port}",
+            "grpcOptions": {"ssl-target-name-override": host, "hostnameOverride": host},
+        }
+    return profile
 
 
-def write_profiles(layout: Layout, orgs: list[Org], peer_ports: dict[int, int]) -> None:
+def write_profiles(
+    layout: Layout,
+    orgs: list[Org],
+    peer_ports: dict[int, int],
+    more_peer_ports: dict[int, list[int]] | None = None,
+) -> None:
     for org in orgs:
-        profile = connection_profile(layout, org, peer_ports[org.index])
+        more = (more_peer_ports or {}).get(org.index)
+        profile = connection_profile(layout, org, peer_ports[org.index], more)
         layout.profile(org).write_text(json.dumps(profile, indent=4) + "\n")

@@ -1,6 +1,6 @@
 """A real Fabric test network: three etcdraft orderers (or four BFT ones on Fabric 3),
-one peer for each of Org1 and Org2, channel ``mychannel`` and the sagafacts chaincode
-as a service, all plain processes on 127.0.0.1.
+one peer for each of Org1 and Org2 (or more for Org1: ``NetworkOptions(org1_peers=2)``),
+channel ``mychannel`` and the sagafacts chaincode as a service, all plain processes on 127.0.0.1.
 
     net = FabricNetwork(Path("/tmp/net"), FabricRelease.locate(folder=".fabric/fabric-2.5.16"))
     seconds = net.up()          # from nothing to "both orgs endorse"
@@ -95,7 +95,26 @@ class FabricNetwork:
 
     @property
     def peers(self) -> list[str]:
-        return [nodes.peer_name(org) for org in self.orgs]
+        return [name for _, _, name in self._peer_refs()]
+
+    def _peer_refs(self) -> list[tuple[Org, int, str]]:
+        """(org, n, member name) of every peer: peer0 of each org, then the others."""
+        counts = {o.index: self._peer_count(o) for o in self.orgs}
+        refs = [(o, 0, nodes.peer_name(o)) for o in self.orgs]
+        refs += [
+            (o, n, nodes.peer_name(o, n)) for o in self.orgs for n in range(1, counts[o.index])
+        ]
+        return refs
+
+    def _peer_count(self, org: Org) -> int:
+        if self.state_file.exists():
+            return nodes.peer_count(self.state, org)
+        return self._options.org1_peers if org.index == 1 else 1
+
+    def org_peers(self, org: int | str = 1) -> list[str]:
+        """Member names of the org's peers, peer0 first (the order of its profile)."""
+        o = self.org(org)
+        return [name for p, _, name in self._peer_refs() if p == o]
 
     @property
     def members(self) -> list[str]:
@@ -150,9 +169,17 @@ class FabricNetwork:
         # A half-made folder from an init that failed is rebuilt from scratch.
         for leftover in (self.layout.organizations, self.layout.config, self.layout.data):
             shutil.rmtree(leftover, ignore_errors=True)
-        ports = Ports.choose(options.orderers)
-        material.generate(release, self.layout, options.orderers, self.orgs)
-        material.write_profiles(self.layout, self.orgs, {i: ports.peers[i].listen for i in ORGS})
+        extra = {1: options.org1_peers - 1}
+        ports = Ports.choose(options.orderers, extra)
+        material.generate(
+            release, self.layout, options.orderers, self.orgs, {1: options.org1_peers}
+        )
+        material.write_profiles(
+            self.layout,
+            self.orgs,
+            {i: ports.peers[i].listen for i in ORGS},
+            {i: [p.listen for p in more] for i, more in ports.more_peers.items()},
+        )
         peer_config.write_config(release, self.layout)
         configtx.create_channel_block(release, self.layout, options, ports)
         chaincode_package.build(self.layout.chaincode_package, f"127.0.0.1:{ports.chaincode}")
@@ -179,9 +206,9 @@ class FabricNetwork:
         for n, name in enumerate(self.orderers):
             if member == name:
                 return nodes.orderer_spec(self.release, self.layout, state, n)
-        for org in self.orgs:
-            if member == nodes.peer_name(org):
-                return nodes.peer_spec(self.release, self.layout, state, org)
+        for org, n, name in self._peer_refs():
+            if member == name:
+                return nodes.peer_spec(self.release, self.layout, state, org, n)
         raise ValueError(f"no member {member!r}; members are {', '.join(self.members)}")
 
     def up(self, timeout: float = READY_TIMEOUT) -> float:
@@ -195,10 +222,10 @@ class FabricNetwork:
             _parallel([partial(self._ensure_started, m) for m in self.orderers + self.peers])
             if not self.state.channel_joined:
                 _parallel([partial(admin.join_orderer, n) for n in range(len(self.orderers))])
-                _parallel([partial(admin.join_peer, o) for o in self.orgs])
+                _parallel([partial(admin.join_peer, o, n) for o, n, _ in self._peer_refs()])
                 self._mark(channel_joined=True)
             if not self.state.deployed:
-                _parallel([partial(admin.install, o) for o in self.orgs])
+                _parallel([partial(admin.install, o, n) for o, n, _ in self._peer_refs()])
                 self._ensure_started(nodes.CHAINCODE)
                 _parallel([partial(admin.approve, o) for o in self.orgs])
                 admin.commit(self.orgs)
@@ -232,9 +259,15 @@ class FabricNetwork:
         returns the seconds waited."""
         start = time.monotonic()
         msp_ids = [o.msp_id for o in self.orgs]
-        for org in orgs or [o.index for o in self.orgs]:
-            tls = self.client_tls(org) if self.options.client_auth_required else None
-            with probes.gateway_client(self.profile(org), self.msp_dir(org), tls) as client:
+        wanted = [self.org(o) for o in orgs] if orgs else self.orgs
+        # Every peer's own gateway, so that a restarted peer of an org with several
+        # counts only once it serves clients itself.
+        for org, n, _ in self._peer_refs():
+            if org not in wanted:
+                continue
+            tls = self.client_tls(org.index) if self.options.client_auth_required else None
+            profile, msp = self.profile(org.index), self.msp_dir(org.index)
+            with probes.gateway_client(profile, msp, tls, peer=org.peer_host(n)) as client:
                 left = max(1.0, timeout - (time.monotonic() - start))
                 probes.wait_endorsable(client, self.channel, msp_ids, left)
         return time.monotonic() - start

@@ -40,8 +40,12 @@ def orderer_name(n: int) -> str:
     return f"orderer{n}"
 
 
-def peer_name(org: Org) -> str:
-    return f"peer0.org{org.index}"
+def peer_name(org: Org, n: int = 0) -> str:
+    return f"peer{n}.org{org.index}"
+
+
+def peer_count(state: NetworkState, org: Org) -> int:
+    return 1 + len(state.ports.more_peers.get(org.index, ()))
 
 
 def _base_env(layout: Layout) -> dict[str, str]:
@@ -97,23 +101,29 @@ def orderer_spec(release: FabricRelease, layout: Layout, state: NetworkState, n:
     )
 
 
-def peer_env(layout: Layout, state: NetworkState, org: Org) -> dict[str, str]:
-    ports = state.ports.peers[org.index]
-    tls = layout.peer_dir(org) / "tls"
-    data = layout.data / peer_name(org)
+def peer_env(layout: Layout, state: NetworkState, org: Org, n: int = 0) -> dict[str, str]:
+    ports = state.ports.peer(org.index, n)
+    tls = layout.peer_dir(org, n) / "tls"
+    data = layout.data / peer_name(org, n)
     address = f"127.0.0.1:{ports.listen}"
+    # One peer in the org: it bootstraps from itself and learns the other org through
+    # the anchor peers in the channel config. Several: each bootstraps from the others
+    # of its org (gossip needs one live contact to find the rest after a restart).
+    others = [
+        f"127.0.0.1:{state.ports.peer(org.index, m).listen}"
+        for m in range(peer_count(state, org))
+        if m != n
+    ]
     env = {
         **_base_env(layout),
-        "CORE_PEER_ID": org.peer,
+        "CORE_PEER_ID": org.peer_host(n),
         "CORE_PEER_LOCALMSPID": org.msp_id,
-        "CORE_PEER_MSPCONFIGPATH": str(layout.peer_dir(org) / "msp"),
+        "CORE_PEER_MSPCONFIGPATH": str(layout.peer_dir(org, n) / "msp"),
         "CORE_PEER_LISTENADDRESS": address,
         "CORE_PEER_ADDRESS": address,
         "CORE_PEER_CHAINCODELISTENADDRESS": f"127.0.0.1:{ports.chaincode}",
         "CORE_PEER_CHAINCODEADDRESS": f"127.0.0.1:{ports.chaincode}",
-        # One peer per org: it bootstraps from itself and learns the other org
-        # through the anchor peers in the channel config.
-        "CORE_PEER_GOSSIP_BOOTSTRAP": address,
+        "CORE_PEER_GOSSIP_BOOTSTRAP": " ".join(others) or address,
         "CORE_PEER_GOSSIP_EXTERNALENDPOINT": address,
         "CORE_PEER_GOSSIP_ENDPOINT": address,
         "CORE_PEER_TLS_ENABLED": "true",
@@ -137,13 +147,15 @@ def peer_env(layout: Layout, state: NetworkState, org: Org) -> dict[str, str]:
     return env
 
 
-def peer_spec(release: FabricRelease, layout: Layout, state: NetworkState, org: Org) -> MemberSpec:
+def peer_spec(
+    release: FabricRelease, layout: Layout, state: NetworkState, org: Org, n: int = 0
+) -> MemberSpec:
     return MemberSpec(
-        name=peer_name(org),
+        name=peer_name(org, n),
         argv=[str(release.binary("peer")), "node", "start"],
-        env=peer_env(layout, state, org),
-        log=layout.logs / f"{peer_name(org)}.log",
-        ready_port=state.ports.peers[org.index].listen,
+        env=peer_env(layout, state, org, n),
+        log=layout.logs / f"{peer_name(org, n)}.log",
+        ready_port=state.ports.peer(org.index, n).listen,
         cwd=layout.root,
     )
 

@@ -18,6 +18,10 @@ class NetworkOptions:
     max_message_count: int = 10
     # Peers demand a client TLS certificate (User1's tls/client.crt) from every caller.
     client_auth_required: bool = False
+    # Peers of Org1 (peer0.org1, peer1.org1, ...). One is the default: a second peer
+    # only matters to tests of a gateway client moving between its org's peers, and
+    # costs every other network a process and a channel join.
+    org1_peers: int = 1
 
     def __post_init__(self) -> None:
         if self.consensus not in CONSENSUS_TYPES:
@@ -26,6 +30,8 @@ class NetworkOptions:
             raise ValueError("etcdraft needs at least one orderer")
         if self.consensus == "BFT" and self.orderers < 4:
             raise ValueError("BFT needs at least four orderers (3f+1 with f=1)")
+        if self.org1_peers < 1:
+            raise ValueError("org1_peers must be at least 1")
         if self.batch_timeout <= 0:
             raise ValueError("batch_timeout must be positive")
 
@@ -34,4 +40,5 @@ class NetworkOptions:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NetworkOptions:
+        # State files written before a field existed take its default.
         return cls(**data)

@@ -21,10 +21,14 @@ PROBE_KEY = "fabricnet-readiness-probe"
 
 
 def gateway_client(
-    profile: Path, msp_dir: Path, client_tls: tuple[Path, Path] | None = None
+    profile: Path,
+    msp_dir: Path,
+    client_tls: tuple[Path, Path] | None = None,
+    peer: str | None = None,
 ) -> GatewayClient:
+    """A client of the profile's `peer` alone (default: the org's first peer)."""
     loaded = load_connection_profile(profile)
-    endpoint = loaded.endpoint()
+    endpoint = loaded.endpoint(peer)
     if client_tls is not None:
         endpoint = endpoint.with_client_tls(client_tls[0].read_bytes(), client_tls[1].read_bytes())
     return GatewayClient.connect(endpoint, SigningIdentity.from_msp_dir(loaded.msp_id, msp_dir))

@@ -37,15 +37,20 @@ class PeerPorts:
 @dataclass
 class Ports:
     orderers: list[OrdererPorts]
+    # peer0 of each org
     peers: dict[int, PeerPorts]
     chaincode: int
+    # peer1, peer2, ... of an org that has more than one
+    more_peers: dict[int, list[PeerPorts]] = field(default_factory=dict)
 
     @classmethod
-    def choose(cls, orderers: int) -> Ports:
+    def choose(cls, orderers: int, extra_peers: dict[int, int] | None = None) -> Ports:
+        extra = {org: n for org, n in (extra_peers or {}).items() if n > 0}
+        count = 3 * orderers + 3 * len(ORGS) + 1 + 3 * sum(extra.values())
         # Each free_port() closes its socket before the next one is asked for, so the
         # kernel may hand out the same number twice; retry until all are distinct.
         while True:
-            numbers = [free_port() for _ in range(3 * orderers + 3 * len(ORGS) + 1)]
+            numbers = [free_port() for _ in range(count)]
             if len(set(numbers)) == len(numbers):
                 break
         it = iter(numbers)
@@ -53,13 +58,22 @@ class Ports:
             orderers=[OrdererPorts(next(it), next(it), next(it)) for _ in range(orderers)],
             peers={org: PeerPorts(next(it), next(it), next(it)) for org in ORGS},
             chaincode=next(it),
+            more_peers={
+                org: [PeerPorts(next(it), next(it), next(it)) for _ in range(n)]
+                for org, n in extra.items()
+            },
         )
+
+    def peer(self, org: int, n: int = 0) -> PeerPorts:
+        """The ports of peer`n` of org `org`."""
+        return self.peers[org] if n == 0 else self.more_peers[org][n - 1]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "orderers": [vars(o) for o in self.orderers],
             "peers": {str(k): vars(v) for k, v in self.peers.items()},
             "chaincode": self.chaincode,
+            "more_peers": {str(k): [vars(p) for p in v] for k, v in self.more_peers.items()},
         }
 
     @classmethod
@@ -68,6 +82,10 @@ class Ports:
             orderers=[OrdererPorts(**o) for o in data["orderers"]],
             peers={int(k): PeerPorts(**v) for k, v in data["peers"].items()},
             chaincode=int(data["chaincode"]),
+            more_peers={
+                int(k): [PeerPorts(**p) for p in v]
+                for k, v in (data.get("more_peers") or {}).items()
+            },
         )
 
 
