@@ -143,10 +143,13 @@ class SqlOutboxReader:
         try:
             import psycopg
 
-            url = self._engine.url.set(drivername="postgresql")
-            conn = psycopg.connect(
-                url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
-            )
+            # The dialect's own connect arguments, not the URL rendered back: a
+            # multi-host URL (host=h1:p1&host=h2:p2, for failover) is only libpq's
+            # comma lists once the dialect has translated it.
+            _, params = self._engine.dialect.create_connect_args(self._engine.url)
+            params.pop("context", None)
+            params["connect_timeout"] = 5
+            conn = psycopg.connect(autocommit=True, **params)
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         except Exception:
             return None
