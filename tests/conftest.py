@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.support.ledger_store",
     "tests.support.chain_ledger",
     "tests.support.watcher",
+    "tests.support.postgres_pair",
 ]
