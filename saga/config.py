@@ -65,18 +65,34 @@ def _boolean(var: str, raw: str) -> bool:
     raise ConfigError(f"{var}={raw!r} is not a boolean; give true or false")
 
 
+def _redact_url(value: str) -> str:
+    if "://" not in value or "@" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user, has_password, _ = creds.partition(":")
+    # No password in the URL: nothing to hide, and *** would suggest one.
+    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where sagas, outbox and inbox live (SQLAlchemy URL; postgresql:// uses psycopg 3).
     database_url: str = "sqlite:///saga.sqlite3"
     # The broker the relay publishes to and workers consume from. `embedded+` is
     # kombu's SQLAlchemy transport polling every 50 ms (saga.adapters.rabbitmq.embedded).
+    # Nodes of a RabbitMQ cluster are listed `;`-separated
+    # (amqp://u:p@rmq1//;amqp://u:p@rmq2//): every process moves to the next one
+    # when its node dies.
     broker_url: str = "embedded+sqlite:///saga-broker.sqlite3"
     # Python modules whose `definition` (or `register(registry)`) declare the sagas.
     definitions: str = "saga.examples.order_payment"
     # Queue of step messages, and where poison messages go with their reason.
     step_queue: str = "saga.steps"
     dead_letter_queue: str = "saga.dead-letter"
+    # quorum (replicated on every node of a cluster, with a delivery limit) or
+    # classic (only for a broker that already holds classic queues of these names).
+    queue_type: str = "quorum"
     # Relay: rows claimed per batch, and the pause when the outbox is empty.
     relay_batch_size: int = 500
     relay_poll_interval: float = 0.2
@@ -220,6 +236,11 @@ class Settings:
     def check(self) -> None:
         if self.log_format not in ("json", "console"):
             raise ConfigError("SAGA_LOG_FORMAT must be 'json' or 'console'")
+        if self.queue_type not in ("quorum", "classic"):
+            raise ConfigError(
+                f"SAGA_QUEUE_TYPE={self.queue_type!r}: give quorum (replicated, the default) or "
+                "classic"
+            )
         if self.relay_batch_size < 1:
             raise ConfigError("SAGA_RELAY_BATCH_SIZE must be at least 1")
         if self.worker_concurrency < 1 or self.worker_prefetch < 1:
@@ -337,10 +358,7 @@ class Settings:
                 # Not a secret, but many lines: `saga config` prints one per setting.
                 value = "(inline PEM)"
             elif isinstance(value, str) and "://" in value and "@" in value:
-                scheme, rest = value.split("://", 1)
-                creds, host = rest.rsplit("@", 1)
-                user, has_password, _ = creds.partition(":")
-                # No password in the URL: nothing to hide, and *** would suggest one.
-                value = f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+                # A broker URL may list several nodes, `;`-separated: each its own URL.
+                value = ";".join(_redact_url(part) for part in value.split(";"))
             out[PREFIX + f.name.upper()] = value
         return out

@@ -13,6 +13,12 @@ means it committed.
 Both return only once every message of the batch is safe with the broker, and
 raise `PublishFailed` otherwise; the relay then leaves the rows unmarked and
 publishes them again (duplicates are dropped by the inbox).
+
+The broker URL may list several nodes of one cluster, `;`-separated (kombu's
+failover syntax, which Celery and the DLQ passes take as is). `AmqpPublisher`
+stays on the node that last worked and, when its connection dies, moves to the
+next one and publishes the unconfirmed batch again there at once: a message is
+never dropped for lack of a confirm, at worst published twice.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import TYPE_CHECKING
 from kombu import Connection, Producer
 
 from saga.adapters.rabbitmq.celery_message import default_origin, step_task_message
-from saga.adapters.rabbitmq.topology import Topology
+from saga.adapters.rabbitmq.topology import Topology, TopologyMismatch
 from saga.ports.broker import PendingMessage, Publisher, PublishFailed
 
 if TYPE_CHECKING:
@@ -49,6 +55,11 @@ def _aio_pika_url(url: str) -> str:
     return url
 
 
+def broker_urls(url: str) -> list[str]:
+    """The nodes of a `;`-separated broker URL list, in order (one URL: itself)."""
+    return [part.strip() for part in url.split(";") if part.strip()]
+
+
 class AmqpPublisher:
     def __init__(
         self,
@@ -59,7 +70,12 @@ class AmqpPublisher:
         connect_timeout: float = 10.0,
         confirm_timeout: float = 30.0,
     ) -> None:
-        self._url = _aio_pika_url(url)
+        self._urls = [_aio_pika_url(u) for u in broker_urls(url)]
+        if not self._urls:
+            raise PublishFailed("the broker URL is empty: set SAGA_BROKER_URL to amqp://...")
+        # The node in use (an index into _urls): kept while it works, so every
+        # relay does not pile onto the first node after a failover.
+        self._current = 0
         self._topology = topology
         self._origin = origin or default_origin()
         self._connect_timeout = connect_timeout
@@ -80,16 +96,32 @@ class AmqpPublisher:
     def publish_batch(self, messages: Sequence[PendingMessage]) -> None:
         if not messages:
             return
-        try:
-            self._loop.run_until_complete(self._publish(messages))
-        except PublishFailed:
-            self._loop.run_until_complete(self._drop())
-            raise
-        except Exception as exc:
-            # A fresh connection next time: after a lost confirm or a closed
-            # channel the old one's state cannot be trusted.
-            self._loop.run_until_complete(self._drop())
-            raise PublishFailed(f"publishing {len(messages)} message(s) failed: {exc!r}") from exc
+        # One try per node: a batch whose connection died is published again at
+        # once on the next node rather than after the relay's backoff. Every
+        # unconfirmed message goes again; the inbox drops the copies.
+        for attempt in range(len(self._urls)):
+            try:
+                self._loop.run_until_complete(self._publish(messages))
+                return
+            except _NoNode:
+                # Every node was tried already.
+                raise
+            except Exception as exc:
+                # A fresh connection next time: after a lost confirm or a closed
+                # channel the old one's state cannot be trusted.
+                self._loop.run_until_complete(self._drop())
+                failure = (
+                    exc
+                    if isinstance(exc, PublishFailed)
+                    else PublishFailed(f"publishing {len(messages)} message(s) failed: {exc!r}")
+                )
+                if attempt + 1 == len(self._urls):
+                    raise failure from exc
+                log.warning(
+                    "publish failed on a broker node; trying the next",
+                    extra={"node": _where(self._urls[self._current]), "error": str(failure)},
+                )
+                self._current = (self._current + 1) % len(self._urls)
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -109,16 +141,40 @@ class AmqpPublisher:
         ):
             return self._exchange
         await self._drop()
-        # Plain (not robust) connection: a failure must surface to the relay,
-        # which owns the retry policy, instead of being papered over here.
-        self._connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
-        # on_return_raises: an unroutable mandatory message fails its publish
-        # instead of being acknowledged and silently dropped by the broker.
-        self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        self._exchange = await self._topology.declare_aio_pika(self._channel)
-        return self._exchange
+        # Every node once, from the one in use: a dead node refuses at once, a
+        # hung one costs connect_timeout.
+        errors: list[str] = []
+        for offset in range(len(self._urls)):
+            index = (self._current + offset) % len(self._urls)
+            try:
+                # Plain (not robust) connection: a failure must surface to the relay,
+                # which owns the retry policy, instead of being papered over here.
+                self._connection = await aio_pika.connect(
+                    self._urls[index], timeout=self._connect_timeout
+                )
+                # on_return_raises: an unroutable mandatory message fails its publish
+                # instead of being acknowledged and silently dropped by the broker.
+                self._channel = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                # A node cut off from its cluster may accept a connection and then
+                # never answer the declarations.
+                async with asyncio.timeout(self._connect_timeout):
+                    self._exchange = await self._topology.declare_aio_pika(self._channel)
+            except TopologyMismatch as exc:
+                await self._drop()
+                raise _NoNode(str(exc)) from exc
+            except Exception as exc:
+                errors.append(f"{_where(self._urls[index])}: {exc!r}")
+                await self._drop()
+                continue
+            if index != self._current:
+                log.warning(
+                    "relay moved to another broker node", extra={"node": _where(self._urls[index])}
+                )
+            self._current = index
+            return self._exchange
+        raise _NoNode("no broker node answered: " + "; ".join(errors))
 
     async def _drop(self) -> None:
         connection, self._connection = self._connection, None
@@ -175,6 +231,15 @@ class AmqpPublisher:
 
 # AMQP delivery mode 2: the broker writes the message to disk.
 PERSISTENT = 2
+
+
+class _NoNode(PublishFailed):
+    """No node of the list could be used: trying them all again at once is pointless."""
+
+
+def _where(url: str) -> str:
+    """host:port of a broker URL, for logs (no credentials)."""
+    return url.split("@", 1)[-1].split("/", 1)[0]
 
 
 def _refused(result: object) -> bool:

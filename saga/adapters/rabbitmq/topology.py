@@ -12,6 +12,14 @@ arguments (PRECONDITION_FAILED), which is why they live in one place.
 
 Exchanges and queues have separate namespaces in RabbitMQ, so each exchange takes
 the name of the queue it feeds.
+
+SAGA_QUEUE_TYPE picks quorum (the default) or classic queues. Quorum queues are
+replicated on every node of a cluster (a node's loss loses no message and
+another node takes over the queue), count redeliveries against a delivery limit
+(a message that kills its worker every time ends in the DLQ) and dead-letter at
+least once; they work on a single node too. Classic is for a broker that already
+holds classic queues of these names: RabbitMQ cannot change a queue's type in
+place, and `TopologyMismatch` says how to move (see its message).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange, Queue
 
+from saga.core.errors import SagaError
 from saga.ports.broker_admin import DLQ_AT as DLQ_AT
 from saga.ports.broker_admin import DLQ_ERROR as DLQ_ERROR
 from saga.ports.broker_admin import DLQ_EXCHANGE as DLQ_EXCHANGE
@@ -43,6 +52,31 @@ if TYPE_CHECKING:
 # (see saga.entrypoints.celery.tasks), which starts the copy's count at zero.
 DELIVERY_LIMIT = 20
 
+QUEUE_TYPES = ("quorum", "classic")
+
+
+class TopologyMismatch(SagaError, RuntimeError):
+    """A queue exists on the broker with other arguments than the settings give it."""
+
+
+def mismatch(queue: str, queue_type: str, detail: str) -> TopologyMismatch:
+    other = "classic" if queue_type == "quorum" else "quorum"
+    return TopologyMismatch(
+        f"queue {queue!r} exists on the broker with other arguments than "
+        f"SAGA_QUEUE_TYPE={queue_type} gives it ({detail}). RabbitMQ cannot change a queue's "
+        f"type or arguments in place. Either set SAGA_QUEUE_TYPE={other} if the queue is "
+        f"{other}, or stop the relay and workers, let `saga queues` show it empty (replay "
+        f"dead letters first with `saga dlq`), delete it (rabbitmqctl delete_queue {queue}) "
+        f"and start them again: they declare it as {queue_type}"
+    )
+
+
+def _is_mismatch(exc: BaseException) -> bool:
+    # kombu (py-amqp) raises PreconditionFailed, aio-pika ChannelPreconditionFailed;
+    # both carry RabbitMQ's "PRECONDITION_FAILED - inequivalent arg ..." text.
+    return "PRECONDITION_FAILED" in str(exc) or "inequivalent arg" in str(exc)
+
+
 # The headers the worker adds to a message it dead-letters (DLQ_*, imported above)
 # are part of the message format: saga.ports.broker_admin has them.
 
@@ -54,6 +88,7 @@ class Topology:
     dead_letter_exchange: str
     dead_letter_queue: str
     delivery_limit: int = DELIVERY_LIMIT
+    queue_type: str = "quorum"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -62,6 +97,7 @@ class Topology:
             step_queue=settings.step_queue,
             dead_letter_exchange=settings.dead_letter_queue,
             dead_letter_queue=settings.dead_letter_queue,
+            queue_type=settings.queue_type,
         )
 
     @property
@@ -73,6 +109,13 @@ class Topology:
         return self.dead_letter_queue
 
     def step_queue_arguments(self) -> dict[str, Any]:
+        if self.queue_type == "classic":
+            # Delivery limits and at-least-once dead-lettering are quorum-only:
+            # a classic queue dead-letters only what a worker rejects.
+            return {
+                "x-dead-letter-exchange": self.dead_letter_exchange,
+                "x-dead-letter-routing-key": self.dead_letter_routing_key,
+            }
         return {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": self.dead_letter_exchange,
@@ -86,7 +129,7 @@ class Topology:
         }
 
     def dead_letter_queue_arguments(self) -> dict[str, Any]:
-        return {"x-queue-type": "quorum"}
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
 
     # -- kombu (workers, non-AMQP transports) -------------------------------------
 
@@ -122,8 +165,8 @@ class Topology:
         channel = connection.channel()
         try:
             # The DLQ first: the step queue names it as its dead-letter target.
-            self.kombu_dead_letter_queue().bind(channel).declare()
-            self.kombu_step_queue().bind(channel).declare()
+            declare_kombu_queue(channel, self.kombu_dead_letter_queue(), self.queue_type)
+            declare_kombu_queue(channel, self.kombu_step_queue(), self.queue_type)
         finally:
             channel.close()
 
@@ -138,18 +181,38 @@ class Topology:
         dlx = await channel.declare_exchange(
             self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
-        dlq = await channel.declare_queue(
-            self.dead_letter_queue, durable=True, arguments=self.dead_letter_queue_arguments()
+        dlq = await self.declare_aio_pika_queue(
+            channel, self.dead_letter_queue, self.dead_letter_queue_arguments()
         )
         await dlq.bind(dlx, routing_key=self.dead_letter_routing_key)
         exchange = await channel.declare_exchange(
             self.step_exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
-        queue = await channel.declare_queue(
-            self.step_queue, durable=True, arguments=self.step_queue_arguments()
+        queue = await self.declare_aio_pika_queue(
+            channel, self.step_queue, self.step_queue_arguments()
         )
         await queue.bind(exchange, routing_key=self.step_routing_key)
         return exchange
+
+    async def declare_aio_pika_queue(
+        self, channel: aio_pika.abc.AbstractChannel, name: str, arguments: dict[str, Any]
+    ) -> aio_pika.abc.AbstractQueue:
+        try:
+            return await channel.declare_queue(name, durable=True, arguments=arguments)
+        except Exception as exc:
+            if _is_mismatch(exc):
+                raise mismatch(name, self.queue_type, str(exc)) from None
+            raise
+
+
+def declare_kombu_queue(channel: Any, queue: Queue, queue_type: str) -> None:
+    """Declare one queue; a queue of another type or arguments is a TopologyMismatch."""
+    try:
+        queue.bind(channel).declare()
+    except Exception as exc:
+        if _is_mismatch(exc):
+            raise mismatch(str(queue.name), queue_type, str(exc)) from None
+        raise
 
 
 def declare_topology(settings: Settings) -> Topology:
