@@ -178,6 +178,10 @@ class Settings:
     fabric_channel: str = "mychannel"
     # Peer name in the profile to use as Gateway (default: the org's first peer).
     fabric_peer: str = ""
+    # Gateway peers of the client's org, by their names in the profile, comma-separated,
+    # in order of preference (default: every peer the profile lists for the org,
+    # SAGA_FABRIC_PEER first). A client whose peer cannot be reached moves to the next.
+    fabric_peers: str = ""
     # Client TLS certificate and its private key (PEM, key unencrypted) for a peer that
     # requires mutual TLS (Fabric's clientAuthRequired), e.g. .../User1@org1/tls/client.crt
     # and client.key: both or neither. Each is a file path, or the PEM itself (which is
@@ -270,6 +274,11 @@ class Settings:
             raise ConfigError("SAGA_UI_SESSION_TTL must be positive: seconds a login lasts")
         if self.max_payload_bytes < 1 or self.max_payload_depth < 1:
             raise ConfigError("payload limits must be positive")
+        if self.fabric_peer and self.fabric_peers:
+            raise ConfigError(
+                "SAGA_FABRIC_PEER and SAGA_FABRIC_PEERS are both set: give the peers in order "
+                "in SAGA_FABRIC_PEERS alone, or one preferred peer in SAGA_FABRIC_PEER"
+            )
         if self.fabric_profile and not self.fabric_msp_dir:
             raise ConfigError(
                 "SAGA_FABRIC_PROFILE is set but SAGA_FABRIC_MSP_DIR is not: point it at the "
@@ -320,6 +329,10 @@ class Settings:
     @property
     def ledger_configured(self) -> bool:
         return bool(self.fabric_profile)
+
+    def fabric_peer_names(self) -> list[str]:
+        """SAGA_FABRIC_PEERS as a list (empty: the profile's peers of the org)."""
+        return [p.strip() for p in self.fabric_peers.split(",") if p.strip()]
 
     def fabric_client_tls(self) -> tuple[bytes, bytes] | None:
         """The client TLS certificate and key PEM (None: not set), read now.

@@ -16,12 +16,14 @@ from typing import TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from saga.adapters.fabric import messages
 from saga.adapters.fabric.connection import GatewayEndpoint
 from saga.adapters.fabric.errors import CommitStatusError, EvaluateError, GatewayError, SubmitError
 from saga.adapters.fabric.gateway import Deadlines
 from saga.adapters.fabric.identity import SigningIdentity
+from saga.adapters.fabric.peers import PeerSet, unreachable
 from saga.adapters.fabric.proposal import Arg, build_proposal
 from saga.adapters.fabric.protos import gateway_pb2_grpc
 from saga.adapters.fabric.transaction import as_prepared
@@ -43,17 +45,21 @@ class AsyncGatewayClient:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: grpc.aio.Channel | Sequence[grpc.aio.Channel],
         identity: SigningIdentity,
         *,
         deadlines: Deadlines | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         owns_channel: bool = False,
+        peers: PeerSet | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
-        self._channel = channel
-        self._stub = gateway_pb2_grpc.GatewayStub(channel)
+        self._channels = [channel] if isinstance(channel, grpc.aio.Channel) else list(channel)
+        if peers is not None and len(peers) != len(self._channels):
+            raise ValueError("one channel per peer endpoint")
+        self._stubs = [gateway_pb2_grpc.GatewayStub(c) for c in self._channels]
+        self._peers = peers
         self.identity = identity
         self.deadlines = deadlines or Deadlines()
         self.max_in_flight = max_in_flight
@@ -64,18 +70,22 @@ class AsyncGatewayClient:
     @classmethod
     def connect(
         cls,
-        endpoint: GatewayEndpoint,
+        endpoint: GatewayEndpoint | Sequence[GatewayEndpoint] | PeerSet,
         identity: SigningIdentity,
         *,
         deadlines: Deadlines | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> AsyncGatewayClient:
+        """Channels to one peer or several of the client's org; pass the same PeerSet
+        to a client opened again to start on the peer last found alive."""
+        peers = PeerSet.of(endpoint)
         return cls(
-            endpoint.open_aio_channel(),
+            [e.open_aio_channel() for e in peers.endpoints],
             identity,
             deadlines=deadlines,
             max_in_flight=max_in_flight,
             owns_channel=True,
+            peers=peers,
         )
 
     @property
@@ -111,7 +121,44 @@ class AsyncGatewayClient:
 
     async def close(self) -> None:
         if self._owns_channel:
-            await self._channel.close()
+            for channel in self._channels:
+                await channel.close()
+
+    async def _ask(
+        self,
+        rpc: Callable[[gateway_pb2_grpc.GatewayStub], Callable[..., Awaitable[T]]],
+        request: Message,
+        remaining: float,
+        error: type[GatewayError],
+        txid: str,
+        *,
+        ask_next_peer: bool = True,
+    ) -> T:
+        """The call on the peer in use, then (if it cannot be reached and
+        `ask_next_peer`) on the others within the same deadline; one error, the last."""
+        if self._peers is None:
+            try:
+                return await rpc(self._stubs[0])(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                raise error.from_rpc_error(exc, txid) from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + remaining
+        failure: GatewayError | None = None
+        for index in self._peers.order():
+            left = deadline - loop.time()
+            if failure is not None and left <= 0:
+                break
+            try:
+                return await rpc(self._stubs[index])(request, timeout=max(left, 0.0))
+            except grpc.RpcError as exc:
+                failure = error.from_rpc_error(exc, txid)
+                if not unreachable(failure):
+                    raise failure from exc
+                self._peers.moved_from(index, failure)
+                if not ask_next_peer:
+                    raise failure from exc
+        assert failure is not None
+        raise failure
 
     async def __aenter__(self) -> AsyncGatewayClient:
         return self
@@ -131,10 +178,9 @@ class AsyncGatewayClient:
         request = messages.signed_commit_status_request(self.identity, channel, txid)
 
         async def call(remaining: float) -> CommitResult:
-            try:
-                response = await self._stub.CommitStatus(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                raise CommitStatusError.from_rpc_error(exc, txid) from exc
+            response = await self._ask(
+                lambda stub: stub.CommitStatus, request, remaining, CommitStatusError, txid
+            )
             return messages.commit_result(txid, response)
 
         limit = self.deadlines.commit_status if timeout is None else timeout
@@ -147,10 +193,15 @@ class AsyncGatewayClient:
         request = messages.submit_request(tx.txid, tx.channel, tx.envelope)
 
         async def call(remaining: float) -> Submitted:
-            try:
-                await self._stub.Submit(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                raise SubmitError.from_rpc_error(exc, tx.txid) from exc
+            # Never sent again here: the envelope may have reached the orderer.
+            await self._ask(
+                lambda stub: stub.Submit,
+                request,
+                remaining,
+                SubmitError,
+                tx.txid,
+                ask_next_peer=False,
+            )
             return Submitted(txid=tx.txid, channel=tx.channel)
 
         limit = self.deadlines.submit if timeout is None else timeout
@@ -179,10 +230,9 @@ class AsyncGatewayClient:
         request = messages.evaluate_request(proposal)
 
         async def call(remaining: float) -> bytes:
-            try:
-                response = await self._stub.Evaluate(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                raise EvaluateError.from_rpc_error(exc, proposal.txid) from exc
+            response = await self._ask(
+                lambda stub: stub.Evaluate, request, remaining, EvaluateError, proposal.txid
+            )
             return messages.evaluate_payload(proposal, response)
 
         limit = self.deadlines.evaluate if timeout is None else timeout

@@ -180,6 +180,26 @@ class ConnectionProfile:
         except KeyError:
             raise ValueError(f"connection profile {self.name!r} has no peer {peer!r}") from None
 
+    def gateway_peers(
+        self, names: Sequence[str] = (), first: str | None = None
+    ) -> list[tuple[str, GatewayEndpoint]]:
+        """(name, endpoint) of the peers a gateway client may use, in order: `names`
+        when given, else every peer the client organization lists (`first`, if
+        named, leading); a profile without an org peer list gives its first peer."""
+        if names:
+            chosen = list(names)
+        else:
+            chosen = [p for p in self.org_peers if p in self.peers]
+            if not chosen:
+                if not self.peers:
+                    raise ValueError(f"connection profile {self.name!r} lists no peers")
+                chosen = [next(iter(self.peers))]
+            if first is not None:
+                chosen = [first, *(p for p in chosen if p != first)]
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"peer listed twice: {', '.join(chosen)}")
+        return [(name, self.endpoint(name)) for name in chosen]
+
 
 def _read_pem(entry: Mapping[str, Any] | None, base_dir: Path, what: str) -> bytes | None:
     if not entry:

@@ -7,6 +7,7 @@ bytes) -> ``submit`` -> Submitted -> ``commit_status`` -> CommitResult.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,6 +27,7 @@ from saga.adapters.fabric.errors import (
     SubmitError,
 )
 from saga.adapters.fabric.identity import SigningIdentity
+from saga.adapters.fabric.peers import PeerSet, unreachable
 from saga.adapters.fabric.proposal import Arg, Proposal, build_proposal
 from saga.adapters.fabric.protos import gateway_pb2_grpc
 from saga.adapters.fabric.transaction import PreparedTransaction, as_prepared
@@ -49,18 +51,26 @@ class Deadlines:
 
 
 class GatewayClient:
-    """One gRPC channel to one Gateway peer, reused for every call; thread-safe."""
+    """gRPC channels to the Gateway peers of one org, reused for every call; thread-safe.
+
+    Calls go to one peer; when it cannot be reached the client moves to the next
+    (saga.adapters.fabric.peers says which calls are asked again and which not).
+    """
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        channel: grpc.Channel | Sequence[grpc.Channel],
         identity: SigningIdentity,
         *,
         deadlines: Deadlines | None = None,
         owns_channel: bool = False,
+        peers: PeerSet | None = None,
     ) -> None:
-        self._channel = channel
-        self._stub = gateway_pb2_grpc.GatewayStub(channel)
+        self._channels = [channel] if isinstance(channel, grpc.Channel) else list(channel)
+        if peers is not None and len(peers) != len(self._channels):
+            raise ValueError("one channel per peer endpoint")
+        self._stubs = [gateway_pb2_grpc.GatewayStub(c) for c in self._channels]
+        self._peers = peers
         self.identity = identity
         self.deadlines = deadlines or Deadlines()
         self._owns_channel = owns_channel
@@ -68,16 +78,26 @@ class GatewayClient:
     @classmethod
     def connect(
         cls,
-        endpoint: GatewayEndpoint,
+        endpoint: GatewayEndpoint | Sequence[GatewayEndpoint] | PeerSet,
         identity: SigningIdentity,
         *,
         deadlines: Deadlines | None = None,
     ) -> GatewayClient:
-        return cls(endpoint.open_channel(), identity, deadlines=deadlines, owns_channel=True)
+        """Channels to one peer or to several of the client's org (the first is used
+        until it cannot be reached); nothing is dialled before the first call."""
+        peers = PeerSet.of(endpoint)
+        channels = [e.open_channel() for e in peers.endpoints]
+        return cls(channels, identity, deadlines=deadlines, owns_channel=True, peers=peers)
+
+    @property
+    def peer_address(self) -> str | None:
+        """The address calls go to now (None for a client built on a bare channel)."""
+        return None if self._peers is None else self._peers.endpoints[self._peers.current].address
 
     def close(self) -> None:
         if self._owns_channel:
-            self._channel.close()
+            for channel in self._channels:
+                channel.close()
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -92,17 +112,41 @@ class GatewayClient:
 
     def _call(
         self,
-        rpc: Callable[..., T],
+        rpc: Callable[[gateway_pb2_grpc.GatewayStub], Callable[..., T]],
         request: Message,
         timeout: float,
         error: type[GatewayError],
         txid: str,
+        *,
+        ask_next_peer: bool = True,
     ) -> T:
-        """One unary Gateway call; a gRPC failure becomes `error`, naming the txid."""
-        try:
-            return rpc(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error.from_rpc_error(exc, txid) from exc
+        """One unary Gateway call; a gRPC failure becomes `error`, naming the txid.
+
+        An unreachable peer hands the call to the next one within the same deadline
+        when `ask_next_peer` (never for Submit); the caller sees one error, the last.
+        """
+        if self._peers is None:
+            try:
+                return rpc(self._stubs[0])(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                raise error.from_rpc_error(exc, txid) from exc
+        deadline = time.monotonic() + timeout
+        failure: GatewayError | None = None
+        for index in self._peers.order():
+            left = deadline - time.monotonic()
+            if failure is not None and left <= 0:
+                break
+            try:
+                return rpc(self._stubs[index])(request, timeout=max(left, 0.0))
+            except grpc.RpcError as exc:
+                failure = error.from_rpc_error(exc, txid)
+                if not unreachable(failure):
+                    raise failure from exc
+                self._peers.moved_from(index, failure)
+                if not ask_next_peer:
+                    raise failure from exc
+        assert failure is not None
+        raise failure
 
     # -- lifecycle steps ---------------------------------------------------
 
@@ -128,7 +172,7 @@ class GatewayClient:
 
     def endorse(self, proposal: Proposal, *, timeout: float | None = None) -> PreparedTransaction:
         response = self._call(
-            self._stub.Endorse,
+            lambda stub: stub.Endorse,
             messages.endorse_request(proposal),
             self.deadlines.endorse if timeout is None else timeout,
             EndorseError,
@@ -161,11 +205,13 @@ class GatewayClient:
         the ledger keeps only the first commit of a txid valid."""
         tx = as_prepared(prepared)
         self._call(
-            self._stub.Submit,
+            lambda stub: stub.Submit,
             messages.submit_request(tx.txid, tx.channel, tx.envelope),
             self.deadlines.submit if timeout is None else timeout,
             SubmitError,
             tx.txid,
+            # The envelope may have reached the orderer: the verify path decides.
+            ask_next_peer=False,
         )
         return Submitted(txid=tx.txid, channel=tx.channel)
 
@@ -174,7 +220,7 @@ class GatewayClient:
     ) -> CommitResult:
         """Wait for the txid's commit. Raises CommitStatusError (a StatusUnknown)."""
         response = self._call(
-            self._stub.CommitStatus,
+            lambda stub: stub.CommitStatus,
             messages.signed_commit_status_request(self.identity, channel, txid),
             self.deadlines.commit_status if timeout is None else timeout,
             CommitStatusError,
@@ -184,7 +230,7 @@ class GatewayClient:
 
     def evaluate_proposal(self, proposal: Proposal, *, timeout: float | None = None) -> bytes:
         response = self._call(
-            self._stub.Evaluate,
+            lambda stub: stub.Evaluate,
             messages.evaluate_request(proposal),
             self.deadlines.evaluate if timeout is None else timeout,
             EvaluateError,
