@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         GatewayEndpoint,
         SigningIdentity,
     )
+    from saga.adapters.fabric.peers import PeerSet
     from saga.adapters.prometheus.exposition import ApiScrape
     from saga.adapters.rabbitmq.dead_letters import RabbitDeadLetters
     from saga.ports.broker import Publisher
@@ -50,6 +51,9 @@ class Container:
         self.settings = settings
         self._ledger_lock = threading.Lock()
         self._ledger: Ledger | None = None
+        # Its own lock: ledger() holds _ledger_lock while it asks for the peers.
+        self._peers_lock = threading.Lock()
+        self._peer_set: tuple[PeerSet, SigningIdentity] | None = None
 
     def configure_logging(self) -> None:
         configure(self.settings.log_level, self.settings.log_format)
@@ -126,8 +130,8 @@ class Container:
     def _connect_ledger(self) -> Ledger:
         from saga.adapters.fabric import GatewayClient
 
-        endpoint, identity = self.fabric_access()
-        return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
+        peers, identity = self.fabric_peers()
+        return GatewayClient.connect(peers, identity, deadlines=self._deadlines())
 
     def _deadlines(self) -> Deadlines:
         from saga.adapters.fabric import Deadlines
@@ -208,36 +212,53 @@ class Container:
     # -- Fabric access, shared by workers, the commit watcher and the audit --------------
 
     def fabric_access(self) -> tuple[GatewayEndpoint, SigningIdentity]:
-        """The Gateway peer and client identity the SAGA_FABRIC_* settings name.
+        """The preferred Gateway peer (the first of `fabric_peers`) and the client
+        identity the SAGA_FABRIC_* settings name."""
+        peers, identity = self.fabric_peers()
+        return peers.endpoints[0], identity
+
+    def fabric_peers(self) -> tuple[PeerSet, SigningIdentity]:
+        """The Gateway peers of the client's org (SAGA_FABRIC_PEERS, else the profile's
+        peers of the org with SAGA_FABRIC_PEER first) and the client identity.
 
         Every ledger client of the product (chain executor, watcher, sweeper, audit,
-        `saga ledger ping`, the demo) connects through the endpoint returned here, so
-        the client TLS pair is attached in this one place.
+        `saga ledger ping`, the demo) connects through the endpoints returned here, so
+        the client TLS pair is attached in this one place. One PeerSet per process: a
+        client opened again (the watcher's, after an outage) starts on the peer the
+        last one moved to.
         """
+        with self._peers_lock:
+            if self._peer_set is None:
+                self._peer_set = self._load_peers()
+            return self._peer_set
+
+    def _load_peers(self) -> tuple[PeerSet, SigningIdentity]:
         from saga.adapters.fabric import SigningIdentity, load_connection_profile
+        from saga.adapters.fabric.peers import PeerSet
 
         s = self.settings
         profile = load_connection_profile(s.fabric_profile)
         identity = SigningIdentity.from_msp_dir(s.fabric_msp_id or profile.msp_id, s.fabric_msp_dir)
-        endpoint = profile.endpoint(s.fabric_peer or None)
+        named = profile.gateway_peers(s.fabric_peer_names(), s.fabric_peer or None)
+        endpoints = [endpoint for _, endpoint in named]
         client_tls = s.fabric_client_tls()
         if client_tls is not None:
-            endpoint = _with_client_tls(s, endpoint, *client_tls)
-        return endpoint, identity
+            endpoints = [_with_client_tls(s, e, *client_tls) for e in endpoints]
+        return PeerSet(endpoints), identity
 
     def commit_client_factory(self, max_in_flight: int) -> Callable[[], AsyncGatewayClient]:
         """Opens the watcher's asyncio client; called inside the watcher's event loop."""
         from saga.adapters.fabric import AsyncGatewayClient
 
-        endpoint, identity = self.fabric_access()
-        return lambda: AsyncGatewayClient.connect(endpoint, identity, max_in_flight=max_in_flight)
+        peers, identity = self.fabric_peers()
+        return lambda: AsyncGatewayClient.connect(peers, identity, max_in_flight=max_in_flight)
 
     def query_client(self) -> GatewayClient:
         """A blocking client for qscc block reads (audit); the caller closes it."""
         from saga.adapters.fabric import GatewayClient
 
-        endpoint, identity = self.fabric_access()
-        return GatewayClient.connect(endpoint, identity, deadlines=self._deadlines())
+        peers, identity = self.fabric_peers()
+        return GatewayClient.connect(peers, identity, deadlines=self._deadlines())
 
     def scan_ledger(
         self, chaincode: str = "sagafacts", *, progress: Callable[[int, int], None] | None = None
