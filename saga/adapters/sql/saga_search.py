@@ -95,6 +95,8 @@ class SagaFilter:
     # error (case-insensitive; a scan of the rows the other filters leave).
     step: str | None = None
     error: str | None = None
+    # Only sagas whose current step waits for an unreachable ledger.
+    waiting_for_ledger: bool = False
 
     @property
     def oldest_first(self) -> bool:
@@ -103,7 +105,7 @@ class SagaFilter:
     @property
     def needs_step(self) -> bool:
         """Whether the condition reads the current step's row."""
-        return self.step is not None or self.error is not None
+        return self.step is not None or self.error is not None or self.waiting_for_ledger
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,9 @@ def _condition(connection: Connection, where: SagaFilter) -> ColumnElement[bool]
         parts.append(sagas.c.updated_at < where.older_than)
     if where.step is not None:
         parts.append(saga_steps.c.name == where.step)
+    if where.waiting_for_ledger:
+        parts.append(saga_steps.c.waiting_since.is_not(None))
+        parts.append(sagas.c.status.in_(("running", "compensating")))
     if where.error is not None:
         escaped = where.error.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%"

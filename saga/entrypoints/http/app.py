@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +42,9 @@ from saga.entrypoints.http.schemas import (
 )
 from saga.entrypoints.saga_view import step_kinds
 from saga.ports.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from saga.entrypoints.http.ui.services import ConsoleServices
 
 log = logging.getLogger("saga.api")
 
@@ -136,7 +139,7 @@ class BearerAuth:
         self._open = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._open:
+        if scope["type"] != "http" or scope["path"] in self._open or _console_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         supplied = b""
@@ -158,6 +161,12 @@ class BearerAuth:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _console_path(path: str) -> bool:
+    # The console has its own login (the same token, or a user) and session cookie:
+    # a browser cannot send a bearer header.
+    return path == "/ui" or path.startswith("/ui/")
 
 
 def _json_media_type(content_type: str | None) -> str | None:
@@ -219,11 +228,14 @@ def create_app(
     settings: Settings,
     *,
     metrics: exposition.ApiScrape | None = None,
+    console: ConsoleServices | None = None,
 ) -> FastAPI:
     """The ASGI app for one orchestrator; makes no connection until a request needs one.
 
     `metrics` answers GET /metrics (the composition root's, Container.api_metrics);
-    without one, the same is built here from `settings` and the orchestrator."""
+    without one, the same is built here from `settings` and the orchestrator.
+    `console`: the operator console's parts (saga.entrypoints.http.ui), served
+    under /ui; without them there is no console."""
     limits = PayloadLimits(settings.max_payload_bytes, settings.max_payload_depth)
     app = FastAPI(
         title="Saga orchestrator",
@@ -408,5 +420,9 @@ def create_app(
         settings, orchestrator.uow_factory, orchestrator.registry.names()
     )
     app.add_api_route("/metrics", scrape.response, methods=["GET"], include_in_schema=False)
+    if console is not None:
+        from saga.entrypoints.http.ui import mount_console
+
+        mount_console(app, console)
 
     return app
