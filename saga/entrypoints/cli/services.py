@@ -85,16 +85,23 @@ def api(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
 ) -> None:
-    """Serve the HTTP enqueue API (POST /sagas, GET /sagas/{id}, /docs)."""
+    """Serve the HTTP enqueue API (POST /sagas, GET /sagas/{id}, /docs) and the operator
+    console (/ui: log in with SAGA_API_TOKEN or a SAGA_UI_USERS user)."""
     import uvicorn
 
     settings = env_settings(db, api_host=host, api_port=port)
     container = build_container(settings)
     container.configure_logging()
     from saga.entrypoints.http.app import create_app
+    from saga.entrypoints.http.ui import ConsoleServices
 
     uvicorn.run(
-        create_app(container.orchestrator(), settings, metrics=container.api_metrics()),
+        create_app(
+            container.orchestrator(),
+            settings,
+            metrics=container.api_metrics(),
+            console=ConsoleServices.from_container(container),
+        ),
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
