@@ -78,6 +78,8 @@ def _redact_url(value: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     # Where sagas, outbox and inbox live (SQLAlchemy URL; postgresql:// uses psycopg 3).
+    # A primary and its standby, each process finding whichever takes writes:
+    # postgresql://user@/db?host=h1:5432&host=h2:5432&target_session_attrs=read-write
     database_url: str = "sqlite:///saga.sqlite3"
     # The broker the relay publishes to and workers consume from. `embedded+` is
     # kombu's SQLAlchemy transport polling every 50 ms (saga.adapters.rabbitmq.embedded).
