@@ -186,7 +186,18 @@ class StepRunner:
             uow.outbox.take(message.message_id)
         record = uow.sagas.get(message.saga_id, for_update=True)
         if record is None:
-            raise MalformedMessage(f"no saga with id {message.saga_id!r}")
+            # Also what a database failover with asynchronous replication leaves:
+            # the saga's acceptance committed on the old primary, its message
+            # relayed, the row never reached the promoted standby. The message is
+            # dead-lettered with this reason for an operator (README, "PostgreSQL
+            # failover"), never retried: no later delivery can find the saga.
+            raise MalformedMessage(
+                f"no saga with id {message.saga_id!r} in the database (saga "
+                f"{message.saga!r}, step {message.step!r}): if the database failed over "
+                "with asynchronous replication, its acceptance was lost with the "
+                "transactions the standby had not received; ask the caller to submit "
+                "it again (README, PostgreSQL failover)"
+            )
         state = record.state
         message.check_saga(state)
         definition = self.registry.get(state.name, state.version)
