@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Producer
 
@@ -45,8 +45,19 @@ log = logging.getLogger("saga.broker")
 _AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
+# "Is this body a chain step's message?" (saga.app.routing.ChainRouting.is_chain).
+ChainRoute = Callable[[Mapping[str, Any]], bool]
+
+
 def is_amqp_url(url: str) -> bool:
     return url.startswith(_AMQP_SCHEMES)
+
+
+def routing_key(topology: Topology, chain_route: ChainRoute | None, body: Mapping[str, Any]) -> str:
+    """The chain queue for a chain step's message when there is one, else the step queue."""
+    if topology.chain_queue and chain_route is not None and chain_route(body):
+        return topology.chain_queue
+    return topology.step_routing_key
 
 
 def _aio_pika_url(url: str) -> str:
@@ -69,6 +80,7 @@ class AmqpPublisher:
         origin: str | None = None,
         connect_timeout: float = 10.0,
         confirm_timeout: float = 30.0,
+        chain_route: ChainRoute | None = None,
     ) -> None:
         self._urls = [_aio_pika_url(u) for u in broker_urls(url)]
         if not self._urls:
@@ -77,6 +89,7 @@ class AmqpPublisher:
         # relay does not pile onto the first node after a failover.
         self._current = 0
         self._topology = topology
+        self._chain_route = chain_route
         self._origin = origin or default_origin()
         self._connect_timeout = connect_timeout
         self._confirm_timeout = confirm_timeout
@@ -194,7 +207,7 @@ class AmqpPublisher:
         # The channel under aio-pika's wrapper, and properties built directly:
         # aio-pika's Message object cost a fifth of the relay's time per message.
         channel = await self._channel.get_underlay_channel()
-        routing_key = self._topology.step_routing_key
+        keys = [routing_key(self._topology, self._chain_route, m.body) for m in messages]
         tasks = [step_task_message(m, origin=self._origin) for m in messages]
         # gather starts the publishes in list order and aiormq serialises them
         # on the channel under a FIFO lock, so the broker sees them in order;
@@ -206,7 +219,7 @@ class AmqpPublisher:
                     channel.basic_publish(
                         task.body,
                         exchange=exchange.name,
-                        routing_key=routing_key,
+                        routing_key=key,
                         properties=aiormq.spec.Basic.Properties(
                             content_type=task.content_type,
                             content_encoding=task.content_encoding,
@@ -217,7 +230,7 @@ class AmqpPublisher:
                         ),
                         mandatory=True,
                     )
-                    for task in tasks
+                    for task, key in zip(tasks, keys, strict=True)
                 ),
                 return_exceptions=True,
             )
@@ -256,9 +269,17 @@ class KombuPublisher:
     `create_publisher` picks `AmqpPublisher` there.
     """
 
-    def __init__(self, url: str, topology: Topology, *, origin: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        origin: str | None = None,
+        chain_route: ChainRoute | None = None,
+    ) -> None:
         self._url = url
         self._topology = topology
+        self._chain_route = chain_route
         self._origin = origin or default_origin()
         self._connection: Connection | None = None
         self._producer: Producer | None = None
@@ -294,7 +315,7 @@ class KombuPublisher:
                 task = step_task_message(m, origin=self._origin)
                 producer.publish(
                     task.body,
-                    routing_key=self._topology.step_routing_key,
+                    routing_key=routing_key(self._topology, self._chain_route, m.body),
                     headers=task.headers,
                     content_type=task.content_type,
                     content_encoding=task.content_encoding,
@@ -317,10 +338,13 @@ class KombuPublisher:
                 log.debug("closing broker connection failed", exc_info=True)
 
 
-def create_publisher(settings: Settings, *, origin: str | None = None) -> Publisher:
-    """The publisher for the configured broker URL; connects lazily."""
+def create_publisher(
+    settings: Settings, *, origin: str | None = None, chain_route: ChainRoute | None = None
+) -> Publisher:
+    """The publisher for the configured broker URL; connects lazily. `chain_route`
+    picks the messages that go to SAGA_CHAIN_QUEUE (when set)."""
     embedded.register()
     topology = Topology.from_settings(settings)
     if is_amqp_url(settings.broker_url):
-        return AmqpPublisher(settings.broker_url, topology, origin=origin)
-    return KombuPublisher(settings.broker_url, topology, origin=origin)
+        return AmqpPublisher(settings.broker_url, topology, origin=origin, chain_route=chain_route)
+    return KombuPublisher(settings.broker_url, topology, origin=origin, chain_route=chain_route)

@@ -1,9 +1,13 @@
 """Exchanges and queues of the step messages and of the dead-letter queue.
 
     relay ──▶ [step exchange, direct] ──(routing key = step queue)──▶ step queue (quorum)
-                                                                        │ rejected / delivery limit
+                       │                                                │ rejected / delivery limit
+                       └──(routing key = chain queue)──▶ chain queue ───┤ (quorum, when set)
     worker (poison, with reason) ──▶ [dead-letter exchange, direct] ◀───┘
                                               └──(routing key = DLQ)──▶ dead-letter queue (quorum)
+
+The chain queue exists only with SAGA_CHAIN_QUEUE: the relay then routes chain step
+messages there, for `saga chain-executor`, and everything else to the step queue.
 
 Both the relay (aio-pika) and the workers (kombu, through Celery) declare the same
 names with the same arguments, so whichever starts first creates them and the
@@ -89,6 +93,8 @@ class Topology:
     dead_letter_queue: str
     delivery_limit: int = DELIVERY_LIMIT
     queue_type: str = "quorum"
+    # "" = no chain queue: chain step messages go to the step queue.
+    chain_queue: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -98,6 +104,7 @@ class Topology:
             dead_letter_exchange=settings.dead_letter_queue,
             dead_letter_queue=settings.dead_letter_queue,
             queue_type=settings.queue_type,
+            chain_queue=settings.chain_queue,
         )
 
     @property
@@ -149,6 +156,20 @@ class Topology:
             queue_arguments=self.step_queue_arguments(),
         )
 
+    def kombu_chain_queue(self) -> Queue | None:
+        """The chain executor's queue: bound to the step exchange under its own name,
+        with the step queue's arguments (dead-lettering, delivery limit)."""
+        if not self.chain_queue:
+            return None
+        return Queue(
+            self.chain_queue,
+            exchange=self.kombu_step_exchange(),
+            routing_key=self.chain_queue,
+            durable=True,
+            auto_delete=False,
+            queue_arguments=self.step_queue_arguments(),
+        )
+
     def kombu_dead_letter_queue(self) -> Queue:
         return Queue(
             self.dead_letter_queue,
@@ -167,6 +188,9 @@ class Topology:
             # The DLQ first: the step queue names it as its dead-letter target.
             declare_kombu_queue(channel, self.kombu_dead_letter_queue(), self.queue_type)
             declare_kombu_queue(channel, self.kombu_step_queue(), self.queue_type)
+            chain = self.kombu_chain_queue()
+            if chain is not None:
+                chain.bind(channel).declare()
         finally:
             channel.close()
 
@@ -192,6 +216,11 @@ class Topology:
             channel, self.step_queue, self.step_queue_arguments()
         )
         await queue.bind(exchange, routing_key=self.step_routing_key)
+        if self.chain_queue:
+            chain = await channel.declare_queue(
+                self.chain_queue, durable=True, arguments=self.step_queue_arguments()
+            )
+            await chain.bind(exchange, routing_key=self.chain_queue)
         return exchange
 
     async def declare_aio_pika_queue(
