@@ -155,9 +155,15 @@ class Container:
         return SqlOutboxReader(self.engine)
 
     def publisher(self) -> Publisher:
+        """The relay's publisher; with SAGA_CHAIN_QUEUE it routes chain step messages
+        there (which needs the saga definitions, loaded only then)."""
         from saga.adapters.rabbitmq.publishers import create_publisher
 
-        return create_publisher(self.settings)
+        if not self.settings.chain_queue:
+            return create_publisher(self.settings)
+        from saga.app.routing import ChainRouting
+
+        return create_publisher(self.settings, chain_route=ChainRouting(self.registry).is_chain)
 
     def run_relay(self, stop: threading.Event) -> None:
         run_relay(
