@@ -56,6 +56,17 @@ def broker_settings(rabbitmq_url: str) -> Iterator[Settings]:
     delete_topology(rabbitmq_url, settings)
 
 
+def delete_queue(url: str, name: str) -> None:
+    """Delete a test's own extra queue (and the exchange of that name, if any)."""
+    with Connection(url) as connection:
+        for delete in ("queue_delete", "exchange_delete"):
+            channel = connection.channel()
+            try:
+                getattr(channel, delete)(name)
+            finally:
+                channel.close()
+
+
 def delete_topology(url: str, settings: Settings) -> None:
     with Connection(url) as connection:
         for name in (settings.step_queue, settings.dead_letter_queue):

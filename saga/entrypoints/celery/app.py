@@ -31,6 +31,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery import Celery, Task, signals
@@ -119,11 +120,14 @@ class SagaCelery(Celery):
 
 def celery_config(settings: Settings, topology: Topology) -> dict[str, Any]:
     step_queue = topology.kombu_step_queue()
+    chain_queue = topology.kombu_chain_queue()
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
-        "task_queues": [step_queue],
+        # Which of these a worker consumes is its --queues (worker_argv): the step
+        # queue for `saga worker`, the chain queue for `saga chain-executor`.
+        "task_queues": [step_queue] if chain_queue is None else [step_queue, chain_queue],
         "task_default_queue": topology.step_queue,
         "task_default_exchange": topology.step_exchange,
         "task_default_exchange_type": "direct",
@@ -308,13 +312,39 @@ def _dead_letter_request(
     )
 
 
+@dataclass(frozen=True)
+class Consumes:
+    """What one worker command consumes, and with how many steps at once."""
+
+    queue: str
+    concurrency: int
+    prefetch: int
+
+    @classmethod
+    def steps(cls, settings: Settings) -> Consumes:
+        """`saga worker`: the step queue (chain steps too unless SAGA_CHAIN_QUEUE is set)."""
+        return cls(settings.step_queue, settings.worker_concurrency, settings.worker_prefetch)
+
+    @classmethod
+    def chain_steps(cls, settings: Settings) -> Consumes:
+        """`saga chain-executor`: the chain queue, SAGA_CHAIN_IN_FLIGHT threads, one
+        message prefetched per thread (a dying process holds no more than it runs)."""
+        return cls(settings.chain_queue, settings.chain_in_flight, 1)
+
+
 def worker_argv(
-    settings: Settings, *, hostname: str | None = None, pool: str | None = None
+    settings: Settings,
+    *,
+    hostname: str | None = None,
+    pool: str | None = None,
+    consumes: Consumes | None = None,
 ) -> list[str]:
+    consumes = consumes or Consumes.steps(settings)
     argv = [
         "worker",
-        f"--concurrency={settings.worker_concurrency}",
-        f"--prefetch-multiplier={settings.worker_prefetch}",
+        f"--queues={consumes.queue}",
+        f"--concurrency={consumes.concurrency}",
+        f"--prefetch-multiplier={consumes.prefetch}",
         f"--loglevel={settings.log_level}",
         "--without-mingle",
         "--without-gossip",
@@ -333,8 +363,9 @@ def run_worker(
     transient_errors: Sequence[type[BaseException]] = (),
     hostname: str | None = None,
     pool: str | None = None,
+    consumes: Consumes | None = None,
 ) -> None:
     """Run a worker in this process until it is told to stop (blocks)."""
     with multiprocess.worker_endpoint(settings.metrics_port, settings.metrics_address):
         app = create_celery_app(settings, orchestrator_factory, transient_errors=transient_errors)
-        app.worker_main(worker_argv(settings, hostname=hostname, pool=pool))
+        app.worker_main(worker_argv(settings, hostname=hostname, pool=pool, consumes=consumes))

@@ -1,6 +1,7 @@
 """The Celery entry points, wired by the composition root: `celery -A
 saga.entrypoints.celery.main worker` (and Flower, `inspect ...`), `saga worker`
-(run_composed_worker) and `saga beat` (run_beat).
+(run_composed_worker), `saga chain-executor` (run_composed_chain_executor) and
+`saga beat` (run_beat).
 
 Importing this module creates nothing: Celery looks up
 `saga.entrypoints.celery.main.app`, and the module-level `__getattr__` builds the
@@ -14,8 +15,13 @@ import threading
 from typing import Any
 
 from saga.bootstrap import Container
-from saga.config import Settings
-from saga.entrypoints.celery.app import SagaCelery, create_celery_app, run_worker
+from saga.config import ConfigError, Settings
+from saga.entrypoints.celery.app import (
+    Consumes,
+    SagaCelery,
+    create_celery_app,
+    run_worker,
+)
 from saga.entrypoints.celery.beat import beat_schedule, schedule_file
 
 _lock = threading.Lock()
@@ -43,6 +49,32 @@ def run_composed_worker(
         transient_errors=container.transient_errors,
         pool=pool,
         hostname=hostname,
+    )
+
+
+def run_composed_chain_executor(container: Container, hostname: str | None = None) -> None:
+    """Run the chain executor in this process until it is told to stop (blocks).
+
+    A Celery worker on SAGA_CHAIN_QUEUE with the threads pool: SAGA_CHAIN_IN_FLIGHT
+    chain steps in progress in one process, each on a thread that mostly waits on
+    Endorse and Submit (the GIL is released there). The steps run the same task, the
+    same chain step protocol (saga.app.chain.executor) and the same message handling
+    (screening, late ack, database retries, dead-lettering) as `saga worker`.
+    """
+    settings = container.settings
+    if not settings.chain_queue:
+        raise ConfigError(
+            "SAGA_CHAIN_QUEUE is not set, so the relay routes chain steps to the step queue "
+            "and workers run them: set it (e.g. saga.chain-steps) on the relay and here to "
+            "give chain steps to the chain executor"
+        )
+    run_worker(
+        settings,
+        lambda: container.orchestrator(),
+        transient_errors=container.transient_errors,
+        pool="threads",
+        hostname=hostname,
+        consumes=Consumes.chain_steps(settings),
     )
 
 

@@ -63,4 +63,5 @@ def main() -> None:
 
 
 app.command()(services.watcher)
+app.command("chain-executor")(services.chain_executor)
 app.command()(maintenance.audit)

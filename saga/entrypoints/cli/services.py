@@ -68,6 +68,44 @@ def worker(
     run_composed_worker(container, pool=pool, hostname=hostname or default_node_name())
 
 
+def chain_executor(
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+    in_flight: Annotated[
+        int | None,
+        typer.Option(help="Chain steps in progress at once (overrides SAGA_CHAIN_IN_FLIGHT)."),
+    ] = None,
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "-n", "--hostname", help="Celery node name (default: saga-chain-<pid>@<host>)"
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus endpoint port (overrides SAGA_METRICS_PORT; 0: none)."),
+    ] = None,
+) -> None:
+    """Run the chain steps of SAGA_CHAIN_QUEUE, many at once in one process (threads).
+
+    Local steps stay with `saga worker`; the relay routes chain steps here when
+    SAGA_CHAIN_QUEUE is set (on both).
+    """
+    settings = env_settings(db, broker, chain_in_flight=in_flight, metrics_port=metrics_port)
+    container = ledger_container(settings)
+    container.configure_logging()
+    from saga.config import ConfigError
+    from saga.entrypoints.celery.main import run_composed_chain_executor
+
+    try:
+        run_composed_chain_executor(
+            container, hostname=hostname or default_node_name().replace("saga-", "saga-chain-", 1)
+        )
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
 def default_node_name() -> str:
     """A node name no other worker process on this host has.
 

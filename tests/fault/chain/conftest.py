@@ -9,6 +9,12 @@ whole package (three Raft orderers, peer0.org1, peer0.org2, sagafacts as a servi
 0.5 s blocks), started by the first cell that needs it: bringing a network up costs
 about as much as five cells. test_matrix_outages.py lists which cell runs where.
 
+Which runner runs the chain steps: a `saga worker` (the default), or, for a cell marked
+`@pytest.mark.runners("worker", "chain-executor")`, also `saga chain-executor` (its id
+says which: `test_x[devnet-chain-executor]`): the relay then routes chain steps to the
+executor's queue, a plain worker runs the local steps, and the failpoints are armed in
+the executor, which runs several chain steps at once on threads.
+
 A missing PostgreSQL, RabbitMQ or Fabric binary FAILS the cell (the plugins in
 tests/support do that), never skips it; a ledger that cannot start fails the fixture.
 """
@@ -28,9 +34,11 @@ from tests.fault.chain.stack import ChainLedger, ChainStack, stack_settings
 from tests.support.fabricnet import RealLedgerNet, fabric_release, real_network
 from tests.support.ledger import LedgerNet
 from tests.support.processes import Processes
+from tests.support.rabbitmq import delete_queue
 
 MakeStack = Callable[..., ChainStack]
 LEDGERS = ("devnet", "fabric")
+RUNNERS = ("worker", "chain-executor")
 # After a cell, a real network must endorse with both orgs and have a Raft leader
 # within this long; a restarted peer needs ~1 s, a new Raft election ~5 s.
 FABRIC_READY_TIMEOUT = 90.0
@@ -40,11 +48,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "ledgers(*names): the ledgers a chain matrix cell runs on (devnet, fabric)"
     )
+    config.addinivalue_line(
+        "markers",
+        "runners(*names): what runs a cell's chain steps (worker, chain-executor)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "ledger" not in metafunc.fixturenames:
-        return
+    if "ledger" in metafunc.fixturenames:
+        _parametrize_ledgers(metafunc)
+    runners = metafunc.definition.get_closest_marker("runners")
+    if runners is not None:
+        unknown_runners = set(runners.args) - set(RUNNERS)
+        if unknown_runners:
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: unknown runners {unknown_runners}"
+            )
+        metafunc.parametrize("runner", runners.args, indirect=True)
+
+
+def _parametrize_ledgers(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("ledgers")
     names = tuple(marker.args) if marker else ("devnet",)
     unknown = set(names) - set(LEDGERS)
@@ -57,6 +80,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def ledger(request: pytest.FixtureRequest) -> str:
     """The ledger this cell runs on, "devnet" or "fabric" (set by pytest_generate_tests)."""
     return str(request.param)
+
+
+@pytest.fixture
+def runner(request: pytest.FixtureRequest) -> str:
+    """What runs the cell's chain steps: "worker" unless the cell is marked `runners`."""
+    return str(getattr(request, "param", "worker"))
 
 
 @pytest.fixture(scope="package")
@@ -114,11 +143,14 @@ def make_stack(
     net: ChainLedger,
     procs: Processes,
     tmp_path: Path,
+    runner: str,
     request: pytest.FixtureRequest,
 ) -> Iterator[MakeStack]:
     engines: list[Engine] = []
+    chain_queue = f"{broker_settings.step_queue}.chain" if runner == "chain-executor" else ""
 
     def make(**overrides: Any) -> ChainStack:
+        overrides.setdefault("chain_queue", chain_queue)
         settings = stack_settings(broker_settings, net, database_url=pg_url, **overrides)
         engine = create_engine(settings)
         engines.append(engine)
@@ -129,3 +161,5 @@ def make_stack(
     procs.stop_all(timeout=10)
     for engine in engines:
         engine.dispose()
+    if chain_queue:
+        delete_queue(broker_settings.broker_url, chain_queue)

@@ -79,6 +79,9 @@ DEFINITIONS = "tests.fault.chain.sagas"
 ORDER_TAG_MAX = 56
 # How long the `saga audit` command may take over the real network's blocks.
 AUDIT_CLI_TIMEOUT = 120.0
+# Chain steps one `saga chain-executor` of a cell runs at once: several, so a kill
+# takes down steps in progress beside the one at the failpoint.
+CHAIN_IN_FLIGHT = 8
 # Where each cell appends its one-line result (JSON), when set.
 RESULTS_ENV = "SAGA_CHAIN_MATRIX_RESULTS"
 
@@ -195,6 +198,7 @@ class ChainStack:
         self.workers: list[SagaProcess] = []
         self._worker_specs: dict[int, tuple[list[str], dict[str, str]]] = {}
         self.restarts = 0
+        self._local_worker = False
         self.services: list[SagaProcess] = []
         self.orch_ids: list[str] = []
 
@@ -245,12 +249,25 @@ class ChainStack:
     def worker(
         self, *, failpoints: str = "", hostname: str | None = None, **env: str
     ) -> SagaProcess:
-        argv = ["saga", "worker", "--pool", "solo", "--concurrency", "1"]
+        """A process that runs the chain steps, with the failpoints armed: a solo `saga
+        worker`, or with a chain queue a `saga chain-executor` (several steps at once,
+        on threads; its first call also starts the one plain worker for local steps)."""
+        if self.settings.chain_queue:
+            if not self._local_worker:
+                self._local_worker = True
+                self._spawn_worker(["saga", "worker", "--pool", "solo", "--concurrency", "1"], {})
+            argv = ["saga", "chain-executor", "--in-flight", str(CHAIN_IN_FLIGHT)]
+        else:
+            argv = ["saga", "worker", "--pool", "solo", "--concurrency", "1"]
         if hostname:
             argv += ["--hostname", hostname]
-        full_env = {MARKERS_ENV: str(self.markers), **env}
+        full_env = dict(env)
         if failpoints:
             full_env["SAGA_FAILPOINTS"] = failpoints
+        return self._spawn_worker(argv, full_env)
+
+    def _spawn_worker(self, argv: list[str], env: dict[str, str]) -> SagaProcess:
+        full_env = {MARKERS_ENV: str(self.markers), **env}
         worker = self.procs.spawn("worker", argv, self.settings, **full_env)
         self.workers.append(worker)
         self._worker_specs[id(worker)] = (argv, full_env)

@@ -5,6 +5,10 @@ Every cell ends with each saga terminal, exactly one VALID ledger transaction pe
 chain step that took effect (and one reversal for a compensated one; none for a
 step that never committed), and the audit clean (stack.py, `ChainStack.verify`).
 Each prints one `CELL ...` line with its counts and time (run with -s to see them).
+
+Every cell runs twice per ledger: with the chain steps on a `saga worker`, and on a
+`saga chain-executor` (the relay routing them to its queue; conftest.py, `runners`),
+whose kill takes down the other chain steps it has in progress too.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def _aim(point: str, phase: str) -> str:
 
 
 @pytest.mark.ledgers("devnet", "fabric")
+@pytest.mark.runners("worker", "chain-executor")
 def test_baseline_no_fault(make_stack: MakeStack) -> None:
     stack = make_stack()
     stack.relay()
@@ -46,6 +51,7 @@ def test_baseline_no_fault(make_stack: MakeStack) -> None:
 
 
 @pytest.mark.ledgers("devnet", "fabric")
+@pytest.mark.runners("worker", "chain-executor")
 @pytest.mark.parametrize("point", FAILPOINTS)
 def test_worker_killed(make_stack: MakeStack, point: str) -> None:
     """SIGKILL at the point on the forward ledger transaction; a supervisor restarts it."""
@@ -61,6 +67,7 @@ def test_worker_killed(make_stack: MakeStack, point: str) -> None:
 
 
 @pytest.mark.ledgers("devnet", "fabric")
+@pytest.mark.runners("worker", "chain-executor")
 @pytest.mark.parametrize("point", FAILPOINTS)
 def test_compensation_worker_killed(make_stack: MakeStack, point: str) -> None:
     """reject_order fails the pivot after a VALID ledger step; SIGKILL at the point while
