@@ -287,10 +287,22 @@ class PostgresPair:
                 )
             time.sleep(0.2)
 
-    def pause_replay(self, node: PgNode) -> None:
-        """Stop applying WAL on a standby (it still receives it); for lag on demand."""
-        with self.connect(node) as conn:
-            conn.execute("SELECT pg_wal_replay_pause()")
+    def wait_replayed(self, timeout: float = 60.0) -> None:
+        """Wait until the standby has applied everything the primary has written so far."""
+        with self.connect(self.primary) as conn:
+            deadline = time.monotonic() + timeout
+            target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+            assert target is not None
+            while True:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn >= %s",
+                    (target[0],),
+                ).fetchone()
+                if row is not None and row[0] > 0:
+                    return
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"standby has not replayed {target[0]} after {timeout}s")
+                time.sleep(0.1)
 
     # -- plumbing -------------------------------------------------------------
 
