@@ -13,7 +13,9 @@ Which runner runs the chain steps: a `saga worker` (the default), or, for a cell
 `@pytest.mark.runners("worker", "chain-executor")`, also `saga chain-executor` (its id
 says which: `test_x[devnet-chain-executor]`): the relay then routes chain steps to the
 executor's queue, a plain worker runs the local steps, and the failpoints are armed in
-the executor, which runs several chain steps at once on threads.
+the executor, which runs several chain steps at once on threads. To keep the default
+suite's time, the executor's cells run there on the devnet only, and not for cells
+marked `full_only=True`; `SAGA_CHAIN_MATRIX_FULL=1` runs every ledger x runner.
 
 A missing PostgreSQL, RabbitMQ or Fabric binary FAILS the cell (the plugins in
 tests/support do that), never skips it; a ledger that cannot start fails the fixture.
@@ -21,6 +23,7 @@ tests/support do that), never skips it; a ledger that cannot start fails the fix
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from tests.support.rabbitmq import delete_queue
 MakeStack = Callable[..., ChainStack]
 LEDGERS = ("devnet", "fabric")
 RUNNERS = ("worker", "chain-executor")
+FULL_ENV = "SAGA_CHAIN_MATRIX_FULL"
 # After a cell, a real network must endorse with both orgs and have a Raft leader
 # within this long; a restarted peer needs ~1 s, a new Raft election ~5 s.
 FABRIC_READY_TIMEOUT = 90.0
@@ -55,25 +59,35 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "ledger" in metafunc.fixturenames:
-        _parametrize_ledgers(metafunc)
-    runners = metafunc.definition.get_closest_marker("runners")
-    if runners is not None:
-        unknown_runners = set(runners.args) - set(RUNNERS)
-        if unknown_runners:
-            raise pytest.UsageError(
-                f"{metafunc.definition.nodeid}: unknown runners {unknown_runners}"
-            )
-        metafunc.parametrize("runner", runners.args, indirect=True)
-
-
-def _parametrize_ledgers(metafunc: pytest.Metafunc) -> None:
+    if "ledger" not in metafunc.fixturenames:
+        return
     marker = metafunc.definition.get_closest_marker("ledgers")
-    names = tuple(marker.args) if marker else ("devnet",)
-    unknown = set(names) - set(LEDGERS)
+    ledgers = tuple(marker.args) if marker else ("devnet",)
+    unknown = set(ledgers) - set(LEDGERS)
     if unknown:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown ledgers {unknown}")
-    metafunc.parametrize("ledger", names, indirect=True)
+    runners_marker = metafunc.definition.get_closest_marker("runners")
+    if runners_marker is None:
+        metafunc.parametrize("ledger", ledgers, indirect=True)
+        return
+    runners = tuple(runners_marker.args)
+    unknown = set(runners) - set(RUNNERS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown runners {unknown}")
+    # The default suite runs the chain executor's cells on the devnet, and only those
+    # not marked full_only; SAGA_CHAIN_MATRIX_FULL=1 runs every ledger x runner.
+    full = os.environ.get(FULL_ENV) == "1"
+    pairs = [
+        (ledger, runner)
+        for ledger in ledgers
+        for runner in runners
+        if runner == "worker"
+        or full
+        or (ledger == "devnet" and not runners_marker.kwargs.get("full_only", False))
+    ]
+    # A worker cell keeps the id it had before there were runners ("devnet").
+    ids = [ledger if runner == "worker" else f"{ledger}-{runner}" for ledger, runner in pairs]
+    metafunc.parametrize(("ledger", "runner"), pairs, ids=ids, indirect=True)
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ Each prints one `CELL ...` line with its counts and time (run with -s to see the
 
 Every cell runs twice per ledger: with the chain steps on a `saga worker`, and on a
 `saga chain-executor` (the relay routing them to its queue; conftest.py, `runners`),
-whose kill takes down the other chain steps it has in progress too.
+whose kill takes down the other chain steps it has in progress too (in the default
+suite on the devnet, the compensation cells with SAGA_CHAIN_MATRIX_FULL=1: conftest.py).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def test_worker_killed(make_stack: MakeStack, point: str) -> None:
 
 
 @pytest.mark.ledgers("devnet", "fabric")
-@pytest.mark.runners("worker", "chain-executor")
+@pytest.mark.runners("worker", "chain-executor", full_only=True)
 @pytest.mark.parametrize("point", FAILPOINTS)
 def test_compensation_worker_killed(make_stack: MakeStack, point: str) -> None:
     """reject_order fails the pivot after a VALID ledger step; SIGKILL at the point while
