@@ -33,7 +33,9 @@ def _value(bucket: Bucket, series: str) -> int:
 def last_hour(buckets: list[Bucket]) -> Chart:
     totals = {name: sum(_value(b, name) for b in buckets) for name, _ in SERIES}
     summary = "In the last hour: " + ", ".join(f"{n} {name}" for name, n in totals.items()) + "."
-    peak = max([max(_value(b, n) for n, _ in SERIES) for b in buckets] + [1])
+    highest = max([max(_value(b, n) for n, _ in SERIES) for b in buckets] + [1])
+    # Four whole-number steps on the axis.
+    peak = -(-highest // 4) * 4
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - BOTTOM - TOP
     slot = plot_w / max(1, len(buckets))
     bar = max(2.0, (slot - 6) / len(SERIES))
@@ -45,7 +47,7 @@ def last_hour(buckets: list[Bucket]) -> Chart:
     ]
     for i in range(5):
         y = TOP + plot_h * i / 4
-        label = round(peak * (4 - i) / 4)
+        label = peak * (4 - i) // 4
         parts.append(
             f'<line x1="{LEFT}" x2="{WIDTH - 8}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
             f'<text x="{LEFT - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{label}</text>'

@@ -227,12 +227,14 @@ def _ledger_reads(console: Console, view: dict[str, Any]) -> dict[str, Any]:
 
 
 def _durations(view: dict[str, Any]) -> dict[str, float]:
-    """Seconds from the step before finishing (or the start) to this step succeeding."""
+    """Seconds to each step's success from the step before it (or the start, or the
+    operator's resume or retry that set it going again)."""
     out: dict[str, float] = {}
     mark: datetime | None = None
     for h in view["history"]:
         at = datetime.fromisoformat(h["at"])
-        if h["kind"] == "started":
+        if h["kind"] in ("started", "resume requested", "retry requested"):
+            # Time waiting for an operator is not the step's.
             mark = at
         elif h["kind"] == "step succeeded" and isinstance(h["detail"], dict):
             step = h["detail"].get("step")
