@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.support.chain_ledger",
     "tests.support.watcher",
     "tests.support.postgres_pair",
+    "tests.support.browser",
 ]
