@@ -5,11 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: docker-compose validates compose/ without a container engine;
-# the runbooks' commands (run by a test) use jq, curl and openssl.
+# the runbooks' commands (run by a test) use jq, curl and openssl; chromium below.
 missing=()
 for pkg in docker-compose jq curl openssl; do
   command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# The operator console's browser tests (tests/ui) drive Debian's chromium through its
+# chromedriver; Selenium is pointed at /usr/bin/chromedriver and downloads nothing.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get install -y -q "${missing[@]}" >/dev/null \
