@@ -11,6 +11,7 @@ outside the pool) follows too.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -22,6 +23,7 @@ from saga.adapters.sql.outbox import SqlOutboxReader
 from saga.adapters.sql.tables import sagas
 from saga.app.orchestrator import Orchestrator
 from saga.examples.order_payment import NAME
+from saga.ports.store import StoreUnavailable
 from saga.registry_loader import load_registry
 from saga_cluster.postgres import PostgresPair
 from tests.fault.checks import payment
@@ -115,4 +117,49 @@ def test_one_url_follows_the_promoted_standby(
         assert _server_port(engine) == new.port
     finally:
         reader.close()
+        engine.dispose()
+
+
+def test_a_primary_fenced_read_only_is_an_outage_not_a_failure(
+    pg_pair_factory: Callable[..., PostgresPair],
+) -> None:
+    """A planned switchover: the primary is fenced read-only, then stopped, the standby promoted.
+
+    Writes the fenced primary refuses are an outage (StoreUnavailable), never a
+    step's failure, and the pool drops its sessions there: the next transaction
+    opens a new connection (which the read-write URL only lets reach a primary)
+    instead of meeting the same read-only session again.
+    """
+    pair = pg_pair_factory(synchronous="on")
+    url = migrated_database(pair)
+    old, new = pair.primary, pair.standby
+    engine = create_engine(url, pool_size=4, max_overflow=0)
+    orch = Orchestrator(
+        load_registry("saga.examples.order_payment"),
+        SqlUnitOfWorkFactory(engine),
+        transient_errors=TRANSIENT_ERRORS,
+    )
+    try:
+        assert _ports_of_concurrent_checkouts(engine, 4) == [old.port] * 4
+        with pair.connect(old) as admin:
+            admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            admin.execute("SELECT pg_reload_conf()")
+        # Existing sessions see the reload at their next statement.
+        time.sleep(0.5)
+        with pytest.raises(StoreUnavailable) as refused:
+            orch.enqueue(NAME, payment("fenced", 0))
+        assert "does not take writes" in str(refused.value)
+        # No read-only session is reused: the next attempt connects anew and the
+        # read-write URL finds no primary (an outage again, at connect).
+        with pytest.raises(StoreUnavailable) as again:
+            orch.enqueue(NAME, payment("fenced", 1))
+        assert "does not take writes" not in str(again.value), again.value
+
+        pair.stop(old, "fast")
+        pair.promote(new)
+        saga_id = orch.enqueue(NAME, payment("fenced", 2)).saga_id
+        assert _server_port(engine) == new.port
+        with engine.connect() as connection:
+            assert connection.execute(select(sagas.c.id)).scalars().all() == [saga_id]
+    finally:
         engine.dispose()

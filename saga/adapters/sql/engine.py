@@ -17,7 +17,9 @@ import sqlalchemy
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from saga.adapters.sql.errors import is_read_only
 from saga.config import Settings
+from saga.ports.store import StoreUnavailable
 
 # A writer waits this long for the SQLite write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -66,7 +68,32 @@ def create_engine(settings: Settings | str, **overrides: Any) -> Engine:
     engine = sqlalchemy.create_engine(url, **options)
     if not options.get("pool_pre_ping"):
         _ping_when_idle(engine)
+    if url.get_backend_name() == "postgresql":
+        _read_only_is_an_outage(engine)
     return engine
+
+
+def _read_only_is_an_outage(engine: Engine) -> None:
+    """A write refused by a read-only server drops the connection and is StoreUnavailable.
+
+    A session can outlive the server's role: a URL without
+    target_session_attrs=read-write that reached the standby, a primary fenced
+    read-only for a switchover. Left in the pool, the connection would refuse
+    every write while the primary is elsewhere; and a refused write would read
+    as the step's own failure (an InternalError), spending its business retries.
+    As a disconnect, the pool drops it and every connection opened before it;
+    as StoreUnavailable, the step waits and retries like any outage.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _read_only(context: Any) -> None:
+        if not is_read_only(context.original_exception):
+            return
+        context.is_disconnect = True
+        raise StoreUnavailable(
+            "database unavailable: the server does not take writes (a standby, or a "
+            "primary being switched over); retried on the primary"
+        ) from context.original_exception
 
 
 def _ping_when_idle(engine: Engine) -> None:

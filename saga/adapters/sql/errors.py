@@ -26,6 +26,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# read_only_sql_transaction: the server no longer takes writes (a standby, or a
+# primary fenced with default_transaction_read_only for a switchover). The same
+# transaction succeeds once a connection reaches the primary (see engine.py).
+READ_ONLY_SQLSTATE = "25006"
+
+
+def is_read_only(error: BaseException) -> bool:
+    """A write refused because the server is read-only (the DBAPI error or its wrapper)."""
+    orig = getattr(error, "orig", None) or error
+    return getattr(orig, "sqlstate", None) == READ_ONLY_SQLSTATE
+
+
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, TRANSIENT_ERRORS):
         return True
