@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -44,17 +45,20 @@ _TIMING_DIR = os.environ.get("BENCH_TIMING_DIR", "")
 _fn_times: dict[str, tuple[float, float]] = {}
 _buffer: list[str] = []
 _last_flush = 0.0
+# The chain executor runs tasks on threads: the buffer and the file are shared.
+_lock = threading.Lock()
 
 
 def _flush(force: bool = False) -> None:
     global _last_flush
-    now = time.time()
-    if not _buffer or (not force and now - _last_flush < 0.5):
-        return
-    with open(os.path.join(_TIMING_DIR, f"t-{os.getpid()}.jsonl"), "a") as fh:
-        fh.write("".join(_buffer))
-    _buffer.clear()
-    _last_flush = now
+    with _lock:
+        now = time.time()
+        if not _buffer or (not force and now - _last_flush < 0.5):
+            return
+        with open(os.path.join(_TIMING_DIR, f"t-{os.getpid()}.jsonl"), "a") as fh:
+            fh.write("".join(_buffer))
+        _buffer.clear()
+        _last_flush = now
 
 
 def _install_hook() -> None:
@@ -83,12 +87,16 @@ def _install_hook() -> None:
             "fn0": fn[0] if fn else None,
             "fn1": fn[1] if fn else None,
         }
-        _buffer.append(json.dumps(record) + "\n")
+        with _lock:
+            _buffer.append(json.dumps(record) + "\n")
         _flush()
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
         _flush(force=True)
+
+    # A threads pool has no pool processes: the worker itself flushes at its end.
+    signals.worker_shutdown.connect(_shutdown, weak=False)
 
 
 if _TIMING_DIR:
