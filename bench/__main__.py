@@ -3,6 +3,7 @@
     python -m bench all --quick          # ~6 minutes: small sizes
     python -m bench all                  # full sizes (1,000-10,000 sagas; ~1 hour+)
     python -m bench local|relay|chain|growth|soak [--quick]
+    python -m bench chain-real [--quick] [--batch-timeouts 2,0.25]   # real Fabric 2.5
 
 Every figure that has a target is a ratio against a baseline measured in the
 same invocation on the same machine. Results go to bench/results/<name>.json
@@ -105,6 +106,39 @@ def table(results: dict[str, Any]) -> str:
             "",
         )
         add("   longest task / block time", r["ours"]["longest_task_vs_block_time"], "", "", "< 1")
+    if "chain-real" in results:
+        for bt, r in results["chain-real"]["runs"].items():
+            ours = r["ours"]["sagas_per_second"]
+            add(
+                f"3r. chain sagas/s vs real Fabric plain client tx/s, {bt} s blocks",
+                ours,
+                r["plain_client"]["committed_tx_per_second"],
+                r["ratio_vs_plain_client"],
+                ">= 0.8",
+            )
+            add(
+                f"3r. ... vs naive inline-commit Celery task, {bt} s blocks",
+                ours,
+                r["naive_inline"]["sagas_per_second"],
+                r["ratio_vs_naive"],
+                ">= 1.5",
+            )
+            if "in_flight" in r:
+                f = r["in_flight"]
+                add(
+                    "3r. chain tx in flight at once (max)",
+                    f["max_chain_tx_in_flight"],
+                    "",
+                    "",
+                    ">= 1000",
+                )
+                add(
+                    "   longest chain task / block time",
+                    f["longest_task_vs_block_time"],
+                    "",
+                    "",
+                    "< 1",
+                )
     if "growth" in results:
         for run in results["growth"]["runs"]:
             add(
@@ -158,7 +192,10 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["all", "local", "relay", "chain", "growth", "settings", "soak"])
+    p.add_argument(
+        "what",
+        choices=["all", "local", "relay", "chain", "chain-real", "growth", "settings", "soak"],
+    )
     p.add_argument("--quick", action="store_true", help="small sizes (minutes, not an hour)")
     p.add_argument("--soak", action="store_true", help="include the soak in `all`")
     p.add_argument("--soak-minutes", type=float, default=20.0)
@@ -168,6 +205,11 @@ def main() -> int:
         default=30.0,
         help="SAGA_CHAIN_RECHECK_DELAY for the chain benchmark (default: the product's, 30)",
     )
+    p.add_argument(
+        "--batch-timeouts",
+        default="2,0.25",
+        help="BatchTimeouts (s) of the real Fabric networks of chain-real, comma-separated",
+    )
     p.add_argument("--out", default=None, help="JSON file (default bench/results/<what>.json)")
     a = p.parse_args()
     from bench import chain_inflight, local, soak
@@ -175,7 +217,8 @@ def main() -> int:
     q = a.quick
     results: dict[str, Any] = {"machine": machine(), "quick": q}
     todo = (
-        ["local", "relay", "chain", "growth", "settings"] + (["soak"] if a.soak else [])
+        ["local", "relay", "chain", "chain-real", "growth", "settings"]
+        + (["soak"] if a.soak else [])
         if a.what == "all"
         else [a.what]
     )
@@ -188,6 +231,15 @@ def main() -> int:
         elif name == "chain":
             results["chain"] = chain_inflight.bench_chain(
                 300 if q else 1000, 2.0, 500, recheck_delay=a.recheck_delay
+            )
+        elif name == "chain-real":
+            from bench import chain_real
+
+            results["chain-real"] = chain_real.bench_chain_real(
+                300 if q else 1000,
+                [float(x) for x in a.batch_timeouts.split(",")],
+                in_flight=1000,
+                naive_n=100 if q else 200,
             )
         elif name == "growth":
             sizes = [300, 1000] if q else [1000, 10000]
