@@ -1,0 +1,98 @@
+"""A `;`-separated broker URL list and the queue type, against the real RabbitMQ.
+
+The three-node failover itself is tests/fault/test_rabbit_cluster.py; these are the
+cheap cases one broker can show: a dead node first in the list is passed over by
+every client (the relay's publisher, the DLQ and queue passes), a queue of the
+other type is refused with what to do, and a list's passwords are all redacted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+from kombu import Connection
+
+from saga.adapters.rabbitmq import AmqpPublisher, Topology
+from saga.adapters.rabbitmq.publishers import broker_urls
+from saga.adapters.rabbitmq.queues import queue_stats
+from saga.adapters.rabbitmq.topology import TopologyMismatch, declare_topology
+from saga.config import ConfigError, Settings
+from saga.ports.broker import PendingMessage
+from tests.support.outbox import step_body
+from tests.support.ports import free_port
+from tests.support.rabbitmq import drain, message_id_of
+
+
+def _dead_url() -> str:
+    # A free port nobody listens on: the connection is refused at once.
+    return f"amqp://guest:secret@127.0.0.1:{free_port()}//"
+
+
+def test_the_relay_publisher_passes_over_a_dead_node(broker_settings: Settings) -> None:
+    urls = f"{_dead_url()};{broker_settings.broker_url}"
+    publisher = AmqpPublisher(urls, Topology.from_settings(broker_settings), connect_timeout=3)
+    saga_id = str(uuid.uuid4())
+    body = step_body(saga_id)
+    try:
+        publisher.publish_batch([PendingMessage(1, body["message_id"], saga_id, body)])
+    finally:
+        publisher.close()
+    got = drain(broker_settings.broker_url, broker_settings.step_queue, expect=1)
+    assert [message_id_of(m) for m in got] == [body["message_id"]]
+
+
+def test_queue_passes_pass_over_a_dead_node(broker_settings: Settings) -> None:
+    declare_topology(broker_settings)
+    listed = replace(broker_settings, broker_url=f"{_dead_url()};{broker_settings.broker_url}")
+    assert [(s.role, s.exists) for s in queue_stats(listed)] == [
+        ("steps", True),
+        ("dead-letter", True),
+    ]
+
+
+def test_a_classic_queue_met_by_quorum_says_what_to_do(broker_settings: Settings) -> None:
+    classic = replace(broker_settings, queue_type="classic")
+    declare_topology(classic)
+    with pytest.raises(TopologyMismatch) as caught:
+        declare_topology(broker_settings)
+    message = str(caught.value)
+    assert broker_settings.dead_letter_queue in message
+    assert "SAGA_QUEUE_TYPE=classic" in message
+    assert f"rabbitmqctl delete_queue {broker_settings.dead_letter_queue}" in message
+    # The relay's declarations (aio-pika) say the same, and publish nothing.
+    publisher = AmqpPublisher(broker_settings.broker_url, Topology.from_settings(broker_settings))
+    try:
+        with pytest.raises(Exception, match="SAGA_QUEUE_TYPE=classic"):
+            publisher.connect()
+    finally:
+        publisher.close()
+    # The classic queues still stand: nothing was changed by the refused declarations.
+    with Connection(broker_settings.broker_url) as connection:
+        channel = connection.channel()
+        channel.queue_declare(broker_settings.step_queue, passive=True)
+        channel.close()
+
+
+def test_classic_queues_keep_the_dead_letter_route(broker_settings: Settings) -> None:
+    topology = Topology.from_settings(replace(broker_settings, queue_type="classic"))
+    assert "x-queue-type" not in topology.step_queue_arguments()
+    arguments = topology.step_queue_arguments()
+    assert arguments["x-dead-letter-exchange"] == topology.dead_letter_exchange
+    quorum = Topology.from_settings(broker_settings).step_queue_arguments()
+    assert quorum["x-queue-type"] == "quorum"
+    assert quorum["x-delivery-limit"] > 0
+
+
+def test_settings_redact_every_password_of_a_url_list() -> None:
+    s = Settings(broker_url="amqp://u:pw1@h1:5672//;amqp://u:pw2@h2:5673//")
+    shown = s.redacted()["SAGA_BROKER_URL"]
+    assert "pw1" not in shown and "pw2" not in shown
+    assert shown == "amqp://u:***@h1:5672//;amqp://u:***@h2:5673//"
+    assert broker_urls(s.broker_url) == ["amqp://u:pw1@h1:5672//", "amqp://u:pw2@h2:5673//"]
+
+
+def test_an_unknown_queue_type_is_refused() -> None:
+    with pytest.raises(ConfigError, match="SAGA_QUEUE_TYPE='mirrored'"):
+        Settings.from_env({"SAGA_QUEUE_TYPE": "mirrored"})
