@@ -109,6 +109,12 @@ class PostgresPair:
         bin_dir: Path = BIN_DIR,
     ) -> PostgresPair:
         """Make and start both servers; the standby streaming (in sync if asked)."""
+        if not (bin_dir / "initdb").exists():
+            raise ClusterError(
+                f"PostgreSQL server binaries not found in {bin_dir} (no initdb there): "
+                "install the server package (Debian: postgresql-15) or set SAGA_PG_BIN_DIR "
+                "to the folder holding initdb, pg_ctl and pg_basebackup"
+            )
         # Not under pytest's tmp_path: its 0700 parents keep the postgres account out.
         base = Path(tempfile.mkdtemp(prefix="saga-pg-"))
         pair = cls(base, ports, synchronous=synchronous, bin_dir=bin_dir)
