@@ -232,6 +232,8 @@ class Settings:
                     values[f.name] = float(raw)
                 else:
                     values[f.name] = raw
+            except ConfigError:
+                raise
             except ValueError:
                 raise ConfigError(f"{var}={raw!r} is not a valid {f.type}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
