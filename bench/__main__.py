@@ -4,6 +4,7 @@
     python -m bench all                  # full sizes (1,000-10,000 sagas; ~1 hour+)
     python -m bench local|relay|chain|growth|soak [--quick]
     python -m bench chain-real [--quick] [--batch-timeouts 2,0.25]   # real Fabric 2.5
+    python -m bench floor|scale [--quick]   # PostgreSQL/RabbitMQ floor; 1-4 workers, 1-2 relays
 
 Every figure that has a target is a ratio against a baseline measured in the
 same invocation on the same machine. Results go to bench/results/<name>.json
@@ -139,6 +140,52 @@ def table(results: dict[str, Any]) -> str:
                     "",
                     "< 1",
                 )
+    if "floor" in results:
+        pg, mq = results["floor"]["postgres"], results["floor"]["rabbitmq"]
+        add(
+            "7. floor: PostgreSQL sagas/s (pgbench, a saga's txns)",
+            pg["sagas_per_second"],
+            pg["commits_per_second"],
+            f"{pg['commits_per_saga']} commits",
+            "",
+        )
+        add(
+            "   ... same without the outbox NOTIFY trigger",
+            pg["sagas_per_second_without_notify"],
+            "",
+            "",
+            "",
+        )
+        add(
+            "   naive shape: INSERT commits/s | sagas/s (/3)",
+            pg["naive_commits_per_second"],
+            pg["naive_sagas_per_second"],
+            "",
+            "",
+        )
+        add(
+            "7. floor: RabbitMQ msgs/s confirmed batched | one at a time",
+            mq["confirmed_batched_per_second"],
+            mq["confirmed_one_at_a_time_per_second"],
+            "",
+            "",
+        )
+        add("   RabbitMQ consume + ack msgs/s", mq["consume_ack_per_second"], "", "", "")
+    if "scale" in results:
+        r = results["scale"]
+        for point in r["points"]:
+            add(
+                f"8. scale {point['workers']} worker(s), {point['relays']} relay(s): sagas/s",
+                point["sagas_per_second"],
+                f"load {point['load1']}",
+                f"busy {point['machine_busy_fraction']}",
+                "",
+            )
+        for relays, k in r["knee"].items():
+            add(f"   knee ({relays}) at workers", k["knee_at_workers"], "", "", "")
+    if "floor_fractions" in results:
+        for name, value in results["floor_fractions"].items():
+            add(f"   fraction of floor: {name}", value, "", "", "")
     if "growth" in results:
         for run in results["growth"]["runs"]:
             add(
@@ -194,7 +241,18 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument(
         "what",
-        choices=["all", "local", "relay", "chain", "chain-real", "growth", "settings", "soak"],
+        choices=[
+            "all",
+            "floor",
+            "local",
+            "relay",
+            "chain",
+            "chain-real",
+            "growth",
+            "settings",
+            "scale",
+            "soak",
+        ],
     )
     p.add_argument("--quick", action="store_true", help="small sizes (minutes, not an hour)")
     p.add_argument("--soak", action="store_true", help="include the soak in `all`")
@@ -217,7 +275,7 @@ def main() -> int:
     q = a.quick
     results: dict[str, Any] = {"machine": machine(), "quick": q}
     todo = (
-        ["local", "relay", "chain", "chain-real", "growth", "settings"]
+        ["floor", "local", "relay", "chain", "chain-real", "growth", "settings", "scale"]
         + (["soak"] if a.soak else [])
         if a.what == "all"
         else [a.what]
@@ -241,6 +299,19 @@ def main() -> int:
                 in_flight=1000,
                 naive_n=100 if q else 200,
             )
+        elif name == "floor":
+            from bench import floor
+
+            results["floor"] = floor.bench_floor(q)
+        elif name == "scale":
+            from bench import scale
+
+            results["scale"] = scale.bench_scale(
+                200 if q else 1000,
+                floor_commits_per_second=results.get("floor", {})
+                .get("postgres", {})
+                .get("commits_per_second"),
+            )
         elif name == "growth":
             sizes = [300, 1000] if q else [1000, 10000]
             results["growth"] = local.bench_growth(sizes, [3, 10])
@@ -249,8 +320,17 @@ def main() -> int:
         elif name == "soak":
             results["soak"] = soak.bench_soak(1.0 if q else a.soak_minutes, 10.0)
         print(json.dumps(results[name], indent=1)[:3000], flush=True)
+    from bench.floor import fractions
+
+    if fractions(results):
+        results["floor_fractions"] = fractions(results)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
     text = table(results)
+    if "scale" in results:
+        text += f"\n\nScale-out ({results['scale']['note']}):\n" + "\n".join(
+            f"  {p['workers']} worker(s), {p['relays']} relay(s): {p['verdict']}"
+            for p in results["scale"]["points"]
+        )
     print("\n" + text)
     out = Path(a.out) if a.out else RESULTS / f"{a.what}{'-quick' if q else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
