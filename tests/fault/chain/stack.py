@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -199,6 +200,8 @@ class ChainStack:
         self._worker_specs: dict[int, tuple[list[str], dict[str, str]]] = {}
         self.restarts = 0
         self._local_worker = False
+        # Every `saga chain-executor` process of the cell, restarted ones included.
+        self.executor_pids: list[int] = []
         self.services: list[SagaProcess] = []
         self.orch_ids: list[str] = []
 
@@ -269,9 +272,14 @@ class ChainStack:
     def _spawn_worker(self, argv: list[str], env: dict[str, str]) -> SagaProcess:
         full_env = {MARKERS_ENV: str(self.markers), **env}
         worker = self.procs.spawn("worker", argv, self.settings, **full_env)
-        self.workers.append(worker)
-        self._worker_specs[id(worker)] = (argv, full_env)
+        self._track(worker, argv, full_env)
         return worker
+
+    def _track(self, worker: SagaProcess, argv: list[str], env: dict[str, str]) -> None:
+        self.workers.append(worker)
+        self._worker_specs[id(worker)] = (argv, env)
+        if "chain-executor" in argv and worker.popen is not None:
+            self.executor_pids.append(worker.popen.pid)
 
     def supervise(self) -> None:
         """Restart any worker that died (a supervisor's job), with its environment."""
@@ -282,8 +290,7 @@ class ChainStack:
             worker.kill()  # reap, close its log, kill anything left in its group
             self.workers.remove(worker)
             replacement = self.procs.spawn("worker", argv, self.settings, **env)
-            self.workers.append(replacement)
-            self._worker_specs[id(replacement)] = (argv, env)
+            self._track(replacement, argv, env)
             self.restarts += 1
 
     # -- sagas ----------------------------------------------------------------------
@@ -404,6 +411,13 @@ class ChainStack:
                     problems.append(f"{saga_id} {purpose}: {len(valid)} attempts VALID in the db")
                 if n and not all(scan.is_valid(r.txid) for r in valid):
                     problems.append(f"{saga_id} {purpose}: db VALID txid not VALID on the ledger")
+        if self.settings.chain_queue:
+            # Every transaction was prepared by a chain executor, none by the plain worker.
+            strays = {r.worker for r in rows} - {
+                f"{socket.gethostname()}:{pid}" for pid in self.executor_pids
+            }
+            if strays:
+                problems.append(f"attempts prepared outside the chain executor: {sorted(strays)}")
         report = self.audit(scan)
         if not report.clean:
             problems.append(f"audit not clean: {json.dumps(report.as_dict(), default=str)[:3000]}")
