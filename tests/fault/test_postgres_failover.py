@@ -41,7 +41,6 @@ from saga.app.orchestrator import Orchestrator
 from saga.client import SagaClient
 from saga.config import Settings
 from saga.examples.order_payment import NAME as ORDER_PAYMENT
-from saga.ports.broker_admin import DLQ_REASON
 from saga.registry_loader import load_registry
 from saga_cluster.postgres import PostgresPair
 from tests.fault.checks import (
@@ -60,10 +59,11 @@ from tests.fault.checks import (
 from tests.fault.failover_sagas import NAME as FAILOVER_SAGA
 from tests.fault.test_service_restart import applied_twice
 from tests.support.devnet import Devnet
+from tests.support.dlq import saga_cli, saga_cli_json
 from tests.support.ports import free_port
 from tests.support.postgres_pair import migrated_database
 from tests.support.processes import Processes, SagaProcess
-from tests.support.rabbitmq import drain, queue_depth
+from tests.support.rabbitmq import queue_depth
 from tests.support.waiting import wait_for
 
 DEFINITIONS = "saga.examples.order_payment,tests.fault.failover_sagas"
@@ -335,11 +335,15 @@ def test_asynchronous_failover_loses_commits_and_the_product_says_so(
             report=procs.report,
             alive=survivors,
         )
-        dead = drain(settings.broker_url, settings.dead_letter_queue, expect=lost_n)
-        reasons = {str((m.headers or {}).get(DLQ_REASON, "")) for m in dead}
-        for saga_id in lost:
-            hit = [r for r in reasons if saga_id in r]
-            assert hit and "asynchronous replication" in hit[0], (saga_id, reasons)
+        # What the README tells the operator to run.
+        dead = {m["saga_id"]: m["reason"] for m in saga_cli_json(["dlq", "list"], settings)}
+        assert set(dead) == set(lost), dead
+        for saga_id, reason in dead.items():
+            assert saga_id in reason and "asynchronous replication" in reason, reason
+        drop = ["dlq", "drop", "--reason", "asynchronous replication", "--yes"]
+        saga_cli([*drop, "--why", "lost in failover"], settings)
+        assert queue_depth(settings.broker_url, settings.dead_letter_queue) == 0
+        reasons = set(dead.values())
         first_after = _first_terminal_after(engine, promoted_at)
         assert first_after is not None
         assert all(p.alive() for p in survivors), procs.report()
