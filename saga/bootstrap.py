@@ -259,12 +259,16 @@ class Container:
         peers, identity = self.fabric_peers()
         return lambda: AsyncGatewayClient.connect(peers, identity, max_in_flight=max_in_flight)
 
-    def query_client(self) -> GatewayClient:
-        """A blocking client for qscc block reads (audit); the caller closes it."""
+    def query_client(self, peer: GatewayEndpoint | None = None) -> GatewayClient:
+        """A blocking client for qscc block reads (audit); the caller closes it.
+
+        `peer`: that peer alone, for a command that reports on it by name (`saga
+        ledger ping`): an answer from another peer would say the named one is up.
+        """
         from saga.adapters.fabric import GatewayClient
 
         peers, identity = self.fabric_peers()
-        return GatewayClient.connect(peers, identity, deadlines=self._deadlines())
+        return GatewayClient.connect(peer or peers, identity, deadlines=self._deadlines())
 
     def scan_ledger(
         self, chaincode: str = "sagafacts", *, progress: Callable[[int, int], None] | None = None

@@ -214,7 +214,7 @@ def ping(
     round_trips: list[float] = []
     info: Any = None
     where = f"{name} at {endpoint.address}"
-    with c.query_client() as client:
+    with c.query_client(endpoint) as client:
         for _ in range(count):
             started = time.perf_counter()
             try:
@@ -577,7 +577,7 @@ def tx(
     deadline = s.fabric_evaluate_timeout if timeout is None else timeout
     endpoint, _ = c.fabric_access()
     where = f"{_peer_name(s, endpoint)} at {endpoint.address}"
-    with c.query_client() as client:
+    with c.query_client(endpoint) as client:
         try:
             found = lookup_transaction(client, s.fabric_channel, wanted, timeout=deadline)
         except TransactionNotFound:
