@@ -141,9 +141,10 @@ class FabricNetwork:
         return tls / "client.crt", tls / "client.key"
 
     def gateway(self, org: int | str = 1) -> GatewayClient:
-        """A GatewayClient as User1 of `org`; closed by `down`/`close_clients`."""
+        """A GatewayClient as User1 of `org`, over every peer of the org (peer0 first);
+        closed by `down`/`close_clients`."""
         tls = self.client_tls(org) if self.options.client_auth_required else None
-        client = probes.gateway_client(self.profile(org), self.msp_dir(org), tls)
+        client = probes.org_gateway_client(self.profile(org), self.msp_dir(org), tls)
         self._clients.append(client)
         return client
 

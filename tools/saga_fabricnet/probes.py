@@ -34,6 +34,19 @@ def gateway_client(
     return GatewayClient.connect(endpoint, SigningIdentity.from_msp_dir(loaded.msp_id, msp_dir))
 
 
+def org_gateway_client(
+    profile: Path, msp_dir: Path, client_tls: tuple[Path, Path] | None = None
+) -> GatewayClient:
+    """A client of every peer the profile lists for its org, moving to the next when
+    the one in use cannot be reached (the product's clients do the same)."""
+    loaded = load_connection_profile(profile)
+    endpoints = [endpoint for _, endpoint in loaded.gateway_peers()]
+    if client_tls is not None:
+        cert, key = client_tls[0].read_bytes(), client_tls[1].read_bytes()
+        endpoints = [e.with_client_tls(cert, key) for e in endpoints]
+    return GatewayClient.connect(endpoints, SigningIdentity.from_msp_dir(loaded.msp_id, msp_dir))
+
+
 def endorse_probe(client: GatewayClient, channel: str, orgs: Sequence[str]) -> None:
     """Endorse (never submit) a read of the probe key by every org in `orgs`."""
     client.prepare(
