@@ -9,8 +9,8 @@ idempotency key by its unique index, a status with last progress by
 `ix_sagas_status_updated_at`; a page starts where the last one ended,
 `(updated_at, id)` past a cursor, instead of an OFFSET that reads and discards
 every earlier row. An input field is matched with JSONB containment (`@>`) on
-PostgreSQL, the operator a GIN index on `sagas.input` serves if a deployment
-adds one, and with `json_extract` on SQLite.
+PostgreSQL, which the GIN index `ix_sagas_input` serves, and with `json_extract`
+on SQLite.
 """
 
 from __future__ import annotations

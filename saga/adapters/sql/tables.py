@@ -89,6 +89,13 @@ sagas = Table(
     # The console's list (keyset on updated_at, id) and overview (migration 0007).
     Index("ix_sagas_updated_at_id", "updated_at", "id"),
     Index("ix_sagas_created_at", "created_at"),
+    # Input-field filters: JSONB containment (migration 0008).
+    Index(
+        "ix_sagas_input",
+        "input",
+        postgresql_using="gin",
+        postgresql_ops={"input": "jsonb_path_ops"},
+    ),
 )
 
 saga_steps = Table(
