@@ -125,6 +125,7 @@ def explain(url: str) -> dict[str, str]:
     from saga.adapters.sql.saga_search import (
         _SUMMARY,
         Cursor,
+        InputField,
         SagaFilter,
         _condition,
         _cursor_tuple,
@@ -144,6 +145,10 @@ def explain(url: str) -> dict[str, str]:
                 "first page, no filter": (SagaFilter(), None),
                 "next page, no filter": (SagaFilter(), cursor),
                 "status failed": (SagaFilter(statuses=("failed",)), None),
+                "status failed, error text": (
+                    SagaFilter(statuses=("failed",), error="timeout"),
+                    None,
+                ),
             }
             for label, (where, after) in cases.items():
                 query = _SUMMARY.where(_condition(connection, where))
@@ -157,6 +162,26 @@ def explain(url: str) -> dict[str, str]:
                 )
                 rows = connection.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + sql).all()
                 plans[label] = "\n".join(r[0] for r in rows)
+            # JSONB literals do not render through SQLAlchemy: the input filter's
+            # statement as the search sends it, with its value bound.
+            where = _condition(connection, SagaFilter(inputs=(InputField("customer_id", "c-17"),)))
+            query = (
+                _SUMMARY.where(where)
+                .order_by(sagas.c.updated_at.desc(), sagas.c.id.desc())
+                .limit(51)
+            )
+            compiled = query.compile(dialect=connection.dialect)
+            sql = str(compiled).replace("%(", "{").replace(")s", "}")
+            params = {
+                k: ("'" + json.dumps(v).replace("'", "''") + "'::jsonb")
+                if isinstance(v, dict)
+                else (f"'{v}'" if isinstance(v, str) else str(v))
+                for k, v in compiled.params.items()
+            }
+            rows = connection.exec_driver_sql(
+                "EXPLAIN (ANALYZE, BUFFERS) " + sql.format(**params)
+            ).all()
+            plans["input customer_id=c-17 (no GIN index)"] = "\n".join(r[0] for r in rows)
     finally:
         engine.dispose()
     return plans
