@@ -100,6 +100,10 @@ def capture_saga(database_url: str, saga: str = "bench-3") -> list[Transaction]:
     return [t for t in transactions if t]
 
 
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
 def _literal(value: Any, ids: dict[str, int]) -> str:
     """A parameter as SQL text pgbench sends unchanged (ids become per-run expressions)."""
     if value is None:
@@ -112,10 +116,14 @@ def _literal(value: Any, ids: dict[str, int]) -> str:
         return f"to_timestamp({value.timestamp()!r})"
     if isinstance(value, dt.timedelta):
         return f"make_interval(secs => {value.total_seconds()!r})"
-    if hasattr(value, "obj"):  # psycopg's Json/Jsonb wrappers
-        value = json.dumps(value.obj)
-    if isinstance(value, dict | list):
-        value = json.dumps(value)
+    if hasattr(value, "obj"):  # psycopg's Json/Jsonb wrappers, with the dumps SQLAlchemy gave
+        value = (getattr(value, "dumps", None) or _dumps)(value.obj)
+    if isinstance(value, list | tuple):  # psycopg sends a bare list as an array
+        if not value:
+            return "'{}'"
+        return "ARRAY[" + ", ".join(_literal(v, ids) for v in value) + "]"
+    if isinstance(value, dict):
+        value = _dumps(value)
     text = str(value)
     if _UUID.match(text):
         k = ids.setdefault(text, len(ids))
