@@ -31,16 +31,21 @@ user, the commands run as that user.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pwd
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from types import FrameType
+from typing import Literal, cast
 
 import psycopg
 
@@ -350,3 +355,57 @@ def _append_conf(data_dir: Path, settings: dict[str, str]) -> None:
         conf.write("\n# saga_cluster.postgres\n")
         for key, value in settings.items():
             conf.write(f"{key} = {value}\n")
+
+
+def _free_ports(count: int) -> tuple[int, ...]:
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(int(sock.getsockname()[1]) for sock in socks)
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m saga_cluster.postgres",
+        description="A PostgreSQL primary and streaming standby on 127.0.0.1 for failover tests",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start both servers and keep them until SIGINT/SIGTERM")
+    up.add_argument(
+        "--sync",
+        choices=["on", "remote_apply", "remote_write", "async"],
+        default="on",
+        help="synchronous_commit on the primary, or async replication (default: on)",
+    )
+    up.add_argument("--database", default="saga", help="database to create (default: saga)")
+    opts = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_exit)
+    ports = _free_ports(2)
+    level = None if opts.sync == "async" else cast(SyncLevel, opts.sync)
+    pair = PostgresPair.create((ports[0], ports[1]), synchronous=level)
+    try:
+        pair.create_database(opts.database)
+        print(f"SAGA_DATABASE_URL='{pair.database_url(opts.database)}'", flush=True)
+        for node in pair.nodes:
+            role = "primary" if node is pair.primary else "standby"
+            print(f"{node.name} {role} port={node.port} data={node.data_dir}", flush=True)
+        print(
+            f"promote: runuser -u {SERVICE_USER} -- {pair.bin_dir / 'pg_ctl'} -D "
+            f"{pair.standby.data_dir} promote",
+            flush=True,
+        )
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pair.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
