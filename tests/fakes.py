@@ -52,6 +52,7 @@ from saga.ports.store import (
     LedgerAttemptRecord,
     OutboxMessage,
     SagaRecord,
+    StepClaim,
     StoreUnavailable,
 )
 
@@ -146,6 +147,17 @@ class FakeSagaRepository:
         if key is not None and any(r.idempotency_key == key for r in work.sagas.values()):
             raise DuplicateIdempotencyKey(key)
         work.sagas[record.saga_id] = copy.deepcopy(record)
+
+    def start(
+        self,
+        record: SagaRecord,
+        messages: Sequence[OutboxMessage],
+        notes: Sequence[HistoryEntry],
+    ) -> None:
+        self.add(record)
+        for message in messages:
+            self._uow.outbox.add(message)
+        self._uow.history.add_many(notes)
 
     def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None:
         record = self._uow._work().sagas.get(saga_id)
@@ -288,6 +300,10 @@ class FakeHistory:
     def add(self, entry: HistoryEntry) -> None:
         self._uow._work().history.append(copy.deepcopy(entry))
 
+    def add_many(self, entries: Sequence[HistoryEntry]) -> None:
+        for entry in entries:
+            self.add(entry)
+
     def for_saga(self, saga_id: str) -> list[HistoryEntry]:
         return [copy.deepcopy(e) for e in self._uow._work().history if e.saga_id == saga_id]
 
@@ -397,6 +413,13 @@ class FakeUnitOfWork:
         self.history = FakeHistory(self)
         self.ledger_attempts = FakeLedgerAttempts(self)
         self.session = FakeSession(self)
+
+    def claim_step(self, message_id: str, saga_id: str, *, take: bool = False) -> StepClaim:
+        if not self.inbox.claim(message_id, saga_id):
+            return StepClaim(fresh=False)
+        if take:
+            self.outbox.take(message_id)
+        return StepClaim(fresh=True, record=self.sagas.get(saga_id, for_update=True))
 
     @contextmanager
     def step_session(self) -> Iterator[FakeSession]:

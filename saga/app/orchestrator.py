@@ -49,12 +49,13 @@ class Orchestrator:
         ledger: Callable[[], Ledger] | None = None,
         chain_settings: ChainSettings | None = None,
         inline_reserve: float = 30.0,
+        fuse_steps: bool = True,
         clock: Callable[[], datetime] = now,
         telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         """`ledger` is called when a chain step first needs it (the composition root
         connects lazily, after a worker forks); None: chain steps are refused with
-        the settings to set. `inline_reserve`: see `handle(inline=...)`. `clock`
+        the settings to set. `inline_reserve`, `fuse_steps`: see `handle(inline=...)`. `clock`
         times chain steps (their timeouts and ledger outages). `telemetry` hears what
         every part reports (the composition root gives the Prometheus one)."""
         self.registry = registry
@@ -70,6 +71,7 @@ class Orchestrator:
             self.writer,
             self.chain,
             (StoreUnavailable, *transient_errors),
+            fuse=fuse_steps,
             telemetry=telemetry,
         )
         self.operator = OperatorCommands(registry, uow_factory, self.writer)

@@ -17,7 +17,12 @@ from saga.core.definitions import Registry, SagaDefinition
 from saga.core.machine import transition
 from saga.core.messages import Started
 from saga.core.state import SagaState
-from saga.ports.store import DuplicateIdempotencyKey, SagaRecord, UnitOfWorkFactory
+from saga.ports.store import (
+    DuplicateIdempotencyKey,
+    HistoryEntry,
+    SagaRecord,
+    UnitOfWorkFactory,
+)
 from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger("saga.orchestrator")
@@ -84,10 +89,8 @@ class Starter:
         definition, model = self.validate(saga, payload)
         data = model.model_dump(mode="json")
         digest = payload_hash(definition.name, data)
-        if idempotency_key is not None:
-            existing = self._find_by_key(idempotency_key, digest)
-            if existing:
-                return Enqueued(existing, created=False)
+        # A repeated key is found by the insert itself (nothing is written then),
+        # not by a lookup before it: one round trip for a new saga.
         saga_id = self._writer.new_id()
         state = SagaState.new(
             saga_id, definition.name, definition.version, [s.name for s in definition.steps]
@@ -103,10 +106,14 @@ class Starter:
         )
         try:
             with self._uow() as uow:
-                uow.sagas.add(record)
-                self._writer.emit(uow, record.state, t.commands)
-                self._writer.note(
-                    uow, saga_id, "started", {"saga": saga, "version": definition.version}
+                uow.sagas.start(
+                    record,
+                    [self._writer.outbox_message(record.state, c) for c in t.commands],
+                    [
+                        HistoryEntry(
+                            now(), saga_id, "started", {"saga": saga, "version": definition.version}
+                        )
+                    ],
                 )
                 uow.commit()
         except DuplicateIdempotencyKey:

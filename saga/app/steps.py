@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from saga.app.chain.executor import ChainStepExecutor
 from saga.app.outcome import Outcome as Outcome
-from saga.app.transitions import SagaWriter
+from saga.app.transitions import Advance, SagaWriter, runs_inline
 from saga.core import step_report
 from saga.core.definitions import Registry, SagaDefinition, Step, StepContext, StepKind
 from saga.core.errors import OrchestrationError
@@ -41,9 +42,12 @@ class StepRunner:
         chain: ChainStepExecutor,
         transient: tuple[type[BaseException], ...],
         *,
+        fuse: bool = True,
         telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        """`fuse`: run consecutive local steps inline in one transaction (see handle)."""
         self.registry = registry
+        self.fuse = fuse
         self._telemetry = telemetry
         self._uow = uow_factory
         self._writer = writer
@@ -62,23 +66,37 @@ class StepRunner:
         StoreUnavailable for transient trouble (retry them).
 
         With `inline` > 0, up to that many following local steps of the saga run
-        here too, each in its own transaction exactly as if its message had been
-        delivered, without the trip through relay, broker and another task. The
-        message for each is still written to the outbox in the transaction before
-        it, only held back for `inline_reserve` seconds; the step's transaction
-        marks it published. If this process dies, or the inline step fails to
-        commit, the relay publishes the held message when the reserve passes and
-        the step runs through the queue as usual. The outcome returned is the
-        delivered message's; trouble in an inline step is logged, never raised
-        (its message is safe in the outbox).
+        here too, without the trip through relay, broker and another task.
+
+        Fused (the default): consecutive local steps run in the transaction of
+        the first, and the saga's state, history and next messages are written
+        once, at the end of the run. Their messages are never written: nothing
+        outside the transaction can deliver them, and the delivered message's
+        inbox record stands for the whole run. If a step of the run raises, the
+        transaction is rolled back and the run is done again one step per
+        transaction (below), so the failure is recorded against its own step:
+        the steps before it run again (the first run's writes were rolled
+        back), the failing step is not run again, its failure is recorded in a
+        transaction of its own. A step declared `external` (effects outside its
+        session) is never fused.
+
+        One step per transaction (`fuse=False`, an external step, after a
+        failed fused run): each step's message is written to the outbox in the
+        transaction before it, held back for `inline_reserve` seconds, and the
+        step's transaction marks it published. If this process dies, or the
+        inline step fails to commit, the relay publishes the held message when
+        the reserve passes and the step runs through the queue as usual.
+
+        The outcome returned is the delivered message's; trouble in an inline
+        step is logged, never raised (its message is safe in the outbox).
         """
-        outcome, following = self._handle_one(message, inline > 0, taken=False)
-        for _ in range(inline):
-            if following is None:
-                break
+        run = _Run(fuse=self.fuse, budget=inline)
+        outcome, following = self._handle_one(message, run, taken=False)
+        while run.budget > 0 and following is not None:
             held = following
+            run.budget -= 1
             try:
-                inline_outcome, following = self._handle_one(held, True, taken=True)
+                inline_outcome, following = self._handle_one(held, run, taken=True)
                 if inline_outcome is not Outcome.DUPLICATE:
                     # Committed with its take: this message is never published.
                     self._telemetry.inline_step(held.saga, held.step, held.phase)
@@ -133,10 +151,14 @@ class StepRunner:
         return outcome, setbacks
 
     def _handle_one(
-        self, message: StepMessage, hold: bool, *, taken: bool
+        self, message: StepMessage, run: _Run, *, taken: bool
     ) -> tuple[Outcome, StepMessage | None]:
-        """handle() for one message; with `hold`, also the next local step's message
-        if it was written held back for this process to run inline."""
+        """handle() for one message and, fused, the local steps after it it may take.
+
+        Returns the outcome and, with inline budget left, the next local step's
+        message if it was written held back for this process to run inline.
+        """
+        hold = run.budget > 0
         chain_step = self._peek(message)
         if chain_step is not None and chain_step.kind is StepKind.CHAIN:
             # Straight to the executor, outside any transaction: a chain step's
@@ -145,11 +167,30 @@ class StepRunner:
             definition = self.registry.get(message.saga, message.version)
             with self._telemetry.step_running("chain", message.phase):
                 return self.chain.run(message, definition, chain_step), None
+        failed = run.failed
+        if failed is not None and failed.of(message):
+            # Done again step by step, the run reached the step that failed in it:
+            # its failure is recorded as it happened, without running it again.
+            # The run ends there; what follows (a compensation) may fuse again.
+            run.failed, run.fuse = None, self.fuse
+            return self._record_failure(message, failed.error, hold=hold, taken=taken)
+        if run.fuse and hold and chain_step is not None and chain_step.fusable:
+            fused = self._run_fused(message, run, taken=taken)
+            if not isinstance(fused, _Failed):
+                return fused
+            run.fuse, run.failed = False, fused
+        return self._run_one(message, hold, taken=taken)
+
+    def _run_one(
+        self, message: StepMessage, hold: bool, *, taken: bool
+    ) -> tuple[Outcome, StepMessage | None]:
+        """One local step in its own transaction; with `hold`, the next local step's
+        message if it was written held back for this process to run inline."""
         with self._uow() as uow:
             loaded = self._load(uow, message, taken=taken)
             if isinstance(loaded, Outcome):
                 return loaded, None
-            record, definition, step = loaded
+            record, definition, _ = loaded
             with self._telemetry.step_running("local", message.phase):
                 try:
                     output = self._run_action(uow, message, record, definition)
@@ -158,17 +199,76 @@ class StepRunner:
                         raise
                     failure = exc
                 else:
-                    event: Event = (
-                        StepSucceeded(step.name, message.attempt)
-                        if message.phase is Purpose.DO
-                        else CompensationSucceeded(step.name, message.attempt)
-                    )
                     following = self._writer.apply(
-                        uow, record, definition, message, event, output, hold=hold
+                        uow, record, definition, message, _success(message), output, hold=hold
                     )
                     uow.commit()
                     return Outcome.APPLIED, following
         return self._record_failure(message, failure, hold=hold, taken=taken)
+
+    def _run_fused(
+        self, message: StepMessage, run: _Run, *, taken: bool
+    ) -> tuple[Outcome, StepMessage | None] | _Failed:
+        """The message's step and the fusable local steps after it (within the inline
+        budget, which it spends) in one transaction; _Failed if a step after the
+        first raised (nothing of the run is kept).
+
+        The steps after the first get messages made here, never written: the
+        machine's own next command, checked like a delivered one.
+        """
+        with self._uow() as uow:
+            loaded = self._load(uow, message, taken=taken)
+            if isinstance(loaded, Outcome):
+                return loaded, None
+            record, definition, _ = loaded
+            advance = Advance(record)
+            current, fused = message, list[StepMessage]()
+            while True:
+                with self._telemetry.step_running("local", current.phase):
+                    try:
+                        output = self._run_action(uow, current, advance.record, definition)
+                    except Exception as exc:
+                        if isinstance(exc, self._transient):
+                            raise
+                        if fused:
+                            log.info(
+                                "fused run rolled back; running it again step by step",
+                                extra={
+                                    "saga_id": message.saga_id,
+                                    "step": current.step,
+                                    "fused": len(fused),
+                                    "error": f"{type(exc).__name__}: {exc}",
+                                },
+                            )
+                            return _Failed(current, exc)
+                        failure = exc
+                        break
+                self._writer.advance(advance, definition, current, _success(current), output)
+                more = len(fused) < run.budget
+                after = self._next_fused(advance, definition) if more else None
+                if after is None:
+                    following = self._writer.write(uow, advance, definition, hold=more)
+                    uow.commit()
+                    run.budget -= len(fused)
+                    for done in fused:
+                        self._telemetry.inline_step(done.saga, done.step, done.phase)
+                    return Outcome.APPLIED, following
+                current = after
+                fused.append(after)
+        return self._record_failure(message, failure, hold=True, taken=taken)
+
+    def _next_fused(self, run: Advance, definition: SagaDefinition) -> StepMessage | None:
+        """The message for the saga's next step if it may run fused after this one."""
+        state = run.record.state
+        if not runs_inline(definition, run.commands):
+            return None
+        command = run.commands[0]
+        if not definition.step(command.step).fusable:
+            return None
+        following = self._writer.message(state, command)
+        if why_not_awaited(state, following.command()) is not None:
+            return None
+        return following
 
     def _load(
         self, uow: UnitOfWork, message: StepMessage, *, taken: bool = False
@@ -180,11 +280,10 @@ class StepRunner:
         `taken`: the message is one this process held back to run inline; it is
         marked published in the same transaction, so the relay never sends it.
         """
-        if not uow.inbox.claim(message.message_id, message.saga_id):
+        claim = uow.claim_step(message.message_id, message.saga_id, take=taken)
+        if not claim.fresh:
             return Outcome.DUPLICATE
-        if taken:
-            uow.outbox.take(message.message_id)
-        record = uow.sagas.get(message.saga_id, for_update=True)
+        record = claim.record
         if record is None:
             # Also what a database failover with asynchronous replication leaves:
             # the saga's acceptance committed on the old primary, its message
@@ -277,6 +376,39 @@ class StepRunner:
         if message.phase is Purpose.DO:
             return StepFailed(message.step, message.attempt, names, text)
         return CompensationFailed(message.step, message.attempt, names, text)
+
+
+@dataclass
+class _Failed:
+    """A step that raised in a fused run: the message it ran for and its error."""
+
+    message: StepMessage
+    error: Exception
+
+    def of(self, message: StepMessage) -> bool:
+        """`message` asks for the same step, phase and attempt of the same saga."""
+        m = self.message
+        return (m.saga_id, m.step, m.phase, m.attempt) == (
+            message.saga_id,
+            message.step,
+            message.phase,
+            message.attempt,
+        )
+
+
+@dataclass
+class _Run:
+    """One handle() call: inline steps left, whether to fuse, a failure to record."""
+
+    fuse: bool
+    budget: int
+    failed: _Failed | None = None
+
+
+def _success(message: StepMessage) -> Event:
+    if message.phase is Purpose.DO:
+        return StepSucceeded(message.step, message.attempt)
+    return CompensationSucceeded(message.step, message.attempt)
 
 
 def _step_output(step: str, output: object) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,18 @@ log = logging.getLogger("saga.orchestrator")
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class Advance:
+    """A saga moved on in memory by `SagaWriter.advance`, not yet written."""
+
+    record: SagaRecord
+    commands: tuple[Command, ...] = ()
+    notes: list[HistoryEntry] = field(default_factory=list)
+    # (state before, state after, event, accepted) of each transition, for the
+    # telemetry and the setbacks, told once the run is written.
+    applied: list[tuple[SagaState, SagaState, Event, bool]] = field(default_factory=list)
 
 
 class SagaWriter:
@@ -89,25 +101,64 @@ class SagaWriter:
         With `hold`, a single next command for a local step, due now, is written
         held back by the inline reserve and returned, for the caller to run inline.
         """
-        state = record.state
-        t = transition(definition, state, event)
-        if t.accepted:
-            step_report.note(event, t.state)
+        run = Advance(record)
+        self.advance(run, definition, message, event, output)
+        return self.write(uow, run, definition, hold=hold)
+
+    def advance(
+        self,
+        run: Advance,
+        definition: SagaDefinition,
+        message: StepMessage,
+        event: Event,
+        output: Mapping[str, Any] | None,
+    ) -> None:
+        """Apply an event to the saga in memory only; `write` stores what the run did.
+
+        Several events in a row (a fused run of local steps) end in one write.
+        """
+        before = run.record.state
+        t = transition(definition, before, event)
+        data = run.record.data
         if output and message.phase is Purpose.DO:
-            record.data[message.step] = dict(output)
-        record = replace(record, state=t.state, updated_at=now())
-        uow.sagas.save(record)
+            data = {**data, message.step: dict(output)}
+        run.record = replace(run.record, state=t.state, data=data, updated_at=now())
+        run.commands = t.commands
+        if _worth_a_note(before, event):
+            run.notes.append(
+                HistoryEntry(now(), before.saga_id, event_kind(event), event_detail(event))
+            )
+        if t.state.status != before.status:
+            run.notes.append(
+                HistoryEntry(
+                    now(), before.saga_id, f"saga {t.state.status}", {"reason": t.state.reason}
+                )
+            )
+        run.applied.append((before, t.state, event, t.accepted))
+
+    def write(
+        self, uow: UnitOfWork, run: Advance, definition: SagaDefinition, *, hold: bool = False
+    ) -> StepMessage | None:
+        """Store what `advance` did: the saga once, the last transition's messages, the notes.
+
+        With `hold`, see `apply`.
+        """
+        state = run.record.state
+        uow.sagas.save(run.record)
         following = None
-        if hold and runs_inline(definition, t.commands):
-            following = self.message(t.state, t.commands[0])
+        if hold and runs_inline(definition, run.commands):
+            following = self.message(state, run.commands[0])
             self.send(uow, following, self.inline_reserve)
         else:
-            self.emit(uow, t.state, t.commands)
-        if _worth_a_note(state, event):
-            self.note(uow, state.saga_id, event_kind(event), event_detail(event))
-        if t.state.status != state.status:
-            self.note(uow, state.saga_id, f"saga {t.state.status}", {"reason": t.state.reason})
-        self.telemetry.event_applied(state, t.state, event)
+            self.emit(uow, state, run.commands)
+        if len(run.notes) == 1:
+            uow.history.add(run.notes[0])
+        elif run.notes:
+            uow.history.add_many(run.notes)
+        for before, after, event, accepted in run.applied:
+            if accepted:
+                step_report.note(event, after)
+            self.telemetry.event_applied(before, after, event)
         return following
 
     def recheck(self, uow: UnitOfWork, message: StepMessage, delay: float) -> None:
@@ -136,6 +187,11 @@ class SagaWriter:
 
     def message(self, state: SagaState, command: Command) -> StepMessage:
         return StepMessage.for_command(state, command, self.new_id())
+
+    def outbox_message(self, state: SagaState, command: Command) -> OutboxMessage:
+        """The outbox row that sends `command` (`emit` writes these one by one)."""
+        message = self.message(state, command)
+        return OutboxMessage(message.message_id, message.saga_id, message.to_body(), command.delay)
 
     @staticmethod
     def send(uow: UnitOfWork, message: StepMessage, delay: float) -> None:

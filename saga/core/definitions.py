@@ -127,6 +127,16 @@ class Step:
     compensation_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=5))
     timeout: float = 30.0
     chain: ChainCall | None = None
+    # The action (or compensation) has effects outside the step's session: a mail,
+    # an HTTP call. A worker never runs such a step in one transaction with other
+    # steps (see saga.app.steps): a fused run that fails is rolled back and run
+    # again step by step, which would repeat an effect no rollback can take back.
+    external: bool = False
+
+    @property
+    def fusable(self) -> bool:
+        """May share one transaction with the local steps before and after it."""
+        return self.kind is StepKind.LOCAL and not self.external
 
     @property
     def compensable(self) -> bool:
@@ -205,6 +215,12 @@ def _validate(saga: SagaDefinition) -> int:
             raise _fail(saga, f"local step {step.name!r} has no action")
         if step.kind is StepKind.CHAIN:
             _validate_chain_step(saga, step)
+            if step.external:
+                raise _fail(
+                    saga,
+                    f"chain step {step.name!r} is never fused with other steps; "
+                    "external=True is for local steps with effects outside their session",
+                )
         for policy in (step.retry, step.compensation_retry):
             for name in policy.non_retryable:
                 if name not in known:

@@ -66,6 +66,19 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class StepClaim:
+    """What claiming a step message found (`UnitOfWork.claim_step`).
+
+    `fresh` is False if the message was processed before (then nothing else was
+    done); otherwise `record` is the saga, locked until the transaction ends, or
+    None if there is no such saga.
+    """
+
+    fresh: bool
+    record: SagaRecord | None = None
+
+
+@dataclass(frozen=True)
 class LedgerAttemptRecord:
     """One ledger transaction of a chain step (purpose "do") or its compensation ("undo").
 
@@ -132,6 +145,20 @@ class LedgerAttempts(Protocol):
 
 class SagaRepository(Protocol):
     def add(self, record: SagaRecord) -> None: ...
+
+    def start(
+        self,
+        record: SagaRecord,
+        messages: Sequence[OutboxMessage],
+        notes: Sequence[HistoryEntry],
+    ) -> None:
+        """`add` the saga, then `outbox.add` its first messages and `history.add` its
+        notes, in as few round trips as the store can (one statement on PostgreSQL).
+
+        Raises DuplicateIdempotencyKey, with nothing written, if another saga
+        holds the record's key (here, or at commit for a concurrent one).
+        """
+        ...
 
     def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None: ...
 
@@ -207,6 +234,10 @@ class Inbox(Protocol):
 class History(Protocol):
     def add(self, entry: HistoryEntry) -> None: ...
 
+    def add_many(self, entries: Sequence[HistoryEntry]) -> None:
+        """`add` each, in order, in as few round trips as the store can."""
+        ...
+
     def for_saga(self, saga_id: str) -> list[HistoryEntry]: ...
 
 
@@ -228,6 +259,16 @@ class UnitOfWork(Protocol):
 
     @property
     def ledger_attempts(self) -> LedgerAttempts: ...
+
+    def claim_step(self, message_id: str, saga_id: str, *, take: bool = False) -> StepClaim:
+        """Claim a step message in the inbox and lock its saga, for the step to run.
+
+        `inbox.claim`, then (if fresh) `outbox.take` when `take` and
+        `sagas.get(for_update=True)`, in as few round trips as the store can
+        (one statement and the steps' read on PostgreSQL). The claim commits or
+        rolls back with the step.
+        """
+        ...
 
     def step_session(self) -> AbstractContextManager[Any]:
         """The transaction's session, for a local step's business writes (its StepContext).

@@ -18,6 +18,10 @@ fault-payment
     marker), writes its pid into it and sleeps; the test SIGKILLs it. A
     redelivery finds the marker taken and runs normally.
 
+fault-payment-stepwise
+    The same, every step declared `external`: never fused, so a worker runs the
+    following steps inline one transaction each (tests/fault/test_inline_kill.py).
+
 fault-undo
     book_a, book_b, book_c (each compensable), then the pivot `decide` and a
     step after it, `announce`. Switches in the input make `decide` refuse (so
@@ -48,6 +52,7 @@ from saga.examples import order_payment as op
 from saga.examples.order_payment_tables import order_payment_events
 
 FAULT_PAYMENT = "fault-payment"
+FAULT_PAYMENT_STEPWISE = "fault-payment-stepwise"
 FAULT_UNDO = "fault-undo"
 
 # How long a hooked step sleeps waiting for its SIGKILL; long enough that a test
@@ -127,23 +132,32 @@ def hooked(fn: Any, phase: Literal["do", "undo"]) -> Any:
     return action
 
 
-fault_payment = SagaDefinition(
-    name=FAULT_PAYMENT,
-    version=1,
-    input_model=FaultPayment,
-    errors=op.definition.errors,
-    steps=tuple(
-        Step(
-            s.name,
-            hooked(s.action, "do"),
-            compensation=hooked(s.compensation, "undo"),
-            pivot=s.pivot,
-            retry=s.retry,
-            compensation_retry=s.compensation_retry,
-        )
-        for s in op.definition.steps
-    ),
-)
+def _fault_payment(name: str, *, external: bool) -> SagaDefinition:
+    return SagaDefinition(
+        name=name,
+        version=1,
+        input_model=FaultPayment,
+        errors=op.definition.errors,
+        steps=tuple(
+            Step(
+                s.name,
+                hooked(s.action, "do"),
+                compensation=hooked(s.compensation, "undo"),
+                pivot=s.pivot,
+                retry=s.retry,
+                compensation_retry=s.compensation_retry,
+                external=external,
+            )
+            for s in op.definition.steps
+        ),
+    )
+
+
+# A worker runs its following local steps inline fused into one transaction...
+fault_payment = _fault_payment(FAULT_PAYMENT, external=False)
+# ... unless a step is declared external: then one step per transaction, each
+# inline step's message held back in the outbox by the transaction before it.
+fault_payment_stepwise = _fault_payment(FAULT_PAYMENT_STEPWISE, external=True)
 
 
 # -- fault-undo ------------------------------------------------------------------
@@ -270,5 +284,6 @@ fault_undo = SagaDefinition(
 
 def register(registry: Registry) -> Registry:
     registry.add(fault_payment)
+    registry.add(fault_payment_stepwise)
     registry.add(fault_undo)
     return registry

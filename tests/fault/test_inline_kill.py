@@ -1,5 +1,7 @@
-"""A worker SIGKILLed while it runs a saga's following steps inline (real PostgreSQL,
-RabbitMQ, `saga relay` and `saga worker` processes).
+"""A worker SIGKILLed while it runs a saga's following steps inline, one step per
+transaction (real PostgreSQL, RabbitMQ, `saga relay` and `saga worker` processes).
+The steps of `fault-payment-stepwise` are declared external, so they are never
+fused (tests/fault/test_fused_kill.py has the fused runs).
 
 With SAGA_WORKER_INLINE_STEPS > 0 the task that ran `reserve_funds` goes on to run
 `record_payment` itself, without a delivery: its message sits in the outbox held
@@ -30,7 +32,7 @@ from tests.fault.checks import (
     views,
     wait_terminal,
 )
-from tests.fault.fault_sagas import FAULT_PAYMENT
+from tests.fault.fault_sagas import FAULT_PAYMENT_STEPWISE
 from tests.support.processes import Processes, read_marker
 from tests.support.waiting import wait_for
 
@@ -62,11 +64,11 @@ def test_worker_killed_in_an_inline_step(
     marker = tmp_path / "marker.json"
     status, effects = expected_for("none")
     victim = orch.enqueue(
-        FAULT_PAYMENT,
+        FAULT_PAYMENT_STEPWISE,
         payment("inline", 0, hook=hook, hook_step="record_payment", marker=str(marker)),
     ).saga_id
     bystanders = {
-        orch.enqueue(FAULT_PAYMENT, payment("bystander", i)).saga_id: (status, effects)
+        orch.enqueue(FAULT_PAYMENT_STEPWISE, payment("bystander", i)).saga_id: (status, effects)
         for i in range(6)
     }
     procs.relay(settings)

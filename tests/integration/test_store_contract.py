@@ -362,16 +362,29 @@ def test_the_unit_of_work_is_usable_after_commit(uow: UnitOfWorkFactory) -> None
 
 
 def bump_concurrently(
-    factory: SqlUnitOfWorkFactory, saga_id: str, change: Any, rounds: int = 15
+    factory: SqlUnitOfWorkFactory,
+    saga_id: str,
+    change: Any,
+    rounds: int = 15,
+    *,
+    by_claim: bool = False,
 ) -> None:
-    """Two threads, each `rounds` times: lock the saga, `change` the record, save, commit."""
+    """Two threads, each `rounds` times: lock the saga, `change` the record, save, commit.
+
+    `by_claim`: the lock is taken as a step takes it, with `claim_step` of a new message.
+    """
     errors: list[BaseException] = []
 
     def bump() -> None:
         try:
             for _ in range(rounds):
                 with factory() as u:
-                    got = u.sagas.get(saga_id, for_update=True)
+                    if by_claim:
+                        claim = u.claim_step(new_id(), saga_id)
+                        assert claim.fresh
+                        got = claim.record
+                    else:
+                        got = u.sagas.get(saga_id, for_update=True)
                     assert got is not None
                     time.sleep(0.001)  # widen the race a lost update would need
                     u.sagas.save(change(got))
@@ -424,6 +437,82 @@ def test_for_update_returns_the_steps_as_the_lock_holder_left_them(store_engine:
     assert got is not None and got.state.steps[0].attempts == 30
 
 
+@sql_only(
+    "row locks across connections: each in-memory unit of work works on its own copy, unlocked"
+)
+def test_claim_step_locks_and_returns_the_steps_as_the_lock_holder_left_them(
+    store_engine: Engine,
+) -> None:
+    """The same as the test above through claim_step (on PostgreSQL one statement
+    claims the message and locks the saga; the steps are still read after it)."""
+    factory = SqlUnitOfWorkFactory(store_engine)
+    record = add_saga(factory, replace(make_record(), data={"n": 0}))
+
+    def bump(r: SagaRecord) -> SagaRecord:
+        first = r.state.steps[0]
+        steps = (replace(first, attempts=first.attempts + 1), *r.state.steps[1:])
+        return replace(r, state=replace(r.state, steps=steps), data={"n": r.data["n"] + 1})
+
+    bump_concurrently(factory, record.saga_id, bump, by_claim=True)
+    with factory() as u:
+        got = u.sagas.get(record.saga_id)
+    assert got is not None and got.state.steps[0].attempts == 30 and got.data == {"n": 30}
+
+
+def test_claim_step_claims_a_message_once_and_locks_its_saga(uow: UnitOfWorkFactory) -> None:
+    record = add_saga(uow)
+    message_id = new_id()
+    with uow() as u:
+        expected = u.sagas.get(record.saga_id)
+    with uow() as u:
+        claim = u.claim_step(message_id, record.saga_id)
+        assert claim.fresh and claim.record == expected
+        # Claimed in this transaction: a second claim here finds it too.
+        assert not u.claim_step(message_id, record.saga_id).fresh
+    # Rolled back: the claim went with it.
+    with uow() as u:
+        assert not u.inbox.seen(message_id)
+        assert u.claim_step(message_id, record.saga_id).fresh
+        u.commit()
+    with uow() as u:
+        claim = u.claim_step(message_id, record.saga_id)
+        assert not claim.fresh and claim.record is None
+        assert u.inbox.seen(message_id)
+
+
+def test_claim_step_of_a_missing_saga_claims_and_finds_none(uow: UnitOfWorkFactory) -> None:
+    with uow() as u:
+        claim = u.claim_step(new_id(), new_id())
+        assert claim.fresh and claim.record is None
+
+
+def test_claim_step_takes_a_held_message_only_when_fresh(
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader]
+) -> None:
+    """take=True: the held message is marked published with the claim (the relay
+    never sends it); a duplicate claim takes nothing; a rolled-back take neither."""
+    record = add_saga(uow)
+    taken, duplicate, dropped = (message(record.saga_id, 3600) for _ in range(3))
+    write_messages(uow, taken, duplicate, dropped)
+    with uow() as u:
+        u.inbox.record(duplicate.message_id, record.saga_id)
+        u.commit()
+    with uow() as u:
+        assert u.claim_step(taken.message_id, record.saga_id, take=True).fresh
+        assert not u.claim_step(duplicate.message_id, record.saga_id, take=True).fresh
+        u.commit()
+    with uow() as u:
+        assert u.claim_step(dropped.message_id, record.saga_id, take=True).fresh
+    with uow() as u:
+        for m in (taken, duplicate, dropped):
+            u.outbox.release(m.message_id)
+        u.commit()
+    with new_reader().claim(10) as batch:
+        assert sorted(p.message_id for p in batch) == sorted(
+            [duplicate.message_id, dropped.message_id]
+        )
+
+
 # -- idempotency keys ---------------------------------------------------------
 
 
@@ -440,6 +529,57 @@ def test_a_second_saga_with_the_same_key_is_refused(uow: UnitOfWorkFactory) -> N
         u.commit()
     with uow() as u:
         assert u.sagas.get(other.saga_id) is not None
+
+
+def test_start_writes_the_saga_its_messages_and_notes(
+    uow: UnitOfWorkFactory, new_reader: Callable[[], OutboxReader], backend: str
+) -> None:
+    record = replace(make_record(key="k-start"), data={"a": [1, "x"]})
+    due, later = message(record.saga_id), message(record.saga_id, delay=3600)
+    t0 = datetime.now(UTC)
+    notes = [
+        HistoryEntry(t0, record.saga_id, "started", {"saga": "x", "version": 1}),
+        HistoryEntry(t0 + timedelta(seconds=1), record.saga_id, "note", {}, actor="op"),
+    ]
+    with uow() as u:
+        u.sagas.start(record, [due, later], notes)
+        u.commit()
+    with uow() as u:
+        got = u.sagas.get(record.saga_id)
+        expected_saga = u.sagas.by_idempotency_key("k-start")
+        assert u.history.for_saga(record.saga_id) == notes
+        assert u.outbox.count_unpublished() == 2
+    assert got is not None and got == expected_saga
+    assert (got.state, got.input, got.data, got.payload_hash) == (
+        record.state,
+        record.input,
+        record.data,
+        record.payload_hash,
+    )
+    # The delayed message waits (the in-memory relay claims delayed rows at
+    # once, so unit tests drive retries without a clock); the other is due now.
+    with new_reader().claim(10) as batch:
+        claimed = [(p.message_id, p.body) for p in batch]
+    assert claimed[:1] == [(due.message_id, due.body)]
+    assert len(claimed) == (2 if backend == "memory" else 1)
+
+
+def test_start_with_a_taken_key_writes_nothing(uow: UnitOfWorkFactory) -> None:
+    first = add_saga(uow, make_record(key="k-taken"))
+    second = make_record(key="k-taken")
+    with pytest.raises(DuplicateIdempotencyKey), uow() as u:
+        u.sagas.start(
+            second,
+            [message(second.saga_id)],
+            [HistoryEntry(datetime.now(UTC), second.saga_id, "started", {})],
+        )
+        u.commit()
+    with uow() as u:
+        assert u.sagas.get(second.saga_id) is None
+        assert u.history.for_saga(second.saga_id) == []
+        assert u.outbox.count_unpublished() == 0
+        winner = u.sagas.by_idempotency_key("k-taken")
+        assert winner is not None and winner.saga_id == first.saga_id
 
 
 def test_sagas_without_a_key_do_not_collide(uow: UnitOfWorkFactory) -> None:
@@ -546,6 +686,22 @@ def test_history_in_order(uow: UnitOfWorkFactory) -> None:
         HistoryEntry(t0, saga_id, "started", {"saga": "x"}),
         HistoryEntry(t0 + timedelta(seconds=1), saga_id, "resume", {"why": "x"}, actor="op"),
     ]
+
+
+def test_history_added_many_at_once_in_order(uow: UnitOfWorkFactory) -> None:
+    saga_id = new_id()
+    t0 = datetime.now(UTC)
+    entries = [
+        HistoryEntry(t0 + timedelta(seconds=i), saga_id, f"kind {i}", {"i": i}) for i in range(4)
+    ]
+    with uow() as u:
+        u.history.add(HistoryEntry(t0, saga_id, "first", {}))
+        u.history.add_many(entries[:1])
+        u.history.add_many(entries[1:])
+        u.history.add_many([])
+        u.commit()
+    with uow() as u:
+        assert u.history.for_saga(saga_id) == [HistoryEntry(t0, saga_id, "first", {}), *entries]
 
 
 # -- outbox -------------------------------------------------------------------

@@ -64,15 +64,38 @@ class Script:
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.5, non_retryable=("Declined",))
 
 
-def shop(script: Script, version: int = 1) -> SagaDefinition:
+def shop(
+    script: Script, version: int = 1, external: frozenset[str] = frozenset()
+) -> SagaDefinition:
+    """`external`: the steps declared to have effects outside their session."""
     steps = [
-        Step("reserve", script.fn("reserve", "do"), script.fn("reserve", "undo"), retry=FAST),
-        Step("charge", script.fn("charge", "do"), script.fn("charge", "undo"), retry=FAST),
-        Step("ship", script.fn("ship", "do"), pivot=True, retry=FAST),
-        Step("notify", script.fn("notify", "do"), retry=FAST),
+        Step(
+            "reserve",
+            script.fn("reserve", "do"),
+            script.fn("reserve", "undo"),
+            retry=FAST,
+            external="reserve" in external,
+        ),
+        Step(
+            "charge",
+            script.fn("charge", "do"),
+            script.fn("charge", "undo"),
+            retry=FAST,
+            external="charge" in external,
+        ),
+        Step("ship", script.fn("ship", "do"), pivot=True, retry=FAST, external="ship" in external),
+        Step("notify", script.fn("notify", "do"), retry=FAST, external="notify" in external),
     ]
     if version == 2:
-        steps.insert(2, Step("audit", script.fn("audit", "do"), script.fn("audit", "undo")))
+        steps.insert(
+            2,
+            Step(
+                "audit",
+                script.fn("audit", "do"),
+                script.fn("audit", "undo"),
+                external="audit" in external,
+            ),
+        )
     return SagaDefinition(
         name="shop", version=version, input_model=Order, steps=tuple(steps), errors=(Declined,)
     )
@@ -82,16 +105,19 @@ ORDER = {"order_id": "o-1", "amount": 5}
 
 
 class World:
-    def __init__(self, *versions: int) -> None:
+    def __init__(
+        self, *versions: int, fuse: bool = True, external: frozenset[str] = frozenset()
+    ) -> None:
         self.script = Script()
         self.db = FakeDatabase()
-        self.registry = Registry([shop(self.script, v) for v in versions or (1,)])
+        self.registry = Registry([shop(self.script, v, external) for v in versions or (1,)])
         counter = itertools.count(1)
         self.orch = Orchestrator(
             self.registry,
             self.db.uow,
             new_id=lambda: f"id-{next(counter)}",
             transient_errors=(DriverGone,),
+            fuse_steps=fuse,
         )
         self.delivered: set[str] = set()
 

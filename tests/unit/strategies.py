@@ -63,7 +63,11 @@ class SagaSpec:
         self,
         action: Callable[[str], Callable[[StepContext], Any]] | None = None,
         compensation: Callable[[str], Callable[[StepContext], Any]] | None = None,
+        *,
+        external: frozenset[str] = frozenset(),
     ) -> SagaDefinition:
+        """`external`: the steps declared to have effects outside their session."""
+
         def noop(ctx: StepContext) -> None:
             return None
 
@@ -77,6 +81,7 @@ class SagaSpec:
                     if s.compensable
                     else None,
                     pivot=s.pivot_flag,
+                    external=s.name in external,
                     retry=RetryPolicy(
                         max_attempts=s.max_attempts,
                         initial_backoff=0.25,

@@ -187,6 +187,22 @@ def test_chain_step_with_chaincall_and_undo_is_compensable() -> None:
     assert d.pivot_index == 1
 
 
+def test_only_local_steps_not_declared_external_are_fusable() -> None:
+    call = ChainCall("facts", "Record", lambda ctx: [])
+    d = define(
+        Step("a", act),
+        Step("mail", act, external=True),
+        Step("ledger", kind=StepKind.CHAIN, chain=call),
+    )
+    assert [s.fusable for s in d.steps] == [True, False, False]
+
+
+def test_a_chain_step_declared_external_is_refused() -> None:
+    call = ChainCall("facts", "Record", lambda ctx: [])
+    msg = refused("never fused", Step("ledger", kind=StepKind.CHAIN, chain=call, external=True))
+    assert "'ledger'" in msg
+
+
 def test_local_step_without_action() -> None:
     msg = refused("has no action", Step("a", None))
     assert "'a'" in msg

@@ -149,7 +149,8 @@ def test_no_key_means_a_new_saga_each_time(w: World) -> None:
 
 @pytest.mark.parametrize(("payload", "conflict"), [(ORDER, False), ({**ORDER, "amount": 9}, True)])
 def test_race_for_a_key_lost_at_commit(payload: dict[str, Any], conflict: bool) -> None:
-    """Another API instance commits the same key between our lookup and our commit."""
+    """Another API instance commits the same key just before our insert: the insert
+    finds the key taken (there is no lookup before it) and answers as the winner."""
     w = World()
     other = Orchestrator(w.registry, w.db.uow, new_id=lambda: "other")
     opened = 0
@@ -157,7 +158,7 @@ def test_race_for_a_key_lost_at_commit(payload: dict[str, Any], conflict: bool) 
     def racing_uow() -> FakeUnitOfWork:
         nonlocal opened
         opened += 1
-        if opened == 2:  # ours is about to insert: the other instance gets there first
+        if opened == 1:  # ours is about to insert: the other instance gets there first
             other.enqueue("shop", ORDER, idempotency_key="k")
         return w.db.uow()
 

@@ -1,4 +1,6 @@
-"""Following local steps run inline in the task that ran the first (over the fakes).
+"""Following local steps run inline in the task that ran the first (over the fakes),
+one step per transaction (fusing off; tests/unit/test_orchestrator_fused.py has the
+fused runs).
 
 Each inline step is its own transaction, as if its message had been delivered; its
 message is in the outbox, held back by the reserve, from the transaction before.
@@ -18,7 +20,7 @@ from tests.support.orchestrator_world import ORDER, Declined, DriverGone, World
 
 @pytest.fixture
 def w() -> World:
-    return World()
+    return World(fuse=False)
 
 
 def unpublished(w: World) -> list[tuple[StepMessage, float]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from collections.abc import Callable
+
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -36,8 +38,12 @@ _CLAIM_SQLITE = (
 
 
 class SqlInbox:
-    def __init__(self, session: Session) -> None:
+    def __init__(
+        self, session: Session, connection: Callable[[], Connection] | None = None
+    ) -> None:
         self._session = session
+        self._conn = connection or session.connection
+        self._dialect = session.get_bind().dialect.name
 
     def seen(self, message_id: str) -> bool:
         found = self._session.execute(
@@ -53,11 +59,14 @@ class SqlInbox:
         ends, then finds it (committed) or claims it (rolled back); on SQLite the
         write lock already serialises them.
         """
-        dialect = self._session.get_bind().dialect.name
-        claimed = self._session.execute(
-            _CLAIM_POSTGRESQL if dialect == "postgresql" else _CLAIM_SQLITE,
-            {"message_id": message_id, "saga_id": saga_id, "processed_at": utcnow()},
-        ).first()
+        claimed = (
+            self._conn()
+            .execute(
+                _CLAIM_POSTGRESQL if self._dialect == "postgresql" else _CLAIM_SQLITE,
+                {"message_id": message_id, "saga_id": saga_id, "processed_at": utcnow()},
+            )
+            .first()
+        )
         return claimed is not None
 
     def record(self, message_id: str, saga_id: str) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -65,8 +65,12 @@ _TAKE_POSTGRESQL = update(outbox).where(*_UNPUBLISHED).values(published_at=func.
 class SqlOutbox:
     """The writing side, inside a unit of work."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(
+        self, session: Session, connection: Callable[[], Connection] | None = None
+    ) -> None:
         self._session = session
+        self._conn = connection or session.connection
+        self._postgresql = session.get_bind().dialect.name == "postgresql"
 
     def add(self, message: OutboxMessage) -> None:
         values: dict[str, Any] = {
@@ -74,23 +78,23 @@ class SqlOutbox:
             "saga_id": message.saga_id,
             "body": message.body,
         }
-        if self._session.get_bind().dialect.name == "postgresql":
+        if self._postgresql:
             if message.delay > 0:
                 values["delay"] = timedelta(seconds=message.delay)
-                self._session.execute(_ADD_DELAYED_POSTGRESQL, values)
+                self._conn().execute(_ADD_DELAYED_POSTGRESQL, values)
             else:
-                self._session.execute(_ADD_POSTGRESQL, values)
+                self._conn().execute(_ADD_POSTGRESQL, values)
         else:
             at = utcnow()
             values["available_at"] = at + timedelta(seconds=max(message.delay, 0.0))
             values["created_at"] = at
-            self._session.execute(_ADD, values)
+            self._conn().execute(_ADD, values)
 
     def take(self, message_id: str) -> None:
-        if self._session.get_bind().dialect.name == "postgresql":
-            self._session.execute(_TAKE_POSTGRESQL, {"b_message_id": message_id})
+        if self._postgresql:
+            self._conn().execute(_TAKE_POSTGRESQL, {"b_message_id": message_id})
         else:
-            self._session.execute(_TAKE, {"b_message_id": message_id, "published_at": utcnow()})
+            self._conn().execute(_TAKE, {"b_message_id": message_id, "published_at": utcnow()})
 
     def release(self, message_id: str) -> None:
         dialect = self._session.get_bind().dialect

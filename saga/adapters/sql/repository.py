@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from saga.adapters.sql.clock import utcnow
 from saga.adapters.sql.errors import duplicate_key, is_duplicate_idempotency_key
+from saga.adapters.sql.history import SqlHistory
+from saga.adapters.sql.outbox import SqlOutbox
+from saga.adapters.sql.saga_start import start as start_saga
 from saga.adapters.sql.tables import outbox, saga_steps, sagas
 from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
-from saga.ports.store import SagaRecord
+from saga.ports.store import DuplicateIdempotencyKey, HistoryEntry, OutboxMessage, SagaRecord
 
 
 class SqlSagaRepository:
     """SagaRepository over a unit of work's session."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(
+        self, session: Session, connection: Callable[[], Connection] | None = None
+    ) -> None:
         self._session = session
+        # The hot statements (a step's lock, read and save) go through Core.
+        self._conn = connection or session.connection
         # Step rows as last read or written in this transaction: save() then
         # updates only the steps that changed, usually one per transition.
         self._known: dict[str, tuple[StepState, ...]] = {}
@@ -46,6 +54,27 @@ class SqlSagaRepository:
                 raise duplicate_key(exc) from exc
             raise
 
+    def start(
+        self,
+        record: SagaRecord,
+        messages: Sequence[OutboxMessage],
+        notes: Sequence[HistoryEntry],
+    ) -> None:
+        if self._session.get_bind().dialect.name != "postgresql":
+            self.add(record)
+            outbox, history = SqlOutbox(self._session, self._conn), SqlHistory(self._session)
+            for message in messages:
+                outbox.add(message)
+            history.add_many(notes)
+            return
+        now = utcnow()
+        record = replace(
+            record, created_at=record.created_at or now, updated_at=record.updated_at or now
+        )
+        if not start_saga(self._conn(), record, messages, notes):
+            raise DuplicateIdempotencyKey("another saga already holds this idempotency key")
+        self._known[record.saga_id] = record.state.steps
+
     def _insert(self, values: dict[str, Any], state: SagaState, now: datetime) -> None:
         self._session.execute(_ADD_SAGA, values)
         self._session.execute(
@@ -57,17 +86,26 @@ class SqlSagaRepository:
     def get(self, saga_id: str, *, for_update: bool = False) -> SagaRecord | None:
         params = {"saga_id": saga_id}
         if for_update:
-            saga = self._session.execute(_LOCK, params).first()
+            saga = self._conn().execute(_LOCK, params).first()
             if saga is None:
                 return None
-            # After the lock, in a statement of its own: see _LOCK.
-            record = _record(saga, [_step(row) for row in self._session.execute(_STEPS, params)])
+            return self.locked(saga)
         else:
             rows = self._session.execute(_GET, params).all()
             if not rows:
                 return None
             steps = [_step(row, prefix="step_") for row in rows if row.step_name is not None]
             record = _record(rows[0], steps)
+        self._known[record.saga_id] = record.state.steps
+        return record
+
+    def locked(self, saga: Row[Any]) -> SagaRecord:
+        """The saga whose row `saga` this transaction has just locked, with its steps.
+
+        The steps are read after the lock, in a statement of their own: see _LOCK.
+        """
+        steps = [_step(row) for row in self._conn().execute(_STEPS, {"saga_id": saga.id})]
+        record = _record(saga, steps)
         self._known[record.saga_id] = record.state.steps
         return record
 
@@ -83,7 +121,7 @@ class SqlSagaRepository:
         """
         state = record.state
         now = utcnow()
-        result = self._session.execute(
+        result = self._conn().execute(
             _SAVE_SAGA,
             {
                 "b_id": state.saga_id,
@@ -94,7 +132,7 @@ class SqlSagaRepository:
                 "updated_at": record.updated_at or now,
             },
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise KeyError(f"no saga {state.saga_id!r} to save; add() it first")
         before = self._known.get(state.saga_id)
         changed = []
@@ -107,7 +145,7 @@ class SqlSagaRepository:
         if changed:
             # One executemany for the changed steps (a transition usually ends one
             # step and starts the next): psycopg 3 pipelines it, one round trip.
-            self._session.execute(_SAVE_STEPS, changed)
+            self._conn().execute(_SAVE_STEPS, changed)
         self._known[state.saga_id] = state.steps
 
     def list(

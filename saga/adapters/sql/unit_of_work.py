@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from psycopg.pq import TransactionStatus
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
+from saga.adapters.sql.clock import utcnow
 from saga.adapters.sql.errors import (
     TRANSIENT_ERRORS,
     duplicate_key,
@@ -29,6 +30,7 @@ from saga.adapters.sql.inbox import SqlInbox
 from saga.adapters.sql.ledger_attempts import SqlLedgerAttempts
 from saga.adapters.sql.outbox import SqlOutbox
 from saga.adapters.sql.repository import SqlSagaRepository
+from saga.adapters.sql.step_claim import claim_and_lock
 from saga.core.errors import SagaError
 from saga.ports.store import (
     History,
@@ -36,6 +38,7 @@ from saga.ports.store import (
     LedgerAttempts,
     Outbox,
     SagaRepository,
+    StepClaim,
     StoreUnavailable,
     UnitOfWorkFactory,
 )
@@ -116,7 +119,9 @@ class SqlUnitOfWork:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._postgresql = engine.dialect.name == "postgresql"
         self._root: SessionTransaction | None = None
+        self._conn: Connection | None = None
         self._open = False
 
     def __enter__(self) -> SqlUnitOfWork:
@@ -139,11 +144,38 @@ class SqlUnitOfWork:
     def _begin(self) -> None:
         # Lazy: the session connects at the first statement of this transaction.
         self._root = self.session.begin()
-        self.sagas = SqlSagaRepository(self.session)
-        self.outbox = SqlOutbox(self.session)
-        self.inbox = SqlInbox(self.session)
-        self.history = SqlHistory(self.session)
+        self._conn = None
+        self._sagas = SqlSagaRepository(self.session, self._connection)
+        self.sagas = self._sagas
+        self.outbox = SqlOutbox(self.session, self._connection)
+        self.inbox = SqlInbox(self.session, self._connection)
+        self.history = SqlHistory(self.session, self._connection)
         self.ledger_attempts = SqlLedgerAttempts(self.session)
+
+    def _connection(self) -> Connection:
+        """The session's connection in this transaction, for the store's hot statements.
+
+        Core's Connection.execute skips the ORM's execution path: measured on the
+        step's statements, 10-40 us less CPU each than Session.execute. Same
+        connection, same transaction, so they commit or roll back with the
+        session's (and the step's) writes.
+        """
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.session.connection()
+        return conn
+
+    def claim_step(self, message_id: str, saga_id: str, *, take: bool = False) -> StepClaim:
+        if not self._postgresql:
+            if not self.inbox.claim(message_id, saga_id):
+                return StepClaim(fresh=False)
+            if take:
+                self.outbox.take(message_id)
+            return StepClaim(fresh=True, record=self.sagas.get(saga_id, for_update=True))
+        fresh, row = claim_and_lock(self._connection(), message_id, saga_id, utcnow(), take=take)
+        if not fresh:
+            return StepClaim(fresh=False)
+        return StepClaim(fresh=True, record=None if row is None else self._sagas.locked(row))
 
     @contextmanager
     def step_session(self) -> Iterator[StepSession]:
