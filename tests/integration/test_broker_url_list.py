@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from kombu import Connection
@@ -22,7 +23,9 @@ from saga.config import ConfigError, Settings
 from saga.ports.broker import PendingMessage
 from tests.support.outbox import step_body
 from tests.support.ports import free_port
+from tests.support.processes import Processes
 from tests.support.rabbitmq import drain, message_id_of
+from tests.support.waiting import wait_for
 
 
 def _dead_url() -> str:
@@ -96,3 +99,17 @@ def test_settings_redact_every_password_of_a_url_list() -> None:
 def test_an_unknown_queue_type_is_refused() -> None:
     with pytest.raises(ConfigError, match="SAGA_QUEUE_TYPE='mirrored'"):
         Settings.from_env({"SAGA_QUEUE_TYPE": "mirrored"})
+
+
+def test_a_worker_meeting_a_classic_queue_stops_and_says_what_to_do(
+    broker_settings: Settings, pg_url: str, tmp_path: Path
+) -> None:
+    """Celery's own declaration would log a bare PRECONDITION_FAILED and exit 0."""
+    declare_topology(replace(broker_settings, queue_type="classic"))
+    settings = replace(broker_settings, database_url=pg_url)
+    with Processes(tmp_path) as procs:
+        worker = procs.worker(settings, concurrency=1)
+        wait_for(lambda: not worker.alive(), timeout=60, what="the worker to stop")
+        assert worker.returncode not in (0, None), worker.tail()
+        assert "SAGA_QUEUE_TYPE=classic" in worker.log_text(), worker.tail()
+        assert "rabbitmqctl delete_queue" in worker.log_text(), worker.tail()

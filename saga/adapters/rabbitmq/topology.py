@@ -190,7 +190,7 @@ class Topology:
             declare_kombu_queue(channel, self.kombu_step_queue(), self.queue_type)
             chain = self.kombu_chain_queue()
             if chain is not None:
-                chain.bind(channel).declare()
+                declare_kombu_queue(channel, chain, self.queue_type)
         finally:
             channel.close()
 
@@ -217,8 +217,8 @@ class Topology:
         )
         await queue.bind(exchange, routing_key=self.step_routing_key)
         if self.chain_queue:
-            chain = await channel.declare_queue(
-                self.chain_queue, durable=True, arguments=self.step_queue_arguments()
+            chain = await self.declare_aio_pika_queue(
+                channel, self.chain_queue, self.step_queue_arguments()
             )
             await chain.bind(exchange, routing_key=self.chain_queue)
         return exchange

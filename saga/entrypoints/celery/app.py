@@ -41,7 +41,7 @@ from saga.adapters.prometheus import multiprocess
 from saga.adapters.rabbitmq import embedded
 from saga.adapters.rabbitmq.celery_message import STEP_TASK
 from saga.adapters.rabbitmq.publishers import is_amqp_url
-from saga.adapters.rabbitmq.topology import Topology
+from saga.adapters.rabbitmq.topology import Topology, TopologyMismatch
 from saga.config import Settings
 from saga.core.errors import OrchestrationError
 from saga.core.step_message import MalformedMessage, StepMessage
@@ -356,6 +356,28 @@ def worker_argv(
     return argv
 
 
+def declare_before_consuming(settings: Settings, topology: Topology) -> None:
+    """Declare the queues once before Celery does.
+
+    Celery's own declaration of a queue that exists with another type (classic
+    where SAGA_QUEUE_TYPE=quorum) logs a bare PRECONDITION_FAILED and the worker
+    exits 0; declared here first, it is a TopologyMismatch saying what to do. A
+    broker that does not answer yet is left to Celery's connection retries.
+    """
+    if not is_amqp_url(settings.broker_url):
+        return
+    from kombu import Connection
+
+    try:
+        with Connection(settings.broker_url, connect_timeout=5) as connection:
+            connection.ensure_connection(max_retries=1)
+            topology.declare_kombu(connection)
+    except TopologyMismatch:
+        raise
+    except Exception as exc:
+        log.warning("broker not reachable before the worker starts (%r); Celery keeps trying", exc)
+
+
 def run_worker(
     settings: Settings,
     orchestrator_factory: OrchestratorFactory,
@@ -368,4 +390,9 @@ def run_worker(
     """Run a worker in this process until it is told to stop (blocks)."""
     with multiprocess.worker_endpoint(settings.metrics_port, settings.metrics_address):
         app = create_celery_app(settings, orchestrator_factory, transient_errors=transient_errors)
+        try:
+            declare_before_consuming(settings, app.saga_topology)
+        except TopologyMismatch as exc:
+            log.error("%s", exc)
+            raise SystemExit(f"saga worker: {exc}") from None
         app.worker_main(worker_argv(settings, hostname=hostname, pool=pool, consumes=consumes))
