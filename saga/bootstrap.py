@@ -100,6 +100,7 @@ class Container:
             ledger=self.ledger if self.settings.ledger_configured else None,
             chain_settings=self.chain_settings,
             inline_reserve=self.settings.worker_inline_reserve,
+            fuse_steps=self.settings.worker_fuse_steps,
             telemetry=self.telemetry,
         )
 

@@ -107,6 +107,9 @@ class Settings:
     # that if the worker died first (see Orchestrator.handle).
     worker_inline_steps: int = 10
     worker_inline_reserve: float = 30.0
+    # Inline local steps run fused into one transaction with the step before them
+    # (false: one transaction per step). Steps declared external never fuse.
+    worker_fuse_steps: bool = True
     # Queue the relay routes chain step messages to, for `saga chain-executor`
     # ("": chain steps stay on the step queue and every worker runs them, as before
     # the executor existed; `saga up` sets it). Local steps always use the step queue.
