@@ -61,13 +61,22 @@ class ClusterError(RuntimeError):
     """A node did not start, join or answer; the message names its log."""
 
 
+# rabbitmqctl's own distribution ports (RABBITMQ_CTL_DIST_PORT_MIN..MAX): every
+# CLI call, ours and the system node's, listens on one of them for a moment.
+CLI_PORTS = range(35672, 35683)
+
+
 def _free_ports(count: int) -> list[int]:
-    # Each socket stays bound until all are chosen, so no port is handed out twice.
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind((HOST, 0))
-        return [int(s.getsockname()[1]) for s in socks]
+    for _ in range(50):
+        # Each socket stays bound until all are chosen, so no port is handed out twice.
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+            for s in socks:
+                s.bind((HOST, 0))
+            ports = [int(s.getsockname()[1]) for s in socks]
+        if not any(port in CLI_PORTS for port in ports):
+            return ports
+    raise ClusterError(f"no {count} free ports outside {CLI_PORTS} after 50 tries")
 
 
 def _listening(port: int) -> bool:
@@ -105,8 +114,9 @@ class RabbitCluster:
         self.base = base
         self.prefix = prefix or f"sagaha{secrets.token_hex(2)}n"
         self.home = base / "home"
-        amqp = _free_ports(NODES)
-        dist = _free_ports(NODES)
+        # One call: ports chosen in two calls could repeat.
+        ports = _free_ports(2 * NODES)
+        amqp, dist = ports[:NODES], ports[NODES:]
         self.nodes = [
             RabbitNode(
                 index=i + 1,
