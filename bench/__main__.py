@@ -174,12 +174,13 @@ def table(results: dict[str, Any]) -> str:
     if "scale" in results:
         r = results["scale"]
         for point in r["points"]:
+            bound = point.get("cpu_bound_sagas_per_second")
             add(
-                f"8. scale {point['workers']} worker(s), {point['relays']} relay(s): sagas/s",
+                f"8. scale {point['workers']}w {point['relays']}r: sagas/s | own-CPU bound",
                 point["sagas_per_second"],
-                f"load {point['load1']}",
-                f"busy {point['machine_busy_fraction']}",
-                "",
+                bound or "",
+                round(point["sagas_per_second"] / bound, 2) if bound else "",
+                f"load {point['load1']} busy {point['machine_busy_fraction']}",
             )
         for relays, k in r["knee"].items():
             add(f"   knee ({relays}) at workers", k["knee_at_workers"], "", "", "")

@@ -268,9 +268,14 @@ def run_point(url: str, engine: Any, n: int, workers: int, relays: int) -> dict[
         },
         **usage,
     }
-    point["cpu_ms_per_saga_by_group"] = {
-        k: round(v * 1000 / n, 2) for k, v in usage["cpu_seconds_by_group"].items()
-    }
+    per_saga = {k: v * 1000 / n for k, v in usage["cpu_seconds_by_group"].items()}
+    point["cpu_ms_per_saga_by_group"] = {k: round(v, 2) for k, v in per_saga.items()}
+    # What the stack itself costs per saga, whoever else was running: the rate the
+    # cores would allow if the benchmark had them to itself (an upper bound; the
+    # server's shared processes are counted, other databases' work included).
+    total = sum(per_saga.values())
+    point["cpu_ms_per_saga"] = round(total, 2)
+    point["cpu_bound_sagas_per_second"] = round(CORES * 1000 / total, 1) if total else None
     return point
 
 
@@ -288,6 +293,14 @@ def verdict(point: Mapping[str, Any], floor_commits_per_second: float | None) ->
         parts.append(f"CPU: the {CORES} cores are {busy:.0%} busy (of which {shares})")
     else:
         parts.append(f"CPU not saturated ({busy:.0%} busy of {CORES} cores; {shares})")
+    ours = point.get("cpu_ms_per_saga_by_group") or {}
+    if ours:
+        top_ours = sorted(ours.items(), key=lambda kv: -kv[1])[:2]
+        parts.append(
+            f"the stack's CPU per saga {point['cpu_ms_per_saga']} ms (most: "
+            + ", ".join(f"{k} {v} ms" for k, v in top_ours)
+            + f") allows {point['cpu_bound_sagas_per_second']} sagas/s on {CORES} free cores"
+        )
     if hot["peak_cores"] >= 0.9:
         parts.append(f"one {hot['group']} process peaked at {hot['peak_cores']} of a core")
     if floor_commits_per_second:

@@ -81,6 +81,20 @@ def test_verdict_names_the_saturated_resource_from_the_figures() -> None:
     assert cpu.startswith("CPU: the ") and "97% busy" in cpu and "workers 60%" in cpu
     assert "PostgreSQL commits at 30% of the pgbench floor" in cpu
     assert "workers behind" in cpu
+    costed = verdict(
+        point(
+            2,
+            1,
+            80.0,
+            cpu_ms_per_saga_by_group={"workers": 12.0, "relays": 3.0, "bench": 5.0},
+            cpu_ms_per_saga=20.0,
+            cpu_bound_sagas_per_second=100.0,
+        ),
+        None,
+    )
+    assert costed.startswith("CPU: the ")
+    assert "the stack's CPU per saga 20.0 ms (most: workers 12.0 ms, bench 5.0 ms)" in costed
+    assert "allows 100.0 sagas/s on " in costed
     idle = verdict(
         point(
             1,
