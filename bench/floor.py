@@ -301,9 +301,11 @@ async def _rabbit(url: str, batched: int, batch: int, single: int) -> dict[str, 
                 done.set_result(None)
 
         start = time.perf_counter()
-        await cchannel.basic_consume(queue, on_message, no_ack=False)
+        ok = await cchannel.basic_consume(queue, on_message, no_ack=False)
         await asyncio.wait_for(done, timeout=600)
         consume_rate = total / (time.perf_counter() - start)
+        if ok.consumer_tag:  # before the queue goes, or the broker cancels it with a warning
+            await cchannel.basic_cancel(ok.consumer_tag)
         await channel.queue_delete(queue)
     finally:
         await connection.close()
