@@ -224,6 +224,9 @@ def test_refused_without_login_without_a_valid_csrf_token_and_for_the_read_only_
         token = csrf_of(olga.get(f"/ui/sagas/{saga_id}").text)
         rita_page = rita.get(f"/ui/sagas/{saga_id}")
         assert rita_page.status_code == 200 and 'id="act-resume"' not in rita_page.text
+        # Not to be framed by another site (an action button under an overlay).
+        assert rita_page.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in rita_page.headers["content-security-policy"]
         rita_token = csrf_of(rita_page.text)
         refused = [
             olga.post(resume, data={"why": "no token"}),

@@ -24,6 +24,18 @@ from saga.entrypoints.http.ui.services import ConsoleServices
 
 PREFIX = "/ui"
 HERE = Path(__file__).parent
+# No framing (an action button under another site's overlay), scripts only from the
+# console itself, nothing cached (pages show sagas' inputs).
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class NotLoggedIn(Exception):
@@ -133,7 +145,7 @@ class Console:
             },
             status_code=status,
         )
-        response.headers["Cache-Control"] = "no-store"
+        response.headers.update(SECURITY_HEADERS)
         if fresh:
             self.set_cookie(response, session)
         return response

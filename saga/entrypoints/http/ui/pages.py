@@ -11,7 +11,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from saga.adapters.sql import console_reads
-from saga.adapters.sql.saga_search import BadFilter, Cursor, InputField, SagaFilter, search
+from saga.adapters.sql.saga_search import (
+    BadFilter,
+    Cursor,
+    InputField,
+    SagaFilter,
+    count_matching,
+    search,
+)
 from saga.app.errors import SagaNotFound
 from saga.core.definitions import chain_key
 from saga.core.errors import OrchestrationError
@@ -23,6 +30,8 @@ from saga.entrypoints.saga_view import saga_view, step_kinds, summary_view
 log = logging.getLogger("saga.console")
 
 PAGE_SIZE = 50
+# Counting every match of a broad filter would cost a pass over a million sagas.
+COUNT_CAP = 10_000
 STATUSES = [str(s) for s in SagaStatus]
 _MAX_TEXT = 200
 
@@ -48,9 +57,10 @@ def routes(console: Console) -> APIRouter:
         inputs = [v.strip()[:_MAX_TEXT] for v in q.getlist("input") if v.strip()]
         error = None
         page = None
+        total = 0
         try:
             where, after = _filter(form, inputs)
-            page = await run_in_threadpool(_search, console, where, after)
+            page, total = await run_in_threadpool(_search, console, where, after)
         except BadFilter as exc:
             error = str(exc)
         rows = [summary_view(s) for s in page.summaries] if page else []
@@ -63,7 +73,8 @@ def routes(console: Console) -> APIRouter:
                 "statuses": STATUSES,
                 "rows": rows,
                 "next": page.next.token() if page and page.next else None,
-                "total": page.total if page else 0,
+                "total": total,
+                "cap": COUNT_CAP,
                 "error": error,
                 "query": _query_without_after(request),
             },
@@ -151,10 +162,12 @@ def _filter(form: dict[str, str], inputs: list[str]) -> tuple[SagaFilter, Cursor
     return where, after
 
 
-def _search(console: Console, where: SagaFilter, after: Cursor | None) -> Any:
+def _search(console: Console, where: SagaFilter, after: Cursor | None) -> tuple[Any, int]:
+    """A page, and on the first page how many match (capped: see count_matching)."""
     with console.services.engine.connect() as connection:
-        # Totals only on the first page: a later page is the same selection.
-        return search(connection, where, limit=PAGE_SIZE, after=after, totals=after is None)
+        page = search(connection, where, limit=PAGE_SIZE, after=after, totals=False)
+        count = -1 if after is not None else count_matching(connection, where, at_most=COUNT_CAP)
+        return page, count
 
 
 def _query_without_after(request: Request) -> str:
