@@ -5,6 +5,7 @@
     python -m bench local|relay|chain|growth|soak [--quick]
     python -m bench chain-real [--quick] [--batch-timeouts 2,0.25]   # real Fabric 2.5
     python -m bench floor|scale [--quick]   # PostgreSQL/RabbitMQ floor; 1-4 workers, 1-2 relays
+    python -m bench floor scale [--quick]   # several in one invocation (scale against that floor)
 
 Every figure that has a target is a ratio against a baseline measured in the
 same invocation on the same machine. Results go to bench/results/<name>.json
@@ -242,6 +243,9 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument(
         "what",
+        nargs="+",
+        help="benchmarks to run in one invocation (e.g. `floor scale`: scale's commits against "
+        "that floor); all = every one but soak (unless --soak)",
         choices=[
             "all",
             "floor",
@@ -278,8 +282,8 @@ def main() -> int:
     todo = (
         ["floor", "local", "relay", "chain", "chain-real", "growth", "settings", "scale"]
         + (["soak"] if a.soak else [])
-        if a.what == "all"
-        else [a.what]
+        if "all" in a.what
+        else list(dict.fromkeys(a.what))
     )
     for name in todo:
         print(f"== {name}", flush=True)
@@ -333,7 +337,7 @@ def main() -> int:
             for p in results["scale"]["points"]
         )
     print("\n" + text)
-    out = Path(a.out) if a.out else RESULTS / f"{a.what}{'-quick' if q else ''}.json"
+    out = Path(a.out) if a.out else RESULTS / f"{'-'.join(a.what)}{'-quick' if q else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results["table"] = text.splitlines()
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
