@@ -128,6 +128,11 @@ def run_ours(
         "db_statements_per_saga_workers_relay": round(statements / n, 1),
         "db_round_trips_per_step": round(round_trips / n / steps, 2),
         "enqueue_round_trips_per_saga": round(sum(own.values()) / n, 1),
+        "enqueue_statements_per_saga": round(own["stmt"] / n, 2),
+        "enqueue_transactions_per_saga": round(own["COMMIT"] / n, 2),
+        # Worker and relay transactions (COMMITs) per saga; the relay's share
+        # falls as its claims batch several sagas' messages.
+        "transactions_per_saga_workers_relay": round(delta["COMMIT"] / n, 2),
         "statements_per_saga_by_kind": per_saga,
     }
 
@@ -314,6 +319,9 @@ def bench_local(sagas_n: int, overhead_n: int, poll: float | None = None) -> dic
 
     The per-step overhead (benchmark 4) is taken with every step through the queue:
     one task per step is what its timestamps measure, and it is the slower path.
+
+    `ours_unfused`: the defaults but SAGA_WORKER_FUSE_STEPS=0 (inline steps one
+    transaction each, as before fused runs), for a same-run comparison.
     """
     extra: dict[str, Any] = {}
     if poll is not None:
@@ -323,6 +331,9 @@ def bench_local(sagas_n: int, overhead_n: int, poll: float | None = None) -> dic
         with start_stack(url, **extra) as stack:
             run_ours(stack, engine, min(50, sagas_n), 3)  # warm-up
             ours = run_ours(stack, engine, sagas_n, 3)
+        with start_stack(url, extra={"worker_fuse_steps": False}, **extra) as stack:
+            run_ours(stack, engine, min(50, sagas_n), 3)
+            unfused = run_ours(stack, engine, sagas_n, 3)
         with start_stack(url, extra={"worker_inline_steps": 0}, **extra) as stack:
             run_ours(stack, engine, min(50, sagas_n), 3)
             queued = run_ours(stack, engine, sagas_n, 3)
@@ -332,9 +343,13 @@ def bench_local(sagas_n: int, overhead_n: int, poll: float | None = None) -> dic
         engine.dispose()
     return {
         "ours": ours,
+        "ours_unfused": unfused,
         "ours_every_step_queued": queued,
         "naive": naive,
         "throughput_ratio": round(ours["sagas_per_second"] / naive["sagas_per_second"], 2),
+        "throughput_ratio_unfused": round(
+            unfused["sagas_per_second"] / naive["sagas_per_second"], 2
+        ),
         "throughput_ratio_every_step_queued": round(
             queued["sagas_per_second"] / naive["sagas_per_second"], 2
         ),
