@@ -43,7 +43,10 @@ PROCESS_FILE = Path(__file__).resolve().parents[2] / "compose" / "processes.toml
 CHAINCODE_ID = "sagafacts_1.0:local"
 # Services serving their own Prometheus endpoint on SAGA_METRICS_PORT (the API
 # serves GET /metrics on its own port behind the token; the others serve none).
-METRICS_SERVICES = frozenset({"relay", "worker", "watcher"})
+METRICS_SERVICES = frozenset({"relay", "worker", "watcher", "chain-executor"})
+# The chain executor's queue, unless SAGA_CHAIN_QUEUE names one: the step queue's
+# name + this, so two process sets on one broker never share it.
+CHAIN_QUEUE_SUFFIX = ".chain"
 # Services whose copies each need a name of their own: a Celery node name per slot
 # (worker1@host), the same after a restart, so Flower shows one worker per slot
 # rather than a new one, and an offline ghost, per restart.
@@ -521,6 +524,11 @@ def local_env(
     names = {s.name for s in specs}
     if "devnet" in names:
         env.update(devnet_env(workdir))
+    if "chain-executor" in names and not env.get("SAGA_CHAIN_QUEUE"):
+        # Without it the relay would leave chain steps on the step queue (the workers
+        # would run them) and the executor would refuse to start.
+        step_queue = env.get("SAGA_STEP_QUEUE") or "saga.steps"
+        env["SAGA_CHAIN_QUEUE"] = step_queue + CHAIN_QUEUE_SUFFIX
     if "api" in names and not env.get("SAGA_API_TOKEN"):
         # Bearer auth stays on locally too: a fresh token, readable only by this user.
         token_file = workdir / "api-token"

@@ -36,7 +36,7 @@ FABRIC_ENV = {
 # Services that do not run a process of the list: the backing services and a
 # compose-only step (the devnet's profile for the other containers).
 INFRA = {"postgres", "rabbitmq", "devnet-profile"}
-SAGA_PROCESSES = ("api", "relay", "worker", "watcher", "beat", "flower")
+SAGA_PROCESSES = ("api", "relay", "worker", "watcher", "chain-executor", "beat", "flower")
 
 
 def _config(env: dict[str, str], *files: Path) -> subprocess.CompletedProcess[str]:

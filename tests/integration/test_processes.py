@@ -160,8 +160,8 @@ def test_process_list_has_every_role_and_the_devnet_only_as_the_default_ledger()
 def test_the_process_set_runs_sagas_with_three_workers(settings: Settings, tmp_path: Path) -> None:
     specs: list[ProcessSpec] = select(load_processes(), devnet=True)
     env = local_env(tmp_path, specs, base=child_env(settings))
-    # relay, watcher, three workers: one port each from here.
-    env["SAGA_METRICS_PORT"] = str(consecutive_free_ports(5))
+    # relay, watcher, chain executor, three workers: one port each from here.
+    env["SAGA_METRICS_PORT"] = str(consecutive_free_ports(6))
     api = f"http://127.0.0.1:{settings.api_port}"
     with LocalProcessSet(specs, workdir=tmp_path, env=env, scale={"worker": 3}) as procs:
 
@@ -256,7 +256,14 @@ def check_metrics(
     """Scrape every process at its own target; sums over them equal the database."""
     listed = json.loads((procs.workdir / "metrics-targets.json").read_text())
     targets = {t["labels"]["process"]: t["targets"][0] for t in listed}
-    assert sorted(targets) == ["relay.1", "watcher.1", "worker.1", "worker.2", "worker.3"]
+    assert sorted(targets) == [
+        "chain-executor.1",
+        "relay.1",
+        "watcher.1",
+        "worker.1",
+        "worker.2",
+        "worker.3",
+    ]
     assert len(set(targets.values())) == len(targets), targets
     for process, target in targets.items():
         # No authentication on these endpoints: loopback only (7F000001 in /proc).
@@ -278,14 +285,19 @@ def check_metrics(
             got = {p: scrape(f"http://{t}/metrics") for p, t in targets.items()}
             got["api.1"] = scrape(f"{api}/metrics", TOKEN)
             sent = total(got["relay.1"], "saga_relay_published_messages_total")
-            inline = sum(total(got[w], "saga_inline_steps_total") for w in got if "worker" in w)
+            inline = sum(
+                total(got[w], "saga_inline_steps_total")
+                for w in got
+                if w.startswith(("worker.", "chain-executor."))
+            )
             # The relay counts a batch just after marking it published.
             return got if sent + inline == db_count(published_rows) else None
 
         got = wait_for(
             scrapes, timeout=30, interval=0.5, what="relay + inline == published", report=report
         )
-        workers = [got[p] for p in got if p.startswith("worker.")]
+        # The chain executor runs the chain steps (saga up routes them to it).
+        workers = [got[p] for p in got if p.startswith(("worker.", "chain-executor."))]
 
         def summed(name: str, **labels: str) -> float:
             return sum(total(w, name, **labels) for w in workers)
@@ -330,6 +342,9 @@ def check_metrics(
         attempts = db_count(sa.select(sa.func.count()).select_from(ledger_attempts))
         assert attempts > 0
         assert summed("saga_chain_transactions_total", event="prepared") == attempts
+        # saga up routes chain steps to the chain executor: it prepared every one.
+        executor = got["chain-executor.1"]
+        assert total(executor, "saga_chain_transactions_total", event="prepared") == attempts
     finally:
         engine.dispose()
     return targets
@@ -354,7 +369,10 @@ def check_worker_restart(
     host = socket.gethostname()
     slots = {f"worker{i}@{host}" for i in (1, 2, 3)}
     assert wait_for(
-        lambda: node_names() == slots, timeout=30, what="worker slot names", report=report
+        lambda: {n for n in node_names() if n.startswith("worker")} == slots,
+        timeout=30,
+        what="worker slot names",
+        report=report,
     )
 
     victim = next(c for c in procs.children if c.label == "worker.1")
@@ -373,7 +391,11 @@ def check_worker_restart(
     def back() -> bool:
         # The supervisor's loop, as `saga up` runs it (again if a start fails).
         procs.restart_dead()
-        return victim.alive() and serving() and node_names() == slots
+        return (
+            victim.alive()
+            and serving()
+            and {n for n in node_names() if n.startswith("worker")} == slots
+        )
 
     # Flower and `celery inspect` see the same three nodes, not a fourth one per restart.
     wait_for(back, timeout=90, interval=0.5, what="worker.1 back as worker1", report=report)

@@ -68,8 +68,10 @@ def delete_queue(url: str, name: str) -> None:
 
 
 def delete_topology(url: str, settings: Settings) -> None:
+    # The chain queue a process set derives from the step queue (saga up) or is given.
+    chain = {f"{settings.step_queue}.chain", settings.chain_queue} - {""}
     with Connection(url) as connection:
-        for name in (settings.step_queue, settings.dead_letter_queue):
+        for name in (settings.step_queue, settings.dead_letter_queue, *sorted(chain)):
             channel = connection.channel()
             try:
                 channel.queue_delete(name)
