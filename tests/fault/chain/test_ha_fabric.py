@@ -57,6 +57,7 @@ from saga_fabricnet import FabricNetwork, NetworkOptions
 from tests.fault.chain.conftest import MakeStack
 from tests.fault.chain.sagas import LEDGER_STEP
 from tests.fault.chain.stack import ChainStack, Expect
+from tests.fault.chain.test_matrix_outages import _outage_spent_nothing
 from tests.fault.checks import terminal_count
 from tests.support.fabricnet import (
     TEST_BATCH_TIMEOUT,
@@ -197,6 +198,9 @@ def _run_with_fault(
     }
     print(f"\nHA FAULT {figures}")
     assert result.statuses == {"completed": SAGAS}, result.statuses
+    # The fault spent no attempt of any saga's ledger step and failed none.
+    spent = _outage_spent_nothing(stack, ids)
+    assert not spent, "\n".join(spent)
     assert duplicates == 0, figures
     assert struck.open > 0 and struck.pending > 0, figures
     assert recovery is not None, figures
