@@ -10,8 +10,9 @@ them (bench.local.run_ours). While they run, a sampler reads every half second:
 
 * CPU time (utime + stime, /proc/<pid>/stat) of each worker (main process and
   pool child), each relay, this process (it enqueues), the PostgreSQL backends
-  connected to the run's database (pg_stat_activity), every postgres process
-  (the server's, shared with whatever else runs), beam.smp (RabbitMQ, shared);
+  connected to the run's database (pg_stat_activity), the server's own processes
+  (WAL writer, checkpointer, autovacuum: shared), beam.smp (RabbitMQ, shared),
+  and apart, not counted as the stack's, other databases' backends;
 * the machine's CPU (/proc/stat: busy, iowait, idle over all cores);
 * PostgreSQL commits (pg_stat_database.xact_commit of the run's database);
 * the step queue's depth (ready messages) and unpublished outbox rows.
@@ -44,6 +45,9 @@ from saga.adapters.rabbitmq.queues import queue_depth
 from saga.adapters.sql import create_engine
 
 TICK = os.sysconf("SC_CLK_TCK")
+POSTGRES_SERVER = "postgres server processes (WAL writer, checkpointer, ...; shared)"
+# Groups measured but not the stack's: left out of its CPU per saga.
+NOT_OURS_PREFIX = "not this run: "
 CORES = os.cpu_count() or 1
 
 
@@ -127,7 +131,10 @@ class Sampler(threading.Thread):
     def _pids(self, c: psycopg.Connection[Any]) -> dict[int, str]:
         out: dict[int, str] = {}
         for p in by_name("postgres"):
-            out[p] = "postgres (other databases and server processes)"
+            out[p] = POSTGRES_SERVER
+            with contextlib.suppress(OSError):
+                if b"(" in Path(f"/proc/{p}/cmdline").read_bytes():  # a client's backend
+                    out[p] = NOT_OURS_PREFIX + "postgres backends of other databases"
         for p in by_name("beam.smp"):
             out[p] = "rabbitmq (beam.smp)"
         rows = c.execute(
@@ -268,11 +275,15 @@ def run_point(url: str, engine: Any, n: int, workers: int, relays: int) -> dict[
         },
         **usage,
     }
-    per_saga = {k: v * 1000 / n for k, v in usage["cpu_seconds_by_group"].items()}
+    per_saga = {
+        k: v * 1000 / n
+        for k, v in usage["cpu_seconds_by_group"].items()
+        if not k.startswith(NOT_OURS_PREFIX)
+    }
     point["cpu_ms_per_saga_by_group"] = {k: round(v, 2) for k, v in per_saga.items()}
     # What the stack itself costs per saga, whoever else was running: the rate the
     # cores would allow if the benchmark had them to itself (an upper bound; the
-    # server's shared processes are counted, other databases' work included).
+    # server's shared processes count, other databases' backends do not).
     total = sum(per_saga.values())
     point["cpu_ms_per_saga"] = round(total, 2)
     point["cpu_bound_sagas_per_second"] = round(CORES * 1000 / total, 1) if total else None
