@@ -13,10 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
+from kombu import Connection
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from sqlalchemy.engine import Engine
 
+from saga.adapters.rabbitmq import Topology
 from saga.adapters.sql import SqlOutboxReader
 from saga.app.orchestrator import Orchestrator
 from saga.bootstrap import Container
@@ -107,6 +109,9 @@ class ConsoleUnderTest:
 @contextmanager
 def console_running(settings: Settings) -> Iterator[ConsoleUnderTest]:
     container = Container(settings)
+    # The queues exist as soon as a worker or the relay has run: the overview's depths.
+    with Connection(settings.broker_url) as connection:
+        Topology.from_settings(settings).declare_kombu(connection)
     app = create_app(
         container.orchestrator(),
         settings,
