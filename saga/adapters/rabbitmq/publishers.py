@@ -112,7 +112,14 @@ class AmqpPublisher:
         # One try per node: a batch whose connection died is published again at
         # once on the next node rather than after the relay's backoff. Every
         # unconfirmed message goes again; the inbox drops the copies.
+        failure = PublishFailed(f"publishing {len(messages)} message(s) failed")
         for attempt in range(len(self._urls)):
+            if attempt:
+                log.warning(
+                    "publish failed on a broker node; trying the next",
+                    extra={"node": _where(self._urls[self._current]), "error": str(failure)},
+                )
+                self._current = (self._current + 1) % len(self._urls)
             try:
                 self._loop.run_until_complete(self._publish(messages))
                 return
@@ -128,13 +135,11 @@ class AmqpPublisher:
                     if isinstance(exc, PublishFailed)
                     else PublishFailed(f"publishing {len(messages)} message(s) failed: {exc!r}")
                 )
-                if attempt + 1 == len(self._urls):
-                    raise failure from exc
-                log.warning(
-                    "publish failed on a broker node; trying the next",
-                    extra={"node": _where(self._urls[self._current]), "error": str(failure)},
-                )
-                self._current = (self._current + 1) % len(self._urls)
+                if failure is not exc:
+                    failure.__cause__ = exc
+        # Only a success returns: whatever ends the loop raises, so no batch is
+        # taken for published without its confirms.
+        raise failure
 
     def close(self) -> None:
         if self._loop.is_closed():
