@@ -34,7 +34,13 @@ from saga.core.definitions import Registry, SagaDefinition
 from saga.core.state import SagaState
 from saga.core.step_message import StepMessage
 from saga.ports.ledger import Ledger
-from saga.ports.store import HistoryEntry, SagaRecord, StoreUnavailable, UnitOfWorkFactory
+from saga.ports.store import (
+    HistoryEntry,
+    SagaRecord,
+    SagaStarts,
+    StoreUnavailable,
+    UnitOfWorkFactory,
+)
 from saga.ports.telemetry import NO_TELEMETRY, Telemetry
 
 
@@ -50,12 +56,14 @@ class Orchestrator:
         chain_settings: ChainSettings | None = None,
         inline_reserve: float = 30.0,
         fuse_steps: bool = True,
+        starts: SagaStarts | None = None,
         clock: Callable[[], datetime] = now,
         telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         """`ledger` is called when a chain step first needs it (the composition root
         connects lazily, after a worker forks); None: chain steps are refused with
-        the settings to set. `inline_reserve`, `fuse_steps`: see `handle(inline=...)`. `clock`
+        the settings to set. `inline_reserve`, `fuse_steps`: see `handle(inline=...)`.
+        `starts`: how the enqueue writes a saga (default: in a unit of work). `clock`
         times chain steps (their timeouts and ledger outages). `telemetry` hears what
         every part reports (the composition root gives the Prometheus one)."""
         self.registry = registry
@@ -64,7 +72,9 @@ class Orchestrator:
         self.chain = ChainStepExecutor(
             uow_factory, ledger, self.writer, chain_settings, clock=clock, telemetry=telemetry
         )
-        self.starter = Starter(registry, uow_factory, self.writer, telemetry=telemetry)
+        self.starter = Starter(
+            registry, uow_factory, self.writer, starts=starts, telemetry=telemetry
+        )
         self.steps = StepRunner(
             registry,
             uow_factory,

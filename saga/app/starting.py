@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,9 @@ from saga.core.state import SagaState
 from saga.ports.store import (
     DuplicateIdempotencyKey,
     HistoryEntry,
+    OutboxMessage,
     SagaRecord,
+    SagaStarts,
     UnitOfWorkFactory,
 )
 from saga.ports.telemetry import NO_TELEMETRY, Telemetry
@@ -34,6 +36,23 @@ MAX_IDEMPOTENCY_KEY = 200
 class Enqueued:
     saga_id: str
     created: bool
+
+
+class StartInUnitOfWork:
+    """SagaStarts through any store's unit of work."""
+
+    def __init__(self, uow_factory: UnitOfWorkFactory) -> None:
+        self._uow = uow_factory
+
+    def __call__(
+        self,
+        record: SagaRecord,
+        messages: Sequence[OutboxMessage],
+        notes: Sequence[HistoryEntry],
+    ) -> None:
+        with self._uow() as uow:
+            uow.sagas.start(record, messages, notes)
+            uow.commit()
 
 
 def payload_hash(saga: str, payload: Mapping[str, Any]) -> str:
@@ -50,10 +69,13 @@ class Starter:
         uow_factory: UnitOfWorkFactory,
         writer: SagaWriter,
         *,
+        starts: SagaStarts | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
     ):
+        """`starts`: how a saga is written (default: `sagas.start` in a unit of work)."""
         self.registry = registry
         self._uow = uow_factory
+        self._starts = starts or StartInUnitOfWork(uow_factory)
         self._writer = writer
         self._telemetry = telemetry
 
@@ -105,17 +127,15 @@ class Starter:
             updated_at=now(),
         )
         try:
-            with self._uow() as uow:
-                uow.sagas.start(
-                    record,
-                    [self._writer.outbox_message(record.state, c) for c in t.commands],
-                    [
-                        HistoryEntry(
-                            now(), saga_id, "started", {"saga": saga, "version": definition.version}
-                        )
-                    ],
-                )
-                uow.commit()
+            self._starts(
+                record,
+                [self._writer.outbox_message(record.state, c) for c in t.commands],
+                [
+                    HistoryEntry(
+                        now(), saga_id, "started", {"saga": saga, "version": definition.version}
+                    )
+                ],
+            )
         except DuplicateIdempotencyKey:
             # Another API instance won the race for this key; answer as it would.
             assert idempotency_key is not None

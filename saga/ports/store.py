@@ -292,6 +292,24 @@ class UnitOfWorkFactory(Protocol):
     def __call__(self) -> UnitOfWork: ...
 
 
+class SagaStarts(Protocol):
+    """Starting a saga in a transaction of its own (the enqueue)."""
+
+    def __call__(
+        self,
+        record: SagaRecord,
+        messages: Sequence[OutboxMessage],
+        notes: Sequence[HistoryEntry],
+    ) -> None:
+        """`SagaRepository.start` and commit, in as few round trips as the store can
+        (PostgreSQL: the one statement, autocommitted: one round trip).
+
+        Raises DuplicateIdempotencyKey, with nothing written, if another saga
+        holds the record's key; StoreUnavailable if the store cannot be reached.
+        """
+        ...
+
+
 class OutboxReader(Protocol):
     """The relay's view of the outbox."""
 

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from saga.adapters.sql import (
     ConcurrentDelivery,
     SqlOutboxReader,
+    SqlSagaStarts,
     SqlUnitOfWorkFactory,
     StepEndedTransaction,
     create_engine,
@@ -35,6 +36,7 @@ from saga.adapters.sql import (
 from saga.adapters.sql.engine import PING_AFTER_IDLE_SECONDS
 from saga.adapters.sql.tables import metadata as store_metadata
 from saga.adapters.sql.tables import outbox
+from saga.app.starting import StartInUnitOfWork
 from saga.core.chain import AttemptState
 from saga.core.state import SagaState, SagaStatus, StepState, StepStatus
 from saga.examples.order_payment_tables import metadata as example_metadata
@@ -46,6 +48,7 @@ from saga.ports.store import (
     OutboxMessage,
     OutboxReader,
     SagaRecord,
+    SagaStarts,
     StoreUnavailable,
     UnitOfWorkFactory,
 )
@@ -580,6 +583,32 @@ def test_start_with_a_taken_key_writes_nothing(uow: UnitOfWorkFactory) -> None:
         assert u.outbox.count_unpublished() == 0
         winner = u.sagas.by_idempotency_key("k-taken")
         assert winner is not None and winner.saga_id == first.saga_id
+
+
+@pytest.fixture
+def starts(backend: str, request: pytest.FixtureRequest) -> SagaStarts:
+    """The enqueue's way of writing a saga (a transaction of its own)."""
+    if backend == "memory":
+        db: FakeDatabase = request.getfixturevalue("memory_db")
+        return StartInUnitOfWork(db.uow)
+    return SqlSagaStarts(request.getfixturevalue("store_engine"))
+
+
+def test_starts_commits_the_saga_its_messages_and_notes_or_nothing(
+    uow: UnitOfWorkFactory, starts: SagaStarts
+) -> None:
+    record = make_record(key="k-starts")
+    note = HistoryEntry(datetime.now(UTC), record.saga_id, "started", {"saga": "x"})
+    starts(record, [message(record.saga_id)], [note])
+    again = make_record(key="k-starts")
+    with pytest.raises(DuplicateIdempotencyKey):
+        starts(again, [message(again.saga_id)], [note])
+    with uow() as u:
+        got = u.sagas.get(record.saga_id)
+        assert got is not None and got.state == record.state
+        assert u.history.for_saga(record.saga_id) == [note]
+        assert u.outbox.count_unpublished() == 1
+        assert u.sagas.get(again.saga_id) is None
 
 
 def test_sagas_without_a_key_do_not_collide(uow: UnitOfWorkFactory) -> None:

@@ -4,7 +4,8 @@ engine = create_engine(settings)            # or create_engine("sqlite:///x.db")
 upgrade(settings.database_url)              # schema, by the Alembic migrations in db/
 uow_factory = SqlUnitOfWorkFactory(engine)  # the orchestrator's UnitOfWorkFactory
 reader = SqlOutboxReader(engine)            # the relay's OutboxReader
-Orchestrator(registry, uow_factory, transient_errors=TRANSIENT_ERRORS)
+starts = SqlSagaStarts(engine)              # the enqueue's SagaStarts
+Orchestrator(registry, uow_factory, transient_errors=TRANSIENT_ERRORS, starts=starts)
 """
 
 from saga.adapters.sql.engine import create_engine, sqlalchemy_url
@@ -15,6 +16,7 @@ from saga.adapters.sql.migrate import current_revision, head_revision, upgrade
 from saga.adapters.sql.outbox import SqlOutbox, SqlOutboxReader
 from saga.adapters.sql.repository import SqlSagaRepository
 from saga.adapters.sql.retention import DEFAULT_RETENTION, Purged, purge
+from saga.adapters.sql.starts import SqlSagaStarts
 from saga.adapters.sql.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, StepEndedTransaction
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "SqlOutbox",
     "SqlOutboxReader",
     "SqlSagaRepository",
+    "SqlSagaStarts",
     "SqlUnitOfWork",
     "SqlUnitOfWorkFactory",
     "StepEndedTransaction",
