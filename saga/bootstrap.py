@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from saga.ports.broker_admin import QueueAdmin
     from saga.ports.ledger import Ledger
     from saga.ports.ledger_scan import LedgerScan
-    from saga.ports.store import OutboxReader, UnitOfWorkFactory
+    from saga.ports.store import OutboxReader, SagaStarts, UnitOfWorkFactory
     from saga.ports.telemetry import Telemetry
 
 
@@ -101,8 +101,16 @@ class Container:
             chain_settings=self.chain_settings,
             inline_reserve=self.settings.worker_inline_reserve,
             fuse_steps=self.settings.worker_fuse_steps,
+            starts=self.saga_starts,
             telemetry=self.telemetry,
         )
+
+    @property
+    def saga_starts(self) -> SagaStarts:
+        """The enqueue's writes: one autocommitted statement on PostgreSQL."""
+        from saga.adapters.sql import SqlSagaStarts
+
+        return SqlSagaStarts(self.engine)
 
     @property
     def chain_settings(self) -> ChainSettings:
