@@ -259,6 +259,10 @@ def spawn_naive(
             f"--concurrency={concurrency}",
             "--pool=prefork",
             "--loglevel=WARNING",
+            # A node name of its own: two benchmarks running at once on one host
+            # otherwise both take celery@<host>, whose pidbox queue is exclusive,
+            # and the second naive worker dies with RESOURCE_LOCKED.
+            f"--hostname=naive-{uuid.uuid4().hex[:8]}@%h",
             "--without-mingle",
             "--without-gossip",
         ],
