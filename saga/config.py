@@ -181,7 +181,8 @@ class Settings:
     fabric_msp_dir: str = ""
     # Channel chain steps write to unless their ChainCall names one.
     fabric_channel: str = "mychannel"
-    # Peer name in the profile to use as Gateway (default: the org's first peer).
+    # Peer name in the profile to use as Gateway first (default: the org's first peer);
+    # the org's other peers are used when it cannot be reached.
     fabric_peer: str = ""
     # Gateway peers of the client's org, by their names in the profile, comma-separated,
     # in order of preference (default: every peer the profile lists for the org,
