@@ -303,9 +303,14 @@ def test_asynchronous_failover_loses_commits_and_the_product_says_so(
         worker = procs.worker(settings, concurrency=2)
         wait_terminal(engine, known, timeout=120, logs=procs.report, alive=[relay, worker])
         worker.stop()
+        wait_for(lambda: unpublished(engine) == 0, 60, "the relay to publish", report=procs.report)
+        # A message the stopped worker had handled but not yet acknowledged goes
+        # back to the queue (at least once): on the new primary it is the known
+        # saga's awaited message again, so that saga needs no re-drive.
+        redelivered = queue_depth(settings.broker_url, settings.step_queue)
         lost = [orch.enqueue(FAILOVER_SAGA, payment("lost", i)).saga_id for i in range(lost_n)]
         wait_for(lambda: unpublished(engine) == 0, 60, "the relay to publish", report=procs.report)
-        assert queue_depth(settings.broker_url, settings.step_queue) == lost_n
+        assert queue_depth(settings.broker_url, settings.step_queue) == redelivered + lost_n
 
         fault_at = datetime.now(UTC)
         pair.stop(pair.primary, "immediate")
@@ -335,7 +340,7 @@ def test_asynchronous_failover_loses_commits_and_the_product_says_so(
                     saga_history.c.kind == "sweeper re-drive"
                 )
             ).scalar_one()
-        assert redriven == known_n
+        assert known_n - redelivered <= redriven <= known_n, (redriven, redelivered)
 
         wait_for(
             lambda: queue_depth(settings.broker_url, settings.dead_letter_queue) == lost_n,
@@ -365,6 +370,7 @@ def test_asynchronous_failover_loses_commits_and_the_product_says_so(
                     "lost_sagas": lost_n,
                     "known_completed_again": _statuses(engine, known)["completed"],
                     "redriven_by_sweeper": redriven,
+                    "redelivered_before_fault": redelivered,
                     "dead_lettered_unknown_saga": len(dead),
                     "doubled_rows": len(doubled_rows(engine)),
                     "recovery_s": round((first_after - fault_at).total_seconds(), 2),
