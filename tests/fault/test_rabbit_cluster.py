@@ -42,9 +42,9 @@ from tests.support.processes import Processes
 from tests.support.rabbitmq import queue_depth
 from tests.support.waiting import wait_for
 
-SAGAS = 80
+SAGAS = 60
 # Enqueued after the fault, finished while the node is still away.
-AFTER = 20
+AFTER = 15
 
 pytestmark = [pytest.mark.fault]
 
