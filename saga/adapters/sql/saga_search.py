@@ -254,10 +254,10 @@ def search(
 def count_matching(connection: Connection, where: SagaFilter, *, at_most: int) -> int:
     """How many sagas `where` selects, counting no further than `at_most` + 1: a
     list's "10,000+ match" costs the same at a million sagas as at ten thousand."""
-    inner = select(sagas.c.id)
+    query = select(sagas.c.id)
     if where.needs_step:
-        inner = inner.select_from(_WITH_STEP)
-    inner = inner.where(_condition(connection, where)).limit(at_most + 1).subquery()
+        query = query.select_from(_WITH_STEP)
+    inner = query.where(_condition(connection, where)).limit(at_most + 1).subquery()
     return int(connection.execute(select(func.count()).select_from(inner)).scalar_one())
 
 
