@@ -16,8 +16,9 @@ import pytest
 from kombu import Connection
 
 from saga.adapters.rabbitmq import AmqpPublisher, Topology
+from saga.adapters.rabbitmq.dead_letters import DeadLetterQueue
 from saga.adapters.rabbitmq.publishers import broker_urls
-from saga.adapters.rabbitmq.queues import queue_stats
+from saga.adapters.rabbitmq.queues import RabbitQueueAdmin, queue_stats
 from saga.adapters.rabbitmq.topology import TopologyMismatch, declare_topology
 from saga.config import ConfigError, Settings
 from saga.ports.broker import PendingMessage
@@ -78,6 +79,10 @@ def test_queue_passes_pass_over_a_dead_node(broker_settings: Settings) -> None:
         ("steps", True),
         ("dead-letter", True),
     ]
+    # `saga dlq` and the API's DLQ depth.
+    with DeadLetterQueue(listed, connect_timeout=3) as dlq:
+        assert dlq.depth() == 0
+    assert RabbitQueueAdmin(listed).dead_letter_depth() == 0
 
 
 def test_a_classic_queue_met_by_quorum_says_what_to_do(broker_settings: Settings) -> None:
