@@ -244,6 +244,7 @@ def main() -> None:
         try:
             client = logged_in(server.url, ("", API_TOKEN))
             first = client.get("/ui/sagas")
+            first_id = first.text.split('href="/ui/sagas/', 1)[1].split('"', 1)[0]
             after = first.text.split("after=", 1)[1].split('"', 1)[0].replace("&amp;", "&")
             deep = "/ui/sagas"
             for _ in range(20):  # twenty pages in, by cursor
@@ -258,6 +259,8 @@ def main() -> None:
                 "idempotency key": f"/ui/sagas?key={quote('order-4242')}",
                 "input customer_id": f"/ui/sagas?input={quote('customer_id=c-17')}",
                 "error text (failed)": "/ui/sagas?status=failed&error=timeout",
+                "error text alone": "/ui/sagas?error=timeout",
+                "saga page": f"/ui/sagas/{first_id}",
                 "overview": "/ui/",
             }
             results = {label: timed(client, path, args.repeat) for label, path in paths.items()}
