@@ -153,7 +153,7 @@ class StepRunner:
     def _handle_one(
         self, message: StepMessage, run: _Run, *, taken: bool
     ) -> tuple[Outcome, StepMessage | None]:
-        """handle() for one message and, fused, the local steps after it it may take.
+        """handle() for one message and, fused, the local steps after it within the budget.
 
         Returns the outcome and, with inline budget left, the next local step's
         message if it was written held back for this process to run inline.
