@@ -10,6 +10,7 @@ the wire and queues the other waits locally, inside their deadlines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -23,7 +24,7 @@ from saga.adapters.fabric.connection import GatewayEndpoint
 from saga.adapters.fabric.errors import CommitStatusError, EvaluateError, GatewayError, SubmitError
 from saga.adapters.fabric.gateway import Deadlines
 from saga.adapters.fabric.identity import SigningIdentity
-from saga.adapters.fabric.peers import PeerSet, unreachable
+from saga.adapters.fabric.peers import NEXT_PEER_CONNECT_WAIT, PeerSet, unreachable
 from saga.adapters.fabric.proposal import Arg, build_proposal
 from saga.adapters.fabric.protos import gateway_pb2_grpc
 from saga.adapters.fabric.transaction import as_prepared
@@ -146,8 +147,16 @@ class AsyncGatewayClient:
         failure: GatewayError | None = None
         for index in self._peers.order():
             left = deadline - loop.time()
-            if failure is not None and left <= 0:
-                break
+            if failure is not None:
+                if left <= 0:
+                    break
+                # A channel that failed before fails every call until it redialled.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._channels[index].channel_ready(),
+                        min(left, NEXT_PEER_CONNECT_WAIT),
+                    )
+                left = deadline - loop.time()
             try:
                 return await rpc(self._stubs[index])(request, timeout=max(left, 0.0))
             except grpc.RpcError as exc:

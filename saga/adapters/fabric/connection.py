@@ -29,6 +29,11 @@ _KEEPALIVE_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # A channel to a peer that was down redials after an exponential backoff of up
+    # to 120 s by default; a client that moves back to that peer once it returns
+    # must find it within seconds.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 
 

@@ -27,7 +27,7 @@ from saga.adapters.fabric.errors import (
     SubmitError,
 )
 from saga.adapters.fabric.identity import SigningIdentity
-from saga.adapters.fabric.peers import PeerSet, unreachable
+from saga.adapters.fabric.peers import NEXT_PEER_CONNECT_WAIT, PeerSet, unreachable
 from saga.adapters.fabric.proposal import Arg, Proposal, build_proposal
 from saga.adapters.fabric.protos import gateway_pb2_grpc
 from saga.adapters.fabric.transaction import PreparedTransaction, as_prepared
@@ -134,8 +134,11 @@ class GatewayClient:
         failure: GatewayError | None = None
         for index in self._peers.order():
             left = deadline - time.monotonic()
-            if failure is not None and left <= 0:
-                break
+            if failure is not None:
+                if left <= 0:
+                    break
+                self._await_connected(index, min(left, NEXT_PEER_CONNECT_WAIT))
+                left = deadline - time.monotonic()
             try:
                 return rpc(self._stubs[index])(request, timeout=max(left, 0.0))
             except grpc.RpcError as exc:
@@ -147,6 +150,16 @@ class GatewayClient:
                     raise failure from exc
         assert failure is not None
         raise failure
+
+    def _await_connected(self, index: int, seconds: float) -> None:
+        """Let the channel to peer `index` (re)connect, for up to `seconds`; the call
+        that follows reports a peer still unreachable."""
+        ready = grpc.channel_ready_future(self._channels[index])
+        try:
+            ready.result(timeout=max(seconds, 0.0))
+        except grpc.FutureTimeoutError:
+            # Stops watching the channel's connectivity; the channel goes on redialling.
+            ready.cancel()
 
     # -- lifecycle steps ---------------------------------------------------
 

@@ -52,6 +52,13 @@ _TRANSPORT_WORDS = (
 )
 
 
+# How long a call handed to the next peer waits for that peer's channel to connect
+# (it may have been down before, and a gRPC channel that failed to connect fails
+# every call at once until it has redialled). A peer that is up connects in
+# milliseconds; this bounds the cost of a second dead one.
+NEXT_PEER_CONNECT_WAIT = 2.0
+
+
 def unreachable(error: GatewayError) -> bool:
     """True when the peer gave no answer: UNAVAILABLE from gRPC's transport, not from
     the gateway (which explains its own failures in ErrorDetails)."""

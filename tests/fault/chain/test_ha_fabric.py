@@ -284,6 +284,37 @@ def test_client_moves_but_never_sends_a_submit_again(fabric_chain_net: RealLedge
         network.wait_ready()
 
 
+def test_client_moves_back_when_the_other_peer_dies(fabric_chain_net: RealLedgerNet) -> None:
+    """peer0.org1 down: the client moves to peer1.org1 and stays there after peer0
+    returns; then peer1.org1 down: the same client moves back to peer0.org1, each
+    time within one call."""
+    network = fabric_chain_net.network
+    channel = network.channel
+    peer0, peer1 = (f"localhost:{network.state.ports.peer(1, n).listen}" for n in (0, 1))
+    client = network.gateway(1)
+
+    def read() -> bytes:
+        return client.evaluate(channel, "qscc", "GetChainInfo", [channel], timeout=30)
+
+    try:
+        network.kill(GATEWAY_PEER)
+        read()
+        assert client.peer_address == peer1
+        network.start(GATEWAY_PEER)
+        network.wait_ready()
+        read()
+        assert client.peer_address == peer1, "moved back while its peer was fine"
+        network.kill("peer1.org1")
+        read()
+        assert client.peer_address == peer0
+    finally:
+        network.close_clients()
+        for member in (GATEWAY_PEER, "peer1.org1"):
+            if not network.running(member):
+                network.start(member)
+        network.wait_ready()
+
+
 async def _async_status(network: FabricNetwork, channel: str, txid: str) -> int:
     peers, identity = _org1_peers(network)
     async with AsyncGatewayClient.connect(peers, identity) as client:
