@@ -7,7 +7,8 @@ sagafacts as one chaincode server both Org1 peers dial. Every saga process (rela
 watcher, workers) is given the profile and nothing else, so its Gateway client knows
 both Org1 peers and starts on peer0.org1.
 
-In the middle of a run of order-payment sagas (a third of them finished):
+In the middle of a stream of 50 order-payment sagas (one saga through first, then
+the fault in the second half of the stream once a chain transaction is on its way):
 
 - the Raft leader is SIGKILLed and stays down: the two other orderers elect a new
   leader and take the transactions;
@@ -24,7 +25,12 @@ ledger's, `saga.app.audit` and the `saga audit` command clean. Each test prints 
 fault's figures: sagas in flight and chain transactions pending when it struck, the
 outcome counts, duplicate VALID transactions (0), copies of a resubmitted envelope the
 ledger marked DUPLICATE_TXID, and the recovery time (fault to the first saga completed
-after it).
+after it). No ledger step spent an attempt or failed on the fault.
+
+Two client-level tests on the same network: a Submit that met the dead peer is not
+sent to the next peer by the client (only the caller's verify path sends it again),
+and a client moves back to peer0.org1 once it has returned and peer1.org1 dies.
+Module cost: ~2-2.5 min here (network ~10-14 s, each fault run ~45-55 s).
 """
 
 from __future__ import annotations
