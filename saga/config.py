@@ -278,6 +278,14 @@ class Settings:
                 "SAGA_METRICS_ADDRESS is empty: give the address metric endpoints listen on "
                 "(127.0.0.1, or 0.0.0.0 for every interface)"
             )
+        for entry in filter(None, (e.strip() for e in self.ui_users.split(","))):
+            name, role, password_hash = [*entry.split(":", 2), "", ""][:3]
+            if not name or role not in ("operator", "read-only") or not password_hash:
+                raise ConfigError(
+                    f"SAGA_UI_USERS entry {name or entry[:20]!r} is not name:role:hash with role "
+                    "operator or read-only; make the hash with `python -m "
+                    "saga.entrypoints.http.ui.passwords`"
+                )
         if self.ui_session_ttl <= 0:
             raise ConfigError("SAGA_UI_SESSION_TTL must be positive: seconds a login lasts")
         if self.max_payload_bytes < 1 or self.max_payload_depth < 1:

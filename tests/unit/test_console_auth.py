@@ -40,6 +40,10 @@ def test_passwords_are_salted_scrypt_and_checked() -> None:
 def test_a_malformed_user_entry_is_refused_with_what_to_do(entry: str) -> None:
     with pytest.raises(ConfigError, match="SAGA_UI_USERS"):
         parse_users(entry)
+    if not entry.startswith("api-token"):
+        # Already when the settings are read (`saga config`, any command), not at login.
+        with pytest.raises(ConfigError, match="make the hash with"):
+            Settings.from_env({"SAGA_UI_USERS": entry})
 
 
 def test_users_and_the_api_token_log_in_with_their_roles() -> None:
