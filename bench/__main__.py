@@ -184,7 +184,9 @@ def table(results: dict[str, Any]) -> str:
                 f"load {point['load1']} busy {point['machine_busy_fraction']}",
             )
         for relays, k in r["knee"].items():
-            add(f"   knee ({relays}) at workers", k["knee_at_workers"], "", "", "")
+            most = max(pt["workers"] for pt in r["points"])
+            at = k["knee_at_workers"]
+            add(f"   knee ({relays}) at workers", at or f"none up to {most}", "", "", "")
     if "floor_fractions" in results:
         for name, value in results["floor_fractions"].items():
             add(f"   fraction of floor: {name}", value, "", "", "")

@@ -74,6 +74,8 @@ def test_knee_is_where_doubling_the_workers_adds_less_than_15_percent() -> None:
     assert k["1 relay(s)"]["knee_at_workers"] == 2
     assert [g["gain"] for g in k["1 relay(s)"]["gains"]] == [1.6, 1.05]
     assert k["2 relay(s)"]["knee_at_workers"] == 1 and k["2 relay(s)"]["flat_from_the_start"]
+    still = knee([point(1, 1, 10.0), point(2, 1, 20.0), point(4, 1, 40.0)])["1 relay(s)"]
+    assert still["knee_at_workers"] is None and not still["flat_from_the_start"]
 
 
 def test_verdict_names_the_saturated_resource_from_the_figures() -> None:
