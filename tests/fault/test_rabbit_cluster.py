@@ -211,6 +211,11 @@ def _run(
     assert SAGAS // 8 <= done_at_fault < SAGAS, done_at_fault
     if victim == "leader":
         assert new_leader != leader_name, "the step queue kept a dead leader"
+        # The relay's first node was the one killed: it published on another.
+        moved = [
+            r for r in relay.log_records() if r.get("msg") == "relay moved to another broker node"
+        ]
+        assert moved, relay.tail()
 
 
 def _leader_or_none(cluster: RabbitCluster, queue: str) -> str | None:

@@ -88,6 +88,8 @@ class AmqpPublisher:
         # The node in use (an index into _urls): kept while it works, so every
         # relay does not pile onto the first node after a failover.
         self._current = 0
+        # The node of the last connection that worked (None: none yet), to log a move.
+        self._connected: int | None = None
         self._topology = topology
         self._chain_route = chain_route
         self._origin = origin or default_origin()
@@ -186,11 +188,11 @@ class AmqpPublisher:
                 errors.append(f"{_where(self._urls[index])}: {exc!r}")
                 await self._drop()
                 continue
-            if index != self._current:
+            if self._connected is not None and index != self._connected:
                 log.warning(
                     "relay moved to another broker node", extra={"node": _where(self._urls[index])}
                 )
-            self._current = index
+            self._current = self._connected = index
             return self._exchange
         raise _NoNode("no broker node answered: " + "; ".join(errors))
 
