@@ -337,43 +337,67 @@ def bench_floor(quick: bool) -> dict[str, Any]:
     }
 
 
-def _ratio(a: Any, b: Any) -> float | None:
-    return round(float(a) / float(b), 3) if a and b else None
-
-
-def fractions(results: Mapping[str, Any]) -> dict[str, Any]:
-    """Each benchmark's figure as a fraction of the floor taken in the same run."""
-    floor = results.get("floor")
-    if not floor:
-        return {}
-    pg, mq = floor["postgres"], floor["rabbitmq"]
-    out: dict[str, Any] = {}
-    local = results.get("local")
-    if local:
-        out["local ours sagas/s / PostgreSQL saga floor"] = _ratio(
-            local["ours"]["sagas_per_second"], pg["sagas_per_second"]
-        )
-        out["local every-step-queued sagas/s / PostgreSQL saga floor"] = _ratio(
-            local["ours_every_step_queued"]["sagas_per_second"], pg["sagas_per_second"]
-        )
-        out["naive sagas/s / PostgreSQL naive floor (INSERTs/s / 3)"] = _ratio(
-            local["naive"]["sagas_per_second"], pg["naive_sagas_per_second"]
-        )
+# (name, the figure in the results, the floor it is divided by), each a key path.
+_FRACTIONS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "local ours sagas/s / PostgreSQL saga floor",
+        ("local", "ours", "sagas_per_second"),
+        ("postgres", "sagas_per_second"),
+    ),
+    (
+        "local every-step-queued sagas/s / PostgreSQL saga floor",
+        ("local", "ours_every_step_queued", "sagas_per_second"),
+        ("postgres", "sagas_per_second"),
+    ),
+    (
+        "naive sagas/s / PostgreSQL naive floor (INSERTs/s / 3)",
+        ("local", "naive", "sagas_per_second"),
+        ("postgres", "naive_sagas_per_second"),
+    ),
+    (
         # Every step through the queue: one broker message per step.
-        out["local every-step-queued steps/s / RabbitMQ consume+ack floor"] = _ratio(
-            local["ours_every_step_queued"]["steps_per_second"], mq["consume_ack_per_second"]
-        )
-    relay = results.get("relay")
-    if relay:
-        out["relay batched msgs/s / RabbitMQ batched-confirm floor"] = _ratio(
-            relay["batched_per_second"], mq["confirmed_batched_per_second"]
-        )
-        out["relay one-at-a-time msgs/s / RabbitMQ one-at-a-time floor"] = _ratio(
-            relay["one_at_a_time_per_second"], mq["confirmed_one_at_a_time_per_second"]
-        )
-    scale = results.get("scale")
-    if scale and scale.get("best"):
-        out["scale best sagas/s / PostgreSQL saga floor"] = _ratio(
-            scale["best"]["sagas_per_second"], pg["sagas_per_second"]
-        )
+        "local every-step-queued steps/s / RabbitMQ consume+ack floor",
+        ("local", "ours_every_step_queued", "steps_per_second"),
+        ("rabbitmq", "consume_ack_per_second"),
+    ),
+    (
+        "relay batched msgs/s / RabbitMQ batched-confirm floor",
+        ("relay", "batched_per_second"),
+        ("rabbitmq", "confirmed_batched_per_second"),
+    ),
+    (
+        "relay one-at-a-time msgs/s / RabbitMQ one-at-a-time floor",
+        ("relay", "one_at_a_time_per_second"),
+        ("rabbitmq", "confirmed_one_at_a_time_per_second"),
+    ),
+    (
+        "scale best sagas/s / PostgreSQL saga floor",
+        ("scale", "best", "sagas_per_second"),
+        ("postgres", "sagas_per_second"),
+    ),
+)
+
+
+def _get(data: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def fractions(results: Mapping[str, Any]) -> dict[str, float]:
+    """Each benchmark's figure as a fraction of the floor taken in the same run.
+
+    A figure a benchmark no longer reports is skipped, never an error: this runs
+    at the end of `all`, after an hour of measurements that must still be written.
+    """
+    floor = results.get("floor")
+    out: dict[str, float] = {}
+    if not isinstance(floor, Mapping):
+        return out
+    for name, figure, base in _FRACTIONS:
+        a, b = _get(results, figure), _get(floor, base)
+        if isinstance(a, int | float) and isinstance(b, int | float) and a > 0 and b > 0:
+            out[name] = round(a / b, 3)
     return out

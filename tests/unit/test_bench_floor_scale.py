@@ -130,3 +130,8 @@ def test_fractions_divide_each_benchmark_by_the_floor_of_the_same_run() -> None:
         "relay one-at-a-time msgs/s / RabbitMQ one-at-a-time floor": 0.9,
     }
     assert fractions({"relay": relay}) == {}
+    # A benchmark whose JSON changed shape is skipped, not a crash at the end of `all`.
+    changed = {"ours": {"sagas_per_second": 50.0}, "naive": {}}
+    assert fractions({"floor": floor, "local": changed}) == {
+        "local ours sagas/s / PostgreSQL saga floor": 0.25
+    }
