@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -49,7 +50,13 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # A colon followed by a name is a pgbench variable; literals must not contain one.
 _PGBENCH_VAR = re.compile(r":(?=[A-Za-z0-9_])")
 
-Transaction = list[tuple[str, Mapping[str, Any]]]
+
+@dataclass
+class Transaction:
+    """The statements of one commit; autocommit: sent without BEGIN/COMMIT (one statement)."""
+
+    statements: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+    autocommit: bool = False
 
 
 def capture_saga(database_url: str, saga: str = "bench-3") -> list[Transaction]:
@@ -64,18 +71,20 @@ def capture_saga(database_url: str, saga: str = "bench-3") -> list[Transaction]:
     transactions: list[Transaction] = []
     recording = False
 
-    def statement(_c: Any, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+    def statement(conn: Any, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
         if not recording:
             return
         if not transactions:
-            transactions.append([])
+            transactions.append(Transaction())
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            transactions[-1].autocommit = True
         rows = params if many else [params]
         for row in rows:
-            transactions[-1].append((sql, dict(row or {})))
+            transactions[-1].statements.append((sql, dict(row or {})))
 
     def begin(_c: Any) -> None:
         if recording:
-            transactions.append([])
+            transactions.append(Transaction())
 
     event.listen(engine, "before_cursor_execute", statement)
     event.listen(engine, "begin", begin)
@@ -97,7 +106,7 @@ def capture_saga(database_url: str, saga: str = "bench-3") -> list[Transaction]:
         event.remove(engine, "before_cursor_execute", statement)
         event.remove(engine, "begin", begin)
         engine.dispose()
-    return [t for t in transactions if t]
+    return [t for t in transactions if t.statements]
 
 
 def _dumps(obj: Any) -> str:
@@ -138,15 +147,18 @@ def _bind(params: Mapping[str, Any], ids: dict[str, int], m: re.Match[str]) -> s
 
 
 def pgbench_script(transactions: Sequence[Transaction]) -> str:
-    """One saga's transactions as a pgbench script: BEGIN, the statements, COMMIT each."""
+    """One saga's transactions as a pgbench script: BEGIN, the statements, COMMIT each
+    (an autocommitted statement as it is: the product sends no BEGIN for it)."""
     ids: dict[str, int] = {}
     lines = ["\\set r random(1, 9223372036854775806)"]
     for transaction in transactions:
-        lines.append("BEGIN;")
-        for sql, params in transaction:
+        if not transaction.autocommit:
+            lines.append("BEGIN;")
+        for sql, params in transaction.statements:
             body = _PLACEHOLDER.sub(partial(_bind, params, ids), sql)
             lines.append(" ".join(body.replace("%%", "%").split()) + ";")
-        lines.append("COMMIT;")
+        if not transaction.autocommit:
+            lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
 
@@ -203,7 +215,7 @@ def postgres_floor(seconds: float, clients: Sequence[int]) -> dict[str, Any]:
         transactions = retrying(lambda: capture_saga(url))
         script = pgbench_script(transactions)
         commits = len(transactions)
-        statements = sum(len(t) for t in transactions)
+        statements = sum(len(t.statements) for t in transactions)
         saga_runs = [run_pgbench(url, script, c, seconds) for c in clients]
         naive_runs = [run_pgbench(url, NAIVE_SCRIPT, c, seconds) for c in clients]
         server = _server_settings(url)
@@ -220,9 +232,10 @@ def postgres_floor(seconds: float, clients: Sequence[int]) -> dict[str, Any]:
         "server": server,
         "saga": "bench-3",
         "commits_per_saga": commits,
+        "autocommitted_statements_per_saga": sum(t.autocommit for t in transactions),
         "statements_per_saga": statements,
         "statements": [
-            [" ".join(sql.split()[:4]) for sql, _ in transaction] for transaction in transactions
+            [" ".join(sql.split()[:4]) for sql, _ in t.statements] for t in transactions
         ],
         "script": script.splitlines(),
         "saga_script_by_clients": saga_runs,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from bench.floor import fractions, pgbench_script
+from bench.floor import Transaction, fractions, pgbench_script
 from bench.scale import knee, verdict
 
 SAGA = "44eba63e-1c31-4cf6-b6a0-ae13a460995b"
@@ -22,23 +22,28 @@ def test_script_gives_each_run_fresh_ids_and_keeps_literals_free_of_pgbench_vari
     at = dt.datetime(2026, 12, 6, 22, 57, 6, 472876, tzinfo=dt.UTC)
     script = pgbench_script(
         [
-            [
-                (
-                    "INSERT INTO inbox (message_id, saga_id, processed_at) VALUES "
-                    "(%(message_id)s::VARCHAR, %(saga_id)s::VARCHAR, "
-                    "%(at)s::TIMESTAMP WITH TIME ZONE)",
-                    {"message_id": MESSAGE, "saga_id": SAGA, "at": at},
-                ),
-                (
-                    "UPDATE sagas SET data=%(data)s::JSONB, reason=%(reason)s::VARCHAR "
-                    "WHERE sagas.id = %(b_id)s::VARCHAR AND x LIKE 'a%%'",
-                    {"data": Jsonb({"note": "o'k :x"}), "reason": None, "b_id": SAGA},
-                ),
-            ]
+            Transaction(
+                [
+                    (
+                        "INSERT INTO inbox (message_id, saga_id, processed_at) VALUES "
+                        "(%(message_id)s::VARCHAR, %(saga_id)s::VARCHAR, "
+                        "%(at)s::TIMESTAMP WITH TIME ZONE)",
+                        {"message_id": MESSAGE, "saga_id": SAGA, "at": at},
+                    ),
+                    (
+                        "UPDATE sagas SET data=%(data)s::JSONB, reason=%(reason)s::VARCHAR "
+                        "WHERE sagas.id = %(b_id)s::VARCHAR AND x LIKE 'a%%'",
+                        {"data": Jsonb({"note": "o'k :x"}), "reason": None, "b_id": SAGA},
+                    ),
+                ]
+            ),
+            Transaction([("SELECT %(n)s", {"n": 1})], autocommit=True),
         ]
     ).splitlines()
     assert script[0] == "\\set r random(1, 9223372036854775806)"
-    assert script[1] == "BEGIN;" and script[-1] == "COMMIT;"
+    assert script[1] == "BEGIN;" and script[4] == "COMMIT;"
+    # An autocommitted statement goes alone, as the product sends it.
+    assert script[5:] == ["SELECT 1;"]
     insert, update = script[2], script[3]
     # The same id is the same expression everywhere; different ids differ.
     saga_expr = "(md5(:r::text || '-1')::uuid::text)"
