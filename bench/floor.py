@@ -358,6 +358,11 @@ _FRACTIONS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
         ("postgres", "sagas_per_second"),
     ),
     (
+        "local unfused (one transaction per step) sagas/s / PostgreSQL saga floor",
+        ("local", "ours_unfused", "sagas_per_second"),
+        ("postgres", "sagas_per_second"),
+    ),
+    (
         "local every-step-queued sagas/s / PostgreSQL saga floor",
         ("local", "ours_every_step_queued", "sagas_per_second"),
         ("postgres", "sagas_per_second"),
