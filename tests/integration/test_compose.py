@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from saga.adapters.rabbitmq.publishers import broker_urls
+from saga.config import Settings
 from saga.entrypoints.processes import PROCESS_FILE, load_processes
 from saga_fabricnet import compose as fabricnet_compose
 from saga_fabricnet.compose import FABRIC_VERSION
@@ -310,3 +312,100 @@ def test_fabric_network_override_still_needs_the_secrets() -> None:
     result = _config(env, BASE, FABRIC_NETWORK)
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
+
+
+# -- the highly available topology (compose/ha.yml) --------------------------------
+
+HA = COMPOSE_DIR / "ha.yml"
+HA_SECRETS = {
+    **SECRETS,
+    **FABRIC_ENV,
+    "RABBITMQ_ERLANG_COOKIE": "c00k1e",
+    "REPLICATION_PASSWORD": "rp",
+}
+HA_FILES = (BASE, FABRIC, HA)
+RABBIT_NODES = ("rabbitmq", "rabbitmq-2", "rabbitmq-3")
+
+
+def test_ha_runs_three_rabbitmq_nodes_with_one_cookie_in_one_cluster() -> None:
+    services = _services(HA_SECRETS, *HA_FILES)
+    conf = (COMPOSE_DIR / "ha" / "rabbitmq-cluster.conf").read_text()
+    for name in RABBIT_NODES:
+        node = services[name]
+        assert node["hostname"] == name
+        assert f"= rabbit@{name}\n" in conf, f"{name} is not a peer of the cluster"
+        assert node["environment"]["SAGA_ERLANG_COOKIE"] == "c00k1e", name
+        mounts = _mounts(node)
+        assert mounts["/etc/rabbitmq/conf.d/20-saga-cluster.conf"][1] == "ro", name
+        assert mounts["/etc/saga-ha/rabbitmq-node.sh"][1] == "ro", name
+        assert node["entrypoint"] == ["/bin/sh", "/etc/saga-ha/rabbitmq-node.sh"], name
+    data = {_mounts(services[n])["/var/lib/rabbitmq"][0] for n in RABBIT_NODES}
+    assert len(data) == 3, "each node needs a data volume of its own"
+    # The node script writes the cookie where the server and rabbitmqctl read it.
+    script = (COMPOSE_DIR / "ha" / "rabbitmq-node.sh").read_text()
+    assert "/var/lib/rabbitmq/.erlang.cookie" in script
+    assert 'exec docker-entrypoint.sh "$@"' in script
+
+
+def test_ha_runs_a_primary_and_a_pg_basebackup_standby_in_synchronous_replication() -> None:
+    services = _services(HA_SECRETS, *HA_FILES)
+    primary, standby = services["postgres"], services["postgres-standby"]
+    settings = primary["command"][2::2]
+    assert "synchronous_commit=on" in settings and "synchronous_standby_names=*" in settings
+    assert "wal_level=replica" in settings
+    init = _mounts(primary)["/docker-entrypoint-initdb.d/50-replication.sh"]
+    assert init[1] == "ro"
+    assert (
+        "pg_create_physical_replication_slot('saga_standby')"
+        in (COMPOSE_DIR / "ha" / "postgres-primary-init.sh").read_text()
+    )
+    assert standby["image"] == primary["image"]
+    assert standby["depends_on"]["postgres"]["condition"] == "service_healthy"
+    script = (COMPOSE_DIR / "ha" / "postgres-standby.sh").read_text()
+    assert "pg_basebackup" in script and " -R " in script and "-S saga_standby" in script
+    assert (
+        _mounts(standby)["/var/lib/postgresql/data"][0]
+        != _mounts(primary)["/var/lib/postgresql/data"][0]
+    )
+    # Restarted by compose after a failover, the old primary would take writes too.
+    assert primary["restart"] == "no" and standby["restart"] == "no"
+
+
+def test_ha_scripts_are_valid_shell() -> None:
+    for script in sorted((COMPOSE_DIR / "ha").glob("*.sh")):
+        result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, (script.name, result.stderr)
+
+
+def test_every_ha_process_gets_every_member_and_the_settings_accept_them() -> None:
+    services = _services(HA_SECRETS, *HA_FILES)
+    for name in (*SAGA_PROCESSES, "migrate"):
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        assert broker_urls(env["SAGA_BROKER_URL"]) == [
+            f"amqp://saga:r@{node}:5672//" for node in RABBIT_NODES
+        ], name
+        assert env["SAGA_DATABASE_URL"] == (
+            "postgresql://saga:p@/saga?host=postgres:5432&host=postgres-standby:5432"
+            "&target_session_attrs=read-write"
+        ), name
+        settings = Settings.from_env(env)
+        assert settings.queue_type == "quorum", name
+        if name != "migrate":
+            assert settings.fabric_peer_names() == [
+                "peer0.org1.example.com",
+                "peer1.org1.example.com",
+            ], name
+            depends = services[name]["depends_on"]
+            for node in RABBIT_NODES:
+                assert depends[node]["condition"] == "service_healthy", (name, node)
+            # What the base file and fabric.yml set is still there (merged).
+            assert env["SAGA_FABRIC_PROFILE"] == "/etc/saga/fabric/connection.json", name
+    assert services["api"]["environment"]["SAGA_API_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("missing", ["RABBITMQ_ERLANG_COOKIE", "REPLICATION_PASSWORD"])
+def test_ha_refuses_to_start_without_its_secrets(missing: str) -> None:
+    env = {k: v for k, v in HA_SECRETS.items() if k != missing}
+    result = _config(env, *HA_FILES)
+    assert result.returncode != 0
+    assert missing in result.stderr
