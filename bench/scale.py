@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -265,6 +266,8 @@ def run_point(url: str, engine: Any, n: int, workers: int, relays: int) -> dict[
             sampler.stop.set()
             sampler.join(30)
         usage = sampler.result()
+    # The processes' logs are kept only when the point failed (raised above).
+    shutil.rmtree(stack.work, ignore_errors=True)
     point = {
         "workers": workers,
         "relays": relays,
