@@ -26,11 +26,13 @@ import pytest
 from tests.support.ledger import LedgerNet
 from tests.support.processes import Processes
 from tests.support.rabbitmq import delete_topology
-from tests.support.runbook_blocks import RUNBOOKS, Block, read_blocks, run_block, runbook_paths
+from tests.support.runbook_blocks import RUNBOOKS, read_blocks, runbook_paths
 from tests.support.runbook_deployment import Deployment
-from tests.support.runbook_situations import Made, Situations
+from tests.support.runbook_ha import HA_RUNBOOKS
+from tests.support.runbook_situations import Situations, run_runbook
 
-RUNBOOK_NAMES = [p.name for p in runbook_paths()]
+# The HA runbooks run against clusters of their own (tests/integration/test_runbooks_ha.py).
+RUNBOOK_NAMES = [p.name for p in runbook_paths() if p.name not in HA_RUNBOOKS]
 
 
 @pytest.fixture(scope="module")
@@ -67,44 +69,20 @@ def test_the_index_lists_every_runbook_and_every_block_is_runnable_or_marked() -
             if block.language == "sh":
                 assert block.commands, f"{where}: an empty sh block"
     linked = set(re.findall(r"\]\(([\w-]+\.md)\)", index))
-    assert linked <= set(RUNBOOK_NAMES), f"the index links missing runbooks: {linked}"
+    assert linked <= {p.name for p in runbook_paths()}, (
+        f"the index links missing runbooks: {linked}"
+    )
 
 
 def _situation_names() -> list[str]:
     # The builders' names without a deployment: the keys Situations registers.
-    source = Path(__file__).parents[1] / "support" / "runbook_situations.py"
-    return re.findall(r'^\s+"([\w-]+)": self\.[\w_]+,$', source.read_text(), re.M)
+    support = Path(__file__).parents[1] / "support"
+    names: list[str] = []
+    for source in (support / "runbook_situations.py", support / "runbook_ha.py"):
+        names += re.findall(r'^\s+"([\w-]+)": self\.[\w_]+,$', source.read_text(), re.M)
+    return names
 
 
 @pytest.mark.parametrize("runbook", RUNBOOK_NAMES)
 def test_runbook_commands_run(runbook: str, deployment: Deployment) -> None:
-    blocks = [b for b in read_blocks(RUNBOOKS / runbook) if b.language == "sh"]
-    situations = Situations(deployment)
-
-    # Every situation of the runbook, made while no relay publishes anything.
-    deployment.stop("relay", "watcher")
-    deployment.start("worker")
-    made: dict[tuple[str, int], Made] = {}
-    for block in blocks:
-        key = (block.situation, block.situation_line)
-        if key not in made:
-            made[key] = situations.make(block.situation, block.ends)
-    deployment.start("relay", "api")
-
-    last_block_of: dict[tuple[str, int], Block] = {}
-    for block in blocks:
-        last_block_of[(block.situation, block.situation_line)] = block
-    for block in blocks:
-        key = (block.situation, block.situation_line)
-        hook = situations.hooks.get(block.situation)
-        if hook is not None:
-            hook()
-        result = run_block(block, deployment.env(**made[key].variables), deployment.work)
-        failure = result.failure()
-        assert failure is None, failure + "\n" + deployment.report()
-        if last_block_of[key] is block:
-            situation = made[key]
-            if situation.saga_id is not None and situation.ends is not None:
-                deployment.wait_status(situation.saga_id, situation.ends)
-            if situation.check is not None:
-                situation.check()
+    run_runbook(runbook, deployment, Situations(deployment))

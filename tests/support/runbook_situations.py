@@ -49,6 +49,7 @@ from saga.examples import order_payment
 from saga.ports.broker import PendingMessage
 from saga.ports.ledger import VALID, LedgerError
 from saga_devnet.cryptogen import Issuer, cert_pem, key_pem, make_leaf
+from tests.support.runbook_blocks import RUNBOOKS, Block, read_blocks, run_block
 from tests.support.runbook_deployment import Deployment
 from tests.support.waiting import wait_for
 
@@ -540,3 +541,37 @@ def _queue_depth(url: str, queue: str) -> int:
         return queue_depth(url, queue)
     except Exception:
         return 0
+
+
+def run_runbook(runbook: str, deployment: Deployment, situations: Situations) -> None:
+    """Run every sh block of the runbook in its situation; fail at the first command
+    that exits otherwise than it should, or a situation whose saga does not end."""
+    blocks = [b for b in read_blocks(RUNBOOKS / runbook) if b.language == "sh"]
+
+    # Every situation of the runbook, made while no relay publishes anything.
+    deployment.stop("relay", "watcher")
+    deployment.start("worker")
+    made: dict[tuple[str, int], Made] = {}
+    for block in blocks:
+        key = (block.situation, block.situation_line)
+        if key not in made:
+            made[key] = situations.make(block.situation, block.ends)
+    deployment.start("relay", "api")
+
+    last_block_of: dict[tuple[str, int], Block] = {}
+    for block in blocks:
+        last_block_of[(block.situation, block.situation_line)] = block
+    for block in blocks:
+        key = (block.situation, block.situation_line)
+        hook = situations.hooks.get(block.situation)
+        if hook is not None:
+            hook()
+        result = run_block(block, deployment.env(**made[key].variables), deployment.work)
+        failure = result.failure()
+        assert failure is None, failure + "\n" + deployment.report()
+        if last_block_of[key] is block:
+            situation = made[key]
+            if situation.saga_id is not None and situation.ends is not None:
+                deployment.wait_status(situation.saga_id, situation.ends)
+            if situation.check is not None:
+                situation.check()
