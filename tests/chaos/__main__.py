@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.chaos.ledgers import CHAOS_BATCH_TIMEOUT, FABRIC_VERSIONS, LEDGERS
-from tests.chaos.plan import FAULT_KINDS, ChaosConfig, fault_presets
+from tests.chaos.plan import FAULT_KINDS, TOPOLOGIES, ChaosConfig, fault_presets
 from tests.chaos.report import failures, recovery_table, table
 from tests.chaos.run import run
 
@@ -37,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--poison", type=int, default=3, help="poison messages to publish")
     r.add_argument("--ci-faults", action="store_true", help="every fault kind once (workers 2)")
     r.add_argument("--ledger", choices=LEDGERS, default="devnet", help="devnet or real Fabric")
+    r.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="single",
+        help="ha: 3-node RabbitMQ cluster, PostgreSQL primary + sync standby, Fabric with "
+        "two Org1 peers (needs --ledger fabric); its faults: rabbit_leader_kill, "
+        "pg_failover (once: no way back without a rebuild), orderer_leader_kill, "
+        "gateway_peer_outage",
+    )
     r.add_argument(
         "--fabric-version",
         default="2.5.16",
@@ -75,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         window=args.window,
         poison=args.poison,
-        faults=_faults(args.fault, fault_presets(args.ledger)[1 if args.ci_faults else 0]),
+        faults=_faults(
+            args.fault, fault_presets(args.ledger, args.topology)[1 if args.ci_faults else 0]
+        ),
         ledger=args.ledger,
+        topology=args.topology,
         fabric=args.fabric_version,
         batch_timeout=args.batch_timeout,
         quiescence_timeout=args.quiescence_timeout,

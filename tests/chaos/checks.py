@@ -87,6 +87,9 @@ def recovery(engine: Engine, faults: list[FaultRecord]) -> None:
         "SELECT min(at) FROM saga_history WHERE kind = 'step succeeded' "
         "AND detail->>'step' = :step AND at >= :t"
     )
+    first_any = text(
+        "SELECT min(updated_at) FROM sagas WHERE status = 'completed' AND updated_at > :t"
+    )
     during = text(
         "SELECT count(*) FROM saga_history WHERE kind = 'step succeeded' "
         "AND detail->>'step' = :step AND at >= :a AND at < :b"
@@ -98,12 +101,40 @@ def recovery(engine: Engine, faults: list[FaultRecord]) -> None:
             step = c.execute(first_step, {"step": LEDGER_STEP, "t": up}).scalar_one()
             f.first_completed_after = _seconds_since(done, f.up_at)
             f.first_chain_step_after = _seconds_since(step, f.up_at)
+            down = datetime.fromtimestamp(f.down_at, UTC)
+            f.first_saga_after_fault = _seconds_since(
+                c.execute(first_any, {"t": down}).scalar_one(), f.down_at
+            )
+            f.first_ledger_saga_after_fault = _seconds_since(
+                c.execute(first_completed, {"name": LEDGER, "t": down}).scalar_one(), f.down_at
+            )
             f.chain_steps_while_down = int(
                 c.execute(
                     during,
                     {"step": LEDGER_STEP, "a": datetime.fromtimestamp(f.down_at, UTC), "b": up},
                 ).scalar_one()
             )
+
+
+def in_flight_outcomes(
+    engine: Engine,
+    faults: list[FaultRecord],
+    in_flight_ids: list[list[str]],
+    scan: LedgerScan,
+    baseline: str,
+) -> None:
+    """Per fault: how the sagas open when it struck ended, and how many of them have a
+    second VALID ledger record or a doubled local write."""
+    doubled = {str(saga_id) for saga_id, _, _ in doubled_rows(engine)}
+    statuses = select(sagas.c.id, sagas.c.status)
+    with engine.connect() as c:
+        status_of = {str(i): str(st) for i, st in c.execute(statuses)}
+    for f, ids in zip(faults, in_flight_ids, strict=True):
+        ledger = ledger_counts_per_saga(scan, ids, baseline)
+        f.in_flight_outcomes = dict(Counter(status_of.get(i, "lost") for i in ids))
+        f.in_flight_duplicates = sum(
+            1 for i in ids if i in doubled or max(ledger.get(i, (0, 0))) > 1
+        )
 
 
 def _seconds_since(at: datetime | None, epoch: float) -> float | None:

@@ -32,6 +32,7 @@ FABRIC_MEMBER = {
     "peer_outage": "peer0.org2",
     "gateway_peer_outage": "peer0.org1",
     "orderer_leader_outage": "leader",
+    "orderer_leader_kill": "leader",
 }
 # The orderer leader is stopped (SIGTERM: a planned restart, as the issue says); the
 # chaincode and the peers are SIGKILLed (a crash).
@@ -59,8 +60,11 @@ class FabricLedger:
     network: FabricNetwork
 
     @classmethod
-    def create(cls, directory: Path, release: FabricRelease, batch_timeout: float) -> FabricLedger:
-        return cls(FabricNetwork(directory, release, NetworkOptions(batch_timeout=batch_timeout)))
+    def create(
+        cls, directory: Path, release: FabricRelease, batch_timeout: float, org1_peers: int = 1
+    ) -> FabricLedger:
+        options = NetworkOptions(batch_timeout=batch_timeout, org1_peers=org1_peers)
+        return cls(FabricNetwork(directory, release, options))
 
     @property
     def version(self) -> str:

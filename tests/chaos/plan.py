@@ -44,12 +44,39 @@ FAULT_KINDS = (
     "peer_outage",
     "gateway_peer_outage",
     "orderer_leader_outage",
+    # The HA topology's (--topology ha): the node leading the step queue of a
+    # three-node RabbitMQ cluster SIGKILLed, then started again; the PostgreSQL
+    # primary stopped (immediate) and its synchronous standby promoted (once per run:
+    # the old primary cannot come back without a rebuild); the Raft leader SIGKILLed
+    # (a crash, where orderer_leader_outage is a graceful stop), then started again.
+    # On the HA network gateway_peer_outage kills peer0.org1 while peer1.org1 serves.
+    "rabbit_leader_kill",
+    "pg_failover",
+    "orderer_leader_kill",
 )
 
 
+# Each gets its share of held-back sagas (see hold_per_fault), sent as it strikes.
 OUTAGES = frozenset(
-    {"chaincode_outage", "peer_outage", "gateway_peer_outage", "orderer_leader_outage"}
+    {
+        "chaincode_outage",
+        "peer_outage",
+        "gateway_peer_outage",
+        "orderer_leader_outage",
+        "rabbit_leader_kill",
+        "pg_failover",
+        "orderer_leader_kill",
+    }
 )
+
+
+TOPOLOGIES = ("single", "ha")
+
+
+# Kinds that need the HA topology, and kinds it has no use for: the machine's own
+# RabbitMQ and PostgreSQL, which the single topology restarts, carry nothing of an HA run.
+HA_ONLY = frozenset({"rabbit_leader_kill", "pg_failover"})
+SINGLE_ONLY = frozenset({"rabbitmq_restart", "postgres_restart"})
 
 
 BOTH = frozenset(LEDGERS)
@@ -62,6 +89,7 @@ FAULT_LEDGERS: dict[str, frozenset[str]] = {kind: BOTH for kind in FAULT_KINDS} 
     "peer_outage": frozenset({"fabric"}),
     "gateway_peer_outage": frozenset({"fabric"}),
     "orderer_leader_outage": frozenset({"fabric"}),
+    "orderer_leader_kill": frozenset({"fabric"}),
 }
 
 
@@ -102,6 +130,27 @@ FABRIC_CI_FAULTS: dict[str, int] = {
 } | {"worker_kill": 2, "gateway_peer_outage": 0}
 
 
+# HA topology on real Fabric: the process kills beside the four member faults.
+HA_FULL_FAULTS: dict[str, int] = {
+    "worker_kill": 6,
+    "relay_kill": 3,
+    "watcher_kill": 3,
+    "rabbit_leader_kill": 2,
+    "pg_failover": 1,
+    "orderer_leader_kill": 2,
+    "gateway_peer_outage": 2,
+}
+
+
+HA_CI_FAULTS: dict[str, int] = {
+    "worker_kill": 1,
+    "rabbit_leader_kill": 1,
+    "pg_failover": 1,
+    "orderer_leader_kill": 1,
+    "gateway_peer_outage": 1,
+}
+
+
 # Seconds a killed process or a stopped server stays down (seeded within).
 DOWNTIME: dict[str, tuple[float, float]] = {
     "worker_kill": (0.5, 3.0),
@@ -115,6 +164,11 @@ DOWNTIME: dict[str, tuple[float, float]] = {
     "peer_outage": (15.0, 25.0),
     "gateway_peer_outage": (15.0, 25.0),
     "orderer_leader_outage": (15.0, 25.0),
+    # The HA members: the rest of their cluster carries on meanwhile, so the product
+    # must not wait for them; a node's or member's start adds its own seconds.
+    "rabbit_leader_kill": (3.0, 8.0),
+    "pg_failover": (0.0, 0.0),  # a failover has no way back (DETECTION_SECONDS apply)
+    "orderer_leader_kill": (5.0, 10.0),
 }
 
 
@@ -128,8 +182,10 @@ KILLED_PROCESS = {
 }
 
 
-def fault_presets(ledger: str) -> tuple[dict[str, int], dict[str, int]]:
-    """(full run's fault counts, CI run's) for a ledger."""
+def fault_presets(ledger: str, topology: str = "single") -> tuple[dict[str, int], dict[str, int]]:
+    """(full run's fault counts, CI run's) for a ledger and topology."""
+    if topology == "ha":
+        return dict(HA_FULL_FAULTS), dict(HA_CI_FAULTS)
     if ledger == "fabric":
         return dict(FABRIC_FULL_FAULTS), dict(FABRIC_CI_FAULTS)
     return dict(FULL_FAULTS), dict(CI_FAULTS)
@@ -148,6 +204,9 @@ class ChaosConfig:
     poison: int = 3
     faults: dict[str, int] = field(default_factory=lambda: dict(FULL_FAULTS))
     ledger: str = "devnet"  # or "fabric": a real network (saga_fabricnet)
+    # "ha": RabbitMQ cluster, PostgreSQL primary + synchronous standby, Fabric with two
+    # Org1 peers (tests/chaos/topology.py); needs ledger "fabric".
+    topology: str = "single"
     # With ledger "fabric": a version under .fabric/, a release folder, or a release.
     fabric: str | Path | FabricRelease = "2.5.16"
     batch_timeout: float = CHAOS_BATCH_TIMEOUT  # the real network's BatchTimeout
@@ -158,9 +217,16 @@ class ChaosConfig:
     # the fault starts, these sagas meet it. At most 15 % are held in all, so the
     # last fault's 85 % terminal stays reachable.
     hold_per_fault: int | None = None
+    # The share of sagas held back in all (None: 15 %; on the HA topology 45 %, with
+    # the faults placed before half the sagas are terminal). An HA member's restart
+    # (a RabbitMQ node takes 10-20 s) outlasts a small window's load: without a larger
+    # share most HA faults would strike an idle system.
+    hold_share: float | None = None
 
-    # Faults fire when this fraction of the sagas is terminal (uniform in between).
-    fault_span: tuple[float, float] = (0.05, 0.85)
+    # Faults fire when this fraction of the sagas is terminal (uniform in between);
+    # None: (0.05, 0.85), on the HA topology (0.05, 0.5) (what the held sagas leave
+    # reachable before the first fault releases any).
+    fault_span: tuple[float, float] | None = None
     quiescence_timeout: float = 600.0
     enqueue_timeout: float = 180.0  # per saga, across every retry of its request
     workdir: Path | None = None
@@ -172,11 +238,20 @@ class ChaosConfig:
     def definitions(self) -> str:
         return {"ours": "tests.chaos.sagas", "naive": "tests.chaos.naive_sagas"}[self.baseline]
 
+    @property
+    def span(self) -> tuple[float, float]:
+        if self.fault_span is not None:
+            return self.fault_span
+        return (0.05, 0.5) if self.topology == "ha" else (0.05, 0.85)
+
     def held_per_fault(self) -> int:
         planned = sum(n for kind, n in self.faults.items() if kind in OUTAGES)
         if planned == 0:
             return 0
-        most = int(self.sagas * 0.15) // planned
+        share = self.hold_share
+        if share is None:
+            share = 0.45 if self.topology == "ha" else 0.15
+        most = int(self.sagas * share) // planned
         wanted = self.hold_per_fault
         if wanted is None:
             wanted = min(self.window, most) if self.ledger == "fabric" else 0
@@ -188,6 +263,19 @@ class ChaosConfig:
         wrong = [k for k, n in self.faults.items() if n and self.ledger not in FAULT_LEDGERS[k]]
         if wrong:
             raise ValueError(f"fault kinds {wrong} do not apply to the {self.ledger} ledger")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {TOPOLOGIES}, not {self.topology!r}")
+        if self.topology == "ha" and self.ledger != "fabric":
+            raise ValueError("the ha topology runs on real Fabric: give ledger 'fabric'")
+        other = SINGLE_ONLY if self.topology == "ha" else HA_ONLY
+        wrong = [k for k, n in self.faults.items() if n and k in other]
+        if wrong:
+            raise ValueError(f"fault kinds {wrong} do not apply to the {self.topology} topology")
+        if self.faults.get("pg_failover", 0) > 1:
+            raise ValueError(
+                "pg_failover can happen once per run: the old primary cannot rejoin as a "
+                "standby without a rebuild, so a second failover has no standby to promote"
+            )
 
 
 @dataclass(frozen=True)
@@ -235,7 +323,7 @@ def plan_workload(rng: random.Random, config: ChaosConfig) -> list[SagaPlan]:
 
 
 def plan_faults(rng: random.Random, config: ChaosConfig) -> list[Planned]:
-    low, high = config.fault_span
+    low, high = config.span
     planned = []
     for kind in FAULT_KINDS:
         for _ in range(config.faults.get(kind, 0)):

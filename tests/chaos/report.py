@@ -88,6 +88,8 @@ def _column(result: Mapping[str, Any]) -> str:
     ledger = str(result.get("ledger_kind", "devnet"))
     if result.get("fabric_version"):
         ledger = f"fabric {result['fabric_version']}"
+    if result.get("topology") == "ha":
+        ledger += " HA"
     return f"{result.get('baseline', '?')} / {ledger}"
 
 
@@ -114,7 +116,33 @@ def recovery_table(results: list[Mapping[str, Any]]) -> str:
                 f"{cell(f.get('chain_steps_while_down')):>22}"
                 + (f"  ERROR {f['error']}" if f.get("error") else "")
             )
+        lines += _in_flight_lines(r)
     return "\n".join(lines)
+
+
+def _in_flight_lines(r: Mapping[str, Any]) -> list[str]:
+    """Per fault: the sagas open as it struck, how they ended, duplicates among them,
+    and seconds from the fault's start to the first saga (and ledger saga) completed."""
+    faults = [f for f in r.get("faults", []) if f.get("in_flight_duplicates") is not None]
+    if not faults:
+        return []
+    lines = [
+        "  fault                  target                        in flight  "
+        "outcomes of those in flight              dup  1st saga  1st ledger saga"
+    ]
+    for f in faults:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(f["in_flight_outcomes"].items()))
+        lines.append(
+            f"  {f['kind']:<22} {f['target'][:29]:<29} {f['in_flight']:9}  "
+            f"{outcomes or '-':<40} {f['in_flight_duplicates']:3}  "
+            f"{_cell(f.get('first_saga_after_fault')):>8}  "
+            f"{_cell(f.get('first_ledger_saga_after_fault')):>15}"
+        )
+    return lines
+
+
+def _cell(v: object) -> str:
+    return "-" if v is None else str(v)
 
 
 def _lookup(section: str, key: str) -> Callable[[Mapping[str, Any]], Any]:

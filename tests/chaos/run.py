@@ -67,12 +67,21 @@ from saga.adapters.sql import create_engine
 from saga.client import SagaClient
 from saga.config import Settings
 from saga_fabricnet import FabricRelease
-from tests.chaos.checks import check, invariants, ledger_scan, ledger_waits, recovery, run_audit
+from tests.chaos.checks import (
+    check,
+    in_flight_outcomes,
+    invariants,
+    ledger_scan,
+    ledger_waits,
+    recovery,
+    run_audit,
+)
 from tests.chaos.faults import Injector
 from tests.chaos.plan import ChaosConfig, plan_faults, plan_poison, plan_workload
 from tests.chaos.progress import Progress
 from tests.chaos.quiescence import wait_quiet
 from tests.chaos.stack import Stack
+from tests.chaos.topology import HaTopology
 from tests.chaos.workload import run_workload
 from tests.fault.services import start_postgres, start_rabbitmq
 from tests.support.ports import free_port
@@ -106,9 +115,17 @@ def run(config: ChaosConfig) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     db_name = f"chaos_{run_id}"
     base, _, _ = ADMIN_URL.rpartition("/")
+    database_url, broker_url = f"{base}/{db_name}", AMQP_URL
+    topology: HaTopology | None = None
+    if config.topology == "ha":
+        say("[ha] starting a 3-node RabbitMQ cluster and a PostgreSQL primary + sync standby")
+        topology = HaTopology.start(db_name)
+        database_url, broker_url = topology.database_url, topology.broker_url
     settings = Settings(
-        database_url=f"{base}/{db_name}",
-        broker_url=AMQP_URL,
+        database_url=database_url,
+        broker_url=broker_url,
+        # Replicated on every node of a cluster (the default; said for the HA run).
+        queue_type="quorum",
         definitions=config.definitions,
         step_queue=f"chaos.{run_id}.steps",
         dead_letter_queue=f"chaos.{run_id}.dead-letter",
@@ -125,15 +142,24 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         sweep_max_redrives=20,
         sweep_abandon_after=120.0,
     )
-    with psycopg.connect(ADMIN_URL, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{db_name}"')
+    if topology is None:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{db_name}"')
     engine = create_engine(settings)
-    stack = Stack(config, workdir, settings)
+    try:
+        stack = Stack(config, workdir, settings)
+    except BaseException:
+        # The clusters started above are processes of ours: none outlives the run.
+        engine.dispose()
+        if topology is not None:
+            topology.close()
+        raise
     progress = Progress(engine)
     result: dict[str, Any] = {
         "seed": seed,
         "baseline": config.baseline,
         "ledger_kind": config.ledger,
+        "topology": config.topology,
         "sagas_planned": config.sagas,
         "workdir": str(workdir),
         "config": {
@@ -153,7 +179,7 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         stack.start()
         t0 = time.monotonic()
         progress.start()
-        injector = Injector(fault_plan, stack, progress, config, t0)
+        injector = Injector(fault_plan, stack, progress, config, t0, topology)
         injector.start()
         with SagaClient(
             f"http://127.0.0.1:{settings.api_port}",
@@ -184,6 +210,7 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         waits = ledger_waits(engine, list(workload.accepted))
         scan = ledger_scan(stack.env, stack.env["SAGA_FABRIC_CHANNEL"])
         checked = check(engine, workload, scan, settings, config.baseline)
+        in_flight_outcomes(engine, injector.done, injector.in_flight_ids, scan, config.baseline)
         audit_rc, audit_data = run_audit(stack.env, workdir)
         result.update(
             {
@@ -226,13 +253,17 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         if injector is not None:
             injector.abort()
         progress.stop()
-        with contextlib.suppress(Exception):
-            # A server left down by an interrupted fault comes back before anything else.
-            start_rabbitmq()
-            start_postgres()
+        if topology is None:
+            with contextlib.suppress(Exception):
+                # A server left down by an interrupted fault comes back before anything else.
+                start_rabbitmq()
+                start_postgres()
         stack.stop()
         engine.dispose()
-        if not config.keep:
+        if topology is not None:
+            # The clusters are the run's own: nothing to keep once they are gone.
+            topology.close()
+        elif not config.keep:
             with contextlib.suppress(Exception):
                 delete_topology(AMQP_URL, settings)
             with (

@@ -36,7 +36,11 @@ class Stack:
         base = child_env(settings)
         if config.ledger == "fabric":
             self.fabric = FabricLedger.create(
-                workdir / "fabricnet", fabric_release(config.fabric), config.batch_timeout
+                workdir / "fabricnet",
+                fabric_release(config.fabric),
+                config.batch_timeout,
+                # HA: peer0.org1 and peer1.org1, both in org1's profile.
+                org1_peers=2 if config.topology == "ha" else 1,
             )
             base.update(self.fabric.env())
         specs = select_processes(load_processes(), devnet=self.fabric is None, without=["flower"])
