@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from saga.adapters.sql.clock import as_utc, now
@@ -16,23 +17,33 @@ from saga.ports.store import LedgerAttemptRecord
 
 _COMMITTED = str(AttemptState.COMMITTED)
 _TERMINAL = tuple(str(s) for s in SagaStatus if s.terminal)
+# Read at every verify pass of a chain step (twice per task that prepares): built once
+# and sent on the connection, not re-planned through the ORM session on each call.
+_FOR_STEP = (
+    select(ledger_attempts)
+    .where(
+        ledger_attempts.c.saga_id == bindparam("saga_id"),
+        ledger_attempts.c.step == bindparam("step"),
+        ledger_attempts.c.purpose == bindparam("purpose"),
+    )
+    .order_by(ledger_attempts.c.id)
+)
 
 
 class SqlLedgerAttempts:
     """LedgerAttempts over a unit of work's session."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(
+        self, session: Session, connection: Callable[[], Connection] | None = None
+    ) -> None:
         self._session = session
+        # The chain step's statements go on the connection (as the inbox's and the
+        # saga repository's do), skipping the ORM session's per-call work.
+        self._conn = connection or session.connection
 
     def for_step(self, saga_id: str, step: str, purpose: str) -> list[LedgerAttemptRecord]:
-        rows = self._session.execute(
-            select(ledger_attempts)
-            .where(
-                ledger_attempts.c.saga_id == saga_id,
-                ledger_attempts.c.step == step,
-                ledger_attempts.c.purpose == purpose,
-            )
-            .order_by(ledger_attempts.c.id)
+        rows = self._conn().execute(
+            _FOR_STEP, {"saga_id": saga_id, "step": step, "purpose": purpose}
         )
         return [_record(r) for r in rows]
 
@@ -46,7 +57,7 @@ class SqlLedgerAttempts:
 
     def add(self, record: LedgerAttemptRecord) -> None:
         dialect = self._session.get_bind().dialect
-        self._session.execute(
+        self._conn().execute(
             insert(ledger_attempts).values(
                 saga_id=record.saga_id,
                 step=record.step,
@@ -66,7 +77,7 @@ class SqlLedgerAttempts:
 
     def mark_submitted(self, txid: str) -> None:
         dialect = self._session.get_bind().dialect
-        self._session.execute(
+        self._conn().execute(
             update(ledger_attempts)
             .where(
                 ledger_attempts.c.txid == txid,
@@ -77,12 +88,12 @@ class SqlLedgerAttempts:
 
     def mark_committed(self, txid: str, code: int, block: int | None) -> bool:
         dialect = self._session.get_bind().dialect
-        result = self._session.execute(
+        result = self._conn().execute(
             update(ledger_attempts)
             .where(ledger_attempts.c.txid == txid, ledger_attempts.c.state != _COMMITTED)
             .values(state=_COMMITTED, code=code, block=block, committed_at=now(dialect))
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)
 
     def unsettled(
         self, *, limit: int, older_than: datetime | None = None

@@ -150,7 +150,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutbox(self.session, self._connection)
         self.inbox = SqlInbox(self.session, self._connection)
         self.history = SqlHistory(self.session, self._connection)
-        self.ledger_attempts = SqlLedgerAttempts(self.session)
+        self.ledger_attempts = SqlLedgerAttempts(self.session, self._connection)
 
     def _connection(self) -> Connection:
         """The session's connection in this transaction, for the store's hot statements.
