@@ -41,6 +41,18 @@ its end to the first ledger saga completed and chain step done after it, and how
 many sagas waited for the ledger (history "waiting for the ledger") or spent a try
 of their chain step on an outage. The ledger scan reads the real blocks via qscc.
 
+`--ledger fabric --topology ha` runs it on the HA topology (tests/chaos/topology.py):
+a three-node RabbitMQ cluster of the run's own (quorum queues on all three, every
+process given the three URLs), a PostgreSQL primary with a synchronous standby (every
+process given both hosts, target_session_attrs=read-write) and a network with two
+Org1 peers. Its faults: the node leading the step queue SIGKILLed and started again,
+the primary stopped (immediate) and the standby promoted (once per run: the old
+primary cannot come back without a rebuild, so a second failover has no standby), the
+Raft leader SIGKILLed and started again, peer0.org1 (the gateway) SIGKILLed and started
+again, beside the process kills. Per fault the result adds the sagas open as it struck,
+how those ended, duplicates among them (a second VALID record or a doubled local
+write), and the seconds from its start to the first saga completed after it.
+
 `--baseline naive` runs the same workload and faults with tests.chaos.naive_sagas
 (a ledger step that endorses and submits a new transaction on every try) and
 counts its duplicates the same way (VALID payment transactions per saga beyond one).
