@@ -409,3 +409,89 @@ def test_ha_refuses_to_start_without_its_secrets(missing: str) -> None:
     result = _config(env, *HA_FILES)
     assert result.returncode != 0
     assert missing in result.stderr
+
+
+# -- the HA topology on the compose Fabric network (compose/fabric-network-ha.yml) -----
+
+FABRIC_NETWORK_HA = COMPOSE_DIR / "fabric-network-ha.yml"
+HA_NETWORK_SECRETS = {k: v for k, v in HA_SECRETS.items() if k not in FABRIC_ENV}
+HA_NETWORK_FILES = (BASE, FABRIC_NETWORK, FABRIC_NETWORK_HA, HA)
+PEER1 = "peer1.org1.example.com"
+
+
+def test_ha_network_adds_peer1_org1_with_the_launchers_environment() -> None:
+    services = _services(HA_NETWORK_SECRETS, *HA_NETWORK_FILES)
+    ha_options = fabricnet_compose.options(org1_peers=2)
+    assert fabricnet_compose.services(2) == [*fabricnet_compose.services(), PEER1]
+    assert [s for s in services if s.startswith("peer")] == [
+        "peer0.org1.example.com",
+        "peer0.org2.example.com",
+        PEER1,
+    ]
+    peer1 = services[PEER1]
+    assert peer1["image"] == f"hyperledger/fabric-peer:{FABRIC_VERSION}"
+    assert peer1["command"] == ["peer", "node", "start"]
+    assert peer1["restart"] == "unless-stopped"
+    assert peer1["depends_on"]["fabric-init"]["condition"] == "service_completed_successfully"
+    data_volumes = set()
+    for name in fabricnet_compose.services(2):
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        # Merged with fabric-network.yml, each node's environment is the launcher's for
+        # the two-peer Org1 (peer0.org1's gossip bootstrap is peer1.org1 and back).
+        assert env == fabricnet_compose.node_environment(name, ha_options), name
+        mounts = _mounts(services[name])
+        assert mounts[str(fabricnet_compose.ROOT)] == ("fabricnet", "ro"), name
+        data_volumes.add(mounts[fabricnet_compose.NODE_DATA][0])
+    assert len(data_volumes) == len(fabricnet_compose.services(2)), "a ledger volume each"
+    assert services[PEER1]["environment"]["CORE_PEER_ADDRESS"] == f"{PEER1}:10051"
+    assert services["peer0.org1.example.com"]["environment"]["CORE_PEER_GOSSIP_BOOTSTRAP"] == (
+        f"{PEER1}:10051"
+    )
+    assert services[PEER1]["environment"]["CORE_PEER_GOSSIP_BOOTSTRAP"] == (
+        "peer0.org1.example.com:7051"
+    )
+    # Each port names one member: peer1's own, none shared with another node.
+    p = fabricnet_compose.ports(2)
+    peer1_ports = vars(p.peer(1, 1))
+    assert all(fabricnet_compose.hosts()[port] == PEER1 for port in peer1_ports.values())
+
+
+def test_ha_network_setup_makes_and_joins_peer1_and_the_processes_name_both_peers() -> None:
+    services = _services(HA_NETWORK_SECRETS, *HA_NETWORK_FILES)
+    init = services["fabric-init"]["command"]
+    assert init[:4] == ["python", "-m", "saga_fabricnet.compose", "init"]
+    assert init[init.index("--org1-peers") + 1] == "2"
+    # The job's arguments parse: init accepts --org1-peers 2 (and nothing above the
+    # compose files' peers).
+    parsed = subprocess.run(
+        [sys.executable, *init[1:], "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert parsed.returncode == 0 and "--org1-peers" in parsed.stdout, parsed.stderr
+    with pytest.raises(ValueError):
+        fabricnet_compose.options(org1_peers=3)
+    # fabric-setup (deploy) joins and installs on every peer of the state init wrote;
+    # it waits for peer1 to be started as for the others.
+    depends = services["fabric-setup"]["depends_on"]
+    assert set(depends) == {*fabricnet_compose.services(2), "chaincode"}
+    assert depends[PEER1]["condition"] == "service_started"
+    for name in SAGA_PROCESSES:
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        settings = Settings.from_env(env)
+        # The gateway peers the processes are told about are the network's Org1 peers.
+        assert settings.fabric_peer_names() == [
+            org.peer_host(n) for org, n in fabricnet_compose.peer_refs(2) if org.index == 1
+        ], name
+        assert env["SAGA_FABRIC_PROFILE"] == str(Layout(fabricnet_compose.ROOT).profile(Org(1)))
+        assert services[name]["depends_on"]["fabric-setup"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
+def test_ha_network_file_leaves_the_default_network_one_peer_per_org() -> None:
+    services = _network_services()
+    assert PEER1 not in services
+    init = services["fabric-init"]["command"]
+    assert "--org1-peers" not in init
+    assert services["peer0.org1.example.com"]["environment"]["CORE_PEER_GOSSIP_BOOTSTRAP"] == (
+        "peer0.org1.example.com:7051"
+    )

@@ -89,3 +89,29 @@ def test_fabric_init_leaves_a_network_addressed_by_service_names(tmp_path: Path)
     again = compose.init(tmp_path, release, compose.options(channel="payments"))
     assert again.package_id == state.package_id
     assert layout.channel_block.read_bytes() == block_bytes
+
+
+def test_fabric_init_with_two_org1_peers_makes_peer1_and_lists_both(tmp_path: Path) -> None:
+    """compose/fabric-network-ha.yml's init: peer1.org1's material names its service,
+    the Org1 profile lists peer0 then peer1, and the state deploy reads names peer1,
+    so fabric-setup joins it and installs on it."""
+    release = fabric_release()
+    state = compose.init(tmp_path, release, compose.options(org1_peers=2))
+    layout = Layout(tmp_path)
+    org1 = Org(1)
+    peer1 = org1.peer_host(1)
+    assert f"DNS:{peer1}" in _san(layout.peer_dir(org1, 1) / "tls" / "server.crt")
+    profile = json.loads(layout.profile(org1).read_text())
+    assert profile["organizations"]["Org1"]["peers"] == [org1.peer, peer1]
+    assert profile["peers"][peer1]["url"] == f"grpcs://{peer1}:10051"
+    assert profile["peers"][peer1]["grpcOptions"]["ssl-target-name-override"] == peer1
+    org2 = json.loads(layout.profile(Org(2)).read_text())
+    assert org2["organizations"]["Org2"]["peers"] == [Org(2).peer]
+    assert state.options.org1_peers == 2
+    assert state.ports.peer(1, 1).listen == 10051
+    assert (org1, 1) in compose.peer_refs(state.options.org1_peers)
+    # Anchor peers stay peer0 of each org: peer1 is found through gossip.
+    block = json.loads(_decode_block(release.bin_dir, layout.channel_block))
+    groups = block["data"]["data"][0]["payload"]["data"]["config"]["channel_group"]["groups"]
+    values = groups["Application"]["groups"][org1.msp_id]["values"]
+    assert values["AnchorPeers"]["value"]["anchor_peers"] == [{"host": org1.peer, "port": 7051}]

@@ -21,15 +21,20 @@ LOOPBACK = re.compile(r"127\.0\.0\.1|localhost")
 
 
 def test_every_port_names_one_member() -> None:
-    p = compose.ports()
+    # The table covers the largest topology (peer1.org1 of compose/fabric-network-ha.yml).
+    p = compose.ports(compose.MAX_ORG1_PEERS)
     numbers = [p.chaincode]
     for o in p.orderers:
         numbers += [o.listen, o.admin, o.operations]
-    for peer in p.peers.values():
+    for peer in [*p.peers.values(), *(q for more in p.more_peers.values() for q in more)]:
         numbers += [peer.listen, peer.chaincode, peer.operations]
     assert len(numbers) == len(set(numbers))
     assert set(compose.hosts()) == set(numbers)
-    assert set(compose.hosts().values()) == {*compose.services(), compose.CHAINCODE_HOST}
+    assert set(compose.hosts().values()) == {
+        *compose.services(compose.MAX_ORG1_PEERS),
+        compose.CHAINCODE_HOST,
+    }
+    assert compose.ports().more_peers == {}, "the default network has one peer per org"
 
 
 def test_readdress_swaps_members_addresses_only() -> None:

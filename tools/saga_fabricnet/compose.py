@@ -13,6 +13,10 @@ member a port of its own and turns every ``127.0.0.1:<port>`` (and the profiles'
     python -m saga_fabricnet.compose chaincode  # service chaincode: python -m sagafacts_chaincode
     python -m saga_fabricnet.compose env peer0.org1.example.com   # a node's environment
     python -m saga_fabricnet.compose check      # image build: binaries and package files
+
+``init --org1-peers 2`` adds peer1.org1.example.com (compose/fabric-network-ha.yml):
+its own material, ports and ledger, gossip bootstrap between the two Org1 peers, both
+in connection-org1.json; ``deploy`` joins and installs on every peer the state names.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ _ADDRESS = re.compile(r"\b(?:127\.0\.0\.1|localhost):(\d+)\b")
 _HOST_ONLY = ("PATH", "HOME", "LANG", "TZ")
 
 
-def ports() -> Ports:
+def ports(org1_peers: int = 1) -> Ports:
     """Fixed, and distinct across members although each has its own container: a
     port then names its member, which is what `readdress` relies on (and the nodes
     could be published on one host without clashes)."""
@@ -71,7 +75,18 @@ def ports() -> Ports:
         ],
         peers={1: PeerPorts(7051, 7052, 9446), 2: PeerPorts(9051, 9052, 9447)},
         chaincode=9999,
+        # peer1.org1 of the HA network; MAX_ORG1_PEERS is 2, so one set is enough.
+        more_peers={1: [PeerPorts(10051, 10052, 9448)]} if org1_peers > 1 else {},
     )
+
+
+# Most Org1 peers a compose deployment may have (compose/fabric-network-ha.yml).
+MAX_ORG1_PEERS = 2
+
+
+def peer_refs(org1_peers: int = 1) -> list[tuple[Org, int]]:
+    """(org, n) of every peer: peer0 of each org, then Org1's others."""
+    return [(Org(i), 0) for i in ORGS] + [(Org(1), n) for n in range(1, org1_peers)]
 
 
 def orderer_host(n: int) -> str:
@@ -84,18 +99,23 @@ def peer_host(org: Org) -> str:
 
 def hosts() -> dict[int, str]:
     """Port -> the compose service listening on it."""
-    p = ports()
+    # Every port any topology has: one table readdresses the default and the HA network.
+    p = ports(MAX_ORG1_PEERS)
     table = {p.chaincode: CHAINCODE_HOST}
     for n, o in enumerate(p.orderers):
         table.update(dict.fromkeys((o.listen, o.admin, o.operations), orderer_host(n)))
-    for index, peer in p.peers.items():
-        table.update(dict.fromkeys((peer.listen, peer.chaincode, peer.operations), Org(index).peer))
+    for org, n in peer_refs(MAX_ORG1_PEERS):
+        peer = p.peer(org.index, n)
+        table.update(
+            dict.fromkeys((peer.listen, peer.chaincode, peer.operations), org.peer_host(n))
+        )
     return table
 
 
-def services() -> list[str]:
+def services(org1_peers: int = 1) -> list[str]:
     """The network's compose services, in start order."""
-    return [*(orderer_host(n) for n in range(ORDERERS)), *(Org(i).peer for i in ORGS)]
+    peers = [org.peer_host(n) for org, n in peer_refs(org1_peers)]
+    return [*(orderer_host(n) for n in range(ORDERERS)), *peers]
 
 
 def readdress(value: str) -> str:
@@ -126,9 +146,15 @@ def readdress_tree(node: Any) -> Any:
     return node
 
 
-def options(channel: str = "mychannel", batch_timeout: float = 2.0) -> NetworkOptions:
+def options(
+    channel: str = "mychannel", batch_timeout: float = 2.0, org1_peers: int = 1
+) -> NetworkOptions:
+    if not 1 <= org1_peers <= MAX_ORG1_PEERS:
+        raise ValueError(f"org1_peers must be 1..{MAX_ORG1_PEERS}: the compose files have those")
     # Raft on three orderers only: the compose file has three, and BFT needs Fabric 3.
-    return NetworkOptions(channel=channel, orderers=ORDERERS, batch_timeout=batch_timeout)
+    return NetworkOptions(
+        channel=channel, orderers=ORDERERS, batch_timeout=batch_timeout, org1_peers=org1_peers
+    )
 
 
 def render_configtx(layout: Layout, opts: NetworkOptions) -> str:
@@ -137,11 +163,13 @@ def render_configtx(layout: Layout, opts: NetworkOptions) -> str:
     return yaml.safe_dump(readdress_tree(document), sort_keys=False)
 
 
-def connection_profile(layout: Layout, org: Org) -> dict[str, Any]:
-    """The launcher's connection profile for `org`, naming the peer's service. It has a
+def connection_profile(layout: Layout, org: Org, org1_peers: int = 1) -> dict[str, Any]:
+    """The launcher's connection profile for `org`, naming the peers' services. It has a
     Fabric CA entry on a port no member has, left as is: no CA runs (cryptogen)."""
+    p = ports(org1_peers)
+    more = [peer.listen for peer in p.more_peers.get(org.index, [])]
     profile: dict[str, Any] = readdress_tree(
-        material.connection_profile(layout, org, ports().peers[org.index].listen)
+        material.connection_profile(layout, org, p.peers[org.index].listen, more)
     )
     return profile
 
@@ -165,7 +193,7 @@ def _state(opts: NetworkOptions, package_id: str = "") -> NetworkState:
         fabric_cfg=str(image.cfg_dir),
         version=image.version,
         options=opts,
-        ports=ports(),
+        ports=ports(opts.org1_peers),
         package_id=package_id,
     )
 
@@ -196,13 +224,13 @@ def node_environment(service: str, opts: NetworkOptions | None = None) -> dict[s
         if service == orderer_host(n):
             env = nodes.orderer_spec(image, layout, state, n).env
             return _containerise(env, layout.data / nodes.orderer_name(n))
-    for index in ORGS:
-        org = Org(index)
-        if service == org.peer:
+    for org, n in peer_refs(opts.org1_peers):
+        if service == org.peer_host(n):
             return _containerise(
-                nodes.peer_env(layout, state, org), layout.data / nodes.peer_name(org)
+                nodes.peer_env(layout, state, org, n), layout.data / nodes.peer_name(org, n)
             )
-    raise ValueError(f"no Fabric node {service!r}; nodes are {', '.join(services())}")
+    names = ", ".join(services(opts.org1_peers))
+    raise ValueError(f"no Fabric node {service!r}; nodes are {names}")
 
 
 # -- job fabric-init -----------------------------------------------------------
@@ -218,9 +246,9 @@ def init(directory: Path, release: FabricRelease, opts: NetworkOptions) -> Netwo
     for leftover in (layout.organizations, layout.config, layout.channel_block.parent):
         shutil.rmtree(leftover, ignore_errors=True)
     orgs = [Org(i) for i in ORGS]
-    material.generate(release, layout, opts.orderers, orgs)
+    material.generate(release, layout, opts.orderers, orgs, {1: opts.org1_peers})
     for org in orgs:
-        text = json.dumps(connection_profile(layout, org), indent=4) + "\n"
+        text = json.dumps(connection_profile(layout, org, opts.org1_peers), indent=4) + "\n"
         layout.profile(org).write_text(text)
     peer_config.write_config(release, layout)
     (layout.config / "configtx.yaml").write_text(render_configtx(layout, opts))
@@ -237,7 +265,7 @@ def init(directory: Path, release: FabricRelease, opts: NetworkOptions) -> Netwo
     )
     if result.returncode != 0:
         raise RuntimeError(f"configtxgen failed: {result.stderr or result.stdout}")
-    p = ports()
+    p = ports(opts.org1_peers)
     chaincode_package.build(layout.chaincode_package, f"{CHAINCODE_HOST}:{p.chaincode}")
     package_id = chaincode_package.package_id(release, layout.chaincode_package, layout.config)
     state = NetworkState(
@@ -318,24 +346,25 @@ def deploy(directory: Path, timeout: float = READY_TIMEOUT) -> float:
     state = state_file.load()
     admin = ComposeAdmin(net.release, net.layout, state)
     p = state.ports
+    peers = peer_refs(state.options.org1_peers)
     wait_reachable(
         [(orderer_host(n), o.admin) for n, o in enumerate(p.orderers)]
-        + [(Org(i).peer, p.peers[i].listen) for i in ORGS],
+        + [(org.peer_host(n), p.peer(org.index, n).listen) for org, n in peers],
         timeout,
     )
     orgs = [Org(i) for i in ORGS]
     if not state.channel_joined:
         for n in range(len(p.orderers)):
             admin.join_orderer(n)
-        for org in orgs:
-            admin.join_peer(org)
+        for org, n in peers:
+            admin.join_peer(org, n)
         with state_file.update() as s:
             s.channel_joined = True
     if not state.deployed:
         # Install (skipped where done) even if a half-finished run committed: a peer
         # without the package cannot endorse.
-        for org in orgs:
-            admin.install(org)
+        for org, n in peers:
+            admin.install(org, n)
         if not admin.committed():
             for org in orgs:
                 admin.approve(org)
@@ -369,6 +398,13 @@ def _parser() -> argparse.ArgumentParser:
     init_p.add_argument("--fabric-cfg", help="default: $FABRIC_CFG_PATH")
     init_p.add_argument("--channel", default=os.environ.get("SAGA_FABRIC_CHANNEL") or "mychannel")
     init_p.add_argument("--batch-timeout", type=float, default=2.0)
+    init_p.add_argument(
+        "--org1-peers",
+        type=int,
+        choices=range(1, MAX_ORG1_PEERS + 1),
+        default=1,
+        help="2 adds peer1.org1.example.com (compose/fabric-network-ha.yml)",
+    )
     deploy_p = sub.add_parser(
         "deploy", help="join the channel, deploy sagafacts, wait until both orgs endorse"
     )
@@ -380,7 +416,8 @@ def _parser() -> argparse.ArgumentParser:
     check_p.add_argument("--fabric-bin", help="default: $FABRIC_BIN")
     check_p.add_argument("--fabric-cfg", help="default: $FABRIC_CFG_PATH")
     env_p = sub.add_parser("env", help="print a node's container environment (YAML)")
-    env_p.add_argument("service", choices=services())
+    env_p.add_argument("service", choices=services(MAX_ORG1_PEERS))
+    env_p.add_argument("--org1-peers", type=int, choices=range(1, MAX_ORG1_PEERS + 1), default=1)
     for p in (init_p, deploy_p, chaincode_p):
         p.add_argument("--dir", type=Path, default=ROOT, help=f"the shared volume ({ROOT})")
     return parser
@@ -391,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if opts.command == "init":
             release = FabricRelease.locate(opts.fabric_bin, opts.fabric_cfg)
-            state = init(opts.dir, release, options(opts.channel, opts.batch_timeout))
+            network = options(opts.channel, opts.batch_timeout, opts.org1_peers)
+            state = init(opts.dir, release, network)
             print(f"Fabric {state.version} network in {opts.dir}: channel {state.options.channel}")
             print(f"sagafacts package id {state.package_id}", flush=True)
         elif opts.command == "deploy":
@@ -408,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             version = check_install(FabricRelease.locate(opts.fabric_bin, opts.fabric_cfg))
             print(f"Fabric {version} and saga_fabricnet's files are in place")
         elif opts.command == "env":
-            print(yaml.safe_dump(node_environment(opts.service), sort_keys=False), end="")
+            env = node_environment(opts.service, options(org1_peers=opts.org1_peers))
+            print(yaml.safe_dump(env, sort_keys=False), end="")
     except (FabricBinaryMissing, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
