@@ -84,7 +84,7 @@ class Settings:
     # The broker the relay publishes to and workers consume from. `embedded+` is
     # kombu's SQLAlchemy transport polling every 50 ms (saga.adapters.rabbitmq.embedded).
     # Nodes of a RabbitMQ cluster are listed `;`-separated
-    # (amqp://u:p@rmq1//;amqp://u:p@rmq2//): every process moves to the next one
+    # (amqp://saga:${RABBITMQ_PASSWORD}@rmq1//;...): every process moves to the next one
     # when its node dies.
     broker_url: str = "embedded+sqlite:///saga-broker.sqlite3"
     # Python modules whose `definition` (or `register(registry)`) declare the sagas.

@@ -4,8 +4,8 @@
 # standby has not received) and its pg_hba line.
 set -eu
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-  -v password="$REPLICATION_PASSWORD" <<'SQL'
-CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'password';
+  -v pw="$REPLICATION_PASSWORD" <<'SQL'
+CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'pw';
 SELECT pg_create_physical_replication_slot('saga_standby');
 SQL
 echo "host replication replicator all scram-sha-256" >> "$PGDATA/pg_hba.conf"

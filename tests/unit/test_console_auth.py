@@ -9,7 +9,7 @@ import pytest
 
 from saga.config import ConfigError, Settings
 from saga.entrypoints.http.ui import csrf
-from saga.entrypoints.http.ui.auth import TOKEN_USER, Authenticator, Role, parse_users
+from saga.entrypoints.http.ui.auth import API_LOGIN_NAME, Authenticator, Role, parse_users
 from saga.entrypoints.http.ui.passwords import check_password, hash_password
 
 HASH = hash_password("s3cret")
@@ -52,7 +52,7 @@ def test_users_and_the_api_token_log_in_with_their_roles() -> None:
     assert olga is not None and olga.role is Role.OPERATOR
     assert rita is not None and rita.role is Role.READ_ONLY
     token = a.check("", "tok")
-    assert token is not None and token.name == TOKEN_USER and token.role is Role.OPERATOR
+    assert token is not None and token.name == API_LOGIN_NAME and token.role is Role.OPERATOR
     assert a.check("olga", "wrong") is None
     assert a.check("nobody", "s3cret") is None
     assert a.check("olga", "tok") is None  # the token is not every user's password

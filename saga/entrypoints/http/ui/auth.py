@@ -22,7 +22,7 @@ from saga.config import ConfigError, Settings
 from saga.entrypoints.http.ui.passwords import check_password
 
 COOKIE = "saga_console"
-TOKEN_USER = "api-token"
+API_LOGIN_NAME = "api-token"
 
 
 class Role(StrEnum):
@@ -51,8 +51,8 @@ def parse_users(text: str) -> dict[str, User]:
                 "operator or read-only; make the hash with `python -m "
                 "saga.entrypoints.http.ui.passwords`"
             )
-        if name == TOKEN_USER:
-            raise ConfigError(f"SAGA_UI_USERS: the name {TOKEN_USER!r} is the API token's")
+        if name == API_LOGIN_NAME:
+            raise ConfigError(f"SAGA_UI_USERS: the name {API_LOGIN_NAME!r} is the API token's")
         users[name] = User(name, Role(role), password_hash)
     return users
 
@@ -104,9 +104,9 @@ class Authenticator:
                 hashlib.sha256(password.encode()).digest(),
                 hashlib.sha256(self._token.encode()).digest(),
             )
-            and name in ("", TOKEN_USER)
+            and name in ("", API_LOGIN_NAME)
         ):
-            return User(TOKEN_USER, Role.OPERATOR, "")
+            return User(API_LOGIN_NAME, Role.OPERATOR, "")
         user = self.users.get(name)
         if user is None:
             # The same work as a real check, so timing does not tell which names exist.
@@ -148,12 +148,12 @@ class Authenticator:
             return None
         if session.expires < time.time():
             return None
-        if session.user is not None and session.user != TOKEN_USER:
+        if session.user is not None and session.user != API_LOGIN_NAME:
             user = self.users.get(session.user)
             # A user removed or demoted in the settings loses the session at once.
             if user is None or user.role is not session.role:
                 return None
-        if session.user == TOKEN_USER and not self._token:
+        if session.user == API_LOGIN_NAME and not self._token:
             return None
         return session
 

@@ -46,7 +46,7 @@ def check_password(password: str, stored: str) -> bool:
 
 
 def main() -> int:
-    first = getpass.getpass("password: ")
+    first = getpass.getpass("Password to hash: ")
     if not first:
         print("an empty password would let anyone in; give one", file=sys.stderr)
         return 2
