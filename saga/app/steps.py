@@ -240,6 +240,11 @@ class StepRunner:
                                     "error": f"{type(exc).__name__}: {exc}",
                                 },
                             )
+                            # The steps before the failing one run again; the
+                            # failing one is not (its failure is recorded).
+                            self._telemetry.fused_run_rolled_back(
+                                current.saga, current.step, current.phase, len(fused)
+                            )
                             return _Failed(current, exc)
                         failure = exc
                         break
@@ -251,7 +256,7 @@ class StepRunner:
                     uow.commit()
                     run.budget -= len(fused)
                     for done in fused:
-                        self._telemetry.inline_step(done.saga, done.step, done.phase)
+                        self._telemetry.fused_step(done.saga, done.step, done.phase)
                     return Outcome.APPLIED, following
                 current = after
                 fused.append(after)

@@ -33,6 +33,15 @@ class Telemetry(Protocol):
     def inline_step(self, saga: str, step: str, phase: object) -> None:
         """A worker took a step message from the outbox and ran it itself."""
 
+    def fused_step(self, saga: str, step: str, phase: object) -> None:
+        """A step ran and committed in the transaction of the step before it; its
+        message was never written (so it is neither published nor taken inline)."""
+
+    def fused_run_rolled_back(self, saga: str, step: str, phase: object, runs: int) -> None:
+        """`step` failed inside a fused run: the transaction was rolled back, and the
+        `runs` steps before `step` run again one step per transaction (`step` itself
+        is not run again: its failure is recorded)."""
+
     def event_applied(self, before: SagaState, after: SagaState, event: Event) -> None:
         """An event went through the state machine (in the step's transaction)."""
 
@@ -79,6 +88,12 @@ class NoTelemetry:
         yield
 
     def inline_step(self, saga: str, step: str, phase: object) -> None:
+        pass
+
+    def fused_step(self, saga: str, step: str, phase: object) -> None:
+        pass
+
+    def fused_run_rolled_back(self, saga: str, step: str, phase: object, runs: int) -> None:
         pass
 
     def event_applied(self, before: SagaState, after: SagaState, event: Event) -> None:

@@ -159,6 +159,22 @@ class Instruments:
             ["saga", "step", "phase"],
         )
     )
+    fused_steps = _Metric(
+        _counter(
+            "saga_fused_steps_total",
+            "Steps run and committed in the transaction of the step before them; their"
+            " messages were never written",
+            ["saga", "step", "phase"],
+        )
+    )
+    fused_rollbacks = _Metric(
+        _counter(
+            "saga_fused_step_runs_redone_total",
+            "Step runs rolled back because a later step of their fused transaction failed,"
+            " then run again one step per transaction; labelled by the failing step",
+            ["saga", "step", "phase"],
+        )
+    )
     chain_decisions = _Metric(
         _counter(
             "saga_chain_verify_total",
@@ -333,6 +349,14 @@ def commit_seen(record: LedgerAttemptRecord, valid: bool) -> None:
 
 def inline_step(saga: str, step: str, phase: object) -> None:
     instruments().inline_steps.labels(saga, step, str(phase)).inc()
+
+
+def fused_step(saga: str, step: str, phase: object) -> None:
+    instruments().fused_steps.labels(saga, step, str(phase)).inc()
+
+
+def fused_run_rolled_back(saga: str, step: str, phase: object, runs: int) -> None:
+    instruments().fused_rollbacks.labels(saga, step, str(phase)).inc(runs)
 
 
 def relay_batch(count: int) -> None:

@@ -24,6 +24,12 @@ class PrometheusTelemetry:
     def inline_step(self, saga: str, step: str, phase: object) -> None:
         metrics.inline_step(saga, step, phase)
 
+    def fused_step(self, saga: str, step: str, phase: object) -> None:
+        metrics.fused_step(saga, step, phase)
+
+    def fused_run_rolled_back(self, saga: str, step: str, phase: object, runs: int) -> None:
+        metrics.fused_run_rolled_back(saga, step, phase, runs)
+
     def event_applied(self, before: SagaState, after: SagaState, event: Event) -> None:
         metrics.event_applied(before, after, event)
 
