@@ -14,6 +14,7 @@ effect exists once and every step took one attempt.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -104,10 +105,16 @@ def test_worker_killed_in_a_fused_run(
     assert [s.attempts for s in view.steps] == [1] * len(view.steps), view.line()
     # Still one message written and one claimed for the whole saga.
     assert stored(engine, victim) == (1, 0, 1)
-    handled = [
-        r.get("outcome")
-        for r in second.log_records()
-        if r.get("msg") == "step message handled" and r.get("saga_id") == victim
-    ]
+
+    def handled() -> list[Any]:
+        return [
+            r.get("outcome")
+            for r in second.log_records()
+            if r.get("msg") == "step message handled" and r.get("saga_id") == victim
+        ]
+
+    # Killed after its commit, the victim was already terminal: wait for the
+    # second worker to meet the redelivered message before reading what it did.
+    wait_for(handled, timeout=60, what="the redelivered message handled", report=procs.report)
     # The delivered message came back: run again, or found done.
-    assert handled == (["applied"] if hook == "in_transaction" else ["duplicate"]), procs.report()
+    assert handled() == (["applied"] if hook == "in_transaction" else ["duplicate"]), procs.report()

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from saga.adapters.rabbitmq.topology import DLQ_AT, DLQ_ERROR, DLQ_REASON, DLQ_ROUTING_KEY
 from saga.adapters.sql import create_engine
-from saga.adapters.sql.tables import inbox
+from saga.adapters.sql.tables import inbox, outbox
 from saga.config import Settings
 from saga.core.state import SagaStatus
 from saga.examples.order_payment import NAME
@@ -73,9 +73,17 @@ def test_poison_messages_are_dead_lettered_with_reason_and_the_worker_keeps_goin
             assert headers[DLQ_AT]
             assert headers[DLQ_ROUTING_KEY] == settings.step_queue
         assert queue_depth(settings.broker_url, settings.step_queue) == 0
-        # Refused messages store nothing: only the good saga's steps are in the inbox.
+        # Refused messages store nothing: the inbox holds exactly the messages the
+        # good saga wrote to its outbox (one when its steps run fused, one per step
+        # when they do not), each claimed once.
         with engine.connect() as connection:
-            recorded = connection.execute(select(func.count()).select_from(inbox)).scalar_one()
-        assert recorded == 4
+            claimed = connection.execute(
+                select(inbox.c.saga_id, func.count()).group_by(inbox.c.saga_id)
+            ).all()
+            written = connection.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.saga_id == victim)
+            ).scalar_one()
+        assert written >= 1
+        assert [tuple(row) for row in claimed] == [(victim, written)]
     finally:
         engine.dispose()
