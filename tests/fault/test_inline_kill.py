@@ -102,5 +102,13 @@ def test_worker_killed_in_an_inline_step(
     # Every message of the saga went out or was taken by an inline step; none is left.
     assert all(published for published, _ in outbox_rows(engine, victim).values())
     # The second worker ran the held step from a delivery and the rest inline.
-    inline = [r for r in second.log_records() if r.get("msg") == "inline step handled"]
-    assert any(r.get("saga_id") == victim for r in inline), procs.report()
+    # (Its log line follows the commit that made the saga terminal: wait for it.)
+    wait_for(
+        lambda: any(
+            r.get("msg") == "inline step handled" and r.get("saga_id") == victim
+            for r in second.log_records()
+        ),
+        timeout=30,
+        what="the second worker's inline step of the victim in its log",
+        report=procs.report,
+    )
