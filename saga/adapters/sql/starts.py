@@ -12,6 +12,7 @@ from saga.adapters.sql.clock import utcnow
 from saga.adapters.sql.errors import is_transient, unavailable
 from saga.adapters.sql.saga_start import start
 from saga.adapters.sql.unit_of_work import SqlUnitOfWork
+from saga.app.starting import StartInUnitOfWork
 from saga.ports.store import (
     DuplicateIdempotencyKey,
     HistoryEntry,
@@ -27,6 +28,7 @@ class SqlSagaStarts:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._in_unit_of_work = StartInUnitOfWork(lambda: SqlUnitOfWork(engine))
 
     def __call__(
         self,
@@ -35,9 +37,7 @@ class SqlSagaStarts:
         notes: Sequence[HistoryEntry],
     ) -> None:
         if self._engine.dialect.name != "postgresql":
-            with SqlUnitOfWork(self._engine) as uow:
-                uow.sagas.start(record, messages, notes)
-                uow.commit()
+            self._in_unit_of_work(record, messages, notes)
             return
         now = utcnow()
         record = replace(
