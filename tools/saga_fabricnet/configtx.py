@@ -10,7 +10,7 @@ from importlib import resources
 from string import Template
 
 from saga_fabricnet.material import ORDERER_MSP, Layout, Org
-from saga_fabricnet.options import NetworkOptions
+from saga_fabricnet.options import ABSOLUTE_MAX_BYTES, NetworkOptions
 from saga_fabricnet.release import FabricRelease
 from saga_fabricnet.state import Ports
 
@@ -91,6 +91,8 @@ def render(layout: Layout, options: NetworkOptions, ports: Ports) -> str:
         else _raft(layout, ports),
         batch_timeout=_duration(options.batch_timeout),
         max_message_count=options.max_message_count,
+        absolute_max_bytes=ABSOLUTE_MAX_BYTES,
+        preferred_max_bytes=options.preferred_max_bytes,
     )
 
 
