@@ -1,7 +1,7 @@
 """Chain sagas on REAL Fabric 2.5, against the same network's plain-client commit rate
 and against the naive inline-commit Celery task (issue 14 item 3).
 
-    python -m bench chain-real [--sagas 1000] [--batch-timeouts 2,0.25] [--in-flight 1000]
+    python -m bench chain-real [--quick] [--batch-timeouts 2,0.25] [--in-flight-batch-timeout 90]
 
 For each BatchTimeout, one real network (tools/saga_fabricnet: official 2.5 binaries,
 three etcdraft orderers, peer0.org1 + peer0.org2, sagafacts as a service, MAJORITY
@@ -14,14 +14,26 @@ endorsement, MaxMessageCount `--block-size`), and on it, one after the other:
 2. naive: the same number as tasks of bench/naive_chain_app.py (endorse, submit, wait
    for the commit inline, INSERT a row), one `celery worker` with its default prefork
    pool of 2. Sagas/s = n / (last INSERT - first publish).
-3. ours: `--sagas` `bench-chain` sagas (one chain step) enqueued at once, through
-   relay, `saga chain-executor` (SAGA_CHAIN_IN_FLIGHT `--executor-in-flight`), `saga
-   watcher`, and one `saga worker` (idle: no local steps). Sagas/s = sagas / (last
-   terminal - first enqueue).
+3. ours: `--sagas` `bench-chain` sagas (one chain step) enqueued inside the clock by
+   8 threads (`orch.enqueue`, one Orchestrator: the many request handlers of a
+   service; each enqueue is its own unit of work), through relay, `saga
+   chain-executor` (SAGA_CHAIN_IN_FLIGHT `--executor-in-flight`), `saga watcher`, and
+   one `saga worker` (idle: no local steps). Sagas/s = sagas / (last terminal - first
+   enqueue). One enqueueing thread would cap the rate at what it enqueues (~40/s
+   here) while the plain client has all its work at once.
 
-Then, on the first network, `--in-flight` sagas at once: the most chain transactions
-submitted and not yet committed at one moment (ledger_attempts sampled every 0.1 s),
-and the longest chain step task against the block time (no task waits for a block).
+Then, on a network of its own, `in_flight` sagas (1,000) enqueued before the processes
+start: BatchTimeout `in_flight_batch_timeout` (90 s), so that no block is cut while
+the executor submits, MaxMessageCount at least the saga count and PreferredMaxBytes
+32 MB, so that neither count nor size cuts one (at Fabric's sample 512 KB the orderer
+cuts a block every ~150 chain transactions of 3-4 KB whatever MaxMessageCount says,
+and with blocks every 2 s Little's law bounds what is in flight to throughput x block
+time). Figures: the most chain transactions prepared or submitted and not yet known
+committed at one moment (ledger_attempts rows with state != committed, sampled every
+0.1 s), how many were so at the first commit and how many the first block holds, and
+the longest chain step task against the block time (no task waits for a block). Its
+re-check delay is the BatchTimeout + 30 s, so that no re-check resubmits an envelope
+the orderer is still holding in its batch.
 
 CPU seconds per process (utime + stime from /proc/<pid>/stat, over each run) name what
 bounds a run; PostgreSQL and RabbitMQ are shared with anything else on the machine.
@@ -181,19 +193,26 @@ def _loadavg() -> str:
 
 
 @contextlib.contextmanager
-def real_network(batch_timeout: float, block_size: int) -> Iterator[FabricNetwork]:
+def real_network(
+    batch_timeout: float, block_size: int, preferred_max_bytes: str = "512 KB"
+) -> Iterator[FabricNetwork]:
     work = Path(tempfile.mkdtemp(prefix="bench_chain_real."))
     release = fabric_release()
     network = FabricNetwork(
         work / "net",
         release,
-        NetworkOptions(batch_timeout=batch_timeout, max_message_count=block_size),
+        NetworkOptions(
+            batch_timeout=batch_timeout,
+            max_message_count=block_size,
+            preferred_max_bytes=preferred_max_bytes,
+        ),
     )
     try:
         started = time.monotonic()
         network.up()
         print(
-            f"  network up in {time.monotonic() - started:.0f}s (BatchTimeout {batch_timeout}s)",
+            f"  network up in {time.monotonic() - started:.0f}s (BatchTimeout {batch_timeout}s,"
+            f" MaxMessageCount {block_size}, PreferredMaxBytes {preferred_max_bytes})",
             flush=True,
         )
         yield network
@@ -401,20 +420,40 @@ def _dropped(queue: str) -> Iterator[None]:
         delete_queue(queue)
 
 
-def _sample_in_flight(engine: Engine, stop: threading.Event, seen: list[int]) -> None:
-    """Chain transactions submitted (or prepared) and not yet known committed."""
+def _sample_in_flight(engine: Engine, stop: threading.Event, seen: list[tuple[float, int]]) -> None:
+    """(time, chain transactions prepared or submitted and not yet known committed).
+
+    An attempt is prepared, submitted or committed (AttemptState); != committed is
+    the predicate of the table's partial index of unsettled attempts."""
     while not stop.is_set():
         with contextlib.suppress(Exception), engine.connect() as c:
-            seen.append(
-                int(
-                    c.execute(
-                        select(func.count())
-                        .select_from(ledger_attempts)
-                        .where(ledger_attempts.c.state.in_(("prepared", "submitted")))
-                    ).scalar_one()
-                )
-            )
+            count = c.execute(
+                select(func.count())
+                .select_from(ledger_attempts)
+                .where(ledger_attempts.c.state != "committed")
+            ).scalar_one()
+            seen.append((time.time(), int(count)))
         stop.wait(0.1)
+
+
+def _blocks(engine: Engine, seen: list[tuple[float, int]]) -> dict[str, Any]:
+    """The blocks the run's chain transactions went into, and what was in flight when
+    the first of them was known committed (the last sample before that)."""
+    with engine.connect() as c:
+        per_block = c.execute(
+            select(ledger_attempts.c.block, func.count())
+            .where(ledger_attempts.c.block.is_not(None))
+            .group_by(ledger_attempts.c.block)
+            .order_by(ledger_attempts.c.block)
+        ).all()
+        first_commit = c.execute(select(func.min(ledger_attempts.c.committed_at))).scalar_one()
+    before = [count for at, count in seen if at <= first_commit.timestamp()] if first_commit else []
+    return {
+        "blocks": len(per_block),
+        "tx_per_block": [int(count) for _, count in per_block][:20],
+        "first_block_tx": int(per_block[0][1]) if per_block else 0,
+        "in_flight_at_first_commit": before[-1] if before else None,
+    }
 
 
 def ours(
@@ -425,11 +464,13 @@ def ours(
     executor_in_flight: int,
     recheck_delay: float = 30.0,
     preload: bool = False,
+    enqueue_threads: int = 8,
 ) -> dict[str, Any]:
     """`preload`: every saga is enqueued before the processes start, and the clock
-    starts with them: the relay then hands the executor all n at once, where an
-    enqueue inside the clock (one transaction per saga from this process) feeds
-    them at the rate this process enqueues."""
+    starts with them: the relay then hands the executor all n at once. Otherwise the
+    enqueue is inside the clock, from `enqueue_threads` threads sharing one
+    Orchestrator (a service's request handlers): one transaction per saga, each its
+    own unit of work, so the threads share nothing but the engine's pool."""
     chain_queue = f"bench.{uuid.uuid4().hex[:8]}.chain"
     with scratch_database("bench_chain_real") as url, _dropped(chain_queue):
         extra = {
@@ -442,22 +483,20 @@ def ours(
             "db_max_overflow": 10,
             "chain_queue": chain_queue,
         }
-        engine = create_engine(url)
+        # A connection per enqueueing thread, one for the sampler and one for the polls.
+        engine = create_engine(url, pool_size=enqueue_threads + 2, max_overflow=5)
         with Stack(url, relay_poll_interval=0.05, extra=extra) as stack:
             meter = _meter(network)
             orch = Orchestrator(load_registry("bench.sagas"), SqlUnitOfWorkFactory(engine))
 
+            def enqueue_one(i: int) -> str:
+                payload = {"order_id": f"c-{i}", "amount_cents": 100 + i}
+                # retrying keeps no state between calls: each thread retries its own.
+                return retrying(partial(orch.enqueue, "bench-chain", payload)).saga_id
+
             def enqueue_all() -> list[str]:
-                return [
-                    retrying(
-                        partial(
-                            orch.enqueue,
-                            "bench-chain",
-                            {"order_id": f"c-{i}", "amount_cents": 100 + i},
-                        )
-                    ).saga_id
-                    for i in range(n)
-                ]
+                with ThreadPoolExecutor(enqueue_threads, thread_name_prefix="enqueue") as pool:
+                    return list(pool.map(enqueue_one, range(n)))
 
             def spawn() -> None:
                 relay = stack.relay()
@@ -476,7 +515,7 @@ def ours(
                     meter.groups[proc.popen.pid] = label
 
             stop = threading.Event()
-            seen: list[int] = []
+            seen: list[tuple[float, int]] = []
             sampler = threading.Thread(target=_sample_in_flight, args=(engine, stop, seen))
             if preload:
                 before = time.time()
@@ -514,6 +553,7 @@ def ours(
             cpu = meter.stop()
             with engine.connect() as c:
                 rows = c.execute(select(sagas.c.status, sagas.c.updated_at)).all()
+            blocks = _blocks(engine, seen)
             time.sleep(1.5)
             records = [r for r in timing_records(stack.timing_dir) if r["saga_id"] in set(ids)]
         engine.dispose()
@@ -528,15 +568,19 @@ def ours(
         "enqueue_seconds": round(enqueued, 2),
         "sagas_per_second": round(completed / wall, 1),
         "executor_in_flight_setting": executor_in_flight,
+        "recheck_delay_s": recheck_delay,
+        "enqueue_threads": enqueue_threads,
         "preloaded": preload,
         "clock": "from the processes' start (all enqueued before)"
         if preload
         else "from the first enqueue (enqueue inside the clock)",
-        "max_chain_tx_in_flight": max(seen, default=0),
+        "max_chain_tx_in_flight": max((count for _, count in seen), default=0),
+        **blocks,
         "tasks": len(records),
         "task_ms_p50": round((percentile(durations, 50) or 0) * 1000, 1),
         "task_ms_p99": round((percentile(durations, 99) or 0) * 1000, 1),
         "task_ms_max": round(max(durations, default=0) * 1000, 1),
+        "block_time_s": batch_timeout,
         "longest_task_vs_block_time": round(max(durations, default=0) / batch_timeout, 2),
         "cpu": cpu,
     }
@@ -551,12 +595,15 @@ def bench_chain_real(
     *,
     block_size: int = 500,
     in_flight: int = 1000,
+    in_flight_batch_timeout: float = 90.0,
+    in_flight_block_size: int = 2000,
+    in_flight_preferred_max_bytes: str = "32 MB",
     executor_in_flight: int = 100,
     naive_n: int = 200,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"block_size": block_size, "runs": {}}
     work = Path(tempfile.mkdtemp(prefix="bench_chain_real."))
-    for index, batch_timeout in enumerate(batch_timeouts):
+    for batch_timeout in batch_timeouts:
         with real_network(batch_timeout, block_size) as network:
             run: dict[str, Any] = {"batch_timeout_s": batch_timeout}
             run["plain_client"] = plain_client(network, n)
@@ -571,16 +618,26 @@ def bench_chain_real(
             run["ratio_vs_naive"] = round(
                 run["ours"]["sagas_per_second"] / run["naive_inline"]["sagas_per_second"], 2
             )
-            if index == 0 and in_flight:
-                run["in_flight"] = ours(
-                    network,
-                    in_flight,
-                    batch_timeout,
-                    executor_in_flight=executor_in_flight,
-                    preload=True,
-                )
-                print(f"  in flight: {_brief(run['in_flight'])}", flush=True)
             out["runs"][str(batch_timeout)] = run
+    if in_flight:
+        # Neither count nor size may cut a block before time does.
+        block = max(in_flight_block_size, in_flight)
+        with real_network(in_flight_batch_timeout, block, in_flight_preferred_max_bytes) as net:
+            result = ours(
+                net,
+                in_flight,
+                in_flight_batch_timeout,
+                executor_in_flight=executor_in_flight,
+                recheck_delay=in_flight_batch_timeout + 30,
+                preload=True,
+            )
+        out["in_flight"] = {
+            "batch_timeout_s": in_flight_batch_timeout,
+            "max_message_count": block,
+            "preferred_max_bytes": in_flight_preferred_max_bytes,
+            **result,
+        }
+        print(f"  in flight: {_brief(out['in_flight'])}", flush=True)
     return out
 
 
