@@ -32,8 +32,12 @@ time). Figures: the most chain transactions prepared or submitted and not yet kn
 committed at one moment (ledger_attempts rows with state != committed, sampled every
 0.1 s), how many were so at the first commit and how many the first block holds, and
 the longest chain step task against the block time (no task waits for a block). Its
-re-check delay is the BatchTimeout + 30 s, so that no re-check resubmits an envelope
-the orderer is still holding in its batch.
+re-check delay and the watcher's commit-wait deadline are the BatchTimeout + 30 s, so
+that no step is verified while the orderer still holds its transaction in the batch:
+a verify pass finds a transaction older than the step's timeout (30 s for
+`bench-chain`) in doubt and fails the attempt. The watcher keeps 300 commit waits
+open (400 by default) so that with the executor's 100 threads it stays under the
+peer's 500 gateway calls.
 
 CPU seconds per process (utime + stime from /proc/<pid>/stat, over each run) name what
 bounds a run; PostgreSQL and RabbitMQ are shared with anything else on the machine.
@@ -465,6 +469,7 @@ def ours(
     recheck_delay: float = 30.0,
     preload: bool = False,
     enqueue_threads: int = 8,
+    watcher_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """`preload`: every saga is enqueued before the processes start, and the clock
     starts with them: the relay then hands the executor all n at once. Otherwise the
@@ -501,7 +506,8 @@ def ours(
             def spawn() -> None:
                 relay = stack.relay()
                 watcher = stack.spawn(
-                    "watcher", ["bench._hooked", "watcher", "--status-interval", "10"]
+                    "watcher",
+                    ["bench._hooked", "watcher", "--status-interval", "10", *watcher_args],
                 )
                 executor = stack.spawn("chain-executor", ["bench._hooked", "chain-executor"])
                 worker = stack.worker(concurrency=1)
@@ -560,16 +566,21 @@ def ours(
     end = max(r.updated_at.timestamp() for r in rows)
     wall = end - started
     completed = sum(1 for r in rows if r.status == "completed")
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
     durations = [r["post"] - r["pre"] for r in records]
     return {
         "sagas": n,
         "completed": completed,
+        "statuses": statuses,
         "seconds": round(wall, 2),
         "enqueue_seconds": round(enqueued, 2),
         "sagas_per_second": round(completed / wall, 1),
         "executor_in_flight_setting": executor_in_flight,
         "recheck_delay_s": recheck_delay,
         "enqueue_threads": enqueue_threads,
+        "watcher_args": list(watcher_args),
         "preloaded": preload,
         "clock": "from the processes' start (all enqueued before)"
         if preload
@@ -630,6 +641,16 @@ def bench_chain_real(
                 executor_in_flight=executor_in_flight,
                 recheck_delay=in_flight_batch_timeout + 30,
                 preload=True,
+                # A commit wait that outlives no block (the watcher's default, 30 s,
+                # re-drove every step to a verify pass that found it older than its
+                # 30 s step timeout and failed it in doubt); waits that leave room
+                # under the peer's 500 gateway calls for the executor's 100 threads.
+                watcher_args=(
+                    "--wait-timeout",
+                    str(in_flight_batch_timeout + 30),
+                    "--max-in-flight",
+                    "300",
+                ),
             )
         out["in_flight"] = {
             "batch_timeout_s": in_flight_batch_timeout,
