@@ -190,6 +190,7 @@ class Container:
             config,
             telemetry=self.telemetry,
             stats=stats,
+            settle_valid=self.orchestrator().settle_valid_commit,
         )
 
     def api_metrics(self) -> ApiScrape:

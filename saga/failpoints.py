@@ -61,6 +61,8 @@ POINTS: Final = {
     "chain.after_submit": "Submit returned; SUBMITTED not recorded",
     "chain.before_done": "the ledger says VALID; COMMITTED / step done not recorded",
     "worker.before_ack": "the step's transaction committed; the message is not acked",
+    "watcher.before_settle_commit": "VALID commit and the step's success written, not committed",
+    "watcher.after_settle_commit": "VALID commit and the step's success committed; not logged",
 }
 
 

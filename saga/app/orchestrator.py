@@ -31,6 +31,7 @@ from saga.app.steps import Outcome, StepRunner
 from saga.app.transitions import SagaWriter, now
 from saga.core import step_report
 from saga.core.definitions import Registry, SagaDefinition
+from saga.core.errors import UnknownSaga
 from saga.core.state import SagaState
 from saga.core.step_message import StepMessage
 from saga.ports.ledger import Ledger
@@ -39,6 +40,7 @@ from saga.ports.store import (
     SagaRecord,
     SagaStarts,
     StoreUnavailable,
+    UnitOfWork,
     UnitOfWorkFactory,
 )
 from saga.ports.telemetry import NO_TELEMETRY, Telemetry
@@ -117,6 +119,20 @@ class Orchestrator:
     ) -> tuple[Outcome, list[step_report.Setback]]:
         """handle(), and the failures and ledger waits it applied (inline steps included)."""
         return self.steps.handle_reporting(message, inline=inline)
+
+    def settle_valid_commit(
+        self, uow: UnitOfWork, record: SagaRecord, message: StepMessage, txid: str
+    ) -> bool:
+        """The awaited chain step committed VALID in `txid`: record its success in the
+        caller's transaction (the commit watcher's, saga locked); see
+        ChainStepExecutor.settle_valid. False when these definitions do not hold the
+        saga's (the caller sends the step its message instead)."""
+        try:
+            definition = self.registry.get(record.state.name, record.state.version)
+        except UnknownSaga:
+            return False
+        self.chain.settle_valid(uow, record, definition, message, txid)
+        return True
 
     # -- operators (saga.app.operator) ------------------------------------------
 

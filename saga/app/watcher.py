@@ -60,11 +60,14 @@ from saga.core.messages import Command, RunStep
 from saga.core.purpose import Purpose
 from saga.core.state import SagaState
 from saga.core.step_message import StepMessage
+from saga.failpoints import failpoint
 from saga.ports.ledger import CommitResult, StatusUnknown, Unanswered
 from saga.ports.store import (
     HistoryEntry,
     LedgerAttemptRecord,
     OutboxMessage,
+    SagaRecord,
+    StoreUnavailable,
     UnitOfWork,
     UnitOfWorkFactory,
 )
@@ -133,6 +136,8 @@ class WatcherStats:
     # Settled by someone else first (a worker's verify path, another watcher).
     already_settled: int = 0
     redriven_commit: int = 0
+    # VALID commits whose step's success the watcher recorded itself (no message).
+    steps_done: int = 0
     redriven_deadline: int = 0
     deadlines: int = 0
     peer_errors: int = 0
@@ -153,6 +158,14 @@ class WatcherStats:
 class Settled:
     first: bool
     redriven: bool
+    # The step's success was recorded here, in the commit's transaction.
+    step_done: bool = False
+
+
+# Records the success of the awaited chain step whose transaction committed VALID,
+# in the watcher's transaction with the saga locked (Orchestrator.settle_valid_commit);
+# False: it could not (the step is sent its message instead).
+SettleValid = Callable[[UnitOfWork, SagaRecord, StepMessage, str], bool]
 
 
 def awaited_for(state: SagaState, step: str, purpose: str) -> Command | None:
@@ -184,10 +197,14 @@ class CommitWatcher:
         *,
         telemetry: Telemetry = NO_TELEMETRY,
         stats: WatcherStats | None = None,
+        settle_valid: SettleValid | None = None,
     ) -> None:
         """`stats`: the counters to keep (an entry point serving them at scrape time
-        makes them first); `telemetry` hears each commit seen."""
+        makes them first); `telemetry` hears each commit seen. `settle_valid`: given,
+        a VALID commit of the step the saga awaits is recorded as the step's success
+        right here; without it (or for an invalid code) the step gets a message."""
         self.config = config or WatcherConfig()
+        self._settle_valid = settle_valid
         self.stats = stats if stats is not None else WatcherStats()
         self._telemetry = telemetry
         self._uow = uow_factory
@@ -330,7 +347,7 @@ class CommitWatcher:
     async def _settle(self, record: LedgerAttemptRecord, result: CommitResult) -> None:
         # Shielded: a stop must not abandon a transaction half way; the executor's
         # shutdown waits for it.
-        settled = await asyncio.shield(self._in_thread(self._record_commit, record, result))
+        settled = await asyncio.shield(self._in_thread(self._record_commit_safely, record, result))
         self._last_redrive.pop(record.txid, None)
         if not settled.first:
             self.stats.already_settled += 1
@@ -343,6 +360,8 @@ class CommitWatcher:
             self.stats.settled_invalid += 1
         if settled.redriven:
             self.stats.redriven_commit += 1
+        if settled.step_done:
+            self.stats.steps_done += 1
         log.info(
             "transaction committed",
             extra={
@@ -353,10 +372,32 @@ class CommitWatcher:
                 "code": result.code_name,
                 "block": result.block_number,
                 "redriven": settled.redriven,
+                "step_done": settled.step_done,
             },
         )
 
-    def _record_commit(self, record: LedgerAttemptRecord, result: CommitResult) -> Settled:
+    def _record_commit_safely(self, record: LedgerAttemptRecord, result: CommitResult) -> Settled:
+        """_record_commit; if recording the step's success fails (a bug, a definition
+        that no longer loads), the commit is recorded again with a message instead,
+        so the step is never left without one (its executor reports the failure)."""
+        if self._settle_valid is None or not result.valid:
+            return self._record_commit(record, result, settle=False)
+        try:
+            return self._record_commit(record, result, settle=True)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            log.error(
+                "recording the step's success with its commit failed; the step is sent "
+                "its message instead",
+                extra={"txid": record.txid, "saga_id": record.saga_id, "error": _describe(exc)},
+                exc_info=True,
+            )
+            return self._record_commit(record, result, settle=False)
+
+    def _record_commit(
+        self, record: LedgerAttemptRecord, result: CommitResult, *, settle: bool
+    ) -> Settled:
         with self._uow() as uow:
             # The saga row is locked before the attempt row, in the order the
             # worker's verify path takes them: the other order could deadlock.
@@ -366,25 +407,30 @@ class CommitWatcher:
             )
             if not first:
                 return Settled(first=False, redriven=False)
-            redriven = False
-            if saga is not None:
-                command = awaited_for(saga.state, record.step, record.purpose)
-                if command is not None:
-                    uow.outbox.add(
-                        redrive_message(saga.state, command, commit_message_id(record.txid))
-                    )
-                    redriven = True
-            # The step message is the normal path after a commit, not a re-drive:
-            # "redriven" on the history is kept for the deadline's re-drive.
-            woke = "sent" if redriven else "none (the saga no longer waits for this attempt)"
-            _note(
-                uow,
-                record,
-                "ledger committed",
-                {"code": result.code_name, "block": result.block_number, "step_message": woke},
-            )
-            uow.commit()
-            return Settled(first=True, redriven=redriven)
+            command = None if saga is None else awaited_for(saga.state, record.step, record.purpose)
+            if saga is None or command is None:
+                woke = "none (the saga no longer waits for this attempt)"
+                _note(uow, record, "ledger committed", _committed(result, woke))
+                uow.commit()
+                return Settled(first=True, redriven=False)
+            message = StepMessage.for_command(saga.state, command, commit_message_id(record.txid))
+            if not settle or self._settle_valid is None:
+                # The step message is the normal path after a commit, not a re-drive:
+                # "redriven" on the history is kept for the deadline's re-drive.
+                uow.outbox.add(redrive_message(saga.state, command, message.message_id))
+                _note(uow, record, "ledger committed", _committed(result, "sent"))
+                uow.commit()
+                return Settled(first=True, redriven=True)
+            # History reads: the commit, then what the step's success did.
+            woke = "none: the step's success is recorded with the commit"
+            _note(uow, record, "ledger committed", _committed(result, woke))
+            if self._settle_valid(uow, saga, message, record.txid):
+                failpoint("watcher.before_settle_commit", record.step, record.purpose)
+                uow.commit()
+                failpoint("watcher.after_settle_commit", record.step, record.purpose)
+                return Settled(first=True, redriven=False, step_done=True)
+            uow.rollback()
+        return self._record_commit(record, result, settle=False)
 
     async def _unknown(
         self, record: LedgerAttemptRecord, exc: StatusUnknown, client: CommitClient | None
@@ -509,6 +555,10 @@ class CommitWatcher:
         log.info("watcher stopped", extra=self.stats.as_dict())
 
 
+def _committed(result: CommitResult, step_message: str) -> dict[str, Any]:
+    return {"code": result.code_name, "block": result.block_number, "step_message": step_message}
+
+
 def _note(uow: UnitOfWork, record: LedgerAttemptRecord, kind: str, detail: dict[str, Any]) -> None:
     detail = {"step": record.step, "purpose": record.purpose, "txid": record.txid, **detail}
     uow.history.add(HistoryEntry(datetime.now(UTC), record.saga_id, kind, detail, "watcher"))
@@ -537,6 +587,7 @@ def run_watcher(
     *,
     telemetry: Telemetry = NO_TELEMETRY,
     stats: WatcherStats | None = None,
+    settle_valid: SettleValid | None = None,
 ) -> WatcherStats:
     """Run the watcher in a fresh event loop until ``stop`` is set (from any thread)."""
 
@@ -548,7 +599,14 @@ def run_watcher(
             name="watcher-stop",
             daemon=True,
         ).start()
-        watcher = CommitWatcher(uow_factory, connect, config, telemetry=telemetry, stats=stats)
+        watcher = CommitWatcher(
+            uow_factory,
+            connect,
+            config,
+            telemetry=telemetry,
+            stats=stats,
+            settle_valid=settle_valid,
+        )
         return await watcher.run(stopped)
 
     return asyncio.run(main())

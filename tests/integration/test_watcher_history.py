@@ -60,7 +60,7 @@ def test_a_commit_that_wakes_its_step_is_not_called_a_redrive(
 ) -> None:
     watcher = CommitWatcher(uow, connect=lambda: None)  # type: ignore[arg-type, return-value]
     attempt = _waiting_saga(uow)
-    settled = watcher._record_commit(attempt, CommitResult(attempt.txid, VALID, "VALID", 7))
+    settled = watcher._record_commit_safely(attempt, CommitResult(attempt.txid, VALID, "VALID", 7))
     assert settled.first
     ((kind, detail),) = _history(uow, attempt.saga_id)
     assert kind == "ledger committed"

@@ -11,16 +11,20 @@ ledger call:
       Resubmit   -> submit the stored envelopes unchanged; tx: mark SUBMITTED,
                     inbox, a delayed re-check message. The step stays pending.
       PrepareNew -> endorse; tx: persist PREPARED if the attempts are unchanged
-                    since (a) (else start over); submit; tx: mark SUBMITTED,
-                    inbox, re-check message.
+                    since (a) (else start over) with the delayed re-check message;
+                    submit; mark SUBMITTED (one row, no saga lock). A step back
+                    from a ledger outage instead records LedgerReached, the inbox
+                    and the re-check in one tx after the submit.
   (e) failures go through the state machine as StepFailed / CompensationFailed,
       in doubt whenever a transaction of the step may still commit. A ledger that
       cannot be reached is no failure: the step waits (LedgerWait, same attempt,
       growing delay) under the outage budget, and only an exhausted budget or a
       misconfiguration hands the saga to an operator (saga.core.ledger_faults).
 
-The worker never waits for a block: the commit watcher's message, or the delayed
-re-check message, drives the step again through this same verify path.
+The worker never waits for a block. The commit watcher records a VALID commit's
+success itself (`settle_valid`, in its own transaction); any other commit code
+becomes the watcher's message, which, like the delayed re-check message, drives
+the step again through this same verify path.
 """
 
 from __future__ import annotations
@@ -335,20 +339,37 @@ class ChainStepExecutor:
             if txid in {a.txid for a in ours}:
                 # The ledger's record names this txid, so it committed VALID.
                 uow.ledger_attempts.mark_committed(txid, VALID, None)
-            event: Event
-            output: dict[str, Any] | None = None
-            if message.phase is Purpose.DO:
-                event = StepSucceeded(message.step, message.attempt)
-                output = {"txid": txid, "key": chain_key(message.saga_id, message.step, Purpose.DO)}
-            else:
-                event = CompensationSucceeded(message.step, message.attempt)
-            self._hooks.apply_event(uow, early, definition, message, event, output)
+            self.settle_valid(uow, early, definition, message, txid)
             uow.commit()
         log.info(
             "chain step done",
             extra={"saga_id": message.saga_id, "step": message.step, "txid": txid, "how": how},
         )
         return Outcome.APPLIED
+
+    def settle_valid(
+        self,
+        uow: UnitOfWork,
+        record: SagaRecord,
+        definition: SagaDefinition,
+        message: StepMessage,
+        txid: str,
+    ) -> None:
+        """The step took effect in `txid` (committed VALID): it succeeded.
+
+        In the caller's transaction, with the saga locked and awaiting `message`.
+        The commit watcher calls this too when it sees a VALID commit of the
+        awaited step (`decide` answers Done for any VALID attempt, with no ledger
+        call), which spares the step a message and a second executor task.
+        """
+        event: Event
+        output: dict[str, Any] | None = None
+        if message.phase is Purpose.DO:
+            event = StepSucceeded(message.step, message.attempt)
+            output = {"txid": txid, "key": chain_key(message.saga_id, message.step, Purpose.DO)}
+        else:
+            event = CompensationSucceeded(message.step, message.attempt)
+        self._hooks.apply_event(uow, record, definition, message, event, output)
 
     def _fail(
         self,
@@ -545,11 +566,19 @@ class ChainStepExecutor:
                     worker=self.settings.worker,
                 )
             )
+            # The usual case, a step that was not waiting out an outage, needs no
+            # transaction after the submit: its re-check goes out with the envelope
+            # (it verifies the step again whatever the submit did) and the message is
+            # not put in the inbox, as a redelivery only verifies and resubmits the
+            # same bytes. A step back from an outage records that it is, after.
+            quick = early.state.steps[early.state.current].waiting_since is None
+            if quick and self.settings.recheck_delay > 0:
+                self._hooks.recheck(uow, message, self.settings.recheck_delay)
             failpoint("chain.before_prepared_commit", message.step, message.phase)
             uow.commit()
         failpoint("chain.after_prepared", message.step, message.phase)
         self._telemetry.chain_transactions("prepared")
-        return self._submit_new(ledger, message, definition, verified, prepared)
+        return self._submit_new(ledger, message, definition, verified, prepared, quick=quick)
 
     def _submit_new(
         self,
@@ -558,7 +587,10 @@ class ChainStepExecutor:
         definition: SagaDefinition,
         verified: _Verified,
         prepared: PreparedTx,
+        *,
+        quick: bool,
     ) -> Outcome:
+        """`quick`: the re-check is already queued with the PREPARED row (see _prepare_new)."""
         try:
             ledger.submit(prepared, timeout=self.settings.submit_timeout)
         except LedgerError as exc:
@@ -572,8 +604,17 @@ class ChainStepExecutor:
                 # An orderer or gateway away: look again within seconds, under the
                 # outage budget, rather than at the re-check delay.
                 return self._wait(message, definition, verified, exc)
+            if quick:
+                return Outcome.SUBMITTED
             return self._pending(message, definition, verified, [])
         failpoint("chain.after_submit", message.step, message.phase)
+        if quick:
+            # No saga lock: one row's PREPARED -> SUBMITTED, which only says when
+            # the orderer took it (a commit already recorded stays recorded).
+            with self._uow() as uow:
+                uow.ledger_attempts.mark_submitted(prepared.txid)
+                uow.commit()
+            return Outcome.SUBMITTED
         return self._pending(message, definition, verified, [prepared.txid])
 
     def _pending(

@@ -231,7 +231,9 @@ class ChainStack:
         self.services.append(relay)
         return relay
 
-    def watcher(self, *args: str) -> SagaProcess:
+    def watcher(self, *args: str, failpoints: str = "") -> SagaProcess:
+        """`saga watcher`; with failpoints armed it is supervised as the workers are
+        (restarted when it dies), not a service whose death fails the cell."""
         argv = [
             "saga",
             "watcher",
@@ -245,6 +247,11 @@ class ChainStack:
             "1",
             *args,
         ]
+        if failpoints:
+            env = {MARKERS_ENV: str(self.markers), "SAGA_FAILPOINTS": failpoints}
+            supervised = self.procs.spawn("watcher", argv, self.settings, **env)
+            self._track(supervised, argv, env)
+            return supervised
         watcher = self.procs.spawn("watcher", argv, self.settings)
         self.services.append(watcher)
         return watcher
@@ -289,7 +296,8 @@ class ChainStack:
             argv, env = self._worker_specs.pop(id(worker))
             worker.kill()  # reap, close its log, kill anything left in its group
             self.workers.remove(worker)
-            replacement = self.procs.spawn("worker", argv, self.settings, **env)
+            name = "watcher" if argv[1] == "watcher" else "worker"
+            replacement = self.procs.spawn(name, argv, self.settings, **env)
             self._track(replacement, argv, env)
             self.restarts += 1
 

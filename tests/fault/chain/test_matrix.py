@@ -51,6 +51,15 @@ def test_baseline_no_fault(make_stack: MakeStack) -> None:
     stack.verify(expected)
 
 
+# The commit watcher records a VALID commit's step success itself (saga.app.watcher),
+# so the executor's own done-transaction runs only when one of its verify passes finds
+# the commit first. These cells run without a watcher: the re-check message (2 s in
+# the matrix) drives that verify pass, so the kill lands where the points say.
+VERIFY_PASS_POINTS = {"chain.before_done", "worker.before_ack"}
+
+WATCHER_FAILPOINTS = ("watcher.before_settle_commit", "watcher.after_settle_commit")
+
+
 @pytest.mark.ledgers("devnet", "fabric")
 @pytest.mark.runners("worker", "chain-executor")
 @pytest.mark.parametrize("point", FAILPOINTS)
@@ -58,7 +67,8 @@ def test_worker_killed(make_stack: MakeStack, point: str) -> None:
     """SIGKILL at the point on the forward ledger transaction; a supervisor restarts it."""
     stack = make_stack()
     stack.relay()
-    stack.watcher()
+    if point not in VERIFY_PASS_POINTS:
+        stack.watcher()
     for _ in range(2):
         stack.worker(failpoints=_aim(point, "do"))
     expected = stack.enqueue(["none", "reject_order"])
@@ -75,10 +85,33 @@ def test_compensation_worker_killed(make_stack: MakeStack, point: str) -> None:
     its reversal runs: exactly one reversing transaction."""
     stack = make_stack()
     stack.relay()
-    stack.watcher()
+    if point not in VERIFY_PASS_POINTS:
+        stack.watcher()
     for _ in range(2):
         stack.worker(failpoints=_aim(point, "undo"))
     expected = stack.enqueue(["reject_order"], expect=REVERSED)
+    result = stack.verify(expected)
+    assert result.failpoint_hits == [point], result
+    assert result.worker_restarts >= 1
+
+
+@pytest.mark.ledgers("devnet", "fabric")
+@pytest.mark.runners("worker")
+@pytest.mark.parametrize("phase", ["do", "undo"])
+@pytest.mark.parametrize("point", WATCHER_FAILPOINTS)
+def test_watcher_killed_settling_a_step(make_stack: MakeStack, point: str, phase: str) -> None:
+    """SIGKILL the commit watcher as it records a VALID commit as the step's success
+    (forward transaction or reversal), before or after that transaction commits; a
+    supervisor restarts it. Before: nothing of it was written, the new watcher follows
+    the txid again and records it. After: the saga moved on and nothing repeats."""
+    stack = make_stack()
+    stack.relay()
+    stack.watcher(failpoints=f"{point}@record_on_ledger@{phase}=once*kill")
+    stack.worker()
+    if phase == "do":
+        expected = stack.enqueue(["none", "reject_order"])
+    else:
+        expected = stack.enqueue(["reject_order"], expect=REVERSED)
     result = stack.verify(expected)
     assert result.failpoint_hits == [point], result
     assert result.worker_restarts >= 1
