@@ -81,7 +81,8 @@ def _install_hook() -> None:
             "saga_id": saga_id,
             "step": step,
             "phase": body.get("phase"),
-            "outcome": retval,
+            # A task that ends in a Celery Retry returns the exception: its name.
+            "outcome": retval if isinstance(retval, str | None) else type(retval).__name__,
             "pre": starts.pop(task_id, end),
             "post": end,
             "fn0": fn[0] if fn else None,
