@@ -98,8 +98,10 @@ ClientFactory = Callable[[], CommitClient | Awaitable[CommitClient]]
 @dataclass(frozen=True)
 class WatcherConfig:
     # Concurrent CommitStatus calls on the one client; keep below the peer's
-    # gatewayService limit (500 by default) minus what workers use.
-    max_in_flight: int = 400
+    # gatewayService limit (500 by default) minus what workers use: with one chain
+    # executor at its default 200 calls, 250 leaves the API, sweeper and local-step
+    # workers 50 (400 let the two together be refused "exceeding concurrency limit").
+    max_in_flight: int = 250
     # How many unsettled attempts are followed at once (waits queued here beyond
     # max_in_flight cost a coroutine each).
     max_tracked: int = 5_000

@@ -218,7 +218,9 @@ class ChainStepExecutor:
     ) -> Outcome | None:
         purpose = message.phase
         with self._uow() as uow:
-            early = self._check(uow, message)
+            # No lock: nothing is written from this read (every write below checks
+            # again under the saga's lock), so it does not queue behind the watcher.
+            early = self._check(uow, message, lock=False)
             if isinstance(early, Outcome):
                 return early
             record = early
@@ -686,15 +688,18 @@ class ChainStepExecutor:
         message: StepMessage,
         verified: _Verified | None = None,
         submitted: Sequence[str] = (),
+        *,
+        lock: bool = True,
     ) -> SagaRecord | Outcome:
         """Lock the saga and check it still awaits the message; else finish it here.
 
         Anything the verify pass learned is recorded either way: a commit code is
-        a fact about the ledger, whoever the saga is waiting for now.
+        a fact about the ledger, whoever the saga is waiting for now. `lock=False`
+        only for a read that decides what to ask the ledger, never for a write.
         """
         if uow.inbox.seen(message.message_id):
             return Outcome.DUPLICATE
-        record = uow.sagas.get(message.saga_id, for_update=True)
+        record = uow.sagas.get(message.saga_id, for_update=lock)
         if record is None:
             raise MalformedMessage(f"no saga with id {message.saga_id!r}")
         message.check_saga(record.state)

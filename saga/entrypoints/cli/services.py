@@ -206,8 +206,12 @@ def watcher(
     msp_dir: MspDirOpt = None,
     peer: PeerOpt = None,
     max_in_flight: Annotated[
-        int, typer.Option(help="Concurrent CommitStatus calls (peer default limit: 500).")
-    ] = 400,
+        int,
+        typer.Option(
+            help="Concurrent CommitStatus calls; with SAGA_CHAIN_IN_FLIGHT, keep under the "
+            "peer's gateway limit (500 by default)."
+        ),
+    ] = 250,
     wait_timeout: Annotated[
         float, typer.Option(help="Seconds one commit wait may take before the step is re-driven.")
     ] = 30.0,
@@ -219,7 +223,8 @@ def watcher(
         float, typer.Option(help="Seconds between status log lines with the counters.")
     ] = 30.0,
 ) -> None:
-    """Follow submitted chain transactions and turn each commit into a step message.
+    """Follow submitted chain transactions: a VALID commit completes its step, any other
+    code sends the step a message to decide what next.
 
     Runs until SIGTERM or Ctrl-C, then prints its counters as JSON.
     """
