@@ -1,4 +1,4 @@
-"""The commit watcher: follows submitted chain transactions and turns commits into messages.
+"""The commit watcher: follows submitted chain transactions and settles their steps.
 
 One asyncio process follows the commits of thousands of chain transactions, so
 no worker process or thread ever waits on a block. It loops:
@@ -10,10 +10,14 @@ no worker process or thread ever waits on a block. It loops:
             lock the saga row
             mark_committed(txid, code, block)            # first answer wins
             if first and the saga still waits on that step (its current attempt):
-                outbox.add(StepMessage(current attempt)) # the relay publishes it
+                VALID: the step succeeded (settle_valid)  # state, next messages, history
+                else:  outbox.add(StepMessage(current attempt)) # the relay publishes it
 
-The worker that receives the message runs the chain step's verify path, finds
-the commit and advances the saga (or, for an invalid code, decides what next).
+A VALID code is final and is all the verify path would need to call the step
+done, so recording it here spares the step a message and a task. For any other
+code the worker that receives the message runs the verify path and decides what
+next. Without `settle_valid` (or when it cannot record the success) a VALID
+commit gets the message too.
 A wait that reaches its deadline (the orderer may have dropped the envelope, or
 the worker died between PREPARED and Submit) re-drives the step too, at most once
 per ``redrive_interval`` per txid, so the verify path resubmits the same envelope.
