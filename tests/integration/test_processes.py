@@ -298,9 +298,12 @@ def check_metrics(
         )
         # The chain executor runs the chain steps (saga up routes them to it).
         workers = [got[p] for p in got if p.startswith(("worker.", "chain-executor."))]
+        # The watcher records a VALID chain step's (or reversal's) success itself, so
+        # it counts those step results; the sums over steps include it.
+        steppers = [*workers, got["watcher.1"]]
 
         def summed(name: str, **labels: str) -> float:
-            return sum(total(w, name, **labels) for w in workers)
+            return sum(total(w, name, **labels) for w in steppers)
 
         # Each process exports only what it does.
         assert families(got["relay.1"]) == {
@@ -308,10 +311,17 @@ def check_metrics(
             "saga_relay_batches_total",
             "saga_relay_failures_total",
         }
+        step_results = {
+            "saga_step_results_total",
+            "saga_step_retries_total",
+            "saga_compensations_total",
+            "saga_sagas_finished_total",
+        }
         assert all(
-            f.startswith("saga_watcher_") or f.startswith("saga_chain_commit")
+            f.startswith(("saga_watcher_", "saga_chain_commit")) or f in step_results
             for f in families(got["watcher.1"])
         ), families(got["watcher.1"])
+        assert total(got["watcher.1"], "saga_step_results_total", result="succeeded") > 0
         # The API: what it enqueued, and the deployment's gauges read from the store.
         assert families(got["api.1"]) <= {
             "saga_enqueued_total",

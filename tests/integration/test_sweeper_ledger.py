@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from saga.adapters.fabric import GatewayClient
 from saga.adapters.sql import TRANSIENT_ERRORS, SqlUnitOfWorkFactory, create_engine
-from saga.adapters.sql.tables import ledger_attempts, sagas
+from saga.adapters.sql.tables import ledger_attempts, outbox, sagas
 from saga.app.chain import ChainSettings
 from saga.app.orchestrator import Orchestrator
 from saga.app.sweeper import ATTEMPT_GIVEN_UP, ATTEMPT_SETTLED, NOT_VALIDATED, SweepConfig, Sweeper
@@ -87,6 +87,13 @@ def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transactio
     with engine.connect() as c:
         rows = list(c.execute(select(ledger_attempts.c.txid, ledger_attempts.c.state)))
     assert [r.state for r in rows] == ["prepared"]
+    # The re-check message went out with the PREPARED row; lost (a purged queue, a
+    # broker restored from an old disk), only the sweeper is left to drive the step.
+    with engine.begin() as c:
+        lost = c.execute(
+            delete(outbox).where(outbox.c.saga_id == saga_id, outbox.c.published_at.is_(None))
+        )
+    assert lost.rowcount == 1
 
     with engine.begin() as c:  # an hour without progress
         c.execute(
@@ -105,6 +112,34 @@ def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transactio
     with engine.connect() as c:
         txids = [r.txid for r in c.execute(select(ledger_attempts.c.txid))]
     assert txids == [txid]
+
+
+def test_prepared_chain_step_with_its_worker_gone_is_driven_again_by_its_recheck(
+    engine: Engine, client: GatewayClient, sagafacts_net: LedgerNet
+) -> None:
+    """Without the sweeper: the re-check message written with the PREPARED row drives
+    the step again, and the stored envelope itself is what commits."""
+    ledger = DiesBeforeSubmit(client)
+    orch = Orchestrator(
+        order_payment.register_with_ledger(Registry()),
+        SqlUnitOfWorkFactory(engine),
+        transient_errors=TRANSIENT_ERRORS,
+        ledger=lambda: ledger,
+        chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
+    )
+    saga_id = orch.enqueue(order_payment.NAME, payment("recheck-1")).saga_id
+    with pytest.raises(WorkerGone):
+        drive_outbox(orch, engine, timeout=90.0)
+    with engine.connect() as c:
+        (prepared,) = list(c.execute(select(ledger_attempts.c.txid, ledger_attempts.c.state)))
+        waiting = c.execute(
+            select(func.count()).where(outbox.c.saga_id == saga_id, outbox.c.published_at.is_(None))
+        ).scalar_one()
+    assert prepared.state == "prepared" and waiting == 1
+    ledger.armed = False
+    drive_outbox(orch, engine, timeout=90.0)
+    assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED
+    assert one_valid(engine, client, sagafacts_net.channel, saga_id, "do") == prepared.txid
 
 
 def test_unsettled_attempts_of_terminal_sagas_are_settled_or_given_up(

@@ -299,8 +299,10 @@ class Situations:
         return {"SAGA_ID": saga_id}
 
     def chain_prepared(self) -> dict[str, str]:
-        """Running at the chain step, one attempt PREPARED: its worker died before Submit."""
-        orch = self.orchestrator(ledger=DiesBeforeSubmit(self.d.client))
+        """Running at the chain step, one attempt PREPARED: its worker died before Submit,
+        and no re-check message is left to drive it again (one goes out with the PREPARED
+        row: here rechecks are off, SAGA_CHAIN_RECHECK_DELAY=0, as after a lost message)."""
+        orch = self.orchestrator(ledger=DiesBeforeSubmit(self.d.client), recheck_delay=0)
         saga_id = orch.enqueue(order_payment.NAME, payment("prepared")).saga_id
         with contextlib.suppress(WorkerGone):
             self.drive(orch, saga_id)
