@@ -70,17 +70,22 @@ def payment(order: str) -> dict[str, Any]:
     return {"order_id": order, "customer_id": "c-1", "amount_cents": 700, "currency": "EUR"}
 
 
-def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transaction(
-    engine: Engine, client: GatewayClient, sagafacts_net: LedgerNet
-) -> None:
-    ledger = DiesBeforeSubmit(client)
-    orch = Orchestrator(
+def _orchestrator(engine: Engine, ledger: Any, channel: str) -> Orchestrator:
+    """The example order payment on this store and ledger, re-checks after 0.3 s."""
+    return Orchestrator(
         order_payment.register_with_ledger(Registry()),
         SqlUnitOfWorkFactory(engine),
         transient_errors=TRANSIENT_ERRORS,
         ledger=lambda: ledger,
-        chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
+        chain_settings=ChainSettings(channel=channel, recheck_delay=0.3),
     )
+
+
+def test_prepared_chain_step_with_its_worker_gone_ends_with_one_valid_transaction(
+    engine: Engine, client: GatewayClient, sagafacts_net: LedgerNet
+) -> None:
+    ledger = DiesBeforeSubmit(client)
+    orch = _orchestrator(engine, ledger, sagafacts_net.channel)
     saga_id = orch.enqueue(order_payment.NAME, payment("sweep-1")).saga_id
     with pytest.raises(WorkerGone):
         drive_outbox(orch, engine, timeout=90.0)
@@ -120,13 +125,7 @@ def test_prepared_chain_step_with_its_worker_gone_is_driven_again_by_its_recheck
     """Without the sweeper: the re-check message written with the PREPARED row drives
     the step again, and the stored envelope itself is what commits."""
     ledger = DiesBeforeSubmit(client)
-    orch = Orchestrator(
-        order_payment.register_with_ledger(Registry()),
-        SqlUnitOfWorkFactory(engine),
-        transient_errors=TRANSIENT_ERRORS,
-        ledger=lambda: ledger,
-        chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
-    )
+    orch = _orchestrator(engine, ledger, sagafacts_net.channel)
     saga_id = orch.enqueue(order_payment.NAME, payment("recheck-1")).saga_id
     with pytest.raises(WorkerGone):
         drive_outbox(orch, engine, timeout=90.0)
@@ -145,13 +144,7 @@ def test_prepared_chain_step_with_its_worker_gone_is_driven_again_by_its_recheck
 def test_unsettled_attempts_of_terminal_sagas_are_settled_or_given_up(
     engine: Engine, client: GatewayClient, sagafacts_net: LedgerNet
 ) -> None:
-    orch = Orchestrator(
-        order_payment.register_with_ledger(Registry()),
-        SqlUnitOfWorkFactory(engine),
-        transient_errors=TRANSIENT_ERRORS,
-        ledger=lambda: client,
-        chain_settings=ChainSettings(channel=sagafacts_net.channel, recheck_delay=0.3),
-    )
+    orch = _orchestrator(engine, client, sagafacts_net.channel)
     saga_id = orch.enqueue(order_payment.NAME, payment("sweep-2")).saga_id
     drive_outbox(orch, engine, timeout=90.0)
     assert orch.get(saga_id)[0].state.status is SagaStatus.COMPLETED

@@ -5,18 +5,16 @@ the commit. Anything else still goes to the step as its message."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from saga.adapters.sql import SqlUnitOfWorkFactory, create_engine
+from saga.adapters.sql import SqlUnitOfWorkFactory
 from saga.adapters.sql.tables import inbox, outbox
 from saga.app.orchestrator import Orchestrator
-from saga.app.watcher import CommitWatcher, commit_message_id
+from saga.app.watcher import CommitWatcher, SettleValid, commit_message_id
 from saga.core.chain import AttemptState
 from saga.core.definitions import (
     ChainCall,
@@ -29,10 +27,8 @@ from saga.core.definitions import (
 )
 from saga.core.state import SagaStatus, StepStatus
 from saga.core.step_message import StepMessage
-from saga.ports.ledger import VALID, CommitResult
+from saga.ports.ledger import MVCC_READ_CONFLICT, VALID, CommitResult
 from saga.ports.store import LedgerAttemptRecord, SagaRecord, UnitOfWork
-
-MVCC_READ_CONFLICT = 11
 
 
 def _args(ctx: StepContext) -> list[str]:
@@ -67,16 +63,9 @@ def _registry() -> Registry:
     return registry
 
 
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    engine = create_engine(pg_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def uow(engine: Engine) -> SqlUnitOfWorkFactory:
-    return SqlUnitOfWorkFactory(engine)
+def _watcher(uow: SqlUnitOfWorkFactory, settle: SettleValid) -> CommitWatcher:
+    """A watcher whose commits are recorded by hand (no gateway client is opened)."""
+    return CommitWatcher(uow, connect=lambda: None, settle_valid=settle)  # type: ignore[arg-type, return-value]
 
 
 def _waiting_saga(orch: Orchestrator, uow: SqlUnitOfWorkFactory) -> LedgerAttemptRecord:
@@ -118,21 +107,17 @@ def _history(uow: SqlUnitOfWorkFactory, saga_id: str) -> list[str]:
 
 
 def test_a_valid_commit_records_the_step_success_with_the_commit(
-    engine: Engine, uow: SqlUnitOfWorkFactory
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory
 ) -> None:
-    orch = Orchestrator(_registry(), uow)
-    watcher = CommitWatcher(
-        uow,
-        connect=lambda: None,  # type: ignore[arg-type, return-value]
-        settle_valid=orch.settle_valid_commit,
-    )
-    attempt = _waiting_saga(orch, uow)
+    orch = Orchestrator(_registry(), uow_factory)
+    watcher = _watcher(uow_factory, orch.settle_valid_commit)
+    attempt = _waiting_saga(orch, uow_factory)
     before = [m.step for m in _messages(engine, attempt.saga_id)]
 
     settled = watcher._record_commit_safely(attempt, CommitResult(attempt.txid, VALID, "VALID", 9))
 
     assert settled.first and settled.step_done and not settled.redriven
-    record = _record(uow, attempt.saga_id)
+    record = _record(uow_factory, attempt.saga_id)
     assert record.state.steps[0].status is StepStatus.DONE
     assert record.data["record"] == {
         "txid": attempt.txid,
@@ -142,7 +127,7 @@ def test_a_valid_commit_records_the_step_success_with_the_commit(
     after = _messages(engine, attempt.saga_id)
     assert [m.step for m in after] == [*before, "notify"]
     assert commit_message_id(attempt.txid) not in {m.message_id for m in after}
-    history = _history(uow, attempt.saga_id)
+    history = _history(uow_factory, attempt.saga_id)
     assert history.index("ledger committed") < len(history) - 1
     with engine.connect() as c:
         recorded = c.execute(
@@ -152,69 +137,57 @@ def test_a_valid_commit_records_the_step_success_with_the_commit(
     # A second answer for the same txid changes nothing.
     again = watcher._record_commit_safely(attempt, CommitResult(attempt.txid, VALID, "VALID", 9))
     assert not again.first
-    assert _record(uow, attempt.saga_id).state == record.state
+    assert _record(uow_factory, attempt.saga_id).state == record.state
     assert len(_messages(engine, attempt.saga_id)) == len(after)
 
 
 def test_an_invalid_commit_still_sends_the_step_its_message(
-    engine: Engine, uow: SqlUnitOfWorkFactory
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory
 ) -> None:
-    orch = Orchestrator(_registry(), uow)
-    watcher = CommitWatcher(
-        uow,
-        connect=lambda: None,  # type: ignore[arg-type, return-value]
-        settle_valid=orch.settle_valid_commit,
-    )
-    attempt = _waiting_saga(orch, uow)
+    orch = Orchestrator(_registry(), uow_factory)
+    watcher = _watcher(uow_factory, orch.settle_valid_commit)
+    attempt = _waiting_saga(orch, uow_factory)
     settled = watcher._record_commit_safely(
         attempt, CommitResult(attempt.txid, MVCC_READ_CONFLICT, "MVCC_READ_CONFLICT", 9)
     )
     assert settled.first and settled.redriven and not settled.step_done
-    assert _record(uow, attempt.saga_id).state.steps[0].status is not StepStatus.DONE
+    assert _record(uow_factory, attempt.saga_id).state.steps[0].status is not StepStatus.DONE
     ids = {m.message_id for m in _messages(engine, attempt.saga_id)}
     assert commit_message_id(attempt.txid) in ids
 
 
 def test_a_failing_settle_falls_back_to_the_message_and_loses_nothing(
-    engine: Engine, uow: SqlUnitOfWorkFactory
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory
 ) -> None:
-    orch = Orchestrator(_registry(), uow)
+    orch = Orchestrator(_registry(), uow_factory)
 
     def broken(u: UnitOfWork, record: SagaRecord, message: StepMessage, txid: str) -> bool:
         orch.settle_valid_commit(u, record, message, txid)
         raise RuntimeError("boom after writing")
 
-    watcher = CommitWatcher(
-        uow,
-        connect=lambda: None,  # type: ignore[arg-type, return-value]
-        settle_valid=broken,
-    )
-    attempt = _waiting_saga(orch, uow)
+    watcher = _watcher(uow_factory, broken)
+    attempt = _waiting_saga(orch, uow_factory)
     settled = watcher._record_commit_safely(attempt, CommitResult(attempt.txid, VALID, "VALID", 3))
     assert settled.first and settled.redriven and not settled.step_done
     # Nothing the broken settle wrote survived; the step waits for its message.
-    record = _record(uow, attempt.saga_id)
+    record = _record(uow_factory, attempt.saga_id)
     assert record.state.status is SagaStatus.RUNNING
     assert record.state.steps[0].status is not StepStatus.DONE
     messages = _messages(engine, attempt.saga_id)
     assert commit_message_id(attempt.txid) in {m.message_id for m in messages}
     assert "notify" not in {m.step for m in messages}
-    with uow() as u:
+    with uow_factory() as u:
         (row,) = u.ledger_attempts.for_step(attempt.saga_id, "record", "do")
     assert row.state is AttemptState.COMMITTED and row.code == VALID
-    assert _history(uow, attempt.saga_id).count("ledger committed") == 1
+    assert _history(uow_factory, attempt.saga_id).count("ledger committed") == 1
 
 
 def test_a_saga_these_definitions_do_not_hold_gets_its_message(
-    engine: Engine, uow: SqlUnitOfWorkFactory
+    engine: Engine, uow_factory: SqlUnitOfWorkFactory
 ) -> None:
-    orch = Orchestrator(_registry(), uow)
-    watcher = CommitWatcher(
-        uow,
-        connect=lambda: None,  # type: ignore[arg-type, return-value]
-        settle_valid=Orchestrator(Registry(), uow).settle_valid_commit,
-    )
-    attempt = _waiting_saga(orch, uow)
+    orch = Orchestrator(_registry(), uow_factory)
+    watcher = _watcher(uow_factory, Orchestrator(Registry(), uow_factory).settle_valid_commit)
+    attempt = _waiting_saga(orch, uow_factory)
     settled = watcher._record_commit_safely(attempt, CommitResult(attempt.txid, VALID, "VALID", 4))
     assert settled.first and settled.redriven and not settled.step_done
     assert commit_message_id(attempt.txid) in {
